@@ -1,0 +1,233 @@
+"""The device model: immutable devices, host facts and the indexed inventory built from them.
+
+Sources build an `Inventory` once per read; everything after that (rules, affected sets,
+metrics, the API) only queries it, in O(1) or O(answer) per question.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+log = logging.getLogger(__name__)
+
+COMPUTER = "computer"
+
+# Types that can be handed to a VM at all; everything else is structure around them.
+PASSABLE_TYPES = ("pci", "usb_device", "scsi")
+KNOWN_TYPES = ("system", "pci", "usb_device", "usb", "scsi_host", "scsi_target", "scsi")
+
+_NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
+
+
+def device_name(subsystem: str, sysname: str) -> str:
+    """libvirt's node-device name: `<subsystem>_<sysname>`, non-alphanumerics as `_`."""
+    return f"{subsystem}_{_NON_ALNUM.sub('_', sysname)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One host device. Fields that do not apply to a type stay at their default."""
+
+    name: str
+    type: str
+    parent: str | None = COMPUTER  # declared parent; None only for the computer itself
+    address: str | None = None  # the sysfs name: 0000:00:19.0, 1-1.2, 0:0:0:0, host0
+    vendor_id: str | None = None  # "0x8086"
+    product_id: str | None = None  # "0x1533"
+    vendor: str | None = None
+    product: str | None = None
+    pci_class: str | None = None  # "0x030000"
+    subsystem_vendor_id: str | None = None
+    subsystem_product_id: str | None = None
+    driver: str | None = None
+    iommu_group: int | None = None
+    numa_node: int | None = None
+    boot_vga: bool = False
+    reset_methods: tuple[str, ...] | None = None  # None: kernel does not say; () no reset at all
+    header_type: int | None = None  # PCI header layout, multi-function bit masked off
+    physfn: str | None = None  # the PF's name, for an SR-IOV virtual function
+    virtfns: tuple[str, ...] = ()  # the VFs' names, for an SR-IOV physical function
+    sriov_totalvfs: int | None = None
+    sriov_numvfs: int | None = None
+    usb_class: str | None = None  # bDeviceClass or bInterfaceClass, two hex digits
+    busnum: int | None = None
+    devnum: int | None = None
+    scsi_type: int | None = None  # SCSI peripheral type (0 disk, 5 cd-rom, ...)
+    block_devices: tuple[str, ...] = ()  # sda, sr0 ...: block nodes of a SCSI LUN
+    assigned_to: str | None = None  # the VM (libvirt domain) holding the device, where known
+    notes: tuple[str, ...] = ()  # where a source filled or doubted a field
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What the host says about its IOMMU and isolation, beside the devices."""
+
+    iommu_groups_present: bool = False
+    iommu_units: tuple[str, ...] = ()  # /sys/class/iommu entries: dmar0, ivhd0 ...
+    cmdline: str = ""
+    # "module.parameter" -> value, e.g. "vfio_iommu_type1.allow_unsafe_interrupts" -> "N"
+    module_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def cmdline_params(self) -> dict[str, str]:
+        """The kernel command line as key -> value (flags map to "")."""
+        out: dict[str, str] = {}
+        for word in self.cmdline.split():
+            if word == "--":  # the rest belongs to init
+                break
+            key, _, value = word.partition("=")
+            out[key] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One plugin's ruling on one device."""
+
+    eligible: bool
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def allow(cls, reason: str, *warnings: str) -> Verdict:
+        return cls(True, (reason,), tuple(warnings))
+
+    @classmethod
+    def deny(cls, reason: str, *warnings: str) -> Verdict:
+        return cls(False, (reason,), tuple(warnings))
+
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A safety observation about the host, an IOMMU group or a device."""
+
+    code: str  # stable machine name, e.g. "iommu_off"
+    severity: str  # info | warning | critical
+    subject: str  # "host", "group:12" or a device name
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+
+class Inventory:
+    """Every device of one read, with the indexes the questions need.
+
+    Built once; never changed afterwards. A declared parent that does not exist, a device
+    that is its own parent or a parent cycle leaves the device in place but unlinked from the
+    tree (logged and counted in `errors`), so walking the tree always terminates.
+    """
+
+    __slots__ = ("devices", "host", "children", "groups", "errors", "_frozen")
+
+    def __init__(
+        self,
+        devices: Iterable[Device],
+        host: HostFacts | None = None,
+        errors: Mapping[str, int] | None = None,
+    ) -> None:
+        errs: dict[str, int] = dict(errors or {})
+        by_name: dict[str, Device] = {}
+        for dev in devices:
+            if dev.name in by_name:
+                log.warning("device listed twice, keeping the first: %s", dev.name)
+                errs["duplicate"] = errs.get("duplicate", 0) + 1
+                continue
+            by_name[dev.name] = dev
+        if COMPUTER not in by_name:
+            by_name[COMPUTER] = Device(name=COMPUTER, type="system", parent=None)
+
+        linked = _linked_parents(by_name, errs)
+        children: dict[str, list[str]] = {}
+        groups: dict[int, list[str]] = {}
+        for name in sorted(by_name):
+            parent = linked.get(name)
+            if parent is not None:
+                children.setdefault(parent, []).append(name)
+            dev = by_name[name]
+            if dev.iommu_group is not None and dev.type == "pci":  # groups hold PCI functions only
+                groups.setdefault(dev.iommu_group, []).append(name)
+
+        self.devices: Mapping[str, Device] = MappingProxyType(dict(sorted(by_name.items())))
+        self.host: HostFacts = host or HostFacts()
+        self.children: Mapping[str, tuple[str, ...]] = MappingProxyType(
+            {k: tuple(v) for k, v in children.items()}
+        )
+        self.groups: Mapping[int, tuple[str, ...]] = MappingProxyType(
+            {k: tuple(v) for k, v in sorted(groups.items())}
+        )
+        self.errors: Mapping[str, int] = MappingProxyType(errs)
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def __iter__(self) -> Iterator[Device]:
+        return iter(self.devices.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.devices
+
+    def get(self, name: str) -> Device | None:
+        return self.devices.get(name)
+
+    def descendants(self, name: str) -> Iterator[str]:
+        """Every device below `name` in the tree, depth first."""
+        stack = list(reversed(self.children.get(name, ())))
+        while stack:
+            child = stack.pop()
+            yield child
+            stack.extend(reversed(self.children.get(child, ())))
+
+    def group_peers(self, name: str) -> tuple[str, ...]:
+        """The other devices in `name`'s IOMMU group (empty without a group)."""
+        dev = self.devices.get(name)
+        if dev is None or dev.iommu_group is None:
+            return ()
+        return tuple(n for n in self.groups.get(dev.iommu_group, ()) if n != name)
+
+    def virtual_functions(self, name: str) -> tuple[str, ...]:
+        """The SR-IOV VFs of a PF that are present in this inventory."""
+        dev = self.devices.get(name)
+        if dev is None:
+            return ()
+        return tuple(vf for vf in dev.virtfns if vf in self.devices)
+
+
+def _linked_parents(devices: Mapping[str, Device], errors: dict[str, int]) -> dict[str, str]:
+    """Parent links that are safe to follow: the target exists and no cycle goes through it."""
+    linked: dict[str, str] = {}
+    for name, dev in devices.items():
+        parent = dev.parent
+        if parent is None:
+            continue
+        if parent == name:
+            log.warning("device is its own parent, link skipped: %s", name)
+            errors["parent_cycle"] = errors.get("parent_cycle", 0) + 1
+        elif parent not in devices:
+            log.warning("parent %s of device %s does not exist, link skipped", parent, name)
+            errors["missing_parent"] = errors.get("missing_parent", 0) + 1
+        else:
+            linked[name] = parent
+    # Break cycles: walk up from each device; colour 1 = on the current path, 2 = known to reach a root.
+    state: dict[str, int] = {}
+    for start in sorted(linked):
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node in linked and state.get(node) is None:
+            state[node] = 1
+            path.append(node)
+            node = linked[node]
+        if node is not None and state.get(node) == 1:
+            log.warning("parent cycle through %s, link skipped", node)
+            errors["parent_cycle"] = errors.get("parent_cycle", 0) + 1
+            del linked[node]
+        for p in path:
+            state[p] = 2
+    return linked

@@ -1,0 +1,57 @@
+"""The device queries shared by the CLI and the HTTP API, with Kimchi's filter semantics."""
+
+from __future__ import annotations
+
+from passthrough_exporter.snapshot import Snapshot
+
+
+class QueryError(Exception):
+    """A query the user got wrong; `exit_code` for the CLI, `status` for HTTP."""
+
+    exit_code = 1
+    status = 400
+
+
+class ConflictingFilters(QueryError):
+    exit_code = 2
+    status = 400
+
+    def __init__(self) -> None:
+        super().__init__("Conflicting flag filters specified.")
+
+
+class DeviceNotFound(QueryError):
+    exit_code = 1
+    status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Node device '{name}' not found")
+
+
+def select(
+    snapshot: Snapshot,
+    cap: str | None = None,
+    passthrough: bool = False,
+    affected_by: str | None = None,
+) -> list[str]:
+    """Device names matching the filters, sorted.
+
+    `affected_by` answers "what goes with this device" and cannot be combined with the others.
+    """
+    if affected_by is not None:
+        if cap is not None or passthrough:
+            raise ConflictingFilters()
+        if affected_by not in snapshot.inventory:
+            raise DeviceNotFound(affected_by)
+        return list(snapshot.affected[affected_by])
+    return [
+        dev.name
+        for dev in snapshot.inventory
+        if (cap is None or dev.type == cap) and (not passthrough or snapshot.verdicts[dev.name].eligible)
+    ]
+
+
+def device(snapshot: Snapshot, name: str) -> dict:
+    if name not in snapshot.inventory:
+        raise DeviceNotFound(name)
+    return snapshot.device_object(name)

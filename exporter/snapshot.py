@@ -1,0 +1,77 @@
+"""The judged snapshot: one read of the devices plus every verdict, affected set and finding.
+
+Immutable, so the HTTP server and the metrics collector can serve it from any thread while the
+next one is being built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from passthrough_exporter.model import Device, Finding, Inventory, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    inventory: Inventory
+    verdicts: Mapping[str, Verdict]
+    affected: Mapping[str, tuple[str, ...]]
+    findings: tuple[Finding, ...] = ()
+    source: str = "sysfs"
+    source_up: bool = True
+    # bad inputs skipped while reading and judging, by kind (this refresh only)
+    errors: Mapping[str, int] = field(default_factory=dict)
+    finished_at: float = 0.0  # unix time
+    duration: float = 0.0  # seconds the refresh took
+
+    def device_object(self, name: str) -> dict[str, Any]:
+        """The JSON object of one device, as the CLI and the HTTP API print it."""
+        dev = self.inventory.devices[name]
+        verdict = self.verdicts[name]
+        return device_object(dev, verdict, self.affected.get(name, ()))
+
+    def eligible(self, name: str) -> bool:
+        return self.verdicts[name].eligible
+
+
+def device_object(dev: Device, verdict: Verdict, affected: tuple[str, ...]) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "name": dev.name,
+        "type": dev.type,
+        "parent": dev.parent,
+        "address": dev.address,
+        "vendor_id": dev.vendor_id,
+        "product_id": dev.product_id,
+        "vendor": dev.vendor,
+        "product": dev.product,
+        "class": dev.pci_class,
+        "driver": dev.driver,
+        "iommu_group": dev.iommu_group,
+        "eligible": verdict.eligible,
+        "reasons": list(verdict.reasons),
+        "warnings": list(verdict.warnings),
+        "affected": list(affected),
+        "assigned_to": dev.assigned_to,
+    }
+    if dev.type == "pci":
+        obj.update(
+            subsystem_vendor_id=dev.subsystem_vendor_id,
+            subsystem_product_id=dev.subsystem_product_id,
+            numa_node=dev.numa_node,
+            boot_vga=dev.boot_vga,
+            reset_methods=None if dev.reset_methods is None else list(dev.reset_methods),
+            header_type=dev.header_type,
+            physfn=dev.physfn,
+            virtfns=list(dev.virtfns),
+            sriov_totalvfs=dev.sriov_totalvfs,
+            sriov_numvfs=dev.sriov_numvfs,
+        )
+    elif dev.type in ("usb_device", "usb"):
+        obj.update(usb_class=dev.usb_class, busnum=dev.busnum, devnum=dev.devnum)
+    elif dev.type == "scsi":
+        obj.update(scsi_type=dev.scsi_type, block_devices=list(dev.block_devices))
+    if dev.notes:
+        obj["notes"] = list(dev.notes)
+    return obj

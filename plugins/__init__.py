@@ -1,0 +1,1 @@
+"""Built-in rule plugins, registered through the `passthrough_exporter.plugins` entry points."""
