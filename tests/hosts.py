@@ -1,0 +1,106 @@
+"""Fixture hosts: small, realistic device layouts that the tests work out by hand.
+
+Each function adds its devices to a SysfsTree; a host may combine several.
+"""
+
+from __future__ import annotations
+
+from sysfs_builder import SysfsTree
+
+INTEL, NVIDIA, LINUX, SAMSUNG = 0x8086, 0x10DE, 0x1D6B, 0x144D
+
+
+def base(t: SysfsTree) -> None:
+    """Host bridge in its own group, as on every Intel desktop."""
+    t.pci("0000:00:00.0", INTEL, 0x3E30, 0x060000, group=0, reset_method=None)
+    t.iommu_unit("dmar0")
+
+
+def desktop_gpu(t: SysfsTree, groups: bool = True) -> None:
+    """Root port 00:01.0 (group 1) with a GPU and its HDMI audio function (group 2)."""
+    g = (lambda n: n) if groups else (lambda n: None)
+    t.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=g(1), reset_method=None)
+    t.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="nvidia", group=g(2),
+          boot_vga=True, reset_method="bus")
+    t.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="snd_hda_intel", group=g(2),
+          reset_method="bus")
+
+
+def chipset_switch(t: SysfsTree) -> None:
+    """A chipset root port without ACS: a switch and everything behind it share group 5 (9 functions).
+
+    00:1c.0 root port -> 02:00.0 switch upstream -> 03:00.0/03:01.0/03:02.0 downstream ports
+    -> 04:00.0 xHCI, 05:00.0 SATA, 06:00.0 + 06:00.1 dual-port NIC.
+    The xHCI carries a root hub with a keyboard; the SATA controller a disk.
+    """
+    t.pci("0000:00:1c.0", INTEL, 0xA110, 0x060400, driver="pcieport", group=5, reset_method=None)
+    t.pci("0000:02:00.0", INTEL, 0x15EF, 0x060400, parent="0000:00:1c.0", driver="pcieport", group=5)
+    for dev in ("00", "01", "02"):
+        t.pci(f"0000:03:{dev}.0", INTEL, 0x15EF, 0x060400, parent="0000:02:00.0", driver="pcieport", group=5)
+    xhci = t.pci("0000:04:00.0", INTEL, 0x15EC, 0x0C0330, parent="0000:03:00.0", driver="xhci_hcd", group=5)
+    sata = t.pci("0000:05:00.0", 0x1B21, 0x0612, 0x010601, parent="0000:03:01.0", driver="ahci", group=5)
+    t.pci("0000:06:00.0", INTEL, 0x1521, 0x020000, parent="0000:03:02.0", driver="igb", group=5)
+    t.pci("0000:06:00.1", INTEL, 0x1521, 0x020000, parent="0000:03:02.0", driver="igb", group=5)
+    hub = t.usb_device("usb3", LINUX, 0x0002, parent=xhci, device_class=9, busnum=3, driver="usb")
+    kbd = t.usb_device("3-1", 0x046D, 0xC31C, parent=hub, busnum=3, devnum=2, product_name="USB Keyboard")
+    t.usb_interface("3-1:1.0", parent=kbd, interface_class=3, driver="usbhid")
+    host = t.scsi_host(2, parent=sata, via="ata3")
+    target = t.scsi_target("target2:0:0", parent=host)
+    t.scsi_lun("2:0:0:0", parent=target, block="sdb")
+
+
+def sriov_nic(t: SysfsTree) -> None:
+    """An SR-IOV PF (group 30) with two VFs in groups 31 and 32, behind root port 00:03.0 (group 29)."""
+    t.pci("0000:00:03.0", INTEL, 0x1903, 0x060400, driver="pcieport", group=29, reset_method=None)
+    t.pci("0000:81:00.0", INTEL, 0x1572, 0x020000, parent="0000:00:03.0", driver="i40e", group=30,
+          sriov_totalvfs=64)
+    t.pci("0000:81:02.0", INTEL, 0x154C, 0x020000, parent="0000:00:03.0", driver="iavf", group=31,
+          physfn="0000:81:00.0")
+    t.pci("0000:81:02.1", INTEL, 0x154C, 0x020000, parent="0000:00:03.0", driver="vfio-pci", group=32,
+          physfn="0000:81:00.0")
+
+
+def orphan_vf(t: SysfsTree) -> None:
+    """A VF whose PF is not in the tree (hot-removed, or a partial capture)."""
+    t.pci("0000:82:10.0", INTEL, 0x10ED, 0x020000, driver="ixgbevf", group=40, physfn="0000:82:00.0")
+
+
+def usb_tree(t: SysfsTree) -> None:
+    """xHCI 00:14.0 (group 3): root hub usb1 -> external hub 1-1 -> 1-1.2 mouse, 1-1.4 storage stick;
+    root hub usb2 (USB 3) with nothing on it."""
+    xhci = t.pci("0000:00:14.0", INTEL, 0xA36D, 0x0C0330, driver="xhci_hcd", group=3)
+    usb1 = t.usb_device("usb1", LINUX, 0x0002, parent=xhci, device_class=9, busnum=1, devnum=1,
+                        manufacturer="Linux 6.1.0 xhci-hcd", product_name="xHCI Host Controller")
+    t.usb_interface("1-0:1.0", parent=usb1, interface_class=9, driver="hub")
+    t.usb_device("usb2", LINUX, 0x0003, parent=xhci, device_class=9, busnum=2, devnum=1)
+    hub = t.usb_device("1-1", 0x05E3, 0x0610, parent=usb1, device_class=9, busnum=1, devnum=2, product_name="USB2.0 Hub")
+    t.usb_interface("1-1:1.0", parent=hub, interface_class=9, driver="hub")
+    mouse = t.usb_device("1-1.2", 0x046D, 0xC077, parent=hub, busnum=1, devnum=3,
+                         manufacturer="Logitech", product_name="USB Optical Mouse")
+    t.usb_interface("1-1.2:1.0", parent=mouse, interface_class=3, driver="usbhid")
+    stick = t.usb_device("1-1.4", 0x0781, 0x5567, parent=hub, busnum=1, devnum=4, product_name="Cruzer Blade")
+    intf = t.usb_interface("1-1.4:1.0", parent=stick, interface_class=8, driver="usb-storage")
+    host = t.scsi_host(6, parent=intf)
+    target = t.scsi_target("target6:0:0", parent=host)
+    t.scsi_lun("6:0:0:0", parent=target, vendor="SanDisk", model="Cruzer Blade", block="sdc")
+
+
+def sata_disks(t: SysfsTree) -> None:
+    """AHCI 00:17.0 (group 4): host0 (via ata1) -> target0:0:0 -> LUNs 0:0:0:0 (disk) and 0:0:0:1 (cd-rom);
+    host1 (via ata2) with no target."""
+    ahci = t.pci("0000:00:17.0", INTEL, 0xA352, 0x010601, driver="ahci", group=4)
+    host0 = t.scsi_host(0, parent=ahci, via="ata1")
+    target = t.scsi_target("target0:0:0", parent=host0)
+    t.scsi_lun("0:0:0:0", parent=target, model="Samsung SSD 860", block="sda")
+    t.scsi_lun("0:0:0:1", parent=target, model="DVD-RW", scsi_type=5, block="sr0", driver="sr")
+    t.scsi_host(1, parent=ahci, via="ata2")
+
+
+def workstation(t: SysfsTree) -> None:
+    """Everything above on one host: the golden-file and parity host."""
+    base(t)
+    desktop_gpu(t)
+    usb_tree(t)
+    sata_disks(t)
+    chipset_switch(t)
+    sriov_nic(t)

@@ -1,0 +1,201 @@
+"""Builds sysfs/procfs fixture trees shaped like the kernel's: real directories, relative symlinks.
+
+Devices live under sys/devices/...; sys/bus/<bus>/devices/<name> link to them, drivers and IOMMU
+groups are links too, so the source under test sees the same structure as on a real host.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+
+class SysfsTree:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.sys = self.root / "sys"
+        self.proc = self.root / "proc"
+        (self.sys / "devices").mkdir(parents=True, exist_ok=True)
+        self.proc.mkdir(parents=True, exist_ok=True)
+        self.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet")
+        self._pci: dict[str, Path] = {}
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    def write(path: Path, text: str | bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text + "\n")
+
+    @staticmethod
+    def link(at: Path, target: Path) -> None:
+        at.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, at.parent), at)
+
+    def _bus(self, bus: str, name: str, path: Path) -> None:
+        self.link(self.sys / "bus" / bus / "devices" / name, path)
+
+    def _driver(self, bus: str, path: Path, driver: str | None) -> None:
+        if driver:
+            drv = self.sys / "bus" / bus / "drivers" / driver
+            drv.mkdir(parents=True, exist_ok=True)
+            self.link(path / "driver", drv)
+
+    # --- host ----------------------------------------------------------------------------
+
+    def cmdline(self, text: str) -> None:
+        self.write(self.proc / "cmdline", text)
+
+    def module_param(self, module: str, param: str, value: str) -> None:
+        self.write(self.sys / "module" / module / "parameters" / param, value)
+
+    def iommu_unit(self, name: str) -> None:
+        (self.sys / "class" / "iommu" / name).mkdir(parents=True, exist_ok=True)
+
+    # --- PCI -----------------------------------------------------------------------------
+
+    def pci_path(self, addr: str) -> Path:
+        return self._pci[addr]
+
+    def pci(
+        self,
+        addr: str,
+        vendor: int,
+        device: int,
+        cls: int,
+        *,
+        parent: str | None = None,
+        driver: str | None = None,
+        group: int | None = None,
+        header_type: int | None = None,
+        numa_node: int = -1,
+        boot_vga: bool | None = None,
+        reset_method: str | None = "flr bus",
+        subsystem: tuple[int, int] = (0, 0),
+        sriov_totalvfs: int | None = None,
+        physfn: str | None = None,
+    ) -> Path:
+        """A PCI function; `parent` is the address of the bridge above it (None: a root bus)."""
+        if parent is None:
+            domain_bus = addr.rsplit(":", 1)[0]
+            base = self.sys / "devices" / f"pci{domain_bus}"
+        else:
+            base = self._pci[parent]
+        path = base / addr
+        path.mkdir(parents=True)
+        self._pci[addr] = path
+        if header_type is None:
+            header_type = 1 if (cls >> 8) == 0x0604 else 0
+        self.write(path / "vendor", f"0x{vendor:04x}")
+        self.write(path / "device", f"0x{device:04x}")
+        self.write(path / "class", f"0x{cls:06x}")
+        self.write(path / "subsystem_vendor", f"0x{subsystem[0]:04x}")
+        self.write(path / "subsystem_device", f"0x{subsystem[1]:04x}")
+        self.write(path / "numa_node", str(numa_node))
+        self.write(path / "config", pci_config(vendor, device, cls, header_type))
+        if boot_vga is not None:
+            self.write(path / "boot_vga", "1" if boot_vga else "0")
+        if reset_method is not None:
+            self.write(path / "reset_method", reset_method)
+            self.write(path / "reset", b"")
+        if sriov_totalvfs is not None:
+            self.write(path / "sriov_totalvfs", str(sriov_totalvfs))
+            self.write(path / "sriov_numvfs", "0")
+        self._bus("pci", addr, path)
+        self._driver("pci", path, driver)
+        if group is not None:
+            gdir = self.sys / "kernel" / "iommu_groups" / str(group)
+            (gdir / "devices").mkdir(parents=True, exist_ok=True)
+            self.link(path / "iommu_group", gdir)
+            self.link(gdir / "devices" / addr, path)
+        if physfn is not None:
+            # The PF may be absent on purpose (a VF without its PF): link to where it would be.
+            pf = self._pci.get(physfn, path.parent / physfn)
+            self.link(path / "physfn", pf)
+            if physfn in self._pci:
+                n = len([p for p in pf.iterdir() if p.name.startswith("virtfn")])
+                self.link(pf / f"virtfn{n}", path)
+                self.write(pf / "sriov_numvfs", str(n + 1))
+        return path
+
+    # --- USB -----------------------------------------------------------------------------
+
+    def usb_device(
+        self,
+        sysname: str,
+        vendor: int,
+        product: int,
+        *,
+        parent: Path,
+        device_class: int = 0,
+        manufacturer: str | None = None,
+        product_name: str | None = None,
+        busnum: int = 1,
+        devnum: int = 1,
+        driver: str = "usb",
+    ) -> Path:
+        path = parent / sysname
+        path.mkdir(parents=True)
+        self.write(path / "idVendor", f"{vendor:04x}")
+        self.write(path / "idProduct", f"{product:04x}")
+        self.write(path / "bDeviceClass", f"{device_class:02x}")
+        self.write(path / "busnum", str(busnum))
+        self.write(path / "devnum", str(devnum))
+        if manufacturer:
+            self.write(path / "manufacturer", manufacturer)
+        if product_name:
+            self.write(path / "product", product_name)
+        self._bus("usb", sysname, path)
+        self._driver("usb", path, driver)
+        return path
+
+    def usb_interface(self, sysname: str, *, parent: Path, interface_class: int, driver: str | None = None) -> Path:
+        path = parent / sysname
+        path.mkdir(parents=True)
+        self.write(path / "bInterfaceClass", f"{interface_class:02x}")
+        self._bus("usb", sysname, path)
+        self._driver("usb", path, driver)
+        return path
+
+    # --- SCSI ----------------------------------------------------------------------------
+
+    def scsi_host(self, n: int, *, parent: Path, via: str | None = None) -> Path:
+        """`via`: an intermediate directory that is not a device (ata1, virtio0 ...)."""
+        path = (parent / via if via else parent) / f"host{n}"
+        path.mkdir(parents=True)
+        self._bus("scsi", f"host{n}", path)
+        return path
+
+    def scsi_target(self, sysname: str, *, parent: Path) -> Path:
+        path = parent / sysname
+        path.mkdir(parents=True)
+        self._bus("scsi", sysname, path)
+        return path
+
+    def scsi_lun(
+        self, sysname: str, *, parent: Path, vendor: str = "ATA", model: str = "DISK", scsi_type: int = 0,
+        block: str | None = None, driver: str | None = "sd",
+    ) -> Path:
+        path = parent / sysname
+        path.mkdir(parents=True)
+        self.write(path / "vendor", vendor)
+        self.write(path / "model", model)
+        self.write(path / "type", str(scsi_type))
+        if block:
+            (path / "block" / block).mkdir(parents=True)
+        self._bus("scsi", sysname, path)
+        self._driver("scsi", path, driver)
+        return path
+
+
+def pci_config(vendor: int, device: int, cls: int, header_type: int) -> bytes:
+    """The first 64 bytes of config space: ids, class code and header type where the spec puts them."""
+    header = bytearray(64)
+    struct.pack_into("<HH", header, 0, vendor, device)
+    header[0x09:0x0C] = cls.to_bytes(3, "little")  # prog-if, subclass, base class
+    header[0x0E] = header_type
+    return bytes(header)
