@@ -27,6 +27,10 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH", help="sysfs mount point (default: /sys)")
     group.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH", help="procfs mount point (default: /proc)")
     group.add_argument(
+        "--path.pci-ids", dest="pci_ids", default=None, metavar="FILE",
+        help="pci.ids file for vendor and device names (default: the system's; 'none' for numbers only)",
+    )
+    group.add_argument(
         "--libvirt.uri", dest="libvirt_uri", default="qemu:///system", metavar="URI",
         help="libvirt connection URI, opened read-only (default: qemu:///system)",
     )
@@ -42,7 +46,10 @@ def open_source(args: argparse.Namespace) -> Source:
     if args.source == "sysfs":
         from passthrough_exporter.sources.sysfs import SysfsSource
 
-        return SysfsSource(args.sysfs, args.procfs)
+        from passthrough_exporter import pciids
+
+        names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
+        return SysfsSource(args.sysfs, args.procfs, names)
     if args.source == "libvirt":
         from passthrough_exporter.sources.libvirt import LibvirtSource  # needs libvirt-python
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import TypeVar
 
+from passthrough_exporter.pciids import PciIds
 from passthrough_exporter.model import COMPUTER, Device, HostFacts, Inventory, device_name
 from passthrough_exporter.sources import SourceError
 
@@ -261,7 +262,8 @@ class _Reader:
                 value = self.optional({param}, pdir, param, str, f"module {module}")
                 if value is not None:
                     params[f"{module}.{param}"] = value
-        cmdline = self.optional({"cmdline"}, self.procfs, "cmdline", str, "procfs") or ""
+        present = {"cmdline"} if os.path.exists(os.path.join(self.procfs, "cmdline")) else set()
+        cmdline = self.optional(present, self.procfs, "cmdline", str, "procfs") or ""
         return HostFacts(
             iommu_groups_present=bool(self.listdir(os.path.join(self.sysfs, "kernel", "iommu_groups"))),
             iommu_units=tuple(self.listdir(os.path.join(self.sysfs, "class", "iommu"))),
@@ -286,16 +288,21 @@ class SysfsSource:
 
     name = "sysfs"
 
-    def __init__(self, sysfs: str = "/sys", procfs: str = "/proc") -> None:
+    def __init__(self, sysfs: str = "/sys", procfs: str = "/proc", pci_ids: PciIds | None = None) -> None:
         self.sysfs = sysfs
         self.procfs = procfs
+        self.pci_ids = pci_ids
 
     def read(self) -> Inventory:
         if not os.path.isdir(self.sysfs):
             raise SourceError(f"sysfs root {self.sysfs} is not a directory")
         reader = _Reader(self.sysfs, self.procfs)
         found: list[tuple[str, Device]] = []
-        found += reader.each("pci", reader.pci)
+        pci = reader.each("pci", reader.pci)
+        if self.pci_ids is not None:
+            pci = [(p, replace(d, vendor=v, product=n)) for p, d in pci
+                   for v, n in (self.pci_ids.names(d.vendor_id, d.product_id),)]
+        found += pci
         usb = reader.each("usb", reader.usb)
         found += usb
         found += [(p, d) for p, d in reader.each("scsi", reader.scsi) if d is not None]
