@@ -1,0 +1,72 @@
+"""Facts about isolation derived from an inventory: VFIO group viability and weakened-isolation settings.
+
+Shared by the metrics collector and the safety findings, so both always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from passthrough_exporter.model import Device, HostFacts, Inventory
+
+VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci and other vfio-* drivers
+BRIDGE_CLASSES = ("0x0604", "0x0607", "0x0609")  # PCI-PCI, CardBus, semi-transparent bridges
+
+WEAKENED_REASONS = ("acs_override", "unsafe_interrupts", "unsafe_noiommu")
+
+
+def is_bridge(dev: Device) -> bool:
+    return dev.header_type not in (None, 0) or (dev.pci_class or "").lower().startswith(BRIDGE_CLASSES)
+
+
+def is_vfio_driver(driver: str | None) -> bool:
+    return driver is not None and (driver.startswith("vfio") or driver in VFIO_SAFE_DRIVERS)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    number: int
+    devices: tuple[str, ...]  # every PCI function in the group
+    vfio: tuple[str, ...]  # endpoints on a vfio driver or pci-stub
+    host: tuple[str, ...]  # endpoints on any other driver
+    bridges: tuple[str, ...]
+
+    @property
+    def viable(self) -> bool:
+        """VFIO accepts the group: no endpoint is held by a host driver."""
+        return not self.host
+
+    @property
+    def mixed(self) -> bool:
+        """Part of the group is handed to VMs while the host still drives the rest."""
+        return bool(self.vfio) and bool(self.host)
+
+
+def group_status(inventory: Inventory) -> dict[int, GroupStatus]:
+    out = {}
+    for number, members in inventory.groups.items():
+        vfio, host, bridges = [], [], []
+        for name in members:
+            dev = inventory.devices[name]
+            if is_bridge(dev):
+                bridges.append(name)
+            elif is_vfio_driver(dev.driver):
+                vfio.append(name)
+            elif dev.driver is not None:
+                host.append(name)
+        out[number] = GroupStatus(number, members, tuple(vfio), tuple(host), tuple(bridges))
+    return out
+
+
+def _flag(params: Mapping[str, str], key: str) -> bool:
+    return params.get(key, "").strip().upper() in ("Y", "1", "TRUE")
+
+
+def weakened(host: HostFacts) -> dict[str, bool]:
+    """Each reason of `passthrough_isolation_weakened` and whether it holds on this host."""
+    return {
+        "acs_override": "pcie_acs_override" in host.cmdline_params(),
+        "unsafe_interrupts": _flag(host.module_params, "vfio_iommu_type1.allow_unsafe_interrupts"),
+        "unsafe_noiommu": _flag(host.module_params, "vfio.enable_unsafe_noiommu_mode"),
+    }
