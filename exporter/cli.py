@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 
 from passthrough_exporter import __version__, logs
 from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.metrics import MetricOptions
+from passthrough_exporter.model import PASSABLE_TYPES
 from passthrough_exporter.query import QueryError, select
 from passthrough_exporter.settings import DEFAULT_PCI_DENIED_CLASSES, Settings
 from passthrough_exporter.sources import SOURCES, Source, SourceError
@@ -86,6 +94,105 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_LISTEN = ":9839"
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def duration(text: str) -> float:
+    """'60s', '5m', '1h', '500ms' or plain seconds -> seconds."""
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30s, 5m)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
+
+
+def add_metric_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--metrics.device-types", dest="metric_types", default=",".join(PASSABLE_TYPES), metavar="LIST",
+        help="device types that get per-device series (default: %(default)s; host-wide and group series "
+        "are always there)",
+    )
+    group.add_argument("--metrics.skip-vfs", dest="skip_vfs", action="store_true",
+                       help="no per-device series for SR-IOV virtual functions (large SR-IOV hosts)")
+
+
+def metric_options(args: argparse.Namespace) -> MetricOptions:
+    types = tuple(t.strip() for t in args.metric_types.split(",") if t.strip())
+    return MetricOptions(device_types=types, include_vfs=not args.skip_vfs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from passthrough_exporter import server, webconfig
+    from passthrough_exporter.refresher import Refresher
+
+    try:
+        address = server.parse_listen_address(args.listen_address)
+        web = webconfig.load(args.web_config) if args.web_config else webconfig.WebConfig()
+    except (ValueError, webconfig.WebConfigError) as exc:
+        print(f"passthrough-exporter: {exc}", file=sys.stderr)
+        return 1
+    source = open_source(args)
+    refresher = Refresher(source, Inspector(settings_from(args)), args.refresh_interval, metric_options(args))
+    try:
+        httpd = server.serve(address, refresher, web)
+    except OSError as exc:
+        print(f"passthrough-exporter: cannot listen on {args.listen_address}: {exc.strerror}", file=sys.stderr)
+        return 1
+    refresher.start()
+    log.info("listening on %s:%d (%s), source %s, refresh every %gs", address[0], httpd.server_address[1],
+             "https" if web.ssl_context else "http", source.name, args.refresh_interval)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    httpd.shutdown()
+    refresher.stop()
+    source.close()
+    return 0
+
+
+def cmd_textfile(args: argparse.Namespace) -> int:
+    from passthrough_exporter.metrics import render
+
+    source = open_source(args)
+    try:
+        snapshot = Inspector(settings_from(args)).judge(source.read(), source=source.name)
+    finally:
+        source.close()
+    snapshot = dataclasses.replace(snapshot, errors_total=dict(snapshot.errors))
+    write_atomically(args.path, render(snapshot, metric_options(args)))
+    log.info("wrote %d devices to %s", len(snapshot.inventory), args.path)
+    return 0
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename: a reader sees the old file or the new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".passthrough-exporter.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
@@ -108,6 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--json", action="store_true", help="print device objects as a JSON array")
     add_source_options(devices)
     devices.set_defaults(func=cmd_devices)
+
+    serve = sub.add_parser(
+        "serve", help="run the Prometheus exporter",
+        description="Serve /metrics, /api/devices, /api/findings and /healthz from a snapshot refreshed "
+        "in the background.",
+    )
+    web = serve.add_argument_group("web")
+    web.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN, metavar="[HOST]:PORT",
+                     help="address to listen on (default: %(default)s)")
+    web.add_argument("--web.config.file", dest="web_config", metavar="FILE",
+                     help="TLS and basic auth, in the Prometheus exporter-toolkit web-config format")
+    serve.add_argument("--refresh-interval", type=duration, default=60.0, metavar="DURATION",
+                       help="how often devices are re-read, e.g. 30s, 5m (default: 60s)")
+    add_source_options(serve)
+    add_metric_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    textfile = sub.add_parser(
+        "textfile", help="write the metrics once for node_exporter's textfile collector",
+        description="Write the metrics once to PATH, atomically (temp file + rename).",
+    )
+    textfile.add_argument("path", metavar="PATH", help="e.g. /var/lib/node_exporter/textfile/passthrough.prom")
+    add_source_options(textfile)
+    add_metric_options(textfile)
+    textfile.set_defaults(func=cmd_textfile)
     return parser
 
 

@@ -23,6 +23,8 @@ class Snapshot:
     source_up: bool = True
     # bad inputs skipped while reading and judging, by kind (this refresh only)
     errors: Mapping[str, int] = field(default_factory=dict)
+    # the same, summed over every refresh since the exporter started (a Prometheus counter)
+    errors_total: Mapping[str, int] = field(default_factory=dict)
     finished_at: float = 0.0  # unix time
     duration: float = 0.0  # seconds the refresh took
 

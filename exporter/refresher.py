@@ -1,0 +1,118 @@
+"""Keeps a judged snapshot fresh in the background, so a scrape never waits on the source.
+
+One refresh at a time: on start, every `interval`, and early when a scrape finds the snapshot
+older than the interval. A failed refresh keeps the previous snapshot and marks the source down.
+Each published snapshot carries its exposition, rendered once (and gzipped once), so serving a
+scrape only copies bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.metrics import MetricOptions, render
+from passthrough_exporter.model import Inventory
+from passthrough_exporter.snapshot import Snapshot
+from passthrough_exporter.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the server hands out: a snapshot and its exposition, replaced as a whole."""
+
+    snapshot: Snapshot
+    metrics: bytes
+    metrics_gzip: bytes
+    ready: bool  # False until the first refresh succeeded
+
+
+class Refresher:
+    def __init__(
+        self,
+        source: Source,
+        inspector: Inspector,
+        interval: float = 60.0,
+        options: MetricOptions | None = None,
+    ) -> None:
+        self.source = source
+        self.inspector = inspector
+        self.interval = interval
+        self.options = options or MetricOptions()
+        self._errors_total: dict[str, int] = {}
+        self._refresh_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_attempt = time.monotonic()
+        empty = Snapshot(Inventory([]), {}, {}, source=source.name, source_up=False)
+        self._published = self._publish(empty, ready=False)
+
+    def current(self) -> Published:
+        """The last complete snapshot; triggers a background refresh if it is stale."""
+        # Measured from the last attempt, not the last success: a source that is down is retried
+        # once per interval, not once per scrape.
+        if time.monotonic() - self._last_attempt > self.interval:
+            self._wake.set()
+        return self._published
+
+    def refresh(self) -> bool:
+        """Run one refresh now unless one is already running; True when this call did the work."""
+        if not self._refresh_lock.acquire(blocking=False):
+            return False
+        try:
+            self._refresh()
+        finally:
+            self._refresh_lock.release()
+        return True
+
+    def _refresh(self) -> None:
+        started = self._last_attempt = time.monotonic()
+        previous = self._published
+        try:
+            inventory = self.source.read()
+            snap = self.inspector.judge(inventory, source=self.source.name, started=started)
+        except Exception as exc:  # any failure of the source keeps the old snapshot
+            self._count({"source_error": 1})
+            log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source.name, exc)
+            down = dataclasses.replace(previous.snapshot, source_up=False, errors_total=dict(self._errors_total))
+            self._published = self._publish(down, ready=previous.ready)
+            return
+        self._count(snap.errors)
+        snap = dataclasses.replace(snap, errors_total=dict(self._errors_total))
+        self._published = self._publish(snap, ready=True)
+        log.info("refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)",
+                 len(inventory), self.source.name, snap.duration, len(snap.findings), sum(snap.errors.values()))
+
+    def _count(self, errors: dict[str, int]) -> None:
+        for kind, n in errors.items():
+            self._errors_total[kind] = self._errors_total.get(kind, 0) + n
+
+    def _publish(self, snap: Snapshot, ready: bool) -> Published:
+        text = render(snap, self.options)
+        return Published(snap, text, gzip.compress(text, compresslevel=6, mtime=0), ready)
+
+    # --- background thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="refresher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
