@@ -16,8 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
 from passthrough_exporter import __version__
 from passthrough_exporter.query import QueryError, device, select
 from passthrough_exporter.refresher import Refresher
@@ -26,6 +24,8 @@ from passthrough_exporter.webconfig import WebConfig
 log = logging.getLogger(__name__)
 
 MAX_QUERY = 2048  # bytes of query string; device names are short
+# The classic text format every Prometheus version parses (our names are plain ASCII).
+CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class BadRequest(QueryError):

@@ -1,0 +1,317 @@
+"""The exporter over real HTTP on 127.0.0.1: routes, errors, TLS, basic auth, snapshot serving."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import bcrypt
+import hosts
+import pytest
+from test_cli import EXE
+
+from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.refresher import Refresher
+from passthrough_exporter.server import parse_listen_address, serve
+from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
+
+
+class SlowSysfs(SysfsSource):
+    """The real sysfs source, held at a gate so a test can keep a refresh running."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.reading = threading.Event()
+
+    def read(self):
+        self.reading.set()
+        self.gate.wait(30)
+        return super().read()
+
+
+@pytest.fixture
+def host(tree):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    hosts.usb_tree(tree)
+    return tree
+
+
+def start(tree, web=None, interval=3600.0):
+    source = SlowSysfs(str(tree.sys), str(tree.proc))
+    refresher = Refresher(source, Inspector(), interval)
+    refresher.refresh()
+    httpd = serve(("127.0.0.1", 0), refresher, web or WebConfig())
+    return httpd, refresher, source
+
+
+@pytest.fixture
+def server(host):
+    httpd, refresher, source = start(host)
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def get(httpd, path, method="GET", headers=None, context=None):
+    port = httpd.server_address[1]
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
+
+
+def test_metrics_plain_and_gzip(server):
+    resp, body = get(server, "/metrics")
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in body
+    resp, zipped = get(server, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert resp.getheader("Content-Encoding") == "gzip"
+    assert gzip.decompress(zipped) == body
+
+
+def test_api_devices_filters(server):
+    resp, body = get(server, "/api/devices")
+    names = [d["name"] for d in json.loads(body)]
+    assert resp.status == 200 and names == sorted(names) and "computer" in names
+    _, body = get(server, "/api/devices?cap=usb_device&passthrough=true")
+    assert [d["name"] for d in json.loads(body)] == ["usb_1_1_2", "usb_1_1_4"]
+    _, body = get(server, "/api/devices?affected_by=pci_0000_01_00_0")
+    assert [d["name"] for d in json.loads(body)] == ["pci_0000_01_00_1"]
+
+
+@pytest.mark.parametrize("query, status, message", [
+    ("?affected_by=pci_0000_01_00_0&cap=pci", 400, "Conflicting flag filters specified."),
+    ("?affected_by=pci_0000_01_00_0&passthrough=true", 400, "Conflicting flag filters specified."),
+    ("?affected_by=pci_0000_77_00_0", 404, "Node device 'pci_0000_77_00_0' not found"),
+    ("?passthrough=maybe", 400, "passthrough must be true or false"),
+])
+def test_api_errors(server, query, status, message):
+    resp, body = get(server, "/api/devices" + query)
+    assert (resp.status, json.loads(body)) == (status, {"error": message})
+
+
+def test_one_device_findings_health_landing(server):
+    resp, body = get(server, "/api/devices/pci_0000_01_00_0")
+    obj = json.loads(body)
+    assert resp.status == 200 and obj["name"] == "pci_0000_01_00_0" and obj["affected"] == ["pci_0000_01_00_1"]
+    resp, body = get(server, "/api/devices/nope")
+    assert (resp.status, json.loads(body)) == (404, {"error": "Node device 'nope' not found"})
+    resp, body = get(server, "/api/findings")
+    assert resp.status == 200 and isinstance(json.loads(body), list)
+    resp, body = get(server, "/healthz")
+    assert resp.status == 200 and json.loads(body)["ready"] is True
+    resp, body = get(server, "/")
+    assert resp.status == 200 and b'href="/metrics"' in body
+    resp, _ = get(server, "/nowhere")
+    assert resp.status == 404
+
+
+def test_only_get_and_head(server):
+    resp, body = get(server, "/metrics", method="HEAD")
+    assert resp.status == 200 and body == b"" and int(resp.getheader("Content-Length")) > 0
+    for method in ("POST", "PUT", "DELETE"):
+        resp, _ = get(server, "/metrics", method=method)
+        assert resp.status == 405 and resp.getheader("Allow") == "GET, HEAD"
+
+
+def test_scrape_during_slow_refresh_gets_previous_snapshot_at_once(host):
+    httpd, refresher, source = start(host)
+    try:
+        _, before = get(httpd, "/metrics")
+        source.gate.clear()
+        source.reading.clear()
+        worker = threading.Thread(target=refresher.refresh)
+        worker.start()
+        assert source.reading.wait(5)
+        t0 = time.monotonic()
+        resp, during = get(httpd, "/metrics")
+        assert resp.status == 200 and during == before
+        assert time.monotonic() - t0 < 2  # did not wait for the 30 s gate
+        assert refresher.refresh() is False  # a second refresh does not start beside the first
+        source.gate.set()
+        worker.join(10)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_failed_refresh_keeps_previous_snapshot_and_marks_source_down(host, tmp_path):
+    httpd, refresher, source = start(host)
+    try:
+        host.sys.rename(tmp_path / "moved")  # the source root disappears
+        refresher.refresh()
+        _, body = get(httpd, "/metrics")
+        assert b'passthrough_source_up{source="sysfs"} 0.0' in body
+        assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in body
+        assert b'device="pci_0000_01_00_0"' in body  # the previous devices are still served
+        (tmp_path / "moved").rename(host.sys)
+        refresher.refresh()
+        _, body = get(httpd, "/metrics")
+        assert b'passthrough_source_up{source="sysfs"} 1.0' in body
+        assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in body  # a counter: never goes back
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_stale_snapshot_is_refreshed_early_at_scrape(host):
+    source = SysfsSource(str(host.sys), str(host.proc))
+    refresher = Refresher(source, Inspector(), interval=0.2)
+    refresher.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not refresher.current().ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = refresher.current().snapshot.finished_at
+        time.sleep(0.5)
+        refresher.current()  # stale: wakes the refresher
+        deadline = time.monotonic() + 5
+        while refresher.current().snapshot.finished_at == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert refresher.current().snapshot.finished_at > first
+    finally:
+        refresher.stop()
+
+
+# --- TLS and basic auth ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "server.key"), "-out", str(d / "server.crt")],
+        check=True, capture_output=True,
+    )
+    return d
+
+
+def test_tls_and_basic_auth(host, certs, tmp_path):
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    cfg = tmp_path / "web.yml"
+    cfg.write_text(f"tls_server_config:\n  cert_file: {certs}/server.crt\n  key_file: {certs}/server.key\n"
+                   f"basic_auth_users:\n  alice: '{hashed}'\n")
+    httpd, _, _ = start(host, load(str(cfg)))
+    ctx = ssl.create_default_context(cafile=str(certs / "server.crt"))
+    auth = lambda user, pw: {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}  # noqa: E731
+    try:
+        resp, _ = get(httpd, "/metrics", context=ctx)
+        assert resp.status == 401 and resp.getheader("WWW-Authenticate").startswith("Basic")
+        resp, _ = get(httpd, "/metrics", headers=auth("alice", "wrong"), context=ctx)
+        assert resp.status == 401
+        resp, _ = get(httpd, "/metrics", headers=auth("mallory", "s3cret"), context=ctx)
+        assert resp.status == 401
+        resp, _ = get(httpd, "/api/devices", headers={"Authorization": "Basic !!notbase64"}, context=ctx)
+        assert resp.status == 401
+        for _ in range(2):  # the second time from the verified cache
+            resp, body = get(httpd, "/metrics", headers=auth("alice", "s3cret"), context=ctx)
+            assert resp.status == 200 and b"passthrough_device_info" in body
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            get(httpd, "/metrics")  # plain HTTP to a TLS port
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_web_config_errors(tmp_path, certs):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("basic_auth_users:\n  bob: plaintext\n")
+    with pytest.raises(WebConfigError, match="not a bcrypt hash"):
+        load(str(bad))
+    bad.write_text("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n")
+    with pytest.raises(WebConfigError, match="cannot load certificate"):
+        load(str(bad))
+    bad.write_text("tls_config: {}\n")
+    with pytest.raises(WebConfigError, match="unknown keys"):
+        load(str(bad))
+    with pytest.raises(WebConfigError, match="cannot read web config"):
+        load(str(tmp_path / "missing.yml"))
+
+
+def test_listen_address_parsing():
+    assert parse_listen_address(":9839") == ("0.0.0.0", 9839)
+    assert parse_listen_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_listen_address("[::1]:9839") == ("::1", 9839)
+    with pytest.raises(ValueError):
+        parse_listen_address("9839x")
+
+
+# --- the serve and textfile commands -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_end_to_end_and_port_in_use(host):
+    port = free_port()
+    args = [EXE, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", str(host.sys),
+            "--path.procfs", str(host.proc)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.monotonic() + 15, None
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/healthz")
+                status = conn.getresponse().status
+                conn.close()
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert status == 200
+        second = subprocess.run(args, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"passthrough-exporter: cannot listen on 127.0.0.1:{port}: Address already in use")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "level=info" in err and "listening on 127.0.0.1" in err  # logfmt logs
+
+
+def test_serve_refuses_bad_web_config_and_unknown_source(host, tmp_path):
+    cfg = tmp_path / "web.yml"
+    cfg.write_text("basic_auth_users: [1, 2]\n")
+    out = subprocess.run([EXE, "serve", "--web.config.file", str(cfg), "--web.listen-address", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "basic_auth_users must map" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([EXE, "serve", "--source", "snmp", "--web.listen-address", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "unknown source 'snmp'" in out.stderr
+
+
+def test_textfile_is_written_whole(host, tmp_path):
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "passthrough.prom"
+    target.write_text("old content\n")
+    out = subprocess.run([EXE, "textfile", str(target), "--path.sysfs", str(host.sys), "--path.procfs",
+                          str(host.proc)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = target.read_text()
+    assert text.startswith("# HELP passthrough_device_info") and text.endswith("\n")
+    assert 'passthrough_device_eligible{device="usb_1_1_2",type="usb_device"} 1.0' in text
+    assert [p.name for p in target.parent.iterdir()] == ["passthrough.prom"]  # no temp file left behind
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
