@@ -198,9 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Accepted after the command too (`serve --log.level debug`), as exporters are usually run.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS, choices=list(logs.LEVELS),
+                        help="debug, info, warn or error (default: info)")
 
     devices = sub.add_parser(
-        "devices",
+        "devices", parents=[common],
         help="list host devices, eligible ones, or what goes with one",
         description="List host devices, sorted by name, one per line (or as JSON objects).",
         epilog="Examples:\n"
@@ -217,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.set_defaults(func=cmd_devices)
 
     serve = sub.add_parser(
-        "serve", help="run the Prometheus exporter",
+        "serve", parents=[common], help="run the Prometheus exporter",
         description="Serve /metrics, /api/devices, /api/findings and /healthz from a snapshot refreshed "
         "in the background.",
     )
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     textfile = sub.add_parser(
-        "textfile", help="write the metrics once for node_exporter's textfile collector",
+        "textfile", parents=[common], help="write the metrics once for node_exporter's textfile collector",
         description="Write the metrics once to PATH, atomically (temp file + rename).",
     )
     textfile.add_argument("path", metavar="PATH", help="e.g. /var/lib/node_exporter/textfile/passthrough.prom")
