@@ -86,6 +86,23 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from passthrough_exporter import check
+
+    source = open_source(args)
+    try:
+        snapshot = Inspector(settings_from(args)).judge(source.read(), source=source.name)
+    finally:
+        source.close()
+    results = check.run_checks(snapshot)
+    if args.json:
+        json.dump(check.render_json(snapshot, results), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(check.render_text(snapshot, results))
+    return check.exit_code(results)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
@@ -108,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--json", action="store_true", help="print device objects as a JSON array")
     add_source_options(devices)
     devices.set_defaults(func=cmd_devices)
+
+    chk = sub.add_parser(
+        "check",
+        help="validate the host for safe device passthrough (like virt-host-validate)",
+        description="One line per check, PASS, WARN or FAIL, with the findings behind it and how to fix them.\n"
+        "Exit code: 0 all checks pass, 1 warnings, 2 failures.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")
+    add_source_options(chk)
+    chk.set_defaults(func=cmd_check)
     return parser
 
 
