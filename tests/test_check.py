@@ -100,10 +100,15 @@ PCI_ADDR = re.compile(r"^[0-9a-f]{4,}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 def _root_pci_function() -> str | None:
     """Derived here independently of the source: the PCI function under `/`, when simply traceable."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split() for line in f]
-    except OSError:
+    mounts = None
+    for path in ("/proc/1/mountinfo", "/proc/self/mountinfo"):  # the source's order: PID 1's view first
+        try:
+            with open(path) as f:
+                mounts = [line.split() for line in f]
+            break
+        except OSError:
+            continue
+    if mounts is None:
         return None
     roots = [m[2] for m in mounts if len(m) > 4 and m[4] == "/"]
     if not roots or roots[-1].startswith("0:"):

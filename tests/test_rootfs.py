@@ -92,13 +92,21 @@ def test_stacking_loop_terminates(tree):
     assert read(tree).host.root_devices == ()
 
 
-def test_unreadable_mountinfo_is_counted(tree, monkeypatch):
+def test_unreadable_mountinfo_is_counted(tree):
     hosts.virtio_root(tree)
     (tree.proc / "self" / "mountinfo").unlink()
-    (tree.proc / "self" / "mountinfo").mkdir()  # reading a directory fails like an unreadable file
+    (tree.proc / "self" / "mountinfo").mkdir()  # reading a directory fails like a broken file
     inv = read(tree)
     assert inv.host.root_devices is None
-    assert sum(inv.errors.values()) == 1
+    assert dict(inv.errors) == {"read_error": 1}
+
+
+def test_pid_1_mount_namespace_wins_over_self(tree):
+    """A containerised exporter given the host's /proc: `self` sees the overlay, PID 1 the host's disk."""
+    hosts.virtio_root(tree)
+    tree.write(tree.proc / "1" / "mountinfo", "27 1 254:0 / / rw - ext4 /dev/vda rw")
+    tree.root_mount("0:52", "overlay", fstype="overlay")
+    assert read(tree).host.root_devices == ("pci_0000_00_02_0",)
 
 
 def test_judging_still_works(tree):

@@ -31,6 +31,10 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+def _kind(exc: OSError) -> str:
+    return "vanished" if isinstance(exc, NotADirectoryError) else "read_error"
+
+
 def root_mount(mountinfo: str) -> tuple[str, str] | None:
     """(major:minor, mount source) of the mount on `/` that is visible (the last one), or None."""
     found = None
@@ -89,18 +93,25 @@ def _backing(path: str, depth: int, seen: set[str], out: list[str]) -> None:
 def root_block_dirs(sysfs: str, procfs: str, count: Callable[[str], None]) -> list[str] | None:
     """Canonical sysfs directories of the block devices under `/`.
 
-    None when mountinfo is absent (a partial capture: nothing known). [] when it was read but
+    None when no mountinfo can be read (a partial capture: nothing known). [] when it was read but
     `/` is not on a block device this sysfs knows (tmpfs, NFS, overlay in a container ...).
     """
-    path = os.path.join(procfs, "self", "mountinfo")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read(4 << 20)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("cannot read %s: %s", path, exc)
-        count("unreadable")
+    # PID 1's view first: in a container given the host's /proc (as node_exporter reads
+    # 1/mountinfo), `self` is the container's overlay root, not the host's.
+    text = None
+    for pid in ("1", "self"):
+        path = os.path.join(procfs, pid, "mountinfo")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(4 << 20)
+            break
+        except (FileNotFoundError, PermissionError):
+            continue
+        except OSError as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            count(_kind(exc))
+            return None
+    if text is None:
         return None
     mount = root_mount(text)
     if mount is None:
