@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from passthrough_exporter import hookimpl
-from passthrough_exporter.isolation import GroupStatus, group_status, is_bridge, weakened
+from passthrough_exporter.isolation import GroupStatus, group_status, weakened
 from passthrough_exporter.model import Device, Finding, Inventory, Verdict
 from passthrough_exporter.plugins import pci
 from passthrough_exporter.settings import Settings

@@ -145,3 +145,30 @@ def test_check_on_this_machine():
         assert root not in listed.stdout.split()
         text = subprocess.run([EXE, "check"], capture_output=True, text=True, timeout=120).stdout
         assert f"is on {root}: not eligible" in text
+
+
+def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
+    import pluggy
+
+    from passthrough_exporter import check as chk
+    from passthrough_exporter import hookimpl
+    from passthrough_exporter.inspector import Inspector, make_plugin_manager
+    from passthrough_exporter.model import Finding
+    from passthrough_exporter.sources.sysfs import SysfsSource
+
+    class Policy:
+        @hookimpl
+        def passthrough_findings(self, verdicts):
+            eligible = sorted(n for n, v in verdicts.items() if v.eligible)
+            yield Finding("policy_gpu_unassigned", "warning", eligible[0], f"{len(eligible)} eligible")
+
+    clean_host(tree)
+    pm: pluggy.PluginManager = make_plugin_manager()
+    pm.register(Policy(), name="policy")
+    snap = Inspector(plugin_manager=pm).judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
+    results = chk.run_checks(snap)
+    assert [r.title for r in results][-1] == chk.OTHER
+    assert results[-1].status == "WARN" and chk.exit_code(results) == 1
+    text = chk.render_text(snap, results)
+    assert "warning policy_gpu_unassigned [pci_0000_00_19_0]: 1 eligible" in text
+    assert "fix:" not in text  # no hint known for a foreign code
