@@ -15,6 +15,7 @@ from passthrough_exporter.plugins import pci
 from passthrough_exporter.settings import Settings
 
 HOST = "host"
+IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
 
 # code -> severity it is reported with (several are raised to "warning" when the group is shared).
 CODES: dict[str, str] = {
@@ -119,7 +120,14 @@ def _iommu(inventory: Inventory) -> Iterator[Finding]:
     n_pci = sum(1 for d in inventory if d.type == "pci")
     if host.iommu_groups_present or not n_pci:
         return
-    if host.iommu_units:
+    params = host.cmdline_params()
+    # With intel_iommu=off the kernel registers no units either: the command line tells it apart.
+    switched_off = [f"{k}={params[k]}" for k in IOMMU_PARAMS if params.get(k, "").split(",")[0] == "off"]
+    if switched_off:
+        yield _finding("iommu_off_kernel", HOST, (
+            f"{n_pci} PCI devices but no IOMMU groups: {' '.join(switched_off)} on the kernel command line "
+            "turns the IOMMU off; VFIO cannot assign devices"))
+    elif host.iommu_units:
         yield _finding("iommu_off_kernel", HOST, (
             f"{n_pci} PCI devices but no IOMMU groups, although the firmware exposes IOMMU units "
             f"({', '.join(host.iommu_units)}): the kernel has the IOMMU off; VFIO cannot assign devices"))

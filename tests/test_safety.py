@@ -56,6 +56,15 @@ def test_iommu_off_in_kernel_when_the_firmware_exposes_units(tree):
     assert "iommu_off_firmware" not in f
 
 
+def test_iommu_switched_off_on_the_command_line_is_the_kernel(tree):
+    hosts.virtio_root(tree)
+    tree.cmdline("root=/dev/vda intel_iommu=off")
+    f = found(judge_tree(tree))
+    [(sev, subject, msg)] = f["iommu_off_kernel"]
+    assert (sev, subject) == ("warning", "host") and "intel_iommu=off" in msg
+    assert "iommu_off_firmware" not in f
+
+
 def test_no_iommu_finding_without_pci_devices_or_with_groups(tree):
     assert not {"iommu_off_kernel", "iommu_off_firmware"} & set(found(judge_tree(tree)))
     hosts.virtio_root(tree)
