@@ -112,3 +112,14 @@ def test_pid_1_mount_namespace_wins_over_self(tree):
 def test_judging_still_works(tree):
     hosts.virtio_root(tree)
     assert "pci_0000_00_02_0" in judge_tree(tree).verdicts
+
+
+def test_mountinfo_garbage_never_raises():
+    from hypothesis import given, strategies as st
+
+    @given(st.text(alphabet=st.sampled_from(list("0123456789:/ -\\\n\tabc")), max_size=300))
+    def prop(text):
+        result = root_mount(text)
+        assert result is None or isinstance(result[0], str)
+
+    prop()
