@@ -19,6 +19,7 @@ from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.metrics import MetricOptions
 from passthrough_exporter.model import PASSABLE_TYPES
 from passthrough_exporter.query import QueryError, select
+from passthrough_exporter.snapshot import Snapshot
 from passthrough_exporter.settings import DEFAULT_PCI_DENIED_CLASSES, Settings
 from passthrough_exporter.sources import SOURCES, Source, SourceError
 
@@ -74,12 +75,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(pci_denied_classes=tuple("0x" + c.removeprefix("0x") for c in classes))
 
 
-def cmd_devices(args: argparse.Namespace) -> int:
+def judge_once(args: argparse.Namespace) -> Snapshot:
+    """Read the source once and judge it: the one-shot commands' snapshot."""
     source = open_source(args)
     try:
-        snapshot = Inspector(settings_from(args)).judge(source.read(), source=source.name)
+        return Inspector(settings_from(args)).judge(source.read(), source=source.name)
     finally:
         source.close()
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    snapshot = judge_once(args)
     try:
         names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by)
     except QueryError as exc:
@@ -165,11 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_textfile(args: argparse.Namespace) -> int:
     from passthrough_exporter.metrics import render
 
-    source = open_source(args)
-    try:
-        snapshot = Inspector(settings_from(args)).judge(source.read(), source=source.name)
-    finally:
-        source.close()
+    snapshot = judge_once(args)
     snapshot = dataclasses.replace(snapshot, errors_total=dict(snapshot.errors))
     write_atomically(args.path, render(snapshot, metric_options(args)))
     log.info("wrote %d devices to %s", len(snapshot.inventory), args.path)
@@ -191,6 +193,19 @@ def write_atomically(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from passthrough_exporter import check
+
+    snapshot = judge_once(args)
+    results = check.run_checks(snapshot)
+    if args.json:
+        json.dump(check.render_json(snapshot, results), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(check.render_text(snapshot, results))
+    return check.exit_code(results)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_options(textfile)
     add_metric_options(textfile)
     textfile.set_defaults(func=cmd_textfile)
+
+    chk = sub.add_parser(
+        "check", parents=[common],
+        help="validate the host for safe device passthrough (like virt-host-validate)",
+        description="One line per check, PASS, WARN or FAIL, with the findings behind it and how to fix them.\n"
+        "Exit code: 0 all checks pass, 1 warnings, 2 failures.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")
+    add_source_options(chk)
+    chk.set_defaults(func=cmd_check)
     return parser
 
 

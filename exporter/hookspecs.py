@@ -9,7 +9,7 @@ A hook implementation may accept any subset of a hook's arguments, by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -54,10 +54,13 @@ def passthrough_affected(device: Device, inventory: Inventory, settings: Setting
 
 
 @hookspec
-def passthrough_findings(inventory: Inventory, settings: Settings) -> Iterable[Finding] | None:
+def passthrough_findings(
+    inventory: Inventory, settings: Settings, verdicts: Mapping[str, Verdict]
+) -> Iterable[Finding] | None:
     """Report safety findings about the host, its IOMMU groups or single devices.
 
-    Called once per refresh. Return `Finding(code, severity, subject, message)` objects:
+    Called once per refresh, after every device has its combined verdict (`verdicts`, by device
+    name), so a finding can be about eligible devices only. Return `Finding(code, severity, subject, message)` objects:
     `severity` is "info", "warning" or "critical"; `subject` is "host", "group:<number>" or a
     device name. Findings are published as `passthrough_finding{code,severity,subject}` and on
     `/api/findings`.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import MappingProxyType
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -94,7 +95,7 @@ class Inspector:
                 names.difference_update(unknown)
             verdicts[dev.name] = _combine(answers, failed)
             affected[dev.name] = tuple(sorted(names))
-        findings = self._findings(inventory, errors)
+        findings = self._findings(inventory, verdicts, errors)
         return Snapshot(
             inventory=inventory,
             verdicts=verdicts,
@@ -107,8 +108,8 @@ class Inspector:
             duration=time.monotonic() - started,
         )
 
-    def _findings(self, inventory: Inventory, errors: _Errors) -> tuple[Finding, ...]:
-        kwargs = {"inventory": inventory, "settings": self.settings}
+    def _findings(self, inventory: Inventory, verdicts: dict[str, Verdict], errors: _Errors) -> tuple[Finding, ...]:
+        kwargs = {"inventory": inventory, "settings": self.settings, "verdicts": MappingProxyType(verdicts)}
         found: dict[tuple[str, str], Finding] = {}
         for answer in _call_each(self._impls("passthrough_findings"), kwargs, Iterable, errors, [], "host"):
             if answer is None:

@@ -5,6 +5,8 @@ Shared by the metrics collector and the safety findings, so both always agree.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -70,3 +72,30 @@ def weakened(host: HostFacts) -> dict[str, bool]:
         "unsafe_interrupts": _flag(host.module_params, "vfio_iommu_type1.allow_unsafe_interrupts"),
         "unsafe_noiommu": _flag(host.module_params, "vfio.enable_unsafe_noiommu_mode"),
     }
+
+
+def group_layout(inventory: Inventory) -> dict[int, tuple[str, ...]]:
+    """Group number -> sorted PCI addresses of its members: what firmware and kernel updates change."""
+    return {
+        number: tuple(sorted(inventory.devices[n].address or n for n in members))
+        for number, members in sorted(inventory.groups.items())
+    }
+
+
+def group_layout_hash(inventory: Inventory) -> str:
+    """A stable fingerprint of the IOMMU group layout: 12 hex digits (48 bits).
+
+    Same groups with the same members give the same hash on every host and every run, whatever
+    the drivers; a regrouping (firmware, kernel or ACS setting changed) gives another one.
+    """
+    canonical = json.dumps({str(k): v for k, v in group_layout(inventory).items()}, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def group_layout_id(inventory: Inventory) -> int:
+    """`group_layout_hash` as an integer, exact in a float64 sample value.
+
+    The collector publishes it as `passthrough_iommu_group_layout_hash` (a gauge), so an alert
+    can fire on `changes(passthrough_iommu_group_layout_hash[1h]) > 0`.
+    """
+    return int(group_layout_hash(inventory), 16)

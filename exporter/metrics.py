@@ -14,7 +14,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from passthrough_exporter import __version__
-from passthrough_exporter.isolation import WEAKENED_REASONS, group_status, weakened
+from passthrough_exporter.isolation import WEAKENED_REASONS, group_layout_id, group_status, weakened
 from passthrough_exporter.model import PASSABLE_TYPES
 from passthrough_exporter.snapshot import Snapshot
 
@@ -96,6 +96,10 @@ class SnapshotCollector(Collector):
             g_host.add_metric(g, len(st.host))
         yield from (g_devices, g_viable, g_vfio, g_host)
 
+        yield GaugeMetricFamily(
+            "passthrough_iommu_group_layout_hash",
+            "Stable hash of which PCI functions share which IOMMU group; changes when devices are regrouped.",
+            value=group_layout_id(inv))
         yield GaugeMetricFamily("passthrough_iommu_enabled", "1 when the kernel exposes IOMMU groups.",
                                 value=1 if inv.host.iommu_groups_present else 0)
         weak = GaugeMetricFamily("passthrough_isolation_weakened",

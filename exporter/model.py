@@ -71,6 +71,10 @@ class HostFacts:
     cmdline: str = ""
     # "module.parameter" -> value, e.g. "vfio_iommu_type1.allow_unsafe_interrupts" -> "N"
     module_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Devices behind the root filesystem: the PCI function(s) and any listed device between them
+    # and the disk (SCSI LUN, USB device...). None: the source cannot tell; (): none was found.
+    root_devices: tuple[str, ...] | None = None
+    root_disks: tuple[str, ...] = ()  # the block devices those were found from: vda, sda2, nvme0n1
 
     def cmdline_params(self) -> dict[str, str]:
         """The kernel command line as key -> value (flags map to "")."""

@@ -104,3 +104,24 @@ def workstation(t: SysfsTree) -> None:
     sata_disks(t)
     chipset_switch(t)
     sriov_nic(t)
+
+
+def virtio_root(t: SysfsTree, groups: bool = False) -> None:
+    """A small VM like the machine the tests run on: host bridge, virtio-blk 00:02.0 holding `/` on vda
+    (254:0, the path .../0000:00:02.0/virtio1/block/vda), a virtio NIC 00:03.0; no IOMMU by default."""
+    g = (lambda n: n) if groups else (lambda n: None)
+    t.pci("0000:00:00.0", INTEL, 0x0D57, 0x060000, group=g(0), reset_method=None)
+    blk = t.pci("0000:00:02.0", 0x1AF4, 0x1001, 0x010000, driver="virtio-pci", group=g(1), reset_method=None)
+    t.pci("0000:00:03.0", 0x1AF4, 0x1000, 0x020000, driver="virtio-pci", group=g(2), reset_method=None)
+    t.block("vda", parent=blk / "virtio1", dev="254:0")
+    t.root_mount("254:0", "/dev/vda")
+
+
+def nvme_lvm_root(t: SysfsTree) -> None:
+    """NVMe 00:1d.0 -> 3d:00.0 (group 12, alone) with nvme0n1p3 under LVM: `/` on dm-0 (253:0)."""
+    t.pci("0000:00:1d.0", INTEL, 0xA330, 0x060400, driver="pcieport", group=11, reset_method=None)
+    nvme = t.pci("0000:3d:00.0", SAMSUNG, 0xA808, 0x010802, parent="0000:00:1d.0", driver="nvme", group=12)
+    disk = t.block("nvme0n1", parent=nvme / "nvme" / "nvme0", dev="259:0")
+    part = t.partition(disk, "nvme0n1p3", dev="259:3", number=3)
+    t.virtual_block("dm-0", dev="253:0", slaves=(part,), dm_name="vg0-root")
+    t.root_mount("253:0", "/dev/mapper/vg0-root")

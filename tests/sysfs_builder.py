@@ -56,6 +56,47 @@ class SysfsTree:
     def iommu_unit(self, name: str) -> None:
         (self.sys / "class" / "iommu" / name).mkdir(parents=True, exist_ok=True)
 
+    def mountinfo(self, text: str) -> None:
+        self.write(self.proc / "self" / "mountinfo", text)
+
+    def root_mount(self, dev: str, source: str = "/dev/root", fstype: str = "ext4") -> None:
+        """A mountinfo with `/` on device number `dev` ("MAJ:MIN") and a few pseudo filesystems."""
+        self.mountinfo(
+            f"22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+            f"23 27 0:22 / /sys rw,relatime - sysfs sysfs rw\n"
+            f"27 1 {dev} / / rw,relatime - {fstype} {source} rw\n"
+            f"31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755"
+        )
+
+    # --- block devices -------------------------------------------------------------------
+
+    def block(self, name: str, *, parent: Path, dev: str) -> Path:
+        """A disk `<parent>/block/<name>` with device number `dev`, linked from /sys/dev/block and class/block."""
+        return self._block(parent / "block" / name, dev)
+
+    def partition(self, disk: Path, name: str, *, dev: str, number: int = 1) -> Path:
+        path = self._block(disk / name, dev)
+        self.write(path / "partition", str(number))
+        return path
+
+    def virtual_block(self, name: str, *, dev: str, slaves: tuple[Path, ...] = (), dm_name: str | None = None) -> Path:
+        """A device-mapper or md device stacked on `slaves` (block directories)."""
+        path = self._block(self.sys / "devices" / "virtual" / "block" / name, dev)
+        (path / "slaves").mkdir()
+        for slave in slaves:
+            self.link(path / "slaves" / slave.name, slave)
+            self.link(slave / "holders" / name, path)
+        if dm_name is not None:
+            self.write(path / "dm" / "name", dm_name)
+        return path
+
+    def _block(self, path: Path, dev: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        self.write(path / "dev", dev)
+        self.link(self.sys / "dev" / "block" / dev, path)
+        self.link(self.sys / "class" / "block" / path.name, path)
+        return path
+
     # --- PCI -----------------------------------------------------------------------------
 
     def pci_path(self, addr: str) -> Path:

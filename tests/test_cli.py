@@ -82,7 +82,9 @@ def test_json_objects(desktop):
         assert key in gpu
     assert gpu["iommu_group"] == 2 and gpu["eligible"] is True and gpu["assigned_to"] is None
     assert gpu["affected"] == ["pci_0000_01_00_1"]
-    assert gpu["warnings"] == ["boot VGA device: the host console and firmware use it"]
+    assert gpu["warnings"] == ["boot VGA device: the host console and firmware use it",
+                               "no function-level reset (only bus): resets may fail or take the other "
+                               "functions of the device with them"]
 
 
 def test_denied_classes_are_configurable(desktop):

@@ -19,6 +19,7 @@ from typing import TypeVar
 from passthrough_exporter.pciids import PciIds
 from passthrough_exporter.model import COMPUTER, Device, HostFacts, Inventory, device_name
 from passthrough_exporter.sources import SourceError
+from passthrough_exporter.sources.rootfs import root_block_dirs
 
 log = logging.getLogger(__name__)
 
@@ -317,11 +318,31 @@ class SysfsSource:
                 # Flat trees (captures, snapshots of /sys/bus/usb) lose the path; the name keeps it.
                 parent = usb_names.get(_usb_name_parent(dev.address or ""))
             devices.append(replace(dev, parent=parent or _path_parent(path, by_path, root)))
+        host = reader.host()
+        blocks = root_block_dirs(self.sysfs, self.procfs, reader.count)
+        if blocks is not None:
+            kinds = {dev.name: dev.type for _, dev in found}
+            root_devs = dict.fromkeys(n for b in blocks for n in _devices_above(b, by_path, kinds, root))
+            host = replace(host, root_devices=tuple(sorted(root_devs)),
+                           root_disks=tuple(os.path.basename(b) for b in blocks))
         log.debug("read %d devices from %s", len(devices), self.sysfs)
-        return Inventory(devices, reader.host(), reader.errors)
+        return Inventory(devices, host, reader.errors)
 
     def close(self) -> None:
         pass
+
+
+def _devices_above(path: str, by_path: dict[str, str], kinds: dict[str, str], root: str) -> list[str]:
+    """Listed devices from a block device up to its PCI function, inclusive (the bridges above are not)."""
+    out = []
+    while len(path) > len(root):
+        name = by_path.get(path)
+        if name is not None:
+            out.append(name)
+            if kinds[name] == "pci":
+                break
+        path = os.path.dirname(path)
+    return out
 
 
 def _path_parent(path: str, by_path: dict[str, str], root: str) -> str:

@@ -1,0 +1,211 @@
+"""Host safety rules: is IOMMU isolation real, are groups safe to split, which devices the host needs.
+
+Findings only judge what the source read (HostFacts, devices, groups); every code below is stable
+and used by dashboards and alert rules, so rename one only together with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from passthrough_exporter import hookimpl
+from passthrough_exporter.isolation import GroupStatus, group_status, weakened
+from passthrough_exporter.model import Device, Finding, Inventory, Verdict
+from passthrough_exporter.plugins import pci
+from passthrough_exporter.settings import Settings
+
+HOST = "host"
+IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
+
+# code -> severity it is reported with (several are raised to "warning" when the group is shared).
+CODES: dict[str, str] = {
+    "iommu_off_firmware": "warning",
+    "iommu_off_kernel": "warning",
+    "acs_override": "critical",
+    "unsafe_interrupts": "critical",
+    "unsafe_noiommu": "critical",
+    "group_mixed": "critical",
+    "group_not_viable": "info",
+    "group_multi_device": "info",
+    "no_flr": "warning",
+    "no_reset": "warning",
+    "root_device": "info",
+    "root_device_unknown": "info",
+    "group_root_device": "info",  # warning when other endpoints share the group
+    "boot_vga": "warning",
+    "group_boot_vga": "info",  # warning when other endpoints share the group
+}
+
+_WEAKENED_MESSAGES = {
+    "acs_override": "pcie_acs_override is on the kernel command line: IOMMU groups are split by a "
+    "kernel patch, not by hardware isolation; devices in 'separate' groups can still reach each other by DMA",
+    "unsafe_interrupts": "vfio_iommu_type1 allow_unsafe_interrupts=Y: without interrupt remapping a VM "
+    "can inject interrupts into the host",
+    "unsafe_noiommu": "vfio enable_unsafe_noiommu_mode=Y: VFIO hands out devices with no IOMMU at all; "
+    "a VM can read and write all host memory by DMA",
+}
+
+
+def group_subject(number: int) -> str:
+    return f"group:{number}"
+
+
+def _finding(code: str, subject: str, message: str, severity: str | None = None) -> Finding:
+    return Finding(code, severity or CODES[code], subject, message)
+
+
+def _endpoints(st: GroupStatus) -> tuple[str, ...]:
+    return tuple(n for n in st.devices if n not in st.bridges)
+
+
+def _root_pci(inventory: Inventory) -> tuple[str, ...]:
+    roots = inventory.host.root_devices or ()
+    return tuple(n for n in roots if (d := inventory.get(n)) is not None and d.type == "pci")
+
+
+def _disks(inventory: Inventory) -> str:
+    return ", ".join(inventory.host.root_disks) or "?"
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+
+@hookimpl
+def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings) -> Verdict | None:
+    if device.name in (inventory.host.root_devices or ()) and device.type in ("pci", "scsi", "usb_device"):
+        return Verdict.deny(f"holds the root filesystem ({_disks(inventory)}): the host cannot give it away")
+    if device.type != "pci":
+        return None
+    for root in _root_pci(inventory):
+        if device.name in inventory.group_peers(root):
+            return Verdict.deny(
+                f"shares IOMMU group {device.iommu_group} with {root}, which holds the root filesystem"
+            )
+    warning = _reset_warning(device)
+    if warning is None:
+        return None
+    rule = pci.passthrough_verdict(device=device, settings=settings)
+    if rule is None or not rule.eligible:
+        return None  # bridges and other infrastructure: a reset warning would only be noise
+    return Verdict(True, (), (warning,))  # an allow without a reason: adds the warning only
+
+
+def _reset_warning(device: Device) -> str | None:
+    if device.reset_methods is None:  # the kernel does not say: no claim either way
+        return None
+    if not device.reset_methods:
+        return "no reset method: device state can leak from one VM (or the host) to the next"
+    if "flr" not in device.reset_methods:
+        return (f"no function-level reset (only {', '.join(device.reset_methods)}): "
+                "resets may fail or take the other functions of the device with them")
+    return None
+
+
+# --- findings --------------------------------------------------------------------------------
+
+
+@hookimpl
+def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict]) -> Iterator[Finding]:
+    yield from _iommu(inventory)
+    yield from _weakened(inventory)
+    statuses = group_status(inventory)
+    yield from _groups(inventory, statuses, verdicts)
+    yield from _resets(inventory, verdicts)
+    yield from _root(inventory, statuses)
+    yield from _boot_vga(inventory, statuses)
+
+
+def _iommu(inventory: Inventory) -> Iterator[Finding]:
+    host = inventory.host
+    n_pci = sum(1 for d in inventory if d.type == "pci")
+    if host.iommu_groups_present or not n_pci:
+        return
+    params = host.cmdline_params()
+    # With intel_iommu=off the kernel registers no units either: the command line tells it apart.
+    switched_off = [f"{k}={params[k]}" for k in IOMMU_PARAMS if params.get(k, "").split(",")[0] == "off"]
+    if switched_off:
+        yield _finding("iommu_off_kernel", HOST, (
+            f"{n_pci} PCI devices but no IOMMU groups: {' '.join(switched_off)} on the kernel command line "
+            "turns the IOMMU off; VFIO cannot assign devices"))
+    elif host.iommu_units:
+        yield _finding("iommu_off_kernel", HOST, (
+            f"{n_pci} PCI devices but no IOMMU groups, although the firmware exposes IOMMU units "
+            f"({', '.join(host.iommu_units)}): the kernel has the IOMMU off; VFIO cannot assign devices"))
+    else:
+        yield _finding("iommu_off_firmware", HOST, (
+            f"{n_pci} PCI devices but no IOMMU groups and no IOMMU units in /sys/class/iommu: "
+            "the IOMMU (VT-d/AMD-Vi) is off in firmware or missing; VFIO cannot assign devices"))
+
+
+def _weakened(inventory: Inventory) -> Iterator[Finding]:
+    for reason, on in weakened(inventory.host).items():
+        if on:
+            yield _finding(reason, HOST, _WEAKENED_MESSAGES[reason])
+
+
+def _groups(inventory: Inventory, statuses: Mapping[int, GroupStatus], verdicts: Mapping[str, Verdict]) -> Iterator[Finding]:
+    for number, st in statuses.items():
+        subject = group_subject(number)
+        if st.mixed:
+            yield _finding("group_mixed", subject, (
+                f"group {number} is split: {', '.join(st.vfio)} on vfio while the host still drives "
+                f"{', '.join(st.host)}; bind the whole group to vfio-pci or none of it"))
+        if not st.viable:
+            drivers = ", ".join(f"{n} ({inventory.devices[n].driver})" for n in st.host)
+            yield _finding("group_not_viable", subject, f"VFIO would refuse group {number}: host drivers hold {drivers}")
+        endpoints = _endpoints(st)
+        eligible = [n for n in endpoints if n in verdicts and verdicts[n].eligible]
+        if eligible and len(endpoints) > 1:
+            bridges = f" (and bridges {', '.join(st.bridges)})" if st.bridges else ""
+            yield _finding("group_multi_device", subject, (
+                f"group {number} holds {len(endpoints)} endpoints: {', '.join(endpoints)}{bridges}; "
+                "passing any of them to a VM takes all of them along"))
+
+
+def _resets(inventory: Inventory, verdicts: Mapping[str, Verdict]) -> Iterator[Finding]:
+    for dev in inventory:
+        if dev.type != "pci" or dev.name not in verdicts or not verdicts[dev.name].eligible:
+            continue
+        warning = _reset_warning(dev)
+        if warning is not None:
+            yield _finding("no_reset" if not dev.reset_methods else "no_flr", dev.name, warning)
+
+
+def _shared_group(inventory: Inventory, statuses: Mapping[int, GroupStatus], dev: Device,
+                  code: str, what: str) -> Iterator[Finding]:
+    st = statuses.get(dev.iommu_group) if dev.iommu_group is not None else None
+    if st is None:
+        return
+    others = [n for n in _endpoints(st) if n != dev.name]
+    if others:
+        yield _finding(code, group_subject(st.number), (
+            f"group {st.number} holds {dev.name} ({what}); passing {', '.join(others)} would take it along"),
+            severity="warning")
+    else:
+        yield _finding(code, group_subject(st.number), f"group {st.number} holds {dev.name} ({what})")
+
+
+def _root(inventory: Inventory, statuses: Mapping[int, GroupStatus]) -> Iterator[Finding]:
+    roots = inventory.host.root_devices
+    if roots is None:
+        return
+    pcis = _root_pci(inventory)
+    if not pcis:
+        if any(d.type == "pci" for d in inventory):
+            yield _finding("root_device_unknown", HOST, (
+                "the root filesystem is not on a block device traced to a PCI function "
+                "(network, overlay or unusual storage): check by hand which devices the host needs"))
+        return
+    for name in pcis:
+        yield _finding("root_device", name, (
+            f"{name} holds the root filesystem ({_disks(inventory)}): not eligible, the host needs it"))
+        yield from _shared_group(inventory, statuses, inventory.devices[name], "group_root_device", "the root filesystem")
+
+
+def _boot_vga(inventory: Inventory, statuses: Mapping[int, GroupStatus]) -> Iterator[Finding]:
+    for dev in inventory:
+        if dev.type == "pci" and dev.boot_vga:
+            yield _finding("boot_vga", dev.name, (
+                f"{dev.name} is the boot VGA device: the firmware and host console use it; passing it "
+                "needs the host to let go of it (no framebuffer console) and often a VBIOS ROM file"))
+            yield from _shared_group(inventory, statuses, dev, "group_boot_vga", "the boot VGA device")

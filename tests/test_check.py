@@ -1,0 +1,174 @@
+"""`passthrough-exporter check` through the installed console script: text, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import hosts
+import pytest
+from test_cli import EXE
+from test_safety import clean_host
+
+
+def check(tree, *args):
+    return subprocess.run(
+        [EXE, "check", "--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc), *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def status_lines(text):
+    return dict(re.findall(r"^(\S.*?)\s+: (PASS|WARN|FAIL)$", text, re.M))
+
+
+def test_clean_host_passes_with_exit_0(tree):
+    clean_host(tree)
+    out = check(tree)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = status_lines(out.stdout)
+    assert len(lines) == 9 and set(lines.values()) == {"PASS"}
+    assert "fix:" not in out.stdout
+    assert re.search(r"^note: IOMMU group layout: 2 groups, hash [0-9a-f]{12}$", out.stdout, re.M)
+
+
+def test_iommu_off_and_root_disk_warn_with_exit_1(tree):
+    hosts.virtio_root(tree)
+    out = check(tree)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = status_lines(out.stdout)
+    assert lines["IOMMU enabled in firmware and kernel"] == "WARN"
+    assert lines["Eligible devices have a function-level reset"] == "WARN"  # virtio NIC: no reset at all
+    assert lines["Root filesystem devices kept on the host"] == "PASS"
+    assert "warning iommu_off_firmware [host]" in out.stdout
+    assert "fix: enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup" in out.stdout
+    assert "info root_device [pci_0000_00_02_0]" in out.stdout
+    assert "note: root filesystem (vda) is on pci_0000_00_02_0: not eligible" in out.stdout
+
+
+def test_kernel_off_hint_names_the_command_line(tree):
+    hosts.virtio_root(tree)
+    tree.iommu_unit("ivhd0")
+    out = check(tree)
+    assert "warning iommu_off_kernel [host]" in out.stdout
+    assert "fix: add intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line" in out.stdout
+
+
+def test_weakened_isolation_and_mixed_group_fail_with_exit_2(tree):
+    clean_host(tree)
+    tree.cmdline("root=/dev/sda1 pcie_acs_override=downstream")
+    tree.pci("0000:02:00.0", 0x10DE, 0x2484, 0x030000, driver="vfio-pci", group=9)
+    tree.pci("0000:02:00.1", 0x10DE, 0x228B, 0x040300, driver="snd_hda_intel", group=9)
+    out = check(tree)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = status_lines(out.stdout)
+    assert lines["No ACS override on the kernel command line"] == "FAIL"
+    assert lines["No IOMMU group split between VMs and host"] == "FAIL"
+    assert lines["VFIO requires interrupt remapping"] == "PASS"
+    assert "fix: remove pcie_acs_override= from the kernel command line" in out.stdout
+    assert "critical group_mixed [group:9]" in out.stdout
+    assert "fix: bind the whole group to vfio-pci" in out.stdout
+
+
+def test_json_report(tree):
+    hosts.virtio_root(tree)
+    out = check(tree, "--json")
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    assert doc["status"] == "WARN"
+    assert doc["root_devices"] == ["pci_0000_00_02_0"] and doc["root_disks"] == ["vda"]
+    assert re.fullmatch(r"[0-9a-f]{12}", doc["group_layout_hash"])
+    by_title = {c["check"]: c for c in doc["checks"]}
+    iommu = by_title["IOMMU enabled in firmware and kernel"]
+    assert iommu["status"] == "WARN"
+    [f] = iommu["findings"]
+    assert (f["code"], f["severity"], f["subject"]) == ("iommu_off_firmware", "warning", "host")
+    assert "amd_iommu=on" in f["fix"]
+
+
+def test_bad_source_is_a_clear_error(tmp_path):
+    out = subprocess.run([EXE, "check", "--path.sysfs", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert out.returncode == 1 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- this machine ----------------------------------------------------------------------------
+
+PCI_ADDR = re.compile(r"^[0-9a-f]{4,}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def _root_pci_function() -> str | None:
+    """Derived here independently of the source: the PCI function under `/`, when simply traceable."""
+    mounts = None
+    for path in ("/proc/1/mountinfo", "/proc/self/mountinfo"):  # the source's order: PID 1's view first
+        try:
+            with open(path) as f:
+                mounts = [line.split() for line in f]
+            break
+        except OSError:
+            continue
+    if mounts is None:
+        return None
+    roots = [m[2] for m in mounts if len(m) > 4 and m[4] == "/"]
+    if not roots or roots[-1].startswith("0:"):
+        return None
+    block = os.path.realpath(f"/sys/dev/block/{roots[-1]}")
+    slaves = os.path.join(block, "slaves")
+    if not os.path.isdir(block) or (os.path.isdir(slaves) and os.listdir(slaves)):
+        return None  # stacked devices: the fixture tests cover those
+    for part in reversed(block.split("/")):
+        if PCI_ADDR.match(part):
+            return "pci_" + re.sub(r"[^A-Za-z0-9]", "_", part)
+    return None
+
+
+def test_check_on_this_machine():
+    pci = "/sys/bus/pci/devices"
+    if not os.path.isdir(pci) or not os.listdir(pci):
+        pytest.skip("no PCI devices in /sys")
+    out = subprocess.run([EXE, "check", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 1, 2), out.stderr
+    doc = json.loads(out.stdout)
+    codes = {(f["code"], f["subject"]) for c in doc["checks"] for f in c["findings"]}
+    groups = "/sys/kernel/iommu_groups"
+    if not (os.path.isdir(groups) and os.listdir(groups)):
+        units = os.listdir("/sys/class/iommu") if os.path.isdir("/sys/class/iommu") else []
+        expected = "iommu_off_kernel" if units else "iommu_off_firmware"
+        assert (expected, "host") in codes
+        assert out.returncode >= 1
+    root = _root_pci_function()
+    if root is not None:
+        assert ("root_device", root) in codes
+        assert root in doc["root_devices"]
+        listed = subprocess.run([EXE, "devices", "--passthrough"], capture_output=True, text=True, timeout=120)
+        assert root not in listed.stdout.split()
+        text = subprocess.run([EXE, "check"], capture_output=True, text=True, timeout=120).stdout
+        assert f"is on {root}: not eligible" in text
+
+
+def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
+    import pluggy
+
+    from passthrough_exporter import check as chk
+    from passthrough_exporter import hookimpl
+    from passthrough_exporter.inspector import Inspector, make_plugin_manager
+    from passthrough_exporter.model import Finding
+    from passthrough_exporter.sources.sysfs import SysfsSource
+
+    class Policy:
+        @hookimpl
+        def passthrough_findings(self, verdicts):
+            eligible = sorted(n for n, v in verdicts.items() if v.eligible)
+            yield Finding("policy_gpu_unassigned", "warning", eligible[0], f"{len(eligible)} eligible")
+
+    clean_host(tree)
+    pm: pluggy.PluginManager = make_plugin_manager()
+    pm.register(Policy(), name="policy")
+    snap = Inspector(plugin_manager=pm).judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
+    results = chk.run_checks(snap)
+    assert [r.title for r in results][-1] == chk.OTHER
+    assert results[-1].status == "WARN" and chk.exit_code(results) == 1
+    text = chk.render_text(snap, results)
+    assert "warning policy_gpu_unassigned [pci_0000_00_19_0]: 1 eligible" in text
+    assert "fix:" not in text  # no hint known for a foreign code

@@ -1,0 +1,257 @@
+"""The built-in safety plugin on fixture hosts: each finding, its absence, and the verdicts it changes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import hosts
+import pytest
+from conftest import judge_tree
+from hosts import INTEL, NVIDIA
+
+from passthrough_exporter.isolation import group_layout_hash, group_layout_id
+from passthrough_exporter.plugins.safety import CODES
+from passthrough_exporter.sources.sysfs import SysfsSource
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def found(snap) -> dict[str, list[tuple[str, str, str]]]:
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for f in snap.findings:
+        out.setdefault(f.code, []).append((f.severity, f.subject, f.message))
+    return out
+
+
+def clean_host(t) -> None:
+    """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR: nothing to report."""
+    hosts.base(t)
+    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus")
+
+
+def test_clean_host_has_no_findings(tree):
+    clean_host(tree)
+    tree.root_mount("0:31", "rootfs", fstype="tmpfs")  # known, but a diskless host: only the info below
+    snap = judge_tree(tree)
+    assert [(f.code, f.severity, f.subject) for f in snap.findings] == [("root_device_unknown", "info", "host")]
+    assert snap.verdicts["pci_0000_00_19_0"].eligible and not snap.verdicts["pci_0000_00_19_0"].warnings
+
+
+def test_iommu_off_in_firmware(tree):
+    hosts.virtio_root(tree)
+    f = found(judge_tree(tree))
+    [(sev, subject, msg)] = f["iommu_off_firmware"]
+    assert (sev, subject) == ("warning", "host")
+    assert "3 PCI devices" in msg and "no IOMMU units" in msg and "firmware" in msg
+    assert "iommu_off_kernel" not in f
+
+
+def test_iommu_off_in_kernel_when_the_firmware_exposes_units(tree):
+    hosts.virtio_root(tree)
+    tree.iommu_unit("dmar0")
+    f = found(judge_tree(tree))
+    [(sev, subject, msg)] = f["iommu_off_kernel"]
+    assert (sev, subject) == ("warning", "host") and "dmar0" in msg and "kernel" in msg
+    assert "iommu_off_firmware" not in f
+
+
+def test_iommu_switched_off_on_the_command_line_is_the_kernel(tree):
+    hosts.virtio_root(tree)
+    tree.cmdline("root=/dev/vda intel_iommu=off")
+    f = found(judge_tree(tree))
+    [(sev, subject, msg)] = f["iommu_off_kernel"]
+    assert (sev, subject) == ("warning", "host") and "intel_iommu=off" in msg
+    assert "iommu_off_firmware" not in f
+
+
+def test_no_iommu_finding_without_pci_devices_or_with_groups(tree):
+    assert not {"iommu_off_kernel", "iommu_off_firmware"} & set(found(judge_tree(tree)))
+    hosts.virtio_root(tree)
+    tree.pci("0000:00:05.0", INTEL, 0x1234, 0x020000, group=3)
+    assert not {"iommu_off_kernel", "iommu_off_firmware"} & set(found(judge_tree(tree)))
+
+
+@pytest.mark.parametrize("code, setup, fact", [
+    ("acs_override", lambda t: t.cmdline("root=/dev/sda1 pcie_acs_override=downstream,multifunction"), "pcie_acs_override"),
+    ("unsafe_interrupts", lambda t: t.module_param("vfio_iommu_type1", "allow_unsafe_interrupts", "Y"), "allow_unsafe_interrupts=Y"),
+    ("unsafe_noiommu", lambda t: t.module_param("vfio", "enable_unsafe_noiommu_mode", "Y"), "enable_unsafe_noiommu_mode=Y"),
+])
+def test_weakened_isolation_is_critical(tree, code, setup, fact):
+    clean_host(tree)
+    setup(tree)
+    f = found(judge_tree(tree))
+    [(sev, subject, msg)] = f[code]
+    assert (sev, subject) == ("critical", "host") and fact in msg
+    assert set(f) & {"acs_override", "unsafe_interrupts", "unsafe_noiommu"} == {code}
+
+
+def test_weakened_settings_off_give_no_findings(tree):
+    clean_host(tree)
+    tree.module_param("vfio_iommu_type1", "allow_unsafe_interrupts", "N")
+    tree.module_param("vfio", "enable_unsafe_noiommu_mode", "N")
+    tree.cmdline("root=/dev/sda1 intel_iommu=on iommu=pt -- pcie_acs_override=downstream")  # after --: init's
+    assert not found(judge_tree(tree))
+
+
+def test_group_mixing_vfio_and_host_drivers_is_critical(tree):
+    hosts.base(tree)
+    tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2)
+    tree.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="snd_hda_intel", group=2)
+    f = found(judge_tree(tree))
+    [(sev, subject, msg)] = f["group_mixed"]
+    assert (sev, subject) == ("critical", "group:2")
+    assert "pci_0000_01_00_0 on vfio" in msg and "pci_0000_01_00_1" in msg and "vfio-pci" in msg
+    [(sev, subject, msg)] = f["group_not_viable"]
+    assert (sev, subject) == ("info", "group:2") and "pci_0000_01_00_1 (snd_hda_intel)" in msg
+
+
+def test_group_fully_on_vfio_is_viable_and_not_mixed(tree):
+    hosts.base(tree)
+    tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=2, reset_method=None)  # bridge: exempt
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2)
+    tree.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="pci-stub", group=2)
+    f = found(judge_tree(tree))
+    assert "group_mixed" not in f and "group_not_viable" not in f
+
+
+def test_multi_device_groups_name_what_comes_along(tree):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    hosts.chipset_switch(tree)
+    f = found(judge_tree(tree))
+    by_subject = {s: (sev, m) for sev, s, m in f["group_multi_device"]}
+    assert set(by_subject) == {"group:2", "group:5"}  # groups 0 and 1 hold one function each
+    sev, msg = by_subject["group:2"]
+    assert sev == "info" and "2 endpoints: pci_0000_01_00_0, pci_0000_01_00_1" in msg
+    sev, msg = by_subject["group:5"]
+    assert "4 endpoints: pci_0000_04_00_0, pci_0000_05_00_0, pci_0000_06_00_0, pci_0000_06_00_1" in msg
+    assert "bridges pci_0000_00_1c_0" in msg
+    # Host drivers hold every endpoint of both: not viable (info), never mixed.
+    assert {s for _, s, _ in f["group_not_viable"]} == {"group:2", "group:5"}
+    assert "group_mixed" not in f
+
+
+def test_reset_warnings_on_eligible_devices_only(tree):
+    hosts.base(tree)  # host bridge without any reset: not eligible, so no finding
+    tree.pci("0000:00:02.0", INTEL, 0x3E92, 0x030000, driver="i915", group=1, reset_method="bus pm")
+    tree.pci("0000:00:03.0", INTEL, 0x1234, 0x020000, driver="e1000e", group=2, reset_method=None)
+    tree.pci("0000:00:04.0", INTEL, 0x1235, 0x020000, driver="igb", group=3, reset_method="flr")
+    snap = judge_tree(tree)
+    f = found(snap)
+    [(sev, subject, msg)] = f["no_flr"]
+    assert (sev, subject) == ("warning", "pci_0000_00_02_0") and "only bus, pm" in msg
+    [(sev, subject, msg)] = f["no_reset"]
+    assert (sev, subject) == ("warning", "pci_0000_00_03_0") and "no reset method" in msg
+    # The verdicts carry the same warning, eligibility unchanged.
+    assert snap.verdicts["pci_0000_00_02_0"].eligible and msg != snap.verdicts["pci_0000_00_02_0"].warnings[0]
+    assert "no function-level reset" in snap.verdicts["pci_0000_00_02_0"].warnings[0]
+    assert snap.verdicts["pci_0000_00_03_0"].warnings == (msg,)
+    assert not snap.verdicts["pci_0000_00_04_0"].warnings
+    assert not snap.verdicts["pci_0000_00_00_0"].warnings
+    assert snap.verdicts["pci_0000_00_02_0"].reasons == ("PCI endpoint (display controller)",)
+
+
+def test_root_disk_controller_is_not_eligible(tree):
+    hosts.virtio_root(tree)
+    snap = judge_tree(tree)
+    v = snap.verdicts["pci_0000_00_02_0"]
+    assert not v.eligible and "holds the root filesystem (vda)" in v.reasons[0]
+    assert snap.verdicts["pci_0000_00_03_0"].eligible
+    f = found(snap)
+    [(sev, subject, msg)] = f["root_device"]
+    assert (sev, subject) == ("info", "pci_0000_00_02_0") and "vda" in msg and "not eligible" in msg
+    assert "group_root_device" not in f  # no IOMMU groups here
+    assert snap.affected["pci_0000_00_02_0"] == ()
+
+
+def test_root_device_group_is_flagged(tree):
+    hosts.virtio_root(tree, groups=True)
+    f = found(judge_tree(tree))
+    assert f["group_root_device"] == [("info", "group:1", "group 1 holds pci_0000_00_02_0 (the root filesystem)")]
+
+
+def test_devices_sharing_the_root_group_are_denied_and_the_group_warned(tree):
+    hosts.nvme_lvm_root(tree)
+    tree.pci("0000:3d:00.1", INTEL, 0x1533, 0x020000, parent="0000:00:1d.0", driver="igb", group=12)
+    snap = judge_tree(tree)
+    v = snap.verdicts["pci_0000_3d_00_1"]
+    assert not v.eligible
+    assert v.reasons == ("shares IOMMU group 12 with pci_0000_3d_00_0, which holds the root filesystem",)
+    f = found(snap)
+    [(sev, subject, msg)] = f["group_root_device"]
+    assert (sev, subject) == ("warning", "group:12")
+    assert "holds pci_0000_3d_00_0 (the root filesystem); passing pci_0000_3d_00_1 would take it along" in msg
+    assert f["root_device"][0][1] == "pci_0000_3d_00_0" and "nvme0n1p3" in f["root_device"][0][2]
+
+
+def test_root_on_a_sata_lun_denies_the_lun_but_not_its_neighbour(tree):
+    hosts.sata_disks(tree)
+    lun = tree.pci_path("0000:00:17.0") / "ata1" / "host0" / "target0:0:0" / "0:0:0:0"
+    tree.partition(tree.block("sda", parent=lun, dev="8:0"), "sda1", dev="8:1")
+    tree.root_mount("8:1", "/dev/sda1")
+    snap = judge_tree(tree)
+    assert not snap.verdicts["scsi_0_0_0_0"].eligible
+    assert "root filesystem (sda1)" in snap.verdicts["scsi_0_0_0_0"].reasons[0]
+    assert not snap.verdicts["pci_0000_00_17_0"].eligible
+    assert snap.verdicts["scsi_0_0_0_1"].eligible  # the DVD drive beside it
+    assert [s for _, s, _ in found(snap)["root_device"]] == ["pci_0000_00_17_0"]
+
+
+def test_root_not_traced_is_reported_and_no_mountinfo_is_silent(tree):
+    hosts.virtio_root(tree)
+    tree.root_mount("0:31", "server:/export", fstype="nfs4")
+    f = found(judge_tree(tree))
+    assert f["root_device_unknown"][0][:2] == ("info", "host") and "root_device" not in f
+    (tree.proc / "self" / "mountinfo").unlink()
+    f = found(judge_tree(tree))
+    assert "root_device_unknown" not in f and "root_device" not in f
+
+
+def test_boot_vga_device_and_its_group(tree):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    snap = judge_tree(tree)
+    f = found(snap)
+    [(sev, subject, msg)] = f["boot_vga"]
+    assert (sev, subject) == ("warning", "pci_0000_01_00_0") and "boot VGA" in msg
+    [(sev, subject, msg)] = f["group_boot_vga"]
+    assert (sev, subject) == ("warning", "group:2") and "passing pci_0000_01_00_1 would take it along" in msg
+    assert snap.verdicts["pci_0000_01_00_0"].eligible  # warned, not denied
+
+
+def test_no_boot_vga_findings_without_one(tree):
+    hosts.base(tree)
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, driver="nvidia", group=2, boot_vga=False)
+    f = found(judge_tree(tree))
+    assert "boot_vga" not in f and "group_boot_vga" not in f
+
+
+def test_group_layout_hash_is_stable_and_follows_regrouping(tmp_path):
+    from sysfs_builder import SysfsTree
+
+    def layout(name, driver="nvidia", audio_group=2):
+        t = SysfsTree(tmp_path / name)
+        hosts.base(t)
+        t.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
+        t.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver=driver, group=2)
+        t.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", group=audio_group)
+        return SysfsSource(str(t.sys), str(t.proc)).read()
+
+    a, b = layout("a"), layout("b", driver="vfio-pci")
+    assert re.fullmatch(r"[0-9a-f]{12}", group_layout_hash(a))
+    assert group_layout_hash(a) == group_layout_hash(b)  # drivers do not change the layout
+    assert group_layout_hash(layout("c", audio_group=3)) != group_layout_hash(a)
+    assert group_layout_id(a) == int(group_layout_hash(a), 16) and float(group_layout_id(a)) == group_layout_id(a)
+
+
+def test_every_code_is_catalogued_and_documented(tree):
+    hosts.workstation(tree)
+    tree.cmdline("pcie_acs_override=downstream")
+    snap = judge_tree(tree)
+    for f in snap.findings:
+        assert f.code in CODES and re.fullmatch(r"[a-z][a-z0-9_]*", f.code)
+    readme = README.read_text()
+    for code in CODES:
+        assert f"| `{code}` |" in readme, f"{code} missing from README's findings table"
