@@ -54,7 +54,7 @@ def make_plugin_manager(
             ) from None
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    except pluggy.PluginValidationError as exc:
+    except (ValueError, pluggy.PluginValidationError) as exc:
         raise ConfigError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r} is invalid: {_one_line(exc)}") from None
     for path in plugins:
         _register_module(pm, path)
@@ -164,7 +164,7 @@ class Inspector:
                     continue
                 try:
                     # Names read before an iterator fails are kept: over-reporting what goes
-                    # along is the safe side; the device's warning says the answer is partial.
+                    # along is the safe side; the device still gets the failed-plugin warning.
                     names.update(answer)
                 except Exception:
                     log.exception("plugin %s failed while listing affected devices of %s", plugin, dev.name)
