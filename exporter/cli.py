@@ -14,13 +14,13 @@ import tempfile
 import threading
 from collections.abc import Sequence
 
-from passthrough_exporter import __version__, logs
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter import __version__, logs, policy
+from passthrough_exporter.inspector import Inspector, make_plugin_manager, plugin_table
 from passthrough_exporter.metrics import MetricOptions
 from passthrough_exporter.model import PASSABLE_TYPES
 from passthrough_exporter.query import QueryError, select
+from passthrough_exporter.settings import DEFAULT_PCI_DENIED_CLASSES, ConfigError, Settings
 from passthrough_exporter.snapshot import Snapshot
-from passthrough_exporter.settings import DEFAULT_PCI_DENIED_CLASSES, Settings
 from passthrough_exporter.sources import SOURCES, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,30 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         "--libvirt.uri", dest="libvirt_uri", default="qemu:///system", metavar="URI",
         help="libvirt connection URI, opened read-only (default: qemu:///system)",
     )
-    rules = parser.add_argument_group("rules")
+    rules = add_plugin_options(parser)
     rules.add_argument(
         "--pci.denied-classes", dest="pci_denied_classes", metavar="LIST",
         default=",".join(DEFAULT_PCI_DENIED_CLASSES),
         help="comma-separated PCI class prefixes never eligible (default: %(default)s)",
     )
+
+
+def add_plugin_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Options choosing the rule plugins and the site policy: for every command that judges devices."""
+    rules = parser.add_argument_group("rules")
+    rules.add_argument(
+        "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+        help="also load the rule plugin in this importable module, e.g. mysite.rules (repeatable)",
+    )
+    rules.add_argument(
+        "--disable-plugin", dest="disabled_plugins", action="append", default=[], metavar="NAME",
+        help="do not load the plugin NAME, built-ins (pci, usb, scsi, policy) included (repeatable)",
+    )
+    rules.add_argument(
+        "--policy", metavar="FILE", default=None,
+        help="site policy: allow/deny rules in TOML, read once at start (see docs/plugins.md)",
+    )
+    return rules
 
 
 def open_source(args: argparse.Namespace) -> Source:
@@ -67,12 +85,38 @@ def open_source(args: argparse.Namespace) -> Source:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    classes = tuple(c.strip().lower() for c in args.pci_denied_classes.split(",") if c.strip())
-    for c in classes:
+    raw = getattr(args, "pci_denied_classes", None)
+    classes = tuple(c.strip().lower() for c in (raw or "").split(",") if c.strip()) if raw is not None else None
+    for c in classes or ():
         digits = c.removeprefix("0x")
         if not digits or len(digits) > 6 or any(ch not in "0123456789abcdef" for ch in digits):
             raise SourceError(f"--pci.denied-classes: {c!r} is not a hex class prefix like 0x06")
-    return Settings(pci_denied_classes=tuple("0x" + c.removeprefix("0x") for c in classes))
+    policy_file = getattr(args, "policy", None)
+    return Settings(
+        pci_denied_classes=(tuple("0x" + c.removeprefix("0x") for c in classes)
+                            if classes is not None else DEFAULT_PCI_DENIED_CLASSES),
+        # getattr: parsers without add_plugin_options still build settings
+        plugins=tuple(getattr(args, "plugins", None) or ()),
+        disabled_plugins=tuple(getattr(args, "disabled_plugins", None) or ()),
+        policy=policy.load(policy_file) if policy_file else None,  # parsed once, refused at start
+    )
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    rows = plugin_table(make_plugin_manager(settings.plugins, settings.disabled_plugins))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    table = [("NAME", "DISTRIBUTION", "VERSION", "MODULE")]
+    table += [(r["name"], r["distribution"] or "-", r["version"] or "-", r["module"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    if settings.policy is not None:
+        print(f"policy {settings.policy.path}: {len(settings.policy.rules)} rules, unmatched = {settings.policy.unmatched}")
+    return 0
 
 
 def judge_once(args: argparse.Namespace) -> Snapshot:
@@ -270,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")
     add_source_options(chk)
     chk.set_defaults(func=cmd_check)
+
+    plugins = sub.add_parser(
+        "plugins", parents=[common],
+        help="list the loaded rule plugins with their distribution and version",
+        description="List the rule plugins that would judge devices with these options.",
+    )
+    plugins.add_argument("--json", action="store_true", help="print plugin objects as a JSON array")
+    add_plugin_options(plugins)
+    plugins.set_defaults(func=cmd_plugins)
     return parser
 
 
@@ -278,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return args.func(args)
-    except SourceError as exc:
+    except (SourceError, ConfigError) as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

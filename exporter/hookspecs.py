@@ -2,7 +2,8 @@
 
 A plugin is a module or object with functions named like the hooks below, decorated with
 `passthrough_exporter.hookimpl`, and published in the entry-point group
-`passthrough_exporter.plugins`. The built-in PCI, USB and SCSI rules are loaded that way too.
+`passthrough_exporter.plugins`. The built-in PCI, USB, SCSI and site-policy rules are loaded that
+way too. The plugin author's guide is docs/plugins.md.
 
 A hook implementation may accept any subset of a hook's arguments, by name.
 """

@@ -164,7 +164,7 @@ def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
 
     clean_host(tree)
     pm: pluggy.PluginManager = make_plugin_manager()
-    pm.register(Policy(), name="policy")
+    pm.register(Policy(), name="site_rules")
     snap = Inspector(plugin_manager=pm).judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
     results = chk.run_checks(snap)
     assert [r.title for r in results][-1] == chk.OTHER

@@ -1,0 +1,293 @@
+"""The site policy file: allow/deny rules with device selectors, parsed once at start.
+
+Selectors follow Nova's `[pci] device_spec` and KubeVirt's `permittedHostDevices`::
+
+    unmatched = "abstain"          # or "deny": an allow list, as Nova and KubeVirt use them
+
+    [[rule]]
+    action = "deny"
+    reason = "carries the management network"
+    address = "0000:00:19.0"
+
+    [[rule]]
+    action = "allow"
+    reason = "approved GPU models"
+    vendor_id = "0x10de"
+    product_id = ["0x2484", "0x2206"]
+
+Every selector a rule names must match (AND); a list matches any of its values (OR).
+The built-in `policy` plugin turns matching rules into verdicts; deny beats allow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from passthrough_exporter.model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
+from passthrough_exporter.settings import ConfigError
+
+ACTIONS = ("allow", "deny")
+UNMATCHED = ("abstain", "deny")
+SELECTORS = ("vendor_id", "product_id", "class", "address", "driver", "type", "numa_node", "name", "physfn")
+RULE_KEYS = ("action", "reason", *SELECTORS)
+
+_HEX = re.compile(r"(?:0x)?([0-9a-f]+)")
+_AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+Match = Callable[[Device, Inventory], bool]
+
+
+class PolicyError(ConfigError):
+    """An invalid policy file; the message reads `FILE:LINE: what is wrong`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    action: str  # allow | deny
+    reason: str
+    selectors: tuple[tuple[str, Any], ...]  # (selector, normalized value), for display
+    tests: tuple[Match, ...]
+    line: int | None = None
+
+    def matches(self, device: Device, inventory: Inventory) -> bool:
+        return all(test(device, inventory) for test in self.tests)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    unmatched: str = "abstain"
+    path: str = "<policy>"
+
+    def verdict(self, device: Device, inventory: Inventory) -> Verdict | None:
+        """Every matching rule's reason; a matching deny wins over matching allows."""
+        hits = [r for r in self.rules if r.matches(device, inventory)]
+        denials = [r.reason for r in hits if r.action == "deny"]
+        if denials:
+            return Verdict(False, tuple(f"site policy: {r}" for r in denials))
+        if hits:
+            return Verdict(True, tuple(f"site policy: {r.reason}" for r in hits))
+        if self.unmatched == "deny" and device.type in PASSABLE_TYPES:
+            return Verdict.deny(f"site policy: no allow rule matches (unmatched = \"deny\" in {self.path})")
+        return None
+
+
+def load(path: str | Path) -> Policy:
+    """Read and check a policy file; raise PolicyError naming the file, line and reason."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, path: str = "<policy>") -> Policy:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = _AT_LINE.search(msg)
+        if m:
+            raise PolicyError(f"{path}:{m.group(1)}:{m.group(2)}: {msg[:m.start()]}") from None
+        raise PolicyError(f"{path}: {msg}") from None
+    lines = _Lines(text, path)
+    for key in doc:
+        if key not in ("unmatched", "rule"):
+            raise lines.error(f"unknown top-level key {key!r}; expected 'unmatched' or [[rule]] tables", key=key)
+    unmatched = doc.get("unmatched", "abstain")
+    if unmatched not in UNMATCHED:
+        raise lines.error(f"unmatched must be one of {', '.join(map(repr, UNMATCHED))}, not {unmatched!r}",
+                          key="unmatched")
+    raw_rules = doc.get("rule", [])
+    if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
+        raise lines.error("rules are written as [[rule]] tables", key="rule")
+    rules = tuple(_rule(i, raw, lines) for i, raw in enumerate(raw_rules))
+    return Policy(rules=rules, unmatched=unmatched, path=path)
+
+
+def _rule(index: int, raw: dict[str, Any], lines: _Lines) -> Rule:
+    def fail(msg: str, key: str | None = None) -> PolicyError:
+        return lines.error(f"rule {index + 1}: {msg}", rule=index, key=key)
+
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise fail(f"unknown key {key!r}; selectors are {', '.join(SELECTORS)}", key)
+    action = raw.get("action")
+    if action not in ACTIONS:
+        raise fail(f"action must be \"allow\" or \"deny\", not {action!r}", "action" if "action" in raw else None)
+    reason = raw.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise fail("every rule needs a reason (a non-empty string): it is shown in the verdict",
+                   "reason" if "reason" in raw else None)
+    selectors, tests = [], []
+    for key in SELECTORS:
+        if key not in raw:
+            continue
+        try:
+            value, test = _SELECTOR_BUILDERS[key](raw[key])
+        except ValueError as exc:
+            raise fail(f"{key}: {exc}", key) from None
+        selectors.append((key, value))
+        tests.append(test)
+    if not tests:
+        raise fail(f"no selector; give at least one of {', '.join(SELECTORS)} (name = \"*\" matches every device)")
+    return Rule(action, reason.strip(), tuple(selectors), tuple(tests), lines.rule_line(index))
+
+
+# --- selectors: each turns a TOML value into (normalized value, test) or raises ValueError ---
+
+
+def _values(value: Any, kind: type, what: str) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("an empty list matches nothing")
+    for v in items:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ValueError(f"{v!r} is not {what}")
+    return items
+
+
+def _hex_id(text: str) -> str:
+    m = _HEX.fullmatch(text.strip().lower())
+    if not m or len(m.group(1)) > 4:
+        raise ValueError(f"{text!r} is not a 4-digit hex id like \"0x10de\"")
+    return f"0x{int(m.group(1), 16):04x}"
+
+
+def _id_selector(field: str) -> Callable[[Any], tuple[Any, Match]]:
+    def build(value: Any) -> tuple[Any, Match]:
+        raw = _values(value, str, "a hex id string like \"0x10de\"")
+        if "*" in raw:  # Nova's wildcard: any id
+            return ("*",), lambda d, inv: True
+        ids = frozenset(_hex_id(v) for v in raw)
+        return tuple(sorted(ids)), lambda d, inv: getattr(d, field) in ids
+
+    return build
+
+
+def _class(value: Any) -> tuple[Any, Match]:
+    masks: list[tuple[int, int]] = []
+    for text in _values(value, str, "a class string like \"0x0300\" or \"0x030000/0xff0000\""):
+        val, sep, mask = text.strip().lower().partition("/")
+        v = _HEX.fullmatch(val)
+        if sep:  # value/mask, both full 24-bit class codes
+            mm = _HEX.fullmatch(mask)
+            if not v or not mm or len(v.group(1)) > 6 or len(mm.group(1)) > 6:
+                raise ValueError(f"{text!r} is not a value/mask pair like \"0x030000/0xff0000\"")
+            masks.append((int(v.group(1), 16), int(mm.group(1), 16)))
+        else:  # prefix: base class (2 digits), base+subclass (4) or the full code (6)
+            if not v or len(v.group(1)) not in (2, 4, 6):
+                raise ValueError(f"{text!r} is not a class prefix like \"0x03\", \"0x0300\" or \"0x030000\"")
+            digits = v.group(1)
+            shift = 4 * (6 - len(digits))
+            masks.append((int(digits, 16) << shift, (0xFFFFFF >> shift) << shift))
+
+    def test(d: Device, inv: Inventory) -> bool:
+        if not d.pci_class:
+            return False
+        try:
+            code = int(d.pci_class, 16)
+        except ValueError:
+            return False
+        return any(code & mask == val & mask for val, mask in masks)
+
+    return tuple(f"0x{v:06x}/0x{m:06x}" for v, m in masks), test
+
+
+def _glob(get: Callable[[Device, Inventory], str | None], lower: bool = True) -> Callable[[Any], tuple[Any, Match]]:
+    def build(value: Any) -> tuple[Any, Match]:
+        pats = tuple(p.lower() if lower else p for p in _values(value, str, "a string or glob"))
+
+        def test(d: Device, inv: Inventory) -> bool:
+            got = get(d, inv)
+            if got is None:
+                return False
+            got = got.lower() if lower else got
+            return any(fnmatchcase(got, p) for p in pats)
+
+        return pats, test
+
+    return build
+
+
+def _type(value: Any) -> tuple[Any, Match]:
+    types = _values(value, str, "a device type")
+    for t in types:
+        if t not in KNOWN_TYPES:
+            raise ValueError(f"{t!r} is not a device type; choose from {', '.join(KNOWN_TYPES)}")
+    chosen = frozenset(types)
+    return tuple(sorted(chosen)), lambda d, inv: d.type in chosen
+
+
+def _numa_node(value: Any) -> tuple[Any, Match]:
+    nodes = frozenset(_values(value, int, "a NUMA node number"))
+    return tuple(sorted(nodes)), lambda d, inv: d.numa_node in nodes
+
+
+def _pf_address(d: Device, inv: Inventory) -> str | None:
+    if d.physfn is None:
+        return None
+    pf = inv.get(d.physfn)
+    return pf.address if pf is not None and pf.address else None
+
+
+_SELECTOR_BUILDERS: dict[str, Callable[[Any], tuple[Any, Match]]] = {
+    "vendor_id": _id_selector("vendor_id"),
+    "product_id": _id_selector("product_id"),
+    "class": _class,
+    "address": _glob(lambda d, inv: d.address),
+    # A driverless device has driver "": `driver = ""` selects unbound devices.
+    "driver": _glob(lambda d, inv: d.driver or "", lower=False),
+    "type": _type,
+    "numa_node": _numa_node,
+    "name": _glob(lambda d, inv: d.name, lower=False),
+    "physfn": _glob(_pf_address),  # address glob of an SR-IOV VF's physical function
+}
+
+
+class _Lines:
+    """Line numbers for semantic errors, which tomllib cannot give: found by scanning the text."""
+
+    _HEADER = re.compile(r"^\s*\[")
+    _RULE = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
+
+    def __init__(self, text: str, path: str) -> None:
+        self.lines = text.splitlines()
+        self.path = path
+        self.rule_starts = [i for i, line in enumerate(self.lines) if self._RULE.match(line)]
+
+    def rule_line(self, rule: int) -> int | None:
+        return self.rule_starts[rule] + 1 if rule < len(self.rule_starts) else None
+
+    def _key_line(self, start: int, key: str) -> int | None:
+        pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        for i in range(start, len(self.lines)):
+            if i > start and self._HEADER.match(self.lines[i]):
+                break
+            if pattern.match(self.lines[i]):
+                return i + 1
+        return None
+
+    def error(self, msg: str, rule: int | None = None, key: str | None = None) -> PolicyError:
+        line: int | None = None
+        if rule is None:  # a top-level key or table
+            if key:
+                top = re.compile(rf"^\s*(\[+\s*)?[\"']?{re.escape(key)}[\"']?\s*[=\].]")
+                line = next((i + 1 for i, text in enumerate(self.lines) if top.match(text)), None)
+        else:
+            start = self.rule_line(rule)
+            if start is not None:
+                line = (self._key_line(start - 1, key) if key else None) or start
+        return PolicyError(f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}")

@@ -1,0 +1,286 @@
+"""Rule plugins: entry points, --plugin, --disable-plugin, the `plugins` listing, and broken plugins contained."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from importlib import metadata
+
+import hosts
+import pytest
+from test_cli import EXE
+
+from passthrough_exporter import hookimpl
+from passthrough_exporter.inspector import Inspector, make_plugin_manager
+from passthrough_exporter.model import Device, Finding, Inventory, Verdict
+from passthrough_exporter.settings import ConfigError, Settings
+
+AMD = 0x1002
+NAVI10 = "pci_0000_0b_00_0"
+
+
+def run(tree, *args, command="devices", env=None):
+    cmd = [EXE, command, *args]
+    if tree is not None:
+        cmd += ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def objects(out) -> dict[str, dict]:
+    assert out.returncode == 0, out.stderr
+    return {o["name"]: o for o in json.loads(out.stdout)}
+
+
+@pytest.fixture
+def host(tree):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    hosts.usb_tree(tree)
+    tree.pci("0000:0b:00.0", AMD, 0x731F, 0x030000, driver="amdgpu", group=8)  # a Navi 10 card
+    return tree
+
+
+# --- the example package, installed with pip, loaded through its entry point ---------------
+
+
+@pytest.fixture(scope="module")
+def example_installed():
+    try:
+        metadata.distribution("passthrough-example-rules")
+    except metadata.PackageNotFoundError:
+        pytest.fail("the example plugin is not installed: pip install ./tests/example_plugin (.ci/setup does)",
+                    pytrace=False)
+
+
+def test_example_plugin_changes_a_verdict_through_its_entry_point(host, example_installed):
+    navi = objects(run(host, "--json", "--cap", "pci"))[NAVI10]
+    assert navi["eligible"] is False
+    assert navi["reasons"] == ["AMD Navi 10 (RX 5600/5700): reset bug, the GPU does not come back after the VM stops"]
+    plain = objects(run(host, "--json", "--cap", "pci", "--disable-plugin", "amd_reset_bug"))[NAVI10]
+    assert plain["eligible"] is True and plain["reasons"] == ["PCI endpoint (display controller)"]
+    # Other devices are untouched by it.
+    assert objects(run(host, "--json"))["pci_0000_01_00_0"]["eligible"] is True
+
+
+def test_plugins_lists_name_distribution_and_version(example_installed):
+    out = run(None, command="plugins")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ["NAME", "DISTRIBUTION", "VERSION", "MODULE"]
+    own = metadata.version("passthrough-exporter")
+    assert ["pci", "passthrough-exporter", own, "passthrough_exporter.plugins.pci"] in rows
+    assert ["policy", "passthrough-exporter", own, "passthrough_exporter.plugins.policy"] in rows
+    assert ["amd_reset_bug", "passthrough-example-rules", "1.2.0", "passthrough_example_rules"] in rows
+    listed = json.loads(run(None, "--json", "--disable-plugin", "usb", command="plugins").stdout)
+    names = [r["name"] for r in listed]
+    assert names == sorted(names) and "usb" not in names and {"pci", "scsi", "policy"} <= set(names)
+    assert next(r for r in listed if r["name"] == "scsi")["hooks"] == "passthrough_affected,passthrough_verdict"
+
+
+# --- --disable-plugin and --plugin ---------------------------------------------------------
+
+
+def test_disable_a_built_in_plugin(host):
+    objs = objects(run(host, "--json", "--disable-plugin", "usb"))
+    assert objs["usb_1_1_2"]["eligible"] is False and objs["usb_1_1_2"]["reasons"] == ["no rule"]
+    assert objs["usb_1_1_2"]["affected"] == []  # the usb plugin also answered what goes along
+    assert objs["pci_0000_01_00_0"]["eligible"] is True  # the others still rule
+    listing = run(host, "--passthrough", "--disable-plugin", "usb", "--disable-plugin", "scsi")
+    assert [n for n in listing.stdout.splitlines() if not n.startswith("pci_")] == []
+
+
+def test_disable_unknown_plugin_warns(host):
+    out = run(host, "--disable-plugin", "nosuch")
+    assert out.returncode == 0
+    assert "--disable-plugin nosuch: no plugin of that name is installed" in out.stderr
+
+
+SITE_RULES = '''
+from passthrough_exporter import hookimpl
+from passthrough_exporter.model import Verdict
+
+@hookimpl
+def passthrough_verdict(device):
+    if device.vendor_id == "0x046d":
+        return Verdict.deny("Logitech input devices stay with the host console")
+'''
+
+
+@pytest.fixture
+def pythonpath(tmp_path):
+    mod_dir = tmp_path / "mods"
+    (mod_dir / "mysite").mkdir(parents=True)
+    (mod_dir / "mysite" / "__init__.py").write_text("")
+    (mod_dir / "mysite" / "rules.py").write_text(SITE_RULES)
+    (mod_dir / "mysite" / "broken.py").write_text(textwrap.dedent('''
+        from passthrough_exporter import hookimpl
+
+        @hookimpl
+        def passthrough_verdict(device):
+            if device.type == "usb_device":
+                raise RuntimeError("rule pack bug")
+
+        @hookimpl
+        def passthrough_affected(device):
+            if device.type == "pci":
+                return "pci_0000_00_00_0"  # a string, not an iterable of names
+    '''))
+    return {**os.environ, "PYTHONPATH": str(mod_dir)}
+
+
+def test_plugin_by_module_path(host, pythonpath):
+    objs = objects(run(host, "--json", "--plugin", "mysite.rules", env=pythonpath))
+    assert objs["usb_1_1_2"]["eligible"] is False
+    assert objs["usb_1_1_2"]["reasons"] == ["Logitech input devices stay with the host console"]
+    assert objs["usb_1_1_4"]["eligible"] is True
+    out = run(None, "--plugin", "mysite.rules", command="plugins", env=pythonpath)
+    assert ["mysite.rules", "-", "-", "mysite.rules"] in [line.split() for line in out.stdout.splitlines()]
+    # A --plugin module can be switched off by its module path like any other plugin.
+    objs = objects(run(host, "--json", "--plugin", "mysite.rules", "--disable-plugin", "mysite.rules", env=pythonpath))
+    assert objs["usb_1_1_2"]["eligible"] is True
+
+
+@pytest.mark.parametrize("module, message", [
+    ("mysite.nope", "--plugin mysite.nope: cannot import module: ModuleNotFoundError: No module named 'mysite.nope'"),
+    ("json", "--plugin json: the module has no @hookimpl passthrough_* functions"),
+])
+def test_bad_plugin_module_is_a_one_line_error(host, pythonpath, module, message):
+    out = run(host, "--plugin", module, env=pythonpath)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == f"passthrough-exporter: {message}\n"
+
+
+def test_broken_plugin_module_does_not_stop_the_listing(host, pythonpath):
+    objs = objects(run(host, "--json", "--plugin", "mysite.broken", env=pythonpath))
+    mouse = objs["usb_1_1_2"]
+    assert mouse["eligible"] is True and mouse["reasons"] == ["USB device"]
+    assert mouse["warnings"] == ["plugin mysite.broken failed on this device; its rule was skipped"]
+    assert objs["pci_0000_01_00_0"]["affected"] == ["pci_0000_01_00_1"]
+
+
+# --- containment, in process ---------------------------------------------------------------
+
+GPU = Device(name="pci_0000_01_00_0", type="pci", address="0000:01:00.0", pci_class="0x030000", iommu_group=2)
+AUDIO = Device(name="pci_0000_01_00_1", type="pci", address="0000:01:00.1", pci_class="0x040300", iommu_group=2)
+INV = Inventory([GPU, AUDIO])
+
+
+class Raises:
+    @hookimpl
+    def passthrough_verdict(self, device):
+        raise ValueError("boom")
+
+
+class Garbage:
+    def __init__(self, answer):
+        self.answer = answer
+
+    @hookimpl
+    def passthrough_verdict(self, device):
+        return self.answer
+
+
+def _names_then_raise():
+    yield "pci_0000_01_00_1"
+    raise KeyError("halfway")
+
+
+class RaisesMidIteration:
+    @hookimpl
+    def passthrough_affected(self, device):
+        return _names_then_raise()
+
+    @hookimpl
+    def passthrough_findings(self, inventory):
+        yield Finding("first", "info", "host", "kept")
+        raise RuntimeError("halfway")
+
+
+class NotFindings:
+    @hookimpl
+    def passthrough_findings(self):
+        return [Finding("ok", "info", "host", "kept"), "not a finding"]
+
+
+def judge_with(*plugins, name="bad"):
+    pm = make_plugin_manager()
+    for i, plugin in enumerate(plugins):
+        pm.register(plugin, name=f"{name}{i or ''}")
+    return Inspector(plugin_manager=pm).judge(INV)
+
+
+@pytest.mark.parametrize("plugin", [
+    Raises(),
+    Garbage("yes"),
+    Garbage(42),
+    Garbage(["allow"]),
+    Garbage(Verdict(True, "not a tuple")),  # type: ignore[arg-type]
+    Garbage(Verdict("yes", ("r",))),  # type: ignore[arg-type]
+], ids=["raises", "str", "int", "list", "reasons-str", "eligible-str"])
+def test_broken_verdict_is_contained(plugin, caplog):
+    snap = judge_with(plugin)
+    gpu = snap.verdicts[GPU.name]
+    assert gpu.eligible and gpu.reasons == ("PCI endpoint (display controller)",)
+    assert gpu.warnings == ("plugin bad failed on this device; its rule was skipped",)
+    assert snap.errors["plugin_error"] == len(INV)  # once per device it was asked about
+    assert "plugin bad" in caplog.text
+
+
+def test_iterators_that_raise_midway_are_contained():
+    snap = judge_with(RaisesMidIteration())
+    # Both devices judged by the built-ins; what was read before the failure is kept.
+    assert snap.verdicts[GPU.name].eligible
+    assert snap.affected[GPU.name] == (AUDIO.name,)
+    assert snap.verdicts[GPU.name].warnings == ("plugin bad failed on this device; its rule was skipped",)
+    assert [f.code for f in snap.findings if f.code in ("first", "second")] == ["first"]
+    assert snap.errors["plugin_error"] == len(INV) + 1
+
+
+def test_non_findings_are_dropped_and_counted():
+    snap = judge_with(NotFindings())
+    builtin = {f.code for f in judge_with().findings}  # the safety plugin's own findings on this inventory
+    assert [f.code for f in snap.findings if f.code not in builtin] == ["ok"] and snap.errors["plugin_error"] == 1
+
+
+def test_entry_point_that_fails_to_import_names_itself(monkeypatch):
+    class EP:
+        name, value = "vendorpack", "vendorpack.rules"
+
+        def load(self):
+            raise ImportError("No module named 'vendorpack'")
+
+    monkeypatch.setattr("passthrough_exporter.inspector._entry_points", lambda: [EP()])
+    with pytest.raises(ConfigError, match=r"plugin 'vendorpack' \(vendorpack.rules\) failed to load: ImportError"):
+        make_plugin_manager()
+    make_plugin_manager(disabled=("vendorpack",))  # the way out the message names
+
+
+# --- the policy through the command line ---------------------------------------------------
+
+
+def test_policy_file_changes_verdicts(host, tmp_path):
+    policy = tmp_path / "site.toml"
+    policy.write_text(textwrap.dedent('''
+        [[rule]]
+        action = "deny"
+        reason = "the host console's GPU stays"
+        address = "0000:01:00.*"
+    '''))
+    objs = objects(run(host, "--json", "--policy", str(policy)))
+    assert objs["pci_0000_01_00_1"]["reasons"] == ["site policy: the host console's GPU stays"]
+    assert objs["pci_0000_00_14_0"]["eligible"] is True
+    off = run(host, "--json", "--policy", str(policy), "--disable-plugin", "policy")
+    assert objects(off)["pci_0000_01_00_1"]["eligible"] is True
+    assert "the policy plugin is not loaded" in off.stderr
+
+
+def test_bad_policy_file_is_refused_at_start(host, tmp_path):
+    policy = tmp_path / "site.toml"
+    policy.write_text('[[rule]]\naction = "deny"\nreason = "nics"\nclass = "network"\n')
+    for command, args in (("devices", (host,)), ("plugins", (None,))):
+        out = run(*args, "--policy", str(policy), command=command)
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr == (f"passthrough-exporter: {policy}:4: rule 1: class: 'network' is not a class "
+                              'prefix like "0x03", "0x0300" or "0x030000"\n')
