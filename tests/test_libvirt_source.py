@@ -263,3 +263,17 @@ def test_unreachable_libvirt_backs_off(tmp_path, opens):
 def test_cli_reports_an_unreachable_libvirt(tmp_path, capsys):
     assert cli.main(["devices", "--source", "libvirt", "--libvirt.uri", f"test://{tmp_path}/none.xml"]) == 1
     assert "cannot open libvirt" in capsys.readouterr().err
+
+
+def test_mdev_assignment_by_uuid(tree, tmp_path):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    uuid = "c2177883-f1bb-47f0-914d-32a22e3a8804"
+    mdev = (f"<device><name>mdev_{uuid.replace('-', '_')}_0000_01_00_0</name><parent>pci_0000_01_00_0</parent>"
+            "<capability type='mdev'><type id='nvidia-63'/><iommuGroup number='50'/></capability></device>")
+    hostdev = (f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{uuid}'/>"
+               "</source></hostdev>")
+    uri = write_host(tree, tmp_path / "host.xml", (domain("vdi", hostdev),), extra=(mdev,))
+    inv = LibvirtSource(uri, sysfs_path=None).read()
+    assert inv.devices[f"mdev_{uuid.replace('-', '_')}_0000_01_00_0"].assigned_to == "vdi"
+    assert inv.groups[2] == ("pci_0000_01_00_0", "pci_0000_01_00_1")  # an mdev's group holds no PCI function

@@ -35,7 +35,9 @@ def _matches(ref: HostdevRef, dev: Device, scsi_host: dict[str, str]) -> bool:
         bus, target, unit = ref.scsi_address
         return dev.address == f"{host}:{bus}:{target}:{unit}"
     if ref.kind == "mdev":
-        return dev.type == "mdev" and dev.name == "mdev_" + (ref.uuid or "").replace("-", "_")
+        # libvirt >= 7.8 appends the parent's address: mdev_<uuid>_0000_00_02_0
+        uuid = "mdev_" + (ref.uuid or "").replace("-", "_")
+        return dev.type == "mdev" and (dev.name == uuid or dev.name.startswith(uuid + "_"))
     return False
 
 
