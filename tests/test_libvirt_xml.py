@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from passthrough_exporter.sources.libvirt_xml import (
     MAX_XML_BYTES,
@@ -145,3 +147,25 @@ def test_domain_hostdevs_skip_what_is_not_a_host_device():
     assert name == "vm"
     assert [(r.kind, r.pci_address or r.uuid) for r in refs] == [
         ("mdev", "c2177883-f1bb-47f0-914d-32a22e3a8804"), ("pci", "0000:06:12.5")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.binary(max_size=300))
+def test_node_device_refuses_garbage_with_badxml_only(text):
+    try:
+        node_device(text)
+    except BadXML:
+        pass
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())  # the fixture only names a read-only directory
+def test_damaged_real_documents_parse_or_are_refused(realdata, data):
+    path = data.draw(st.sampled_from(sorted((realdata / NODEDEV / "nodedevschemadata").glob("*.xml"))))
+    text = path.read_text()
+    cut = data.draw(st.integers(0, len(text)))
+    junk = data.draw(st.text(max_size=20))
+    try:
+        node_device(text[:cut] + junk + text[cut:])
+    except BadXML:
+        pass

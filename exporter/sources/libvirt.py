@@ -103,7 +103,9 @@ class LibvirtSource:
             try:
                 return self._read(conn)
             except libvirt.libvirtError as exc:
-                if self._alive() or attempt == 2:
+                if self._alive():  # the daemon answered with an error: keep the connection
+                    raise SourceError(f"reading libvirt at {self.uri} failed: {exc}") from None
+                if attempt == 2:
                     self._drop()
                     raise SourceError(f"reading libvirt at {self.uri} failed: {exc}") from None
                 log.warning("libvirt connection to %s lost, reconnecting: %s", self.uri, exc)

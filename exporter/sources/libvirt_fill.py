@@ -45,11 +45,11 @@ class SysfsFiller:
                 continue
             matched += 1
             out.append(_merge(dev, seen))
+        # No device matched: this sysfs is some other machine's (a container's), not the host's facts either.
+        host = reader.host() if matched else None
         for kind, n in reader.errors.items():
             errors[kind] = errors.get(kind, 0) + n
-        if not matched:
-            return out, None  # this sysfs is some other machine's (a container's, a remote URI's host)
-        return out, reader.host()
+        return out, host
 
     def _sysfs_view(self, reader: _Reader, dev: Device) -> Device | None:
         bus = BUS.get(dev.type)
