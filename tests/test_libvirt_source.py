@@ -6,18 +6,20 @@ import json
 from pathlib import Path
 
 import hosts
-import libvirt
 import pytest
-from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host
-from sysfs_builder import SysfsTree
 
-from passthrough_exporter import cli
-from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.model import KNOWN_TYPES
-from passthrough_exporter.snapshot import Snapshot
-from passthrough_exporter.sources import SourceError
-from passthrough_exporter.sources.libvirt import LibvirtSource
-from passthrough_exporter.sources.sysfs import SysfsSource
+libvirt = pytest.importorskip("libvirt", reason="the [libvirt] extra (libvirt-python) is not installed")
+
+from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host  # noqa: E402
+from sysfs_builder import SysfsTree  # noqa: E402
+
+from passthrough_exporter import cli  # noqa: E402
+from passthrough_exporter.inspector import Inspector  # noqa: E402
+from passthrough_exporter.model import KNOWN_TYPES  # noqa: E402
+from passthrough_exporter.snapshot import Snapshot  # noqa: E402
+from passthrough_exporter.sources import SourceError  # noqa: E402
+from passthrough_exporter.sources.libvirt import LibvirtSource  # noqa: E402
+from passthrough_exporter.sources.sysfs import SysfsSource  # noqa: E402
 
 
 def _no_groups(t: SysfsTree) -> None:
@@ -200,6 +202,16 @@ def test_scsi_target_without_its_host_is_kept_unlinked(tree, tmp_path, caplog):
     assert inv.errors == {"missing_parent": 1}
     assert "parent scsi_host9 of device scsi_target9_0_0 does not exist" in caplog.text
     assert not snap.verdicts["scsi_target9_0_0"].eligible
+
+
+def test_libvirts_own_stale_target_sample(tree, tmp_path, realdata):
+    """libvirt's scsi_target0_0_0.xml names scsi_host0, which that host does not have."""
+    sample = (realdata / "libvirt-nodedev" / "nodedevschemadata" / "scsi_target0_0_0.xml").read_text()
+    hosts.base(tree)
+    uri = write_host(tree, tmp_path / "host.xml", extra=(sample,))
+    inv = LibvirtSource(uri, sysfs_path=None).read()
+    assert inv.devices["scsi_target0_0_0"].type == "scsi_target"
+    assert inv.errors == {"missing_parent": 1}
 
 
 # --- the connection ------------------------------------------------------------------------
