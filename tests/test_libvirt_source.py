@@ -148,7 +148,7 @@ def test_remote_uri_never_reads_local_sysfs():
 # --- VM assignments ------------------------------------------------------------------------
 
 
-def test_assignments(tree, tmp_path, caplog):
+def test_assignments(tree, tmp_path):
     hosts.workstation(tree)
     domains = (
         domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1"),
