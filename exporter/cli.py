@@ -80,7 +80,7 @@ def open_source(args: argparse.Namespace) -> Source:
     if args.source == "libvirt":
         from passthrough_exporter.sources.libvirt import LibvirtSource  # needs libvirt-python
 
-        return LibvirtSource(args.libvirt_uri)
+        return LibvirtSource(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs)
     raise SourceError(f"unknown source {args.source!r}; choose one of: {', '.join(SOURCES)}")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from passthrough_exporter import hookspecs
-from passthrough_exporter.model import Finding, Inventory, Verdict
+from passthrough_exporter.model import KNOWN_TYPES, Finding, Inventory, Verdict
 from passthrough_exporter.settings import ConfigError, Settings
 from passthrough_exporter.snapshot import Snapshot
 
@@ -177,6 +177,9 @@ class Inspector:
                 log.warning("plugins named unknown affected devices for %s: %s", dev.name, unknown[:5])
                 errors.add("plugin_error")
                 names.difference_update(unknown)
+            # Only the kinds every source reports: libvirt's net/storage/drm nodes are views of a
+            # device already counted, and would make the same host's answers differ by source.
+            names = {n for n in names if inventory.devices[n].type in KNOWN_TYPES}
             verdicts[dev.name] = _combine(answers, failed)
             affected[dev.name] = tuple(sorted(names))
         findings = self._findings(inventory, verdicts, errors)

@@ -1,0 +1,86 @@
+"""Fill what libvirt's node-device XML leaves out (reset methods, boot VGA, the driver in some
+versions, ...) from the host's sysfs, when the device is there and is the same device.
+
+The sysfs source's own reader builds the sysfs view, so both sources read an attribute the same
+way. A field is only filled where libvirt said nothing; each filled device carries a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import fields, replace
+
+from passthrough_exporter.model import Device, HostFacts
+from passthrough_exporter.sources.sysfs import _Reader
+
+log = logging.getLogger(__name__)
+
+BUS = {"pci": "pci", "usb_device": "usb", "usb": "usb", "scsi_host": "scsi", "scsi_target": "scsi", "scsi": "scsi"}
+# Fields libvirt never reports: sysfs wins over the default.
+SYSFS_ONLY = {"boot_vga", "reset_methods", "subsystem_vendor_id", "subsystem_product_id"}
+# Never taken from sysfs: identity, tree and assignment (libvirt names them for the operator).
+KEEP = {"name", "type", "parent", "address", "assigned_to", "notes"}
+_DEFAULTS = {f.name: f.default for f in fields(Device) if f.name not in ("name", "type")}
+
+
+class SysfsFiller:
+    def __init__(self, sysfs: str, procfs: str) -> None:
+        self.sysfs = sysfs
+        self.procfs = procfs
+
+    def fill(
+        self, devices: list[Device], paths: dict[str, str | None], errors: dict[str, int]
+    ) -> tuple[list[Device], HostFacts | None]:
+        """The devices with sysfs' values where libvirt had none; host facts when sysfs is this host's."""
+        if not os.path.isdir(os.path.join(self.sysfs, "bus")):
+            return devices, None
+        reader = _Reader(self.sysfs, self.procfs)
+        out: list[Device] = []
+        matched = 0
+        for dev in devices:
+            seen = self._sysfs_view(reader, dev)
+            if seen is None:
+                out.append(dev)
+                continue
+            matched += 1
+            out.append(_merge(dev, seen))
+        # No device matched: this sysfs is some other machine's (a container's), not the host's facts either.
+        host = reader.host() if matched else None
+        for kind, n in reader.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+        return out, host
+
+    def _sysfs_view(self, reader: _Reader, dev: Device) -> Device | None:
+        bus = BUS.get(dev.type)
+        if bus is None or not dev.address:
+            return None
+        path = os.path.realpath(os.path.join(self.sysfs, "bus", bus, "devices", dev.address))
+        try:
+            attrs = set(os.listdir(path))
+            build = {"pci": reader.pci, "usb": reader.usb, "scsi": reader.scsi}[bus]
+            seen = build(dev.address, path, attrs)
+        except (OSError, ValueError):
+            return None  # not on this host, or unreadable: keep libvirt's view as it is
+        if seen is None or seen.type != dev.type:
+            return None
+        if (dev.vendor_id, dev.product_id) != (seen.vendor_id, seen.product_id) and dev.vendor_id:
+            log.debug("%s: sysfs at %s holds another device; not filled", dev.name, path)
+            return None
+        return seen
+
+
+def _merge(dev: Device, seen: Device) -> Device:
+    filled: dict[str, object] = {}
+    for key, default in _DEFAULTS.items():
+        if key in KEEP:
+            continue
+        ours, theirs = getattr(dev, key), getattr(seen, key)
+        if theirs == default or theirs == ours:
+            continue
+        if ours == default or key in SYSFS_ONLY:
+            filled[key] = theirs
+    if not filled:
+        return dev
+    note = "filled from sysfs: " + ", ".join(sorted(filled))
+    return replace(dev, **filled, notes=dev.notes + (note,))

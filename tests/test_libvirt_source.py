@@ -1,0 +1,291 @@
+"""The libvirt source against libvirt's own test driver, on the same fixture hosts as the sysfs tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hosts
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="the [libvirt] extra (libvirt-python) is not installed")
+
+from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host  # noqa: E402
+from sysfs_builder import SysfsTree  # noqa: E402
+
+from passthrough_exporter import cli  # noqa: E402
+from passthrough_exporter.inspector import Inspector  # noqa: E402
+from passthrough_exporter.model import KNOWN_TYPES  # noqa: E402
+from passthrough_exporter.snapshot import Snapshot  # noqa: E402
+from passthrough_exporter.sources import SourceError  # noqa: E402
+from passthrough_exporter.sources.libvirt import LibvirtSource  # noqa: E402
+from passthrough_exporter.sources.sysfs import SysfsSource  # noqa: E402
+
+
+def _no_groups(t: SysfsTree) -> None:
+    hosts.base(t)
+    hosts.desktop_gpu(t, groups=False)
+
+
+def _orphan(t: SysfsTree) -> None:
+    hosts.base(t)
+    hosts.orphan_vf(t)
+
+
+HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan}
+
+
+def _both(tree: SysfsTree, tmp_path: Path, fill: bool = True, domains: tuple[str, ...] = ()) -> tuple[Snapshot, Snapshot]:
+    uri = write_host(tree, tmp_path / "host.xml", domains)
+    inspector = Inspector()
+    by_sysfs = inspector.judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
+    source = LibvirtSource(uri, sysfs_path=str(tree.sys) if fill else None, procfs_path=str(tree.proc))
+    try:
+        by_libvirt = inspector.judge(source.read(), source="libvirt")
+    finally:
+        source.close()
+    return by_sysfs, by_libvirt
+
+
+def _shared(snap: Snapshot) -> dict[str, dict]:
+    """Device objects of the kinds both sources list; notes say where a value came from, not what it is."""
+    out = {}
+    for dev in snap.inventory:
+        if dev.type in KNOWN_TYPES:
+            obj = snap.device_object(dev.name)
+            obj.pop("notes", None)
+            out[dev.name] = obj
+    return out
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_parity_with_sysfs(tree, tmp_path, host):
+    HOSTS[host](tree)
+    by_sysfs, by_libvirt = _both(tree, tmp_path)
+    assert _shared(by_libvirt) == _shared(by_sysfs)
+    assert by_libvirt.findings == by_sysfs.findings
+    assert by_libvirt.inventory.host == by_sysfs.inventory.host
+    assert dict(by_libvirt.errors) == dict(by_sysfs.errors)
+
+
+def test_libvirt_only_kinds_stay_in_the_tree_but_out_of_affected_sets(tree, tmp_path):
+    hosts.workstation(tree)
+    _, snap = _both(tree, tmp_path)
+    inv = snap.inventory
+    extra = sorted(d.name for d in inv if d.type not in KNOWN_TYPES)
+    assert extra == ["block_sda", "block_sdb", "block_sdc", "block_sr0", "net_enp129s0f0", "net_enp129s2f0",
+                     "net_enp129s2f1", "net_enp6s0f0", "net_enp6s0f1"]
+    assert inv.devices["block_sda"].parent == "scsi_0_0_0_0"
+    assert "block_sda" in inv.descendants("pci_0000_00_17_0")  # the tree is whole ...
+    assert "net_enp6s0f0" in inv.children["pci_0000_06_00_0"]
+    for name in extra:  # ... but the answers count devices, not their host-side views
+        assert not snap.verdicts[name].eligible
+        assert all(name not in affected for affected in snap.affected.values())
+    scsi = inv.devices["scsi_0_0_0_1"]
+    assert (scsi.block_devices, scsi.vendor, scsi.product, scsi.scsi_type) == (("sr0",), "ATA", "DVD-RW", 5)
+
+
+def test_parity_through_the_cli(tree, tmp_path, capsys):
+    hosts.workstation(tree)
+    uri = write_host(tree, tmp_path / "host.xml")
+    common = ["devices", "--json", "--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
+
+    def run(*extra: str) -> dict[str, dict]:
+        assert cli.main([*common, *extra]) == 0
+        objs = json.loads(capsys.readouterr().out)
+        return {o["name"]: {k: v for k, v in o.items() if k != "notes"} for o in objs if o["type"] in KNOWN_TYPES}
+
+    by_sysfs = run("--source", "sysfs", "--path.pci-ids", "none")
+    by_libvirt = run("--source", "libvirt", "--libvirt.uri", uri)
+    assert by_libvirt == by_sysfs
+    assert len(by_sysfs) == 43
+
+
+def test_without_sysfs_the_answers_still_match(tree, tmp_path):
+    """No readable sysfs (a remote URI): fewer details, the same names, tree, groups, verdicts and affected sets."""
+    hosts.workstation(tree)
+    by_sysfs, by_libvirt = _both(tree, tmp_path, fill=False)
+    a, b = _shared(by_sysfs), _shared(by_libvirt)
+    keys = ("name", "type", "parent", "address", "vendor_id", "product_id", "class", "iommu_group",
+            "eligible", "reasons", "affected", "physfn", "virtfns")
+    assert {n: {k: o.get(k) for k in keys} for n, o in b.items()} == {n: {k: o.get(k) for k in keys} for n, o in a.items()}
+    gpu = by_libvirt.inventory.devices["pci_0000_01_00_0"]
+    assert gpu.driver is None and gpu.reset_methods is None and not gpu.boot_vga and not gpu.notes
+    hub = by_libvirt.inventory.devices["usb_1_1"]
+    assert hub.usb_class == "09" and hub.notes == ("usb_class 09 inferred from its hub interface",)
+    assert by_libvirt.inventory.host.iommu_groups_present
+
+
+def test_filled_fields_are_noted(tree, tmp_path):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    _, snap = _both(tree, tmp_path)
+    obj = snap.device_object("pci_0000_01_00_0")
+    # The test driver, like some libvirt versions, gives no <driver>: it comes from sysfs.
+    assert obj["driver"] == "nvidia" and obj["boot_vga"] is True and obj["reset_methods"] == ["bus"]
+    assert obj["notes"] == ["filled from sysfs: boot_vga, driver, header_type, reset_methods, "
+                            "subsystem_product_id, subsystem_vendor_id"]
+
+
+def test_sysfs_of_another_machine_is_not_used(tree, tmp_path):
+    """Same addresses, other devices (a container's /sys, another host): nothing is filled."""
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    uri = write_host(tree, tmp_path / "host.xml")
+    other = SysfsTree(tmp_path / "other")
+    other.pci("0000:01:00.0", 0x1002, 0x73BF, 0x030000, driver="amdgpu", group=7)
+    inv = LibvirtSource(uri, sysfs_path=str(other.sys), procfs_path=str(other.proc)).read()
+    assert inv.devices["pci_0000_01_00_0"].driver is None
+    assert inv.devices["pci_0000_01_00_0"].notes == ()
+    assert inv.host.cmdline == ""  # host facts not taken from a sysfs that matched nothing
+
+
+def test_remote_uri_never_reads_local_sysfs():
+    assert LibvirtSource("qemu+ssh://root@hv1/system")._filler is None
+    assert LibvirtSource("qemu:///system")._filler is not None
+
+
+# --- VM assignments ------------------------------------------------------------------------
+
+
+def test_assignments(tree, tmp_path):
+    hosts.workstation(tree)
+    domains = (
+        domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1"),
+               usb_hostdev(vendor=0x046D, product=0xC077)),
+        domain("backup", usb_hostdev(bus=1, device=4), scsi_hostdev("scsi_host0", 0, 0, 0), running=False),
+        domain("router", vf_interface("0000:81:02.1"), scsi_hostdev("scsi_host2", 0, 0, 0)),
+        # Defined elsewhere too: the running domain keeps it.
+        domain("spare", pci_hostdev("0000:01:00.0"), running=False),
+        # Gone from the host, and one that is not a host device at all.
+        domain("stale", pci_hostdev("0000:0a:00.0"), usb_hostdev(vendor=0x1234, product=0x5678)),
+    )
+    _, snap = _both(tree, tmp_path, domains=domains)
+    assigned = {d.name: d.assigned_to for d in snap.inventory if d.assigned_to}
+    assert assigned == {
+        "pci_0000_01_00_0": "gaming",
+        "pci_0000_01_00_1": "gaming",
+        "usb_1_1_2": "gaming",  # by vendor/product
+        "usb_1_1_4": "backup",  # by bus/device, in a domain that is defined but not running
+        "scsi_0_0_0_0": "backup",  # adapter scsi_host0, bus 0 target 0 unit 0
+        "scsi_2_0_0_0": "router",
+        "pci_0000_81_02_1": "router",  # an SR-IOV VF handed over as <interface type='hostdev'>
+    }
+    assert "also defined in domains: spare" in snap.inventory.devices["pci_0000_01_00_0"].notes
+    assert snap.device_object("usb_1_1_2")["assigned_to"] == "gaming"
+    assert snap.inventory.errors["hostdev_unmatched"] == 2
+
+
+def test_ambiguous_usb_reference_is_not_guessed(tree, tmp_path):
+    hosts.usb_tree(tree)
+    two_sticks = ("<device><name>usb_1_1_5</name><parent>usb_1_1</parent><capability type='usb_device'>"
+                  "<bus>1</bus><device>9</device><product id='0x5567'/><vendor id='0x0781'/></capability></device>")
+    uri = write_host(tree, tmp_path / "host.xml", (domain("vm", usb_hostdev(vendor=0x0781, product=0x5567)),),
+                     extra=(two_sticks,))
+    inv = LibvirtSource(uri, sysfs_path=None).read()
+    assert not any(d.assigned_to for d in inv)
+    assert inv.errors["hostdev_ambiguous"] == 1
+
+
+# --- stale links ---------------------------------------------------------------------------
+
+
+def test_scsi_target_without_its_host_is_kept_unlinked(tree, tmp_path, caplog):
+    hosts.sata_disks(tree)
+    stale = ("<device><name>scsi_target9_0_0</name><parent>scsi_host9</parent>"
+             "<capability type='scsi_target'><target>target9:0:0</target></capability></device>")
+    uri = write_host(tree, tmp_path / "host.xml", extra=(stale,))
+    snap = Inspector().judge(LibvirtSource(uri, sysfs_path=None).read())
+    inv = snap.inventory
+    assert inv.devices["scsi_target9_0_0"].parent == "scsi_host9"
+    assert all("scsi_target9_0_0" not in kids for kids in inv.children.values())
+    assert inv.errors == {"missing_parent": 1}
+    assert "parent scsi_host9 of device scsi_target9_0_0 does not exist" in caplog.text
+    assert not snap.verdicts["scsi_target9_0_0"].eligible
+
+
+def test_libvirts_own_stale_target_sample(tree, tmp_path, realdata):
+    """libvirt's scsi_target0_0_0.xml names scsi_host0, which that host does not have."""
+    sample = (realdata / "libvirt-nodedev" / "nodedevschemadata" / "scsi_target0_0_0.xml").read_text()
+    hosts.base(tree)
+    uri = write_host(tree, tmp_path / "host.xml", extra=(sample,))
+    inv = LibvirtSource(uri, sysfs_path=None).read()
+    assert inv.devices["scsi_target0_0_0"].type == "scsi_target"
+    assert inv.errors == {"missing_parent": 1}
+
+
+# --- the connection ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def opens(monkeypatch):
+    """Counts libvirt.openReadOnly calls; each one still opens a real connection."""
+    calls: list[str] = []
+    real = libvirt.openReadOnly
+
+    def counting(uri):
+        calls.append(uri)
+        return real(uri)
+
+    monkeypatch.setattr(libvirt, "openReadOnly", counting)
+    return calls
+
+
+def test_one_connection_for_many_reads_and_a_new_one_after_a_drop(tree, tmp_path, opens):
+    hosts.base(tree)
+    uri = write_host(tree, tmp_path / "host.xml")
+    source = LibvirtSource(uri, sysfs_path=None)
+    for _ in range(10):
+        assert "pci_0000_00_00_0" in source.read()
+    assert len(opens) == 1
+    source._conn.close()  # the real connection goes away, as when libvirtd restarts
+    assert "pci_0000_00_00_0" in source.read()
+    assert len(opens) == 2
+    source.read()
+    assert len(opens) == 2
+    source.close()
+    source.read()  # closing is not final: the next refresh connects again
+    assert len(opens) == 3
+    source.close()
+
+
+def test_unreachable_libvirt_backs_off(tmp_path, opens):
+    now = [100.0]
+    source = LibvirtSource(f"test://{tmp_path}/missing.xml", sysfs_path=None, clock=lambda: now[0])
+    with pytest.raises(SourceError, match="cannot open libvirt"):
+        source.read()
+    with pytest.raises(SourceError, match="next attempt in 1s"):
+        source.read()  # within the backoff: no new attempt
+    assert len(opens) == 1
+    now[0] += 1.5
+    with pytest.raises(SourceError, match="cannot open libvirt"):
+        source.read()
+    assert len(opens) == 2
+    now[0] += 1.5  # the backoff doubled to 2s
+    with pytest.raises(SourceError, match="next attempt"):
+        source.read()
+    assert len(opens) == 2
+    host = tmp_path / "missing.xml"
+    host.write_text("<node/>")
+    now[0] += 1
+    assert list(source.read().devices) == ["computer"]
+    assert len(opens) == 3 and source._backoff == 0
+
+
+def test_cli_reports_an_unreachable_libvirt(tmp_path, capsys):
+    assert cli.main(["devices", "--source", "libvirt", "--libvirt.uri", f"test://{tmp_path}/none.xml"]) == 1
+    assert "cannot open libvirt" in capsys.readouterr().err
+
+
+def test_mdev_assignment_by_uuid(tree, tmp_path):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    uuid = "c2177883-f1bb-47f0-914d-32a22e3a8804"
+    mdev = (f"<device><name>mdev_{uuid.replace('-', '_')}_0000_01_00_0</name><parent>pci_0000_01_00_0</parent>"
+            "<capability type='mdev'><type id='nvidia-63'/><iommuGroup number='50'/></capability></device>")
+    hostdev = (f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{uuid}'/>"
+               "</source></hostdev>")
+    uri = write_host(tree, tmp_path / "host.xml", (domain("vdi", hostdev),), extra=(mdev,))
+    inv = LibvirtSource(uri, sysfs_path=None).read()
+    assert inv.devices[f"mdev_{uuid.replace('-', '_')}_0000_01_00_0"].assigned_to == "vdi"
+    assert inv.groups[2] == ("pci_0000_01_00_0", "pci_0000_01_00_1")  # an mdev's group holds no PCI function
