@@ -289,3 +289,17 @@ def test_mdev_assignment_by_uuid(tree, tmp_path):
     inv = LibvirtSource(uri, sysfs_path=None).read()
     assert inv.devices[f"mdev_{uuid.replace('-', '_')}_0000_01_00_0"].assigned_to == "vdi"
     assert inv.groups[2] == ("pci_0000_01_00_0", "pci_0000_01_00_1")  # an mdev's group holds no PCI function
+
+
+def test_root_filesystem_device_is_held_back_by_both_sources(tree, tmp_path):
+    """The devices behind / come from this host's mountinfo and sysfs whichever source names them."""
+    hosts.sata_disks(tree)
+    lun = tree.pci_path("0000:00:17.0") / "ata1" / "host0" / "target0:0:0" / "0:0:0:0"
+    tree.partition(tree.block("sda", parent=lun, dev="8:0"), "sda2", dev="8:2", number=2)
+    tree.root_mount("8:2", "/dev/sda2")
+    by_sysfs, by_libvirt = _both(tree, tmp_path)
+    assert by_libvirt.inventory.host.root_devices == by_sysfs.inventory.host.root_devices == (
+        "pci_0000_00_17_0", "scsi_0_0_0_0", "scsi_host0", "scsi_target0_0_0")
+    assert not by_libvirt.verdicts["pci_0000_00_17_0"].eligible
+    assert not by_libvirt.verdicts["scsi_0_0_0_0"].eligible
+    assert _shared(by_libvirt) == _shared(by_sysfs)

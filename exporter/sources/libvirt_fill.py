@@ -12,7 +12,7 @@ import os
 from dataclasses import fields, replace
 
 from passthrough_exporter.model import Device, HostFacts
-from passthrough_exporter.sources.sysfs import _Reader
+from passthrough_exporter.sources.sysfs import _Reader, with_root_devices
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +37,23 @@ class SysfsFiller:
             return devices, None
         reader = _Reader(self.sysfs, self.procfs)
         out: list[Device] = []
-        matched = 0
+        seen_at: dict[str, Device] = {}  # canonical sysfs directory -> the device as libvirt names it
         for dev in devices:
-            seen = self._sysfs_view(reader, dev)
-            if seen is None:
+            found = self._sysfs_view(reader, dev)
+            if found is None:
                 out.append(dev)
                 continue
-            matched += 1
-            out.append(_merge(dev, seen))
+            path, seen = found
+            merged = _merge(dev, seen)
+            seen_at[path] = merged
+            out.append(merged)
         # No device matched: this sysfs is some other machine's (a container's), not the host's facts either.
-        host = reader.host() if matched else None
+        host = with_root_devices(reader.host(), reader, seen_at) if seen_at else None
         for kind, n in reader.errors.items():
             errors[kind] = errors.get(kind, 0) + n
         return out, host
 
-    def _sysfs_view(self, reader: _Reader, dev: Device) -> Device | None:
+    def _sysfs_view(self, reader: _Reader, dev: Device) -> tuple[str, Device] | None:
         bus = BUS.get(dev.type)
         if bus is None or not dev.address:
             return None
@@ -67,7 +69,7 @@ class SysfsFiller:
         if (dev.vendor_id, dev.product_id) != (seen.vendor_id, seen.product_id) and dev.vendor_id:
             log.debug("%s: sysfs at %s holds another device; not filled", dev.name, path)
             return None
-        return seen
+        return path, seen
 
 
 def _merge(dev: Device, seen: Device) -> Device:

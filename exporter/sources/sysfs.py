@@ -318,18 +318,28 @@ class SysfsSource:
                 # Flat trees (captures, snapshots of /sys/bus/usb) lose the path; the name keeps it.
                 parent = usb_names.get(_usb_name_parent(dev.address or ""))
             devices.append(replace(dev, parent=parent or _path_parent(path, by_path, root)))
-        host = reader.host()
-        blocks = root_block_dirs(self.sysfs, self.procfs, reader.count)
-        if blocks is not None:
-            kinds = {dev.name: dev.type for _, dev in found}
-            root_devs = dict.fromkeys(n for b in blocks for n in _devices_above(b, by_path, kinds, root))
-            host = replace(host, root_devices=tuple(sorted(root_devs)),
-                           root_disks=tuple(os.path.basename(b) for b in blocks))
+        host = with_root_devices(reader.host(), reader, {p: d for p, d in found})
         log.debug("read %d devices from %s", len(devices), self.sysfs)
         return Inventory(devices, host, reader.errors)
 
     def close(self) -> None:
         pass
+
+
+def with_root_devices(host: HostFacts, reader: _Reader, by_path: dict[str, Device]) -> HostFacts:
+    """`host` with the devices behind the root filesystem, from mountinfo and /sys/dev/block.
+
+    `by_path` maps each listed device's canonical sysfs directory to the device; shared by every
+    source that can see this host's sysfs, so they agree on which devices the host cannot give away.
+    """
+    blocks = root_block_dirs(reader.sysfs, reader.procfs, reader.count)
+    if blocks is None:
+        return host
+    names = {path: dev.name for path, dev in by_path.items()}
+    kinds = {dev.name: dev.type for dev in by_path.values()}
+    root = os.path.realpath(reader.sysfs)
+    root_devs = dict.fromkeys(n for b in blocks for n in _devices_above(b, names, kinds, root))
+    return replace(host, root_devices=tuple(sorted(root_devs)), root_disks=tuple(os.path.basename(b) for b in blocks))
 
 
 def _devices_above(path: str, by_path: dict[str, str], kinds: dict[str, str], root: str) -> list[str]:
