@@ -216,3 +216,22 @@ def test_real_sysfs_round_trips(tmp_path):
     for name in live:
         assert copied[name] == live[name], name
     assert all(m.size <= 64 for n, m in members(archive).items() if n.endswith("/config"))
+
+
+def test_snapshot_of_a_snapshot_is_the_same(tree, tmp_path):
+    """The unpacked tree holds everything a read needs: capturing it again (through a symlinked,
+    relative root) gives the same members with the same contents."""
+    hosts.workstation(tree)
+    vfio_host(tree)
+    first, copy = round_trip(tmp_path, tree.sys, tree.proc)
+    (tmp_path / "via").symlink_to(copy / "sys")
+    second = tmp_path / "second.tar.gz"
+    out = subprocess.run([EXE, "snapshot", "-o", second.name, "--path.sysfs", "via", "--path.procfs", "unpacked/proc"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+
+    def contents(archive):
+        with tarfile.open(archive) as tar:
+            return {m.name: (m.type, m.linkname, tar.extractfile(m).read() if m.isfile() else None)
+                    for m in tar.getmembers()}
+    assert contents(second) == contents(first)
