@@ -120,7 +120,8 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
     for path, real in trace.resolved.items():
         p.link(path, real, real)
         p.add(p.real_name(real), Entry("dir"), real)
-    for path in trace.present:
+    # An empty placeholder would read as "" where the source saw an error: leave unreadable ones out.
+    for path in trace.present - trace.unreadable:
         p.add(p.name(path), Entry("file", rank=_PRESENT), path)
     if include_serials:
         for path, real in trace.resolved.items():

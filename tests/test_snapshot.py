@@ -235,3 +235,15 @@ def test_snapshot_of_a_snapshot_is_the_same(tree, tmp_path):
             return {m.name: (m.type, m.linkname, tar.extractfile(m).read() if m.isfile() else None)
                     for m in tar.getmembers()}
     assert contents(second) == contents(first)
+
+
+def test_unreadable_attribute_is_left_out_not_emptied(tree, tmp_path):
+    hosts.usb_tree(tree)
+    mouse = next(tree.sys.glob("devices/**/1-1.2"))
+    (mouse / "manufacturer").unlink()
+    (mouse / "manufacturer").mkdir()  # reading it fails (EISDIR) even as root
+    archive, copy = round_trip(tmp_path, tree.sys, tree.proc)
+    assert not [n for n in members(archive) if n.endswith("1-1.2/manufacturer")]
+    (mouse_json,) = [d for d in devices_json(copy / "sys", copy / "proc") if d["name"] == "usb_1_1_2"]
+    assert mouse_json["vendor"] is None
+    assert mouse_json == next(d for d in devices_json(tree.sys, tree.proc) if d["name"] == "usb_1_1_2")

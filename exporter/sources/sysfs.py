@@ -58,6 +58,7 @@ class Trace:
     listed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dir -> entry names used
     dirs: set[str] = field(default_factory=set)  # device directories listed for their attributes
     present: set[str] = field(default_factory=set)  # entries tested for existence
+    unreadable: set[str] = field(default_factory=set)  # present, but reading failed
 
 
 class _Entries:
@@ -135,7 +136,12 @@ class _Reader:
     # --- filesystem access: the only place the reader touches the tree -------------------
 
     def read_bytes(self, path: str, limit: int) -> bytes:
-        data = _read_bytes(path, limit)
+        try:
+            data = _read_bytes(path, limit)
+        except OSError:
+            if self.trace is not None:
+                self.trace.unreadable.add(path)
+            raise
         if self.trace is not None:
             self.trace.files[path] = data
         return data
