@@ -252,6 +252,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check.exit_code(results)
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from passthrough_exporter.capture import snapshot
+
+    summary = snapshot(args.sysfs, args.procfs, args.output, force=args.force, include_serials=args.include_serials)
+    print(summary.line(args.output))
+    return 0
+
+
+def add_snapshot_command(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    snap = sub.add_parser(
+        "snapshot", parents=[common],
+        help="capture what the sysfs source reads into a tar.gz, for bug reports",
+        description="Capture exactly the sysfs and procfs entries the sysfs source reads (config space "
+        "only up to the 64-byte header, no USB serial numbers) into a tar.gz. Unpacked, "
+        "--path.sysfs DIR/sys --path.procfs DIR/proc reads the same devices.",
+    )
+    snap.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz", help="archive to write")
+    snap.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    snap.add_argument("--include-serials", action="store_true", help="also capture USB devices' serial numbers")
+    snap.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH", help="sysfs mount point (default: /sys)")
+    snap.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH", help="procfs mount point (default: /proc)")
+    snap.set_defaults(func=cmd_snapshot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
@@ -323,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print plugin objects as a JSON array")
     add_plugin_options(plugins)
     plugins.set_defaults(func=cmd_plugins)
+
+    add_snapshot_command(sub, common)
     return parser
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # sysfs imports this module
+    from passthrough_exporter.sources.sysfs import Trace
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,12 @@ def _kind(exc: OSError) -> str:
 
 def root_mount(mountinfo: str) -> tuple[str, str] | None:
     """(major:minor, mount source) of the mount on `/` that is visible (the last one), or None."""
+    found = _root_line(mountinfo)
+    return found[1] if found else None
+
+
+def _root_line(mountinfo: str) -> tuple[str, tuple[str, str]] | None:
+    """The mountinfo line of the visible mount on `/`, and what `root_mount` makes of it."""
     found = None
     for line in mountinfo.splitlines():
         fields = line.split()
@@ -47,11 +57,11 @@ def root_mount(mountinfo: str) -> tuple[str, str] | None:
         except ValueError:
             continue
         source = _unescape(fields[sep + 2]) if len(fields) > sep + 2 else ""
-        found = (fields[2], source)
+        found = (line, (fields[2], source))
     return found
 
 
-def _block_dir_for_source(sysfs: str, source: str) -> str | None:
+def _block_dir_for_source(sysfs: str, source: str, trace: Trace | None) -> str | None:
     """The block directory of a mount source like /dev/sda2 or /dev/mapper/vg-root.
 
     Needed when the root mount's device number is anonymous (0:N: btrfs, and similar).
@@ -61,20 +71,31 @@ def _block_dir_for_source(sysfs: str, source: str) -> str | None:
     name = os.path.basename(source)
     path = os.path.join(sysfs, "class", "block", name)
     if os.path.exists(path):
-        return os.path.realpath(path)
+        return _resolve(path, trace)
     if source.startswith("/dev/mapper/"):  # device-mapper names live in dm/name
         vblock = os.path.join(sysfs, "devices", "virtual", "block")
         for dm in sorted(os.listdir(vblock)) if os.path.isdir(vblock) else ():
             try:
-                with open(os.path.join(vblock, dm, "dm", "name")) as f:
-                    if f.read().strip() == name:
-                        return os.path.realpath(os.path.join(vblock, dm))
+                with open(os.path.join(vblock, dm, "dm", "name"), "rb") as f:
+                    data = f.read(4096)
             except OSError:
                 continue
+            if data.decode(errors="replace").strip() == name:
+                if trace is not None:
+                    trace.listed[vblock] = (dm,)
+                    trace.files[os.path.join(vblock, dm, "dm", "name")] = data
+                return _resolve(os.path.join(vblock, dm), trace)
     return None
 
 
-def _backing(path: str, depth: int, seen: set[str], out: list[str]) -> None:
+def _resolve(path: str, trace: Trace | None) -> str:
+    real = os.path.realpath(path)
+    if trace is not None:  # a snapshot must hold the link and where it leads
+        trace.resolved[path] = real
+    return real
+
+
+def _backing(path: str, depth: int, seen: set[str], out: list[str], trace: Trace | None) -> None:
     """Follow stacked devices down to the disks (or partitions) that hold the data."""
     if path in seen or depth > MAX_DEPTH:
         return
@@ -83,14 +104,19 @@ def _backing(path: str, depth: int, seen: set[str], out: list[str]) -> None:
     for sub in ("slaves", "multipath"):  # dm / md members; NVMe multipath head -> its paths
         d = os.path.join(path, sub)
         if os.path.isdir(d):
-            lower += [os.path.realpath(os.path.join(d, e)) for e in sorted(os.listdir(d))]
+            entries = sorted(os.listdir(d))
+            if trace is not None:
+                trace.listed[d] = tuple(entries)
+            lower += [_resolve(os.path.join(d, e), trace) for e in entries]
     if not lower:
         out.append(path)
     for p in lower:
-        _backing(p, depth + 1, seen, out)
+        _backing(p, depth + 1, seen, out, trace)
 
 
-def root_block_dirs(sysfs: str, procfs: str, count: Callable[[str], None]) -> list[str] | None:
+def root_block_dirs(
+    sysfs: str, procfs: str, count: Callable[[str], None], trace: Trace | None = None
+) -> list[str] | None:
     """Canonical sysfs directories of the block devices under `/`.
 
     None when no mountinfo can be read (a partial capture: nothing known). [] when it was read but
@@ -113,25 +139,27 @@ def root_block_dirs(sysfs: str, procfs: str, count: Callable[[str], None]) -> li
             return None
     if text is None:
         return None
-    mount = root_mount(text)
-    if mount is None:
+    found = _root_line(text)
+    if found is None:
         log.warning("%s has no mount on /", path)
         count("bad_attribute")
         return []
-    number, source = mount
+    line, (number, source) = found
+    if trace is not None:  # only the root mount's line: the rest of the mount table is not ours to copy
+        trace.files[path] = (line + "\n").encode()
     start = None
     if not number.startswith("0:"):
         link = os.path.join(sysfs, "dev", "block", number)
         if os.path.exists(link):
-            start = os.path.realpath(link)
+            start = _resolve(link, trace)
     if start is None:
-        start = _block_dir_for_source(sysfs, source)
+        start = _block_dir_for_source(sysfs, source, trace)
     if start is None:
         log.info("root filesystem (%s, %s) is not on a block device of %s", number, source, sysfs)
         return []
     out: list[str] = []
     try:
-        _backing(start, 0, set(), out)
+        _backing(start, 0, set(), out, trace)
     except OSError as exc:
         log.warning("cannot follow the root block device %s: %s", start, exc)
         count("read_error")

@@ -4,6 +4,9 @@ Read-only. Each device directory is listed once and only the attributes that exi
 so a read costs one listdir plus a few small reads per device. A device whose directory vanishes,
 cannot be read or holds garbage in an attribute it cannot do without is skipped, logged and
 counted by kind; garbage in an optional attribute leaves that field empty (and is counted).
+
+Every filesystem access goes through `_Reader`, which can record it in a `Trace`: the snapshot
+command captures exactly what a read touched, so the capture and the source cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -46,10 +49,52 @@ def _error_kind(exc: BaseException) -> str:
     return "bad_attribute"
 
 
+@dataclass
+class Trace:
+    """What one read touched, by how it used it: what a tree must hold for a re-read to match."""
+
+    files: dict[str, bytes] = field(default_factory=dict)  # path -> the bytes read (no more)
+    links: dict[str, str] = field(default_factory=dict)  # path -> link text, for readlink
+    resolved: dict[str, str] = field(default_factory=dict)  # bus entry -> its canonical directory
+    listed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dir -> entry names used
+    dirs: set[str] = field(default_factory=set)  # device directories listed for their attributes
+    present: set[str] = field(default_factory=set)  # entries tested for existence
+    unreadable: set[str] = field(default_factory=set)  # present, but reading failed
+
+
+class _Entries:
+    """A device directory's entry names that records each name found by `in` (tracing only)."""
+
+    __slots__ = ("names", "dirpath", "trace")
+
+    def __init__(self, names: Collection[str], dirpath: str, trace: Trace) -> None:
+        self.names, self.dirpath, self.trace = set(names), dirpath, trace
+
+    def __contains__(self, name: object) -> bool:
+        found = name in self.names
+        if found:
+            self.trace.present.add(os.path.join(self.dirpath, str(name)))
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _read_bytes(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
 def read_attr(path: str, limit: int = ATTR_LIMIT) -> str:
     """A sysfs text attribute, stripped. Binary or oversized content is a BadAttribute."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
+    return decode_attr(path, _read_bytes(path, limit + 1), limit)
+
+
+def decode_attr(path: str, data: bytes, limit: int = ATTR_LIMIT) -> str:
+    """Text of an attribute read with `limit + 1` bytes; see read_attr."""
     if len(data) > limit:
         raise BadAttribute(f"{path}: longer than {limit} bytes")
     try:
@@ -83,20 +128,45 @@ def parse_int(text: str) -> int:
 class _Reader:
     """One read: collects devices, their canonical paths and the errors met on the way."""
 
-    def __init__(self, sysfs: str, procfs: str) -> None:
+    def __init__(self, sysfs: str, procfs: str, trace: Trace | None = None) -> None:
         self.sysfs = sysfs
         self.procfs = procfs
         self.errors: dict[str, int] = {}
+        self.trace = trace
+
+    # --- filesystem access: the only place the reader touches the tree -------------------
+
+    def read_bytes(self, path: str, limit: int) -> bytes:
+        try:
+            data = _read_bytes(path, limit)
+        except OSError:
+            if self.trace is not None:
+                self.trace.unreadable.add(path)
+            raise
+        if self.trace is not None:
+            self.trace.files[path] = data
+        return data
+
+    def attr(self, path: str) -> str:
+        return decode_attr(path, self.read_bytes(path, ATTR_LIMIT + 1))
+
+    def entries(self, path: str) -> Collection[str]:
+        """A device directory's entries, for `attr in entries` tests."""
+        names = os.listdir(path)
+        if self.trace is None:
+            return set(names)
+        self.trace.dirs.add(path)
+        return _Entries(names, path, self.trace)
 
     def count(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def optional(self, attrs: set[str], dirpath: str, attr: str, parse: Callable[[str], T], what: str) -> T | None:
+    def optional(self, attrs: Collection[str], dirpath: str, attr: str, parse: Callable[[str], T], what: str) -> T | None:
         """An attribute a device can do without: missing -> None, garbage -> None and counted."""
         if attr not in attrs:
             return None
         try:
-            return parse(read_attr(os.path.join(dirpath, attr)))
+            return parse(self.attr(os.path.join(dirpath, attr)))
         except (OSError, ValueError) as exc:
             kind = _error_kind(exc)
             log.warning("%s: attribute %s skipped (%s): %s", what, attr, kind, exc)
@@ -104,14 +174,18 @@ class _Reader:
             return None
 
     def link_name(self, dirpath: str, link: str) -> str | None:
+        path = os.path.join(dirpath, link)
         try:
-            return os.path.basename(os.readlink(os.path.join(dirpath, link)))
+            text = os.readlink(path)
         except OSError:
             return None
+        if self.trace is not None:
+            self.trace.links[path] = text
+        return os.path.basename(text)
 
     def listdir(self, path: str) -> list[str]:
         try:
-            return sorted(os.listdir(path))
+            names = sorted(os.listdir(path))
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -119,18 +193,24 @@ class _Reader:
             log.warning("cannot list %s (%s): %s", path, kind, exc)
             self.count(kind)
             return []
+        if self.trace is not None:
+            self.trace.listed[path] = tuple(names)
+        return names
 
     def bus_entries(self, bus: str) -> list[tuple[str, str]]:
         """(sysname, canonical directory) of each entry of /sys/bus/<bus>/devices."""
         base = os.path.join(self.sysfs, "bus", bus, "devices")
-        return [(entry, os.path.realpath(os.path.join(base, entry))) for entry in self.listdir(base)]
+        out = [(entry, os.path.realpath(os.path.join(base, entry))) for entry in self.listdir(base)]
+        if self.trace is not None:
+            self.trace.resolved.update((os.path.join(base, entry), real) for entry, real in out)
+        return out
 
-    def each(self, bus: str, build: Callable[[str, str, set[str]], T]) -> list[tuple[str, T]]:
+    def each(self, bus: str, build: Callable[[str, str, Collection[str]], T]) -> list[tuple[str, T]]:
         """Apply `build(sysname, dirpath, attrs)` to each bus entry, skipping the broken ones."""
         out = []
         for sysname, path in self.bus_entries(bus):
             try:
-                attrs = set(os.listdir(path))
+                attrs = self.entries(path)
                 out.append((path, build(sysname, path, attrs)))
             except (OSError, ValueError) as exc:
                 kind = _error_kind(exc)
@@ -140,9 +220,9 @@ class _Reader:
 
     # --- PCI -----------------------------------------------------------------------------
 
-    def pci(self, sysname: str, path: str, attrs: set[str]) -> Device:
+    def pci(self, sysname: str, path: str, attrs: Collection[str]) -> Device:
         def need(attr: str, width: int) -> str:
-            return parse_hex(read_attr(os.path.join(path, attr)), width)
+            return parse_hex(self.attr(os.path.join(path, attr)), width)
 
         opt = lambda attr, parse: self.optional(attrs, path, attr, parse, sysname)  # noqa: E731
         group = self.link_name(path, "iommu_group") if "iommu_group" in attrs else None
@@ -188,12 +268,11 @@ class _Reader:
             self.count("bad_attribute")
             return None
 
-    def _header_type(self, path: str, attrs: set[str], sysname: str) -> int | None:
+    def _header_type(self, path: str, attrs: Collection[str], sysname: str) -> int | None:
         if "config" not in attrs:
             return None
         try:
-            with open(os.path.join(path, "config"), "rb") as f:
-                header = f.read(CONFIG_HEADER)
+            header = self.read_bytes(os.path.join(path, "config"), CONFIG_HEADER)
         except OSError as exc:
             self.count(_error_kind(exc))
             log.warning("%s: config unreadable: %s", sysname, exc)
@@ -206,7 +285,7 @@ class _Reader:
 
     # --- USB -----------------------------------------------------------------------------
 
-    def usb(self, sysname: str, path: str, attrs: set[str]) -> Device:
+    def usb(self, sysname: str, path: str, attrs: Collection[str]) -> Device:
         opt = lambda attr, parse: self.optional(attrs, path, attr, parse, sysname)  # noqa: E731
         driver = self.link_name(path, "driver") if "driver" in attrs else None
         if ":" in sysname:  # an interface: 1-1.2:1.0
@@ -221,8 +300,8 @@ class _Reader:
             name=device_name("usb", sysname),
             type="usb_device",
             address=sysname,
-            vendor_id=parse_hex(read_attr(os.path.join(path, "idVendor")), 4),
-            product_id=parse_hex(read_attr(os.path.join(path, "idProduct")), 4),
+            vendor_id=parse_hex(self.attr(os.path.join(path, "idVendor")), 4),
+            product_id=parse_hex(self.attr(os.path.join(path, "idProduct")), 4),
             vendor=opt("manufacturer", str),
             product=opt("product", str),
             usb_class=opt("bDeviceClass", lambda s: parse_hex(s, 2)[2:]),
@@ -233,7 +312,7 @@ class _Reader:
 
     # --- SCSI ----------------------------------------------------------------------------
 
-    def scsi(self, sysname: str, path: str, attrs: set[str]) -> Device | None:
+    def scsi(self, sysname: str, path: str, attrs: Collection[str]) -> Device | None:
         opt = lambda attr, parse: self.optional(attrs, path, attr, parse, sysname)  # noqa: E731
         name = device_name("scsi", sysname)
         if sysname.startswith("host"):
@@ -294,10 +373,11 @@ class SysfsSource:
         self.procfs = procfs
         self.pci_ids = pci_ids
 
-    def read(self) -> Inventory:
+    def read(self, trace: Trace | None = None) -> Inventory:
+        """Read every device once; `trace`, when given, records every path the read touched."""
         if not os.path.isdir(self.sysfs):
             raise SourceError(f"sysfs root {self.sysfs} is not a directory")
-        reader = _Reader(self.sysfs, self.procfs)
+        reader = _Reader(self.sysfs, self.procfs, trace)
         found: list[tuple[str, Device]] = []
         pci = reader.each("pci", reader.pci)
         if self.pci_ids is not None:
@@ -332,7 +412,7 @@ def with_root_devices(host: HostFacts, reader: _Reader, by_path: dict[str, Devic
     `by_path` maps each listed device's canonical sysfs directory to the device; shared by every
     source that can see this host's sysfs, so they agree on which devices the host cannot give away.
     """
-    blocks = root_block_dirs(reader.sysfs, reader.procfs, reader.count)
+    blocks = root_block_dirs(reader.sysfs, reader.procfs, reader.count, reader.trace)
     if blocks is None:
         return host
     names = {path: dev.name for path, dev in by_path.items()}

@@ -1,0 +1,210 @@
+"""`snapshot`: a tar.gz of exactly the sysfs/procfs entries the sysfs source reads, for bug reports.
+
+No file list is kept here. The source reads the host once with a `Trace`, and the archive holds
+what that read touched: the bytes it read and no more (so config space stops at the 64-byte
+header), the links it followed (rewritten as relative links inside the archive), and empty
+placeholders for names it only listed or tested for. Unpacked, `--path.sysfs DIR/sys
+--path.procfs DIR/proc` reads the same inventory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import posixpath
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+
+from passthrough_exporter.sources import SourceError
+from passthrough_exporter.sources.sysfs import ATTR_LIMIT, SysfsSource, Trace
+
+log = logging.getLogger(__name__)
+
+# Ranks: a concrete entry beats a directory, which beats a placeholder for a name only listed/tested.
+_FILE, _LINK, _DIR, _LISTED, _PRESENT = 4, 4, 3, 2, 1
+
+
+class CaptureError(SourceError):
+    """The snapshot could not be written (the output exists, or is not writable)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # "dir" | "file" | "link"
+    data: bytes = b""
+    target: str = ""  # relative link text, for links
+    rank: int = _DIR
+
+
+@dataclass(frozen=True)
+class Summary:
+    files: int
+    links: int
+    dirs: int
+    data_bytes: int  # file content captured
+    archive_bytes: int
+
+    def line(self, output: str) -> str:
+        return (f"wrote {output}: {self.files} files, {self.links} links, {self.dirs} directories, "
+                f"{self.data_bytes} bytes of data, {self.archive_bytes} bytes compressed")
+
+
+class _Plan:
+    """Archive members by name (`sys/...`, `proc/...`), built from one trace."""
+
+    def __init__(self, sysfs: str, procfs: str) -> None:
+        # Longest root first, so a procfs inside the sysfs root (or the reverse) maps to its own top.
+        roots = [(os.path.realpath(sysfs), "sys"), (os.path.realpath(procfs), "proc")]
+        self.roots = sorted(roots, key=lambda r: -len(r[0]))
+        self.entries: dict[str, Entry] = {"sys": Entry("dir"), "proc": Entry("dir")}
+
+    def real_name(self, real: str) -> str | None:
+        """Archive name of a canonical path; None outside both roots."""
+        for root, top in self.roots:
+            rel = os.path.relpath(real, root)
+            if rel == ".":
+                return top
+            if rel != ".." and not rel.startswith(".." + os.sep):
+                return posixpath.join(top, *rel.split(os.sep))
+        return None
+
+    def name(self, path: str) -> str | None:
+        """Archive name of `path` itself: its directory canonical, the last component kept (it may be a link)."""
+        return self.real_name(os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)))
+
+    def add(self, name: str | None, entry: Entry, what: str) -> None:
+        if name is None:
+            log.warning("snapshot: %s is outside the sysfs and procfs roots, left out", what)
+            return
+        old = self.entries.get(name)
+        if old is None or entry.rank > old.rank:
+            self.entries[name] = entry
+
+    def link(self, path: str, target_real: str, text: str) -> None:
+        name = self.name(path)
+        target = self.real_name(target_real)
+        if name is not None and target is not None:
+            rel = posixpath.relpath(target, posixpath.dirname(name))
+        else:
+            rel = posixpath.basename(text)  # points outside the capture: keep only what readlink users need
+        self.add(name, Entry("link", target=rel, rank=_LINK), path)
+
+    def complete(self) -> dict[str, Entry]:
+        """Every member with its parent directories, in archive order (parents first)."""
+        out = dict(self.entries)
+        for name in list(out):
+            parent = posixpath.dirname(name)
+            while parent and parent not in out:
+                out[parent] = Entry("dir")
+                parent = posixpath.dirname(parent)
+        return dict(sorted(out.items()))
+
+
+def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False) -> dict[str, Entry]:
+    """Archive members that reproduce, for the sysfs source, what `trace` saw."""
+    p = _Plan(sysfs, procfs)
+    for path in trace.dirs:
+        p.add(p.real_name(os.path.realpath(path)), Entry("dir"), path)
+    for path, names in trace.listed.items():
+        p.add(p.real_name(os.path.realpath(path)), Entry("dir"), path)
+        for n in names:
+            p.add(p.name(os.path.join(path, n)), Entry("dir", rank=_LISTED), path)
+    for path, data in trace.files.items():
+        p.add(p.name(path), Entry("file", data=data, rank=_FILE), path)
+    for path, text in trace.links.items():
+        p.link(path, os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(path)), text)), text)
+    for path, real in trace.resolved.items():
+        p.link(path, real, real)
+        p.add(p.real_name(real), Entry("dir"), real)
+    # An empty placeholder would read as "" where the source saw an error: leave unreadable ones out.
+    for path in trace.present - trace.unreadable:
+        p.add(p.name(path), Entry("file", rank=_PRESENT), path)
+    if include_serials:
+        for path, real in trace.resolved.items():
+            if _bus_of(path) == "usb" and ":" not in os.path.basename(path):
+                serial = os.path.join(real, "serial")
+                try:
+                    with open(serial, "rb") as f:
+                        p.add(p.name(serial), Entry("file", data=f.read(ATTR_LIMIT), rank=_FILE), serial)
+                except OSError:
+                    pass  # most devices have none
+    return p.complete()
+
+
+def _bus_of(entry_path: str) -> str:
+    """`.../bus/<bus>/devices/<name>` -> `<bus>`."""
+    return os.path.basename(os.path.dirname(os.path.dirname(entry_path)))
+
+
+def write_archive(entries: dict[str, Entry], output: str, *, force: bool = False) -> Summary:
+    """Write `entries` as tar.gz to `output` atomically: a temp file beside it, then a rename."""
+    now = int(time.time())
+    out_dir = os.path.dirname(os.path.abspath(output)) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=out_dir)
+    except OSError as exc:
+        raise CaptureError(f"cannot write in {out_dir}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            # filename="": keep the temp file's name out of the gzip header.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=now) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name, e in entries.items():
+                        tar.addfile(*_member(name, e, now))
+            raw.flush()
+            os.fsync(raw.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file: mkstemp makes it 0600
+        size = os.path.getsize(tmp)
+        _publish(tmp, output, force)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    kinds = [e.kind for e in entries.values()]
+    return Summary(kinds.count("file"), kinds.count("link"), kinds.count("dir"),
+                   sum(len(e.data) for e in entries.values()), size)
+
+
+def _publish(tmp: str, output: str, force: bool) -> None:
+    if force:
+        os.replace(tmp, output)
+        return
+    try:
+        os.link(tmp, output)  # fails if `output` exists, even if it appeared since we checked
+    except FileExistsError:
+        raise CaptureError(f"{output} exists; use --force to overwrite it") from None
+    except OSError:  # a filesystem without hard links: check, then rename
+        if os.path.lexists(output):
+            raise CaptureError(f"{output} exists; use --force to overwrite it") from None
+        os.replace(tmp, output)
+
+
+def _member(name: str, e: Entry, mtime: int) -> tuple[tarfile.TarInfo, io.BytesIO | None]:
+    info = tarfile.TarInfo(name)
+    info.mtime = mtime
+    info.uname = info.gname = ""  # nothing about who ran it
+    if e.kind == "dir":
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        return info, None
+    if e.kind == "link":
+        info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, e.target
+        return info, None
+    info.mode, info.size = 0o644, len(e.data)
+    return info, io.BytesIO(e.data)
+
+
+def snapshot(sysfs: str, procfs: str, output: str, *, force: bool = False, include_serials: bool = False) -> Summary:
+    """Capture what the sysfs source reads from `sysfs`/`procfs` into the tar.gz `output`."""
+    if os.path.isdir(output):
+        raise CaptureError(f"{output} is a directory; give a file name such as host.tar.gz")
+    if not force and os.path.lexists(output):
+        raise CaptureError(f"{output} exists; use --force to overwrite it")
+    trace = Trace()
+    SysfsSource(sysfs, procfs).read(trace)
+    entries = plan(sysfs, procfs, trace, include_serials=include_serials)
+    return write_archive(entries, output, force=force)
