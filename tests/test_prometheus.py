@@ -55,13 +55,21 @@ def stack(tmp_path_factory):
     procs = []
     targets = {}
     try:
-        for name, build in (("safe", hosts.workstation), ("unsafe", unsafe_host)):
+        for name, build in (("safe", hosts.workstation), ("unsafe", unsafe_host), ("libvirt", hosts.workstation)):
             tree = SysfsTree(base / name)
             build(tree)
+            source = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
+            if name == "libvirt":  # libvirt's test driver, with a VM holding the GPU: assignments have data
+                pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
+                from libvirt_host import domain, pci_hostdev, write_host
+
+                uri = write_host(tree, base / "libvirt.xml",
+                                 (domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1")),))
+                source += ["--source", "libvirt", "--libvirt.uri", uri]
             port = free_port()
             procs.append(subprocess.Popen(
-                [EXE, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", str(tree.sys),
-                 "--path.procfs", str(tree.proc), "--refresh-interval", "5s", "--log.level", "warn"],
+                [EXE, "serve", "--web.listen-address", f"127.0.0.1:{port}", *source,
+                 "--refresh-interval", "5s", "--log.level", "warn"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             targets[name] = f"127.0.0.1:{port}"
         prom_port = free_port()
@@ -82,7 +90,7 @@ def stack(tmp_path_factory):
 
         def scraped_twice():
             q = urllib.parse.quote("count_over_time(passthrough_exporter_build_info[1m]) >= 2")
-            return len(http_json(f"{api}/query?query={q}")["data"]["result"]) == 2
+            return len(http_json(f"{api}/query?query={q}")["data"]["result"]) == len(targets)
 
         wait_for(scraped_twice, 60, "two scrapes of each exporter")
         yield api, targets
@@ -142,5 +150,8 @@ def test_unsafe_host_alerts_and_safe_host_does_not(stack):
         assert a["state"] in ("pending", "firing")
     assert "PassthroughMixedIommuGroup" not in by_host.get("safe", set())
     assert "PassthroughIsolationWeakened" not in by_host.get("safe", set())
+    assert "PassthroughMixedIommuGroup" not in by_host.get("libvirt", set())
+    held = query(api, 'passthrough_device_assigned{domain="gaming"}')
+    assert sorted(r["metric"]["device"] for r in held) == ["pci_0000_01_00_0", "pci_0000_01_00_1"]
     mixed = query(api, 'instance:passthrough_mixed_groups:count')
     assert [(r["metric"]["instance"], r["value"][1]) for r in mixed] == [(targets["unsafe"], "1")]
