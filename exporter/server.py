@@ -54,6 +54,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
@@ -69,7 +71,14 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
 
+    def _close_if_body(self) -> None:
+        # Request bodies are never read: one left on a kept-alive connection would be parsed as
+        # the next request (request smuggling), so the connection ends with this answer.
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
+            self.close_connection = True
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self._close_if_body()
         try:
             if not self.server.web_config.check_authorization(self.headers.get("Authorization")):
                 body = b"Unauthorized\n"
@@ -88,9 +97,14 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def _not_allowed(self) -> None:
+        self._close_if_body()
         self._send(405, b"Method Not Allowed\n", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+    def __getattr__(self, name: str) -> Any:
+        # Every other method, known or invented (PROPFIND, FOO), is refused the same way: 405, not 501.
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
 
     # --- routes --------------------------------------------------------------------------
 

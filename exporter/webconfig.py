@@ -31,8 +31,6 @@ CLIENT_AUTH = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-# Compared against when the user is unknown, so a miss costs the same time as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds=10))
 
 
 class WebConfigError(Exception):
@@ -46,6 +44,18 @@ class WebConfig:
     # (user, sha256 of the password) -> ok; bcrypt per request would cost ~50 ms each
     _verified: dict[tuple[str, bytes], bool] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _dummy: bytes | None = field(default=None, repr=False)
+
+    def _dummy_hash(self) -> bytes:
+        """Checked when the user is unknown. Its bcrypt cost is the highest configured one, so an
+        unknown user takes as long as a wrong password: response time does not tell who exists."""
+        with self._lock:
+            if self._dummy is None:
+                fields = [h.split(b"$") for h in self.users.values()]  # $2b$<cost>$<salt+hash>
+                costs = [int(f[2]) for f in fields if len(f) > 2 and f[2].isdigit()]
+                cost = min(max(max(costs, default=10), 4), 31)  # the range bcrypt accepts
+                self._dummy = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds=cost))
+            return self._dummy
 
     def check_authorization(self, header: str | None) -> bool:
         """True when no users are configured or the Basic credentials match one of them."""
@@ -63,7 +73,7 @@ class WebConfig:
         if cached is not None:
             return cached
         hashed = self.users.get(user)
-        ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+        ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else self._dummy_hash())
         ok = ok and hashed is not None
         with self._lock:
             if len(self._verified) > 1024:  # bounded: a password-guessing client cannot grow it forever
@@ -97,6 +107,8 @@ def load(path: str) -> WebConfig:
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise WebConfigError(f"web config {path}: password of user {user!r} is not a bcrypt hash")
         cfg.users[str(user)] = hashed.encode()
+    if cfg.users:
+        cfg._dummy_hash()  # made now, so the first unknown user does not pay for it
     return cfg
 
 

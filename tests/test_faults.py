@@ -1,0 +1,393 @@
+"""Fault injection on real fixture trees: every bad entry is skipped and counted, the rest stays intact.
+
+Each case corrupts one thing in a desktop host, then checks what a scraper sees over HTTP:
+/metrics answers 200, passthrough_collect_errors_total counts the fault under the expected kind,
+the bad device is gone (or kept without the bad field) and every other device reads as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hosts
+import pytest
+from reliability import collect_errors, inspector, request, scrape_tree, serve_quick
+from sysfs_builder import SysfsTree
+from test_cli import EXE
+
+from passthrough_exporter.model import Device, Inventory
+from passthrough_exporter.refresher import Refresher
+from passthrough_exporter.sources.sysfs import SysfsSource
+
+GPU, AUDIO = "0000:01:00.0", "0000:01:00.1"
+MEGABYTE = b"0x8086" + b"0" * (1 << 20)
+
+
+def desktop(t: SysfsTree) -> SysfsTree:
+    hosts.base(t)
+    hosts.desktop_gpu(t)
+    hosts.usb_tree(t)
+    hosts.sata_disks(t)
+    return t
+
+
+def read(t: SysfsTree) -> Inventory:
+    return SysfsSource(str(t.sys), str(t.proc)).read()
+
+
+@pytest.fixture
+def host(tree: SysfsTree) -> SysfsTree:
+    return desktop(tree)
+
+
+def assert_intact(before: Inventory, after: Inventory, gone: set[str], changed: dict[str, dict] | None = None) -> None:
+    """`gone` vanished; `changed` lost exactly the given fields; everything else is as before.
+
+    A device whose parent is gone is re-linked to the next listed ancestor, so its parent may differ.
+    """
+    changed = changed or {}
+    assert set(before.devices) - set(after.devices) == gone
+    assert set(after.devices) <= set(before.devices)
+    for name, dev in after.devices.items():
+        expected = dataclasses.replace(before.devices[name], **changed.get(name, {}))
+        if expected.parent in gone:
+            expected = dataclasses.replace(expected, parent=dev.parent)
+        assert dev == expected, name
+
+
+def check_served(t: SysfsTree, kinds: dict[str, int], gone: set[str]) -> None:
+    s = scrape_tree(t)
+    assert s.metrics_status == 200 and s.devices_status == 200
+    assert s.errors == kinds
+    assert not gone & set(s.names)
+
+
+# --- garbage, missing and oversized attribute files ---------------------------------------------
+
+def pci_attr(addr: str, attr: str) -> Callable[[SysfsTree], Path]:
+    return lambda t: t.pci_path(addr) / attr
+
+
+def usb_attr(sysname: str, attr: str) -> Callable[[SysfsTree], Path]:
+    return lambda t: (t.sys / "bus" / "usb" / "devices" / sysname).resolve() / attr
+
+
+def scsi_attr(sysname: str, attr: str) -> Callable[[SysfsTree], Path]:
+    return lambda t: (t.sys / "bus" / "scsi" / "devices" / sysname).resolve() / attr
+
+
+# (where, content or None to delete, kind counted, device skipped?, field left empty when kept)
+GARBAGE = {
+    "pci vendor empty": (pci_attr(AUDIO, "vendor"), b"", "bad_attribute", True, None),
+    "pci vendor non-hex": (pci_attr(AUDIO, "vendor"), b"0xzzzz\n", "bad_attribute", True, None),
+    "pci vendor too wide": (pci_attr(AUDIO, "vendor"), b"0x123456789\n", "bad_attribute", True, None),
+    "pci vendor binary": (pci_attr(AUDIO, "vendor"), b"\xff\xfe\x00\x01\x80", "bad_attribute", True, None),
+    "pci vendor NUL": (pci_attr(AUDIO, "vendor"), b"0x10de\x00", "bad_attribute", True, None),
+    "pci vendor 1 MB": (pci_attr(AUDIO, "vendor"), MEGABYTE, "bad_attribute", True, None),
+    "pci class 1 MB": (pci_attr(AUDIO, "class"), MEGABYTE, "bad_attribute", True, None),
+    "pci vendor missing": (pci_attr(AUDIO, "vendor"), None, "vanished", True, None),
+    "pci device missing": (pci_attr(AUDIO, "device"), None, "vanished", True, None),
+    "pci numa_node non-number": (pci_attr(AUDIO, "numa_node"), b"minus one\n", "bad_attribute", False, "numa_node"),
+    "pci subsystem binary": (pci_attr(AUDIO, "subsystem_vendor"), b"\x80\x81", "bad_attribute", False,
+                             "subsystem_vendor_id"),
+    "pci subsystem 1 MB": (pci_attr(AUDIO, "subsystem_device"), MEGABYTE, "bad_attribute", False,
+                           "subsystem_product_id"),
+    "pci config truncated": (pci_attr(AUDIO, "config"), b"\xde\x10", "bad_attribute", False, "header_type"),
+    "usb idVendor empty": (usb_attr("1-1.2", "idVendor"), b"", "bad_attribute", True, None),
+    "usb idProduct binary": (usb_attr("1-1.2", "idProduct"), b"\xc3\x28", "bad_attribute", True, None),
+    "usb idVendor missing": (usb_attr("1-1.2", "idVendor"), None, "vanished", True, None),
+    "usb product invalid utf-8": (usb_attr("1-1.2", "product"), b"Mouse \xc3\x28", "bad_attribute", False,
+                                  "product"),
+    "usb busnum garbage": (usb_attr("1-1.2", "busnum"), b"one", "bad_attribute", False, "busnum"),
+    "usb class non-hex": (usb_attr("1-1.2", "bDeviceClass"), b"xx", "bad_attribute", False, "usb_class"),
+    "scsi type garbage": (scsi_attr("0:0:0:0", "type"), b"disk", "bad_attribute", False, "scsi_type"),
+    "scsi model 1 MB": (scsi_attr("0:0:0:0", "model"), MEGABYTE, "bad_attribute", False, "product"),
+}
+DEVICE_OF = {pci_attr: "pci", usb_attr: "usb", scsi_attr: "scsi"}
+
+
+def name_of(case: str) -> str:
+    return {"pci": "pci_0000_01_00_1", "usb": "usb_1_1_2", "scs": "scsi_0_0_0_0"}[case[:3]]
+
+
+@pytest.mark.parametrize("case", list(GARBAGE))
+def test_garbage_attribute_is_skipped_and_counted(host: SysfsTree, case: str) -> None:
+    where, content, kind, skipped, field = GARBAGE[case]
+    before = read(host)
+    path = where(host)
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    after = read(host)
+    name = name_of(case)
+    assert dict(after.errors) == {kind: 1}
+    if skipped:
+        assert_intact(before, after, gone={name})
+        if name == "usb_1_1_2":  # its interface hangs on under the hub, the next listed ancestor
+            assert after.devices["usb_1_1_2_1_0"].parent == "usb_1_1"
+    else:
+        assert_intact(before, after, gone=set(), changed={name: {field: None}})
+    check_served(host, {kind: 1}, {name} if skipped else set())
+
+
+# --- symlinks: dangling, looping, pointing at the wrong thing -------------------------------------
+
+def _dangling_bus_entry(t: SysfsTree) -> None:
+    os.symlink("../../../devices/pci0000:00/0000:00:1f.7", t.sys / "bus" / "pci" / "devices" / "0000:00:1f.7")
+
+
+def _looping_bus_entry(t: SysfsTree) -> None:
+    bus = t.sys / "bus" / "pci" / "devices"
+    os.symlink("0000:00:1f.6", bus / "0000:00:1f.5")
+    os.symlink("0000:00:1f.5", bus / "0000:00:1f.6")
+
+
+def _self_loop_usb_entry(t: SysfsTree) -> None:
+    os.symlink("9-9", t.sys / "bus" / "usb" / "devices" / "9-9")
+
+
+def _bus_entry_is_a_file(t: SysfsTree) -> None:
+    (t.sys / "bus" / "scsi" / "devices" / "7:0:0:0").write_text("not a device\n")
+
+
+def _device_dir_replaced_by_loop(t: SysfsTree) -> None:
+    """The audio function's directory becomes a link to itself: its bus entry now loops."""
+    path = t.pci_path(AUDIO)
+    shutil.rmtree(path)
+    os.symlink(path.name, path)
+
+
+def _looping_driver_link(t: SysfsTree) -> None:
+    d = t.pci_path(AUDIO) / "driver"
+    d.unlink()
+    os.symlink("driver", d)
+
+
+def _dangling_driver_link(t: SysfsTree) -> None:
+    shutil.rmtree(t.sys / "bus" / "pci" / "drivers" / "snd_hda_intel")
+
+
+def _looping_group_link(t: SysfsTree) -> None:
+    g = t.pci_path(AUDIO) / "iommu_group"
+    g.unlink()
+    os.symlink("iommu_group", g)
+
+
+def _dangling_group_link(t: SysfsTree) -> None:
+    g = t.pci_path(AUDIO) / "iommu_group"
+    g.unlink()
+    os.symlink("../../../../kernel/iommu_groups/77", g)
+
+
+def _looping_bus_directory(t: SysfsTree) -> None:
+    """/sys/bus/scsi/devices itself is a loop: the whole bus is unreadable, the others are not."""
+    d = t.sys / "bus" / "scsi" / "devices"
+    shutil.rmtree(d)
+    os.symlink("devices", d)
+
+
+# (fault, kinds counted, devices gone, fields changed on kept devices)
+SYMLINKS = {
+    "dangling bus entry": (_dangling_bus_entry, {"vanished": 1}, set(), {}),
+    "looping bus entries": (_looping_bus_entry, {"symlink_loop": 2}, set(), {}),
+    "usb entry linking to itself": (_self_loop_usb_entry, {"symlink_loop": 1}, set(), {}),
+    "bus entry is a plain file": (_bus_entry_is_a_file, {"vanished": 1}, set(), {}),
+    "device dir replaced by a loop": (_device_dir_replaced_by_loop, {"symlink_loop": 1}, {"pci_0000_01_00_1"}, {}),
+    # A link is only read for its name: a loop or a missing target still names the driver/group.
+    "looping driver link": (_looping_driver_link, {}, set(), {"pci_0000_01_00_1": {"driver": "driver"}}),
+    "dangling driver link": (_dangling_driver_link, {}, set(), {}),
+    "looping iommu_group link": (_looping_group_link, {"bad_attribute": 1}, set(),
+                                 {"pci_0000_01_00_1": {"iommu_group": None}}),
+    "dangling iommu_group link": (_dangling_group_link, {}, set(), {"pci_0000_01_00_1": {"iommu_group": 77}}),
+    "looping bus directory": (_looping_bus_directory, {"symlink_loop": 1},
+                              {"scsi_host0", "scsi_host1", "scsi_host6", "scsi_target0_0_0", "scsi_target6_0_0",
+                               "scsi_0_0_0_0", "scsi_0_0_0_1", "scsi_6_0_0_0"}, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(SYMLINKS))
+def test_bad_symlinks(host: SysfsTree, case: str) -> None:
+    fault, kinds, gone, changed = SYMLINKS[case]
+    before = read(host)
+    fault(host)
+    after = read(host)
+    assert dict(after.errors) == kinds
+    assert_intact(before, after, gone, changed)
+    check_served(host, kinds, gone)
+
+
+def test_device_listed_twice(host: SysfsTree) -> None:
+    """A second bus entry whose name maps to the same device name: kept once, counted as duplicate."""
+    before = read(host)
+    os.symlink(GPU, host.sys / "bus" / "pci" / "devices" / "0000_01_00_0")
+    os.symlink("1-1.2", host.sys / "bus" / "usb" / "devices" / "1_1_2")
+    after = read(host)
+    assert dict(after.errors) == {"duplicate": 2}
+    assert_intact(before, after, gone=set())
+    check_served(host, {"duplicate": 2}, set())
+
+
+def test_every_fault_at_once(host: SysfsTree) -> None:
+    """All of the above in one tree: still one clean pass, every fault counted."""
+    expected: dict[str, int] = {}
+    for where, content, kind, _, _ in (GARBAGE["pci vendor 1 MB"], GARBAGE["usb product invalid utf-8"],
+                                       GARBAGE["usb class non-hex"]):
+        where(host).write_bytes(content)
+        expected[kind] = expected.get(kind, 0) + 1
+    for case in ("dangling bus entry", "looping bus entries", "dangling driver link", "looping bus directory"):
+        fault, kinds, _, _ = SYMLINKS[case]
+        fault(host)
+        for k, n in kinds.items():
+            expected[k] = expected.get(k, 0) + n
+    s = scrape_tree(host)
+    assert s.metrics_status == 200 and s.errors == expected
+    assert "pci_0000_01_00_0" in s.names and "pci_0000_01_00_1" not in s.names
+    assert "usb_1_1_2" in s.names and not any(n.startswith("scsi") for n in s.names)
+
+
+# --- a device directory that comes and goes while refreshes run ----------------------------------
+
+def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: Path) -> None:
+    """Hot-unplug in a loop: a USB stick subtree and a GPU function flip in and out during refreshes."""
+    stick = usb_attr("1-1.4", "")(host)
+    audio = host.pci_path(AUDIO)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    flipping = {"usb_1_1_4", "usb_1_1_4_1_0", "scsi_host6", "scsi_target6_0_0", "scsi_6_0_0_0", "pci_0000_01_00_1"}
+    stable = set(read(host).devices) - flipping
+    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    httpd = serve_quick(refresher)
+    stop = threading.Event()
+    flips = 0
+
+    def unplug_replug() -> None:
+        nonlocal flips
+        while not stop.is_set() and flips < 100_000:
+            for path in (stick, audio):
+                os.rename(path, aside / path.name)
+                os.rename(aside / path.name, path)
+            flips += 1
+
+    flipper = threading.Thread(target=unplug_replug)
+    flipper.start()
+    refreshes, seen_kinds, statuses, vanished = 0, set(), set(), 0
+    deadline = time.monotonic() + 4
+    try:
+        while refreshes < 200 and time.monotonic() < deadline:
+            assert refresher.refresh()
+            snap = refresher.current().snapshot
+            assert snap.source_up
+            assert stable <= set(snap.inventory.devices), stable - set(snap.inventory.devices)
+            seen_kinds |= set(snap.errors)
+            vanished += snap.errors.get("vanished", 0)
+            if refreshes % 10 == 0:
+                status, body = request(httpd, "/metrics")
+                statuses.add(status)
+                assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in body
+            refreshes += 1
+    finally:
+        stop.set()
+        flipper.join(10)
+        httpd.shutdown()
+        httpd.server_close()
+    assert refreshes >= 20 and flips > 0
+    assert statuses == {200}
+    # Losing the race shows up as a vanished entry or attribute, never as anything else.
+    assert seen_kinds <= {"vanished"}, seen_kinds
+    totals = collect_errors(refresher.current().metrics.decode())
+    assert totals["vanished"] == vanished  # every lost race is in the counter
+    assert totals["source_error"] == 0
+    # Back in place: the next read is clean and complete again.
+    final = read(host)
+    assert dict(final.errors) == {} and stable | flipping == set(final.devices)
+    print(f"\nhot-unplug: {refreshes} refreshes, {flips} unplug/replug cycles, kinds seen {sorted(seen_kinds)}, "
+          f"vanished counted {int(totals['vanished'])}")
+
+
+# --- unreadable files, as a user who cannot read them ---------------------------------------------
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def public_host() -> SysfsTree:
+    """A desktop tree in a directory the unprivileged user can walk (pytest's tmp_path is root-only)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    if _as_nobody(EXE, "--version").returncode != 0:
+        pytest.skip("the installed console script is not usable by uid 65534")
+    root = Path(tempfile.mkdtemp(prefix="pt-faults-"))
+    try:
+        t = desktop(SysfsTree(root / "host"))
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+        yield t
+    finally:
+        shutil.rmtree(root)
+
+
+def test_unreadable_vendor_as_unprivileged_user(public_host: SysfsTree) -> None:
+    t = public_host
+    before = _as_nobody(EXE, "devices", "--json", "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc))
+    assert before.returncode == 0, before.stderr
+    (t.pci_path(AUDIO) / "vendor").chmod(0)
+    (usb_attr("1-1.2", "product")(t)).chmod(0)  # optional: the mouse stays, without its name
+    out = _as_nobody(EXE, "devices", "--json", "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc))
+    assert out.returncode == 0, out.stderr
+    import json
+    old = {d["name"]: d for d in json.loads(before.stdout)}
+    new = {d["name"]: d for d in json.loads(out.stdout)}
+    assert set(old) - set(new) == {"pci_0000_01_00_1"}
+    assert new["usb_1_1_2"]["product"] is None and old["usb_1_1_2"]["product"] == "USB Optical Mouse"
+    for name, obj in new.items():
+        if name == "usb_1_1_2":
+            continue
+        # The skipped function no longer goes along with its group peer and its root port.
+        expected = {**old[name], "affected": [a for a in old[name]["affected"] if a != "pci_0000_01_00_1"]}
+        assert obj == expected, name
+    assert "unreadable" in out.stderr and "Traceback" not in out.stderr
+
+    outdir = Path(tempfile.mkdtemp(prefix="pt-textfile-"))
+    try:
+        os.chown(outdir, 65534, 65534)
+        prom = outdir / "passthrough.prom"
+        out = _as_nobody(EXE, "textfile", str(prom), "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc))
+        assert out.returncode == 0, out.stderr
+        errors = {k: v for k, v in collect_errors(prom.read_text()).items() if v}
+        assert errors == {"unreadable": 2}
+        assert 'device="pci_0000_01_00_1"' not in prom.read_text()
+    finally:
+        shutil.rmtree(outdir)
+
+
+# --- broken trees handed straight to the Inventory -------------------------------------------------
+
+def test_inventory_survives_duplicates_cycles_and_self_parents() -> None:
+    devs = [
+        Device("pci_a", "pci", iommu_group=1),
+        Device("pci_a", "pci", iommu_group=2),  # listed twice: the first one wins
+        Device("pci_b", "pci", parent="pci_b", iommu_group=1),  # its own parent
+        Device("usb_c", "usb_device", parent="usb_d"),  # c -> d -> e -> c
+        Device("usb_d", "usb_device", parent="usb_e"),
+        Device("usb_e", "usb_device", parent="usb_c"),
+        Device("usb_f", "usb_device", parent="usb_missing"),
+        Device("usb_g", "usb", parent="usb_c"),
+    ]
+    inv = Inventory(devs)
+    assert dict(inv.errors) == {"duplicate": 1, "parent_cycle": 2, "missing_parent": 1}
+    assert inv.devices["pci_a"].iommu_group == 1
+    for name in inv.devices:  # every walk terminates and never meets its start
+        assert name not in set(inv.descendants(name))
+    snap = inspector().judge(inv)
+    assert snap.affected["pci_a"] == ("pci_b",) and snap.affected["pci_b"] == ("pci_a",)
+    assert set(snap.verdicts) == set(inv.devices)
