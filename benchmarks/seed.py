@@ -3,12 +3,14 @@
 Kimchi answered `_passthrough_affected_by=DEV` by taking the device's IOMMU group (walking up to
 the nearest ancestor that has one), then scanning every device and walking each one's parents the
 same way to find the devices in that group; without a group it fell back to the device's children.
-Kimchi also re-listed every device from libvirt for each question: that part is left out here (the
-device dicts are built once), so this reference is faster than the original.
+Kimchi also re-listed every device from libvirt for each question. `affected_all` leaves that out
+(the device dicts are built once: the algorithm alone); `affected_all_relisting` puts it back, with
+one read of the sysfs source standing in for libvirt's listing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from passthrough_exporter.model import Inventory
@@ -27,7 +29,8 @@ def dev_infos(inventory: Inventory) -> list[DevInfo]:
     return out
 
 
-def _same_iommugroup_devices(infos: list[DevInfo], dev_dict: dict[str, DevInfo], device: DevInfo) -> list[str]:
+def _same_iommugroup_devices(infos: list[DevInfo], device: DevInfo) -> list[str]:
+    dev_dict = {i["name"]: i for i in infos}  # as the seed did, once per question
     def get_iommu_group(info: DevInfo) -> int:
         # A child belongs to the same IOMMU group as its parent.
         if "iommuGroup" in info:
@@ -57,12 +60,20 @@ def _children(infos: list[DevInfo], device: DevInfo) -> list[str]:
     return out
 
 
-def affected_by(infos: list[DevInfo], dev_dict: dict[str, DevInfo], device: DevInfo) -> list[str]:
-    found = _same_iommugroup_devices(infos, dev_dict, device)
+def affected_by(infos: list[DevInfo], device: DevInfo) -> list[str]:
+    found = _same_iommugroup_devices(infos, device)
     return found or _children(infos, device)
 
 
 def affected_all(infos: list[DevInfo], sample: list[DevInfo] | None = None) -> int:
     """Affected sets of every device (or of `sample`); returns the total size so nothing is optimised away."""
-    dev_dict = {i["name"]: i for i in infos}
-    return sum(len(affected_by(infos, dev_dict, d)) for d in (infos if sample is None else sample))
+    return sum(len(affected_by(infos, d)) for d in (infos if sample is None else sample))
+
+
+def affected_all_relisting(read: Callable[[], Inventory], sample: list[str]) -> int:
+    """Affected sets of the devices named in `sample`, re-listing every device for each question."""
+    total = 0
+    for name in sample:
+        infos = dev_infos(read())
+        total += len(affected_by(infos, next(i for i in infos if i["name"] == name)))
+    return total

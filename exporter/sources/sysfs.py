@@ -47,8 +47,7 @@ def _error_kind(exc: BaseException) -> str:
 
 def read_attr(path: str, limit: int = ATTR_LIMIT) -> str:
     """A sysfs text attribute, stripped. Binary or oversized content is a BadAttribute."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
+    data = _read_bytes(path, limit + 1)
     if len(data) > limit:
         raise BadAttribute(f"{path}: longer than {limit} bytes")
     try:
@@ -62,6 +61,16 @@ def read_attr(path: str, limit: int = ATTR_LIMIT) -> str:
     if "\x00" in text:
         raise BadAttribute(f"{path}: not text")
     return text.strip()
+
+
+def _read_bytes(path: str, size: int) -> bytes:
+    # os.open/os.read rather than open(): no buffered file object per attribute (3x cheaper), and
+    # one read returns the whole of a sysfs attribute.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def parse_hex(text: str, width: int) -> str:
@@ -122,7 +131,8 @@ class _Reader:
     def bus_entries(self, bus: str) -> list[tuple[str, str]]:
         """(sysname, canonical directory) of each entry of /sys/bus/<bus>/devices."""
         base = os.path.join(self.sysfs, "bus", bus, "devices")
-        return [(entry, os.path.realpath(os.path.join(base, entry))) for entry in self.listdir(base)]
+        real_base = os.path.realpath(base)
+        return [(entry, _resolve(base, real_base, entry)) for entry in self.listdir(base)]
 
     def each(self, bus: str, build: Callable[[str, str, set[str]], T]) -> list[tuple[str, T]]:
         """Apply `build(sysname, dirpath, attrs)` to each bus entry, skipping the broken ones."""
@@ -191,8 +201,7 @@ class _Reader:
         if "config" not in attrs:
             return None
         try:
-            with open(os.path.join(path, "config"), "rb") as f:
-                header = f.read(CONFIG_HEADER)
+            header = _read_bytes(os.path.join(path, "config"), CONFIG_HEADER)
         except OSError as exc:
             self.count(_error_kind(exc))
             log.warning("%s: config unreadable: %s", sysname, exc)
@@ -270,6 +279,20 @@ class _Reader:
             cmdline=cmdline,
             module_params=MappingProxyType(params),
         )
+
+
+def _resolve(base: str, real_base: str, entry: str) -> str:
+    """The canonical directory of a bus entry. The kernel's entries are relative links into
+    /sys/devices, whose directories are never links: one readlink resolves them, where realpath()
+    would lstat every component of a deep path. Anything else goes through realpath()."""
+    path = os.path.join(base, entry)
+    try:
+        target = os.readlink(path)
+    except OSError:  # not a link (a flat capture): realpath decides
+        return os.path.realpath(path)
+    if os.path.isabs(target) or not target.startswith("../"):
+        return os.path.realpath(path)
+    return os.path.normpath(os.path.join(real_base, target))
 
 
 def _usb_name_parent(sysname: str) -> str | None:
