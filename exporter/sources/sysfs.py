@@ -339,7 +339,10 @@ class SysfsSource:
             if dev.type in ("usb", "usb_device"):
                 # Flat trees (captures, snapshots of /sys/bus/usb) lose the path; the name keeps it.
                 parent = usb_names.get(_usb_name_parent(dev.address or ""))
-            devices.append(replace(dev, parent=parent or _path_parent(path, by_path, root)))
+            # The reader built `dev` and nobody else holds it yet: set the field in place rather than
+            # copying 28 fields through dataclasses.replace (a tenth of a read at 20k devices).
+            object.__setattr__(dev, "parent", parent or _path_parent(path, by_path, root))
+            devices.append(dev)
         log.debug("read %d devices from %s", len(devices), self.sysfs)
         return Inventory(devices, reader.host(), reader.errors)
 
