@@ -245,7 +245,9 @@ def report(results: list[dict], seeds: list[dict], args: argparse.Namespace) -> 
         "for libvirt's listing), compared with our whole refresh. * = extrapolated from a sample of devices.",
         "- (e) VmHWM of the subprocess that ran (a)-(c) for that size: includes two snapshots alive at once "
         "(a refresh while the previous one is served).",
-        *notes, "",
+        *notes,
+        "- `RESULTS-baseline.md`: the same benchmark on the code before the performance work (commit 36f1c48).",
+        "",
     ])
 
 
