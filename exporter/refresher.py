@@ -9,10 +9,13 @@ scrape only copies bytes.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import gzip
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from passthrough_exporter.inspector import Inspector
@@ -32,6 +35,24 @@ class Published:
     metrics: bytes
     metrics_gzip: bytes
     ready: bool  # False until the first refresh succeeded
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a refresh allocates its million objects.
+
+    Every few hundred allocations CPython would otherwise trace young objects, and now and then all
+    of them, old snapshot included: a third of a refresh at 20k devices, and a stall for every
+    scrape that lands in a full collection. A snapshot holds no reference cycles, so reference
+    counting frees the old one; the collector resumes afterwards for everything else.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Refresher:
@@ -68,7 +89,8 @@ class Refresher:
         if not self._refresh_lock.acquire(blocking=False):
             return False
         try:
-            self._refresh()
+            with _gc_paused():
+                self._refresh()
         finally:
             self._refresh_lock.release()
         return True

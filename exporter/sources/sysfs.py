@@ -83,11 +83,6 @@ class _Entries:
         return len(self.names)
 
 
-def _read_bytes(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(limit)
-
-
 def read_attr(path: str, limit: int = ATTR_LIMIT) -> str:
     """A sysfs text attribute, stripped. Binary or oversized content is a BadAttribute."""
     return decode_attr(path, _read_bytes(path, limit + 1), limit)
@@ -110,10 +105,20 @@ def decode_attr(path: str, data: bytes, limit: int = ATTR_LIMIT) -> str:
     return text.strip()
 
 
+def _read_bytes(path: str, size: int) -> bytes:
+    # os.open/os.read rather than open(): no buffered file object per attribute (3x cheaper), and
+    # one read returns the whole of a sysfs attribute.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def parse_hex(text: str, width: int) -> str:
     """'0x8086' / '8086' -> '0x8086' (zero-padded to `width` digits)."""
     digits = text.lower().removeprefix("0x")
-    if not digits or len(digits) > width or any(c not in "0123456789abcdef" for c in digits):
+    if not digits or len(digits) > width or digits.strip("0123456789abcdef"):  # strip: a C loop, not a genexpr
         raise BadAttribute(f"not a {width}-digit hex number: {text[:40]!r}")
     return f"0x{int(digits, 16):0{width}x}"
 
@@ -166,7 +171,7 @@ class _Reader:
         if attr not in attrs:
             return None
         try:
-            return parse(self.attr(os.path.join(dirpath, attr)))
+            return parse(self.attr(f"{dirpath}/{attr}"))  # f-string: os.path.join costs more than the read
         except (OSError, ValueError) as exc:
             kind = _error_kind(exc)
             log.warning("%s: attribute %s skipped (%s): %s", what, attr, kind, exc)
@@ -174,7 +179,7 @@ class _Reader:
             return None
 
     def link_name(self, dirpath: str, link: str) -> str | None:
-        path = os.path.join(dirpath, link)
+        path = f"{dirpath}/{link}"
         try:
             text = os.readlink(path)
         except OSError:
@@ -200,7 +205,8 @@ class _Reader:
     def bus_entries(self, bus: str) -> list[tuple[str, str]]:
         """(sysname, canonical directory) of each entry of /sys/bus/<bus>/devices."""
         base = os.path.join(self.sysfs, "bus", bus, "devices")
-        out = [(entry, os.path.realpath(os.path.join(base, entry))) for entry in self.listdir(base)]
+        real_base = os.path.realpath(base)
+        out = [(entry, _resolve(base, real_base, entry)) for entry in self.listdir(base)]
         if self.trace is not None:
             self.trace.resolved.update((os.path.join(base, entry), real) for entry, real in out)
         return out
@@ -222,7 +228,7 @@ class _Reader:
 
     def pci(self, sysname: str, path: str, attrs: Collection[str]) -> Device:
         def need(attr: str, width: int) -> str:
-            return parse_hex(self.attr(os.path.join(path, attr)), width)
+            return parse_hex(self.attr(f"{path}/{attr}"), width)
 
         opt = lambda attr, parse: self.optional(attrs, path, attr, parse, sysname)  # noqa: E731
         group = self.link_name(path, "iommu_group") if "iommu_group" in attrs else None
@@ -352,6 +358,20 @@ class _Reader:
         )
 
 
+def _resolve(base: str, real_base: str, entry: str) -> str:
+    """The canonical directory of a bus entry. The kernel's entries are relative links into
+    /sys/devices, whose directories are never links: one readlink resolves them, where realpath()
+    would lstat every component of a deep path. Anything else goes through realpath()."""
+    path = os.path.join(base, entry)
+    try:
+        target = os.readlink(path)
+    except OSError:  # not a link (a flat capture): realpath decides
+        return os.path.realpath(path)
+    if os.path.isabs(target) or not target.startswith("../"):
+        return os.path.realpath(path)
+    return os.path.normpath(os.path.join(real_base, target))
+
+
 def _usb_name_parent(sysname: str) -> str | None:
     """The parent a USB sysname encodes: 1-1.2:1.0 -> 1-1.2 -> 1-1 -> usb1."""
     if ":" in sysname:
@@ -397,7 +417,10 @@ class SysfsSource:
             if dev.type in ("usb", "usb_device"):
                 # Flat trees (captures, snapshots of /sys/bus/usb) lose the path; the name keeps it.
                 parent = usb_names.get(_usb_name_parent(dev.address or ""))
-            devices.append(replace(dev, parent=parent or _path_parent(path, by_path, root)))
+            # The reader built `dev` and nobody else holds it yet: set the field in place rather than
+            # copying 28 fields through dataclasses.replace (a tenth of a read at 20k devices).
+            object.__setattr__(dev, "parent", parent or _path_parent(path, by_path, root))
+            devices.append(dev)
         host = with_root_devices(reader.host(), reader, {p: d for p, d in found})
         log.debug("read %d devices from %s", len(devices), self.sysfs)
         return Inventory(devices, host, reader.errors)
