@@ -391,3 +391,19 @@ def test_inventory_survives_duplicates_cycles_and_self_parents() -> None:
     snap = inspector().judge(inv)
     assert snap.affected["pci_a"] == ("pci_b",) and snap.affected["pci_b"] == ("pci_a",)
     assert set(snap.verdicts) == set(inv.devices)
+
+
+def test_fifo_in_place_of_an_attribute_cannot_stall_a_refresh(host: SysfsTree) -> None:
+    """A named pipe where `vendor` should be (a broken capture): read without a writer, at once."""
+    before = read(host)
+    path = pci_attr(AUDIO, "vendor")(host)
+    path.unlink()
+    os.mkfifo(path)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(read(host)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert done, "the refresh blocked on a FIFO"
+    after = done[0]
+    assert dict(after.errors) == {"bad_attribute": 1}
+    assert_intact(before, after, gone={"pci_0000_01_00_1"})

@@ -303,3 +303,47 @@ def test_root_filesystem_device_is_held_back_by_both_sources(tree, tmp_path):
     assert not by_libvirt.verdicts["pci_0000_00_17_0"].eligible
     assert not by_libvirt.verdicts["scsi_0_0_0_0"].eligible
     assert _shared(by_libvirt) == _shared(by_sysfs)
+
+
+def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
+    """libvirtd stops under a running exporter: the previous devices stay served, the source is
+    reported down, and everything comes back when libvirt does."""
+    from test_server import get
+
+    from passthrough_exporter.refresher import Refresher
+    from passthrough_exporter.server import serve
+    from passthrough_exporter.webconfig import WebConfig
+
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    xml = tmp_path / "host.xml"
+    uri = write_host(tree, xml, (domain("gaming", pci_hostdev("0000:01:00.0")),))
+    now = [1000.0]
+    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc), clock=lambda: now[0])
+    refresher = Refresher(source, Inspector(), interval=3600)
+    assert refresher.refresh()
+    httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
+    try:
+        _, before = get(httpd, "/metrics")
+        assert b'passthrough_source_up{source="libvirt"} 1.0' in before
+        xml.rename(tmp_path / "gone.xml")  # libvirtd is gone: connecting fails from now on
+        source._conn.close()  # and the connection in hand dies under the exporter
+        refresher.refresh()
+        resp, down = get(httpd, "/metrics")
+        assert resp.status == 200
+        assert b'passthrough_source_up{source="libvirt"} 0.0' in down
+        assert b'passthrough_device_assigned{device="pci_0000_01_00_0",domain="gaming"} 1.0' in down
+        assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in down
+        resp, body = get(httpd, "/api/devices/pci_0000_01_00_0")
+        assert resp.status == 200 and json.loads(body)["assigned_to"] == "gaming"
+        refresher.refresh()  # within the backoff: no new connection attempt, still down
+        assert b'source="libvirt"} 0.0' in get(httpd, "/metrics")[1]
+        (tmp_path / "gone.xml").rename(xml)  # libvirtd is back
+        now[0] += 120  # past the longest backoff
+        refresher.refresh()
+        _, back = get(httpd, "/metrics")
+        assert b'passthrough_source_up{source="libvirt"} 1.0' in back
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        source.close()

@@ -108,7 +108,8 @@ def decode_attr(path: str, data: bytes, limit: int = ATTR_LIMIT) -> str:
 def _read_bytes(path: str, size: int) -> bytes:
     # os.open/os.read rather than open(): no buffered file object per attribute (3x cheaper), and
     # one read returns the whole of a sysfs attribute.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    # O_NONBLOCK: no effect on sysfs files, but a FIFO left in a capture cannot stall a refresh.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         return os.read(fd, size)
     finally:
