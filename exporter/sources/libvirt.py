@@ -118,18 +118,8 @@ class LibvirtSource:
         def count(kind: str) -> None:
             errors[kind] = errors.get(kind, 0) + 1
 
-        nodes: list[NodeDevice] = []
-        for nd in conn.listAllDevices(0):
-            try:
-                nodes.append(node_device(nd.XMLDesc(0)))
-            except BadXML as exc:
-                log.warning("node device %s skipped (bad_xml): %s", _safe_name(nd), exc)
-                count("bad_xml")
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_NODE_DEVICE:
-                    raise
-                log.info("node device %s vanished while reading", _safe_name(nd))
-                count("vanished")
+        nodes = _each_xml(conn.listAllDevices(0), lambda xml, _: node_device(xml),
+                          libvirt.VIR_ERR_NO_NODE_DEVICE, "node device", count)
         devices = _attach_storage(nodes)
         host: HostFacts | None = None
         if self._filler is not None:
@@ -139,21 +129,34 @@ class LibvirtSource:
         if host is None:
             host = HostFacts(iommu_groups_present=any(d.iommu_group is not None for d in devices))
 
-        domains = []
-        for dom in conn.listAllDomains(0):
-            try:
-                name, refs = domain_hostdevs(dom.XMLDesc(0))
-                domains.append((name, dom.isActive() == 1, refs))
-            except BadXML as exc:
-                log.warning("domain %s skipped (bad_xml): %s", _safe_name(dom), exc)
-                count("bad_xml")
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-                count("vanished")
+        domains = _each_xml(
+            conn.listAllDomains(0),
+            lambda xml, dom: (*domain_hostdevs(xml), dom.isActive() == 1),
+            libvirt.VIR_ERR_NO_DOMAIN, "domain", count,
+        )
+        domains = [(name, active, refs) for name, refs, active in domains]
         devices = assign(devices, domains, count)
         log.debug("read %d node devices and %d domains from %s", len(devices), len(domains), self.uri)
         return Inventory(devices, host, errors)
+
+
+def _each_xml(objects: list, parse: Callable, gone_code: int, what: str, count: Callable[[str], None]) -> list:
+    """`parse(xml, obj)` for each object's XMLDesc; a bad document or an object that vanished
+    between listing and reading is skipped and counted, any other libvirt error raised."""
+    out = []
+    for obj in objects:
+        try:
+            xml = obj.XMLDesc(0)
+            out.append(parse(xml, obj))
+        except BadXML as exc:
+            log.warning("%s %s skipped (bad_xml): %s", what, _safe_name(obj), exc)
+            count("bad_xml")
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != gone_code:
+                raise
+            log.info("%s %s vanished while reading", what, _safe_name(obj))
+            count("vanished")
+    return out
 
 
 def _safe_name(obj: object) -> str:

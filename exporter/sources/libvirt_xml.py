@@ -177,10 +177,7 @@ def _pci(cap: etree._Element, base: dict) -> Device:
     return Device(
         **base,
         address=address,
-        vendor_id=_hex_id(cap.find("vendor"), 4),
-        product_id=_hex_id(cap.find("product"), 4),
-        vendor=_text(cap.find("vendor")),
-        product=_text(cap.find("product")),
+        **_ids(cap),
         pci_class=None if cls is None or cls > 0xFFFFFF else f"0x{cls:06x}",
         iommu_group=_int(group.get("number")) if group is not None else None,
         numa_node=numa_node if numa_node is not None and numa_node >= 0 else None,
@@ -193,6 +190,13 @@ def _pci(cap: etree._Element, base: dict) -> Device:
     )
 
 
+def _ids(cap: etree._Element) -> dict[str, str | None]:
+    """<vendor id='0x8086'>Intel</vendor> and <product ...>: the same in pci and usb_device."""
+    vendor, product = cap.find("vendor"), cap.find("product")
+    return {"vendor_id": _hex_id(vendor, 4), "product_id": _hex_id(product, 4),
+            "vendor": _text(vendor), "product": _text(product)}
+
+
 def _usb(cap: etree._Element, base: dict, path: str | None) -> Device:
     interface = base["type"] == "usb"
     # <path> names the sysfs directory exactly; the name is the fallback (udev-style names only).
@@ -203,10 +207,7 @@ def _usb(cap: etree._Element, base: dict, path: str | None) -> Device:
     return Device(
         **base,
         address=address,
-        vendor_id=_hex_id(cap.find("vendor"), 4),
-        product_id=_hex_id(cap.find("product"), 4),
-        vendor=_text(cap.find("vendor")),
-        product=_text(cap.find("product")),
+        **_ids(cap),
         busnum=_int(_text(cap.find("bus"))),
         devnum=_int(_text(cap.find("device"))),
     )
