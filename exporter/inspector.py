@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from types import MappingProxyType
 from typing import Any
@@ -221,11 +221,16 @@ def _call_each(
     errors: _Errors,
     failed: list[str],
     subject: str,
-) -> Iterator[tuple[str, Any]]:
-    """(plugin, answer) for each implementation that answered None or a well-formed `expected`."""
+) -> list[tuple[str, Any]]:
+    """(plugin, answer) for each implementation that answered None or a well-formed `expected`.
+
+    Called for every device and hook: arguments go positionally, in the order pluggy read them
+    from the implementation's signature (no dict per call).
+    """
+    out = []
     for plugin, function, argnames in impls:
         try:
-            result = function(**{a: kwargs[a] for a in argnames})
+            result = function(*[kwargs[a] for a in argnames])
         except Exception:
             log.exception("plugin %s failed on %s", plugin, subject)
             errors.add("plugin_error")
@@ -236,7 +241,8 @@ def _call_each(
             errors.add("plugin_error")
             failed.append(plugin)
             continue
-        yield plugin, result
+        out.append((plugin, result))
+    return out
 
 
 def _well_formed(result: Any, expected: type) -> bool:
