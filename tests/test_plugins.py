@@ -17,7 +17,7 @@ from test_cli import EXE
 from passthrough_exporter import hookimpl
 from passthrough_exporter.inspector import Inspector, make_plugin_manager
 from passthrough_exporter.model import Device, Finding, Inventory, Verdict
-from passthrough_exporter.settings import ConfigError, Settings
+from passthrough_exporter.settings import ConfigError
 
 AMD = 0x1002
 NAVI10 = "pci_0000_0b_00_0"
