@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from passthrough_exporter.model import Device, HostFacts, Inventory
 
@@ -45,7 +46,12 @@ class GroupStatus:
         return bool(self.vfio) and bool(self.host)
 
 
-def group_status(inventory: Inventory) -> dict[int, GroupStatus]:
+def group_status(inventory: Inventory) -> Mapping[int, GroupStatus]:
+    """Each IOMMU group's members sorted by how VFIO sees them; computed once per inventory."""
+    return inventory.derived("group_status", _group_status)
+
+
+def _group_status(inventory: Inventory) -> Mapping[int, GroupStatus]:
     out = {}
     for number, members in inventory.groups.items():
         vfio, host, bridges = [], [], []
@@ -58,7 +64,7 @@ def group_status(inventory: Inventory) -> dict[int, GroupStatus]:
             elif dev.driver is not None:
                 host.append(name)
         out[number] = GroupStatus(number, members, tuple(vfio), tuple(host), tuple(bridges))
-    return out
+    return MappingProxyType(out)
 
 
 def _flag(params: Mapping[str, str], key: str) -> bool:

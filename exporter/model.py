@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 COMPUTER = "computer"
 
@@ -129,7 +132,7 @@ class Inventory:
     tree (logged and counted in `errors`), so walking the tree always terminates.
     """
 
-    __slots__ = ("devices", "host", "children", "groups", "errors", "_frozen")
+    __slots__ = ("devices", "host", "children", "groups", "errors", "_derived")
 
     def __init__(
         self,
@@ -168,6 +171,7 @@ class Inventory:
             {k: tuple(v) for k, v in sorted(groups.items())}
         )
         self.errors: Mapping[str, int] = MappingProxyType(errs)
+        self._derived: dict[str, object] = {}
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -180,6 +184,15 @@ class Inventory:
 
     def get(self, name: str) -> Device | None:
         return self.devices.get(name)
+
+    def derived(self, key: str, compute: Callable[[Inventory], T]) -> T:
+        """A view computed from this inventory once (it never changes), e.g. group viability,
+        which both the safety findings and the metrics need in the same refresh."""
+        try:
+            return self._derived[key]  # type: ignore[return-value]
+        except KeyError:
+            value = self._derived[key] = compute(self)
+            return value
 
     def descendants(self, name: str) -> Iterator[str]:
         """Every device below `name` in the tree, depth first."""
