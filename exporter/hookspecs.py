@@ -30,10 +30,11 @@ def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings
 
     Called once per device per refresh. Return a `Verdict` (`Verdict.allow(reason)` or
     `Verdict.deny(reason)`, optionally with warnings) for devices your plugin has an opinion on,
-    or None to abstain. Every plugin is asked; the answers combine as follows: any deny makes the
-    device not eligible and its reasons are those of the denials; otherwise any allow makes it
-    eligible with the reasons of the allows. Warnings from every answer are kept. A device on which
-    every plugin abstains is not eligible, with the reason "no rule".
+    or None to abstain, or `Verdict.warn(warning)` to add a caveat without ruling. Every plugin is
+    asked; the answers combine as follows: any deny makes the device not eligible and its reasons
+    are those of the denials; otherwise any allow makes it eligible with the reasons of the allows.
+    Warnings of every allow and deny are kept; caveats only when the device ends up eligible. A
+    device on which every plugin abstains (or only warns) is not eligible, with the reason "no rule".
 
     Must not change `device` or `inventory` (both are immutable) nor do I/O: everything a rule
     needs is in the inventory, read once per refresh by the source.

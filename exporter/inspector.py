@@ -250,7 +250,7 @@ def _well_formed(result: Any, expected: type) -> bool:
         return False
     if isinstance(result, Verdict):  # a hand-built Verdict can still hold garbage
         return (
-            isinstance(result.eligible, bool)
+            (result.eligible is None or isinstance(result.eligible, bool))
             and all(isinstance(t, tuple) and all(isinstance(x, str) for x in t)
                     for t in (result.reasons, result.warnings))
         )
@@ -263,11 +263,14 @@ def _short(value: Any) -> str:
 
 
 def _combine(answers: list[Verdict], failed: list[str]) -> Verdict:
-    warnings = [w for v in answers for w in v.warnings]
+    rulings = [v for v in answers if v.eligible is not None]
+    warnings = [w for v in rulings for w in v.warnings]
     warnings += [f"plugin {p} failed on this device; its rule was skipped" for p in dict.fromkeys(failed)]
-    denials = [v for v in answers if not v.eligible]
+    denials = [v for v in rulings if not v.eligible]
     if denials:
         return Verdict(False, tuple(r for v in denials for r in v.reasons), tuple(warnings))
-    if answers:
-        return Verdict(True, tuple(r for v in answers for r in v.reasons), tuple(warnings))
+    if rulings:
+        # Caveats (Verdict.warn) only matter for a device that can be passed through.
+        caveats = [w for v in answers if v.eligible is None for w in v.warnings]
+        return Verdict(True, tuple(r for v in rulings for r in v.reasons), tuple(warnings + caveats))
     return Verdict(False, (NO_RULE,), tuple(warnings))

@@ -92,9 +92,12 @@ class HostFacts:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """One plugin's ruling on one device."""
+    """One plugin's ruling on one device.
 
-    eligible: bool
+    `eligible` None is no ruling: only caveats (`warnings`) for when another plugin allows it.
+    """
+
+    eligible: bool | None
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -105,6 +108,11 @@ class Verdict:
     @classmethod
     def deny(cls, reason: str, *warnings: str) -> Verdict:
         return cls(False, (reason,), tuple(warnings))
+
+    @classmethod
+    def warn(cls, *warnings: str) -> Verdict:
+        """Neither allow nor deny: warnings shown only if the device ends up eligible."""
+        return cls(None, (), tuple(warnings))
 
 
 SEVERITIES = ("info", "warning", "critical")

@@ -11,8 +11,6 @@ from collections.abc import Iterator, Mapping
 from passthrough_exporter import hookimpl
 from passthrough_exporter.isolation import GroupStatus, group_status, weakened
 from passthrough_exporter.model import Device, Finding, Inventory, Verdict
-from passthrough_exporter.plugins import pci
-from passthrough_exporter.settings import Settings
 
 HOST = "host"
 IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
@@ -71,7 +69,7 @@ def _disks(inventory: Inventory) -> str:
 
 
 @hookimpl
-def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings) -> Verdict | None:
+def passthrough_verdict(device: Device, inventory: Inventory) -> Verdict | None:
     if device.name in (inventory.host.root_devices or ()) and device.type in ("pci", "scsi", "usb_device"):
         return Verdict.deny(f"holds the root filesystem ({_disks(inventory)}): the host cannot give it away")
     if device.type != "pci":
@@ -82,12 +80,8 @@ def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings
                 f"shares IOMMU group {device.iommu_group} with {root}, which holds the root filesystem"
             )
     warning = _reset_warning(device)
-    if warning is None:
-        return None
-    rule = pci.passthrough_verdict(device=device, settings=settings)
-    if rule is None or not rule.eligible:
-        return None  # bridges and other infrastructure: a reset warning would only be noise
-    return Verdict(True, (), (warning,))  # an allow without a reason: adds the warning only
+    # A caveat, not a ruling: shown only on devices the other rules make eligible.
+    return Verdict.warn(warning) if warning is not None else None
 
 
 def _reset_warning(device: Device) -> str | None:

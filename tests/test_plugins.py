@@ -298,3 +298,20 @@ def test_bad_policy_file_is_refused_at_start(host, tmp_path):
         assert out.returncode == 1 and out.stdout == ""
         assert out.stderr == (f"passthrough-exporter: {policy}:4: rule 1: class: 'network' is not a class "
                               'prefix like "0x03", "0x0300" or "0x030000"\n')
+
+
+def test_a_caveat_is_not_an_allow(tree):
+    """`Verdict.warn` adds a warning to an eligible device and never makes one eligible by itself:
+    with the PCI rules switched off, the safety plugin's reset caveat must not allow the GPU."""
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)  # GPU and audio reset by bus only: the safety plugin warns
+    with_pci = objects(run(tree, "--json", "--cap", "pci"))
+    assert with_pci["pci_0000_01_00_1"]["eligible"] is True
+    assert any("no function-level reset" in w for w in with_pci["pci_0000_01_00_1"]["warnings"])
+    assert not any("no function-level reset" in w for w in with_pci["pci_0000_00_01_0"]["warnings"])  # bridge
+    without = objects(run(tree, "--json", "--cap", "pci", "--disable-plugin", "pci"))
+    for name in ("pci_0000_01_00_0", "pci_0000_01_00_1"):
+        assert without[name]["eligible"] is False and without[name]["reasons"] == ["no rule"]
+        assert without[name]["warnings"] == []
+    listed = run(tree, "--passthrough", "--disable-plugin", "pci")
+    assert listed.returncode == 0 and listed.stdout == ""
