@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -78,8 +79,10 @@ def open_source(args: argparse.Namespace) -> Source:
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
         return SysfsSource(args.sysfs, args.procfs, names)
     if args.source == "libvirt":
-        from passthrough_exporter.sources.libvirt import LibvirtSource  # needs libvirt-python
-
+        try:
+            from passthrough_exporter.sources.libvirt import LibvirtSource
+        except ImportError as exc:
+            raise SourceError(f"--source libvirt needs libvirt-python (pip install 'passthrough-exporter[libvirt]'): {exc}") from None
         return LibvirtSource(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs)
     raise SourceError(f"unknown source {args.source!r}; choose one of: {', '.join(SOURCES)}")
 
@@ -121,9 +124,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def judge_once(args: argparse.Namespace) -> Snapshot:
     """Read the source once and judge it: the one-shot commands' snapshot."""
+    inspector = Inspector(settings_from(args))
     source = open_source(args)
     try:
-        return Inspector(settings_from(args)).judge(source.read(), source=source.name)
+        return inspector.judge(source.read(), source=source.name)
     finally:
         source.close()
 
@@ -160,8 +164,8 @@ def duration(text: str) -> float:
         value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30s, 5m)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("a duration must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be a positive, finite number")
     return value
 
 
@@ -191,8 +195,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, webconfig.WebConfigError) as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return 1
+    inspector = Inspector(settings_from(args))  # a bad policy or plugin stops us before the source opens
     source = open_source(args)
-    refresher = Refresher(source, Inspector(settings_from(args)), args.refresh_interval, metric_options(args))
+    refresher = Refresher(source, inspector, args.refresh_interval, metric_options(args))
     try:
         httpd = server.serve(address, refresher, web)
     except OSError as exc:
@@ -217,7 +222,11 @@ def cmd_textfile(args: argparse.Namespace) -> int:
 
     snapshot = judge_once(args)
     snapshot = dataclasses.replace(snapshot, errors_total=dict(snapshot.errors))
-    write_atomically(args.path, render(snapshot, metric_options(args)))
+    try:
+        write_atomically(args.path, render(snapshot, metric_options(args)))
+    except OSError as exc:
+        print(f"passthrough-exporter: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+        return 1
     log.info("wrote %d devices to %s", len(snapshot.inventory), args.path)
     return 0
 

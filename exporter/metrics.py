@@ -22,7 +22,8 @@ from passthrough_exporter.snapshot import Snapshot
 # Initialised to 0 so that rate() and alerts see a series before the first error.
 ERROR_KINDS = (
     "vanished", "unreadable", "symlink_loop", "bad_attribute", "read_error",
-    "missing_parent", "parent_cycle", "duplicate", "plugin_error", "source_error",
+    "missing_parent", "parent_cycle", "duplicate", "plugin_error", "source_error", "refresh_error",
+    "bad_xml", "hostdev_unmatched", "hostdev_ambiguous",  # the libvirt source's
 )
 
 

@@ -128,6 +128,10 @@ class Finding:
     message: str
 
     def __post_init__(self) -> None:
+        # They become label values: anything but text would break the exposition later, far from here.
+        for name in ("code", "severity", "subject", "message"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Finding.{name} must be a string, not {type(getattr(self, name)).__name__}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
 

@@ -129,7 +129,11 @@ class Refresher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:  # a bug must not end the thread: the next interval tries again
+                log.exception("refresh failed unexpectedly; keeping the previous snapshot")
+                self._count({"refresh_error": 1})
             self._wake.wait(self.interval)
             self._wake.clear()
 

@@ -103,3 +103,12 @@ def test_missing_sysfs_root_is_a_clear_error(tmp_path):
 def test_version_and_module_entry():
     out = subprocess.run([sys.executable, "-m", "passthrough_exporter", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("passthrough-exporter ")
+
+
+def test_libvirt_source_without_libvirt_python_is_one_line():
+    """As in the sysfs-only container image: a clear error, not a traceback."""
+    code = ("import sys; sys.modules['libvirt'] = None; from passthrough_exporter.cli import main; "
+            "sys.exit(main(['devices', '--source', 'libvirt']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "--source libvirt needs libvirt-python" in out.stderr

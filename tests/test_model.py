@@ -54,3 +54,9 @@ def test_groups_hold_pci_functions_only():
 def test_finding_rejects_unknown_severity():
     with pytest.raises(ValueError):
         Finding("x", "fatal", "host", "nope")
+
+
+def test_finding_fields_must_be_text():
+    """They become label values; a number would only fail later, while rendering /metrics."""
+    with pytest.raises(TypeError, match="subject"):
+        Finding("x", "info", 12, "group twelve")

@@ -315,3 +315,42 @@ def test_textfile_is_written_whole(host, tmp_path):
     assert 'passthrough_device_eligible{device="usb_1_1_2",type="usb_device"} 1.0' in text
     assert [p.name for p in target.parent.iterdir()] == ["passthrough.prom"]  # no temp file left behind
     assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-5s", "0"])
+def test_refresh_interval_must_be_positive_and_finite(value):
+    out = subprocess.run([EXE, "serve", f"--refresh-interval={value}", "--web.listen-address", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "positive, finite" in out.stderr
+
+
+def test_refresher_thread_survives_an_unexpected_error(host):
+    """A refresh that raises outside the source (a bug) is logged and retried; the thread lives on."""
+    source = SysfsSource(str(host.sys), str(host.proc))
+    refresher = Refresher(source, Inspector(), interval=0.05)
+    calls = []
+    real = refresher._refresh
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        real()
+
+    refresher._refresh = flaky
+    refresher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not refresher.current().ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert refresher.current().ready and len(calls) >= 2
+        assert refresher.current().snapshot.errors_total.get("refresh_error") == 1
+    finally:
+        refresher.stop()
+
+
+def test_textfile_into_a_missing_directory_is_one_line(host, tmp_path):
+    out = subprocess.run([EXE, "textfile", str(tmp_path / "nope" / "x.prom"), "--path.sysfs", str(host.sys),
+                          "--path.procfs", str(host.proc)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"passthrough-exporter: cannot write {tmp_path}/nope/x.prom")
