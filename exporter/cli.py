@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -221,7 +220,6 @@ def cmd_textfile(args: argparse.Namespace) -> int:
     from passthrough_exporter.metrics import render
 
     snapshot = judge_once(args)
-    snapshot = dataclasses.replace(snapshot, errors_total=dict(snapshot.errors))
     try:
         write_atomically(args.path, render(snapshot, metric_options(args)))
     except OSError as exc:

@@ -191,6 +191,7 @@ class Inspector:
             source=source,
             source_up=True,
             errors=errors.counts,
+            errors_total=errors.counts,  # one read on its own; the refresher sums them over refreshes
             finished_at=time.time(),
             duration=time.monotonic() - started,
         )

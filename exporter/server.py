@@ -137,8 +137,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         published = self.server.refresher.current()
-        accept = self.headers.get("Accept-Encoding", "")
-        if "gzip" in accept:
+        if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
             self._send(200, published.metrics_gzip, CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
         else:
             self._send(200, published.metrics, CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"})
@@ -156,6 +155,19 @@ class Handler(BaseHTTPRequestHandler):
         body = {"ready": published.ready, "source": snap.source, "source_up": snap.source_up,
                 "devices": len(snap.inventory), "last_refresh": snap.finished_at}
         self._json(200 if published.ready else 503, body)
+
+
+def _accepts_gzip(header: str) -> bool:
+    """`gzip` (or `*`) listed in Accept-Encoding without q=0."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower().removeprefix("q=")
+            try:
+                return not params.strip() or float(q) > 0
+            except ValueError:
+                return False
+    return False
 
 
 class ExporterServer(ThreadingHTTPServer):

@@ -34,8 +34,6 @@ class Snapshot:
         verdict = self.verdicts[name]
         return device_object(dev, verdict, self.affected.get(name, ()))
 
-    def eligible(self, name: str) -> bool:
-        return self.verdicts[name].eligible
 
 
 def device_object(dev: Device, verdict: Verdict, affected: tuple[str, ...]) -> dict[str, Any]:

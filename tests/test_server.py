@@ -354,3 +354,10 @@ def test_textfile_into_a_missing_directory_is_one_line(host, tmp_path):
                           "--path.procfs", str(host.proc)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"passthrough-exporter: cannot write {tmp_path}/nope/x.prom")
+
+
+def test_gzip_only_when_the_client_accepts_it():
+    from passthrough_exporter.server import _accepts_gzip
+
+    assert _accepts_gzip("gzip") and _accepts_gzip("identity, gzip;q=0.5") and _accepts_gzip("*")
+    assert not _accepts_gzip("") and not _accepts_gzip("gzip;q=0") and not _accepts_gzip("br, deflate")

@@ -123,7 +123,7 @@ class LibvirtSource:
         devices = _attach_storage(nodes)
         host: HostFacts | None = None
         if self._filler is not None:
-            devices, host = self._filler.fill(devices, {n.device.name: n.sysfs_path for n in nodes}, errors)
+            devices, host = self._filler.fill(devices, errors)
         hubs = {d.parent for d in devices if d.type == "usb" and d.usb_class == "09"}
         devices = [_hub_class(d, hubs) for d in devices]
         if host is None:

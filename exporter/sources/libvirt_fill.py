@@ -30,7 +30,7 @@ class SysfsFiller:
         self.procfs = procfs
 
     def fill(
-        self, devices: list[Device], paths: dict[str, str | None], errors: dict[str, int]
+        self, devices: list[Device], errors: dict[str, int]
     ) -> tuple[list[Device], HostFacts | None]:
         """The devices with sysfs' values where libvirt had none; host facts when sysfs is this host's."""
         if not os.path.isdir(os.path.join(self.sysfs, "bus")):

@@ -75,9 +75,10 @@ def _block_dir_for_source(sysfs: str, source: str, trace: Trace | None) -> str |
     if source.startswith("/dev/mapper/"):  # device-mapper names live in dm/name
         vblock = os.path.join(sysfs, "devices", "virtual", "block")
         for dm in sorted(os.listdir(vblock)) if os.path.isdir(vblock) else ():
+            from passthrough_exporter.sources.sysfs import _read_bytes  # sysfs imports this module
+
             try:
-                with open(os.path.join(vblock, dm, "dm", "name"), "rb") as f:
-                    data = f.read(4096)
+                data = _read_bytes(os.path.join(vblock, dm, "dm", "name"), 4096)
             except OSError:
                 continue
             if data.decode(errors="replace").strip() == name:

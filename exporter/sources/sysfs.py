@@ -83,13 +83,9 @@ class _Entries:
         return len(self.names)
 
 
-def read_attr(path: str, limit: int = ATTR_LIMIT) -> str:
-    """A sysfs text attribute, stripped. Binary or oversized content is a BadAttribute."""
-    return decode_attr(path, _read_bytes(path, limit + 1), limit)
-
-
 def decode_attr(path: str, data: bytes, limit: int = ATTR_LIMIT) -> str:
-    """Text of an attribute read with `limit + 1` bytes; see read_attr."""
+    """A sysfs text attribute read with `limit + 1` bytes, stripped. Binary or oversized content
+    is a BadAttribute."""
     if len(data) > limit:
         raise BadAttribute(f"{path}: longer than {limit} bytes")
     try:
