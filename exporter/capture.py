@@ -15,11 +15,11 @@ import logging
 import os
 import posixpath
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 
 from passthrough_exporter.sources import SourceError
+from passthrough_exporter.fileutil import atomic_file
 from passthrough_exporter.sources.sysfs import ATTR_LIMIT, SysfsSource, Trace
 
 log = logging.getLogger(__name__)
@@ -143,45 +143,21 @@ def _bus_of(entry_path: str) -> str:
 def write_archive(entries: dict[str, Entry], output: str, *, force: bool = False) -> Summary:
     """Write `entries` as tar.gz to `output` atomically: a temp file beside it, then a rename."""
     now = int(time.time())
-    out_dir = os.path.dirname(os.path.abspath(output)) or "."
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=out_dir)
-    except OSError as exc:
-        raise CaptureError(f"cannot write in {out_dir}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as raw:
+        with atomic_file(output, overwrite=force, mode=None) as raw:
             # filename="": keep the temp file's name out of the gzip header.
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=now) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
                     for name, e in entries.items():
                         tar.addfile(*_member(name, e, now))
-            raw.flush()
-            os.fsync(raw.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file: mkstemp makes it 0600
-        size = os.path.getsize(tmp)
-        _publish(tmp, output, force)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-    kinds = [e.kind for e in entries.values()]
-    return Summary(kinds.count("file"), kinds.count("link"), kinds.count("dir"),
-                   sum(len(e.data) for e in entries.values()), size)
-
-
-def _publish(tmp: str, output: str, force: bool) -> None:
-    if force:
-        os.replace(tmp, output)
-        return
-    try:
-        os.link(tmp, output)  # fails if `output` exists, even if it appeared since we checked
+            gz_end = raw.tell()
     except FileExistsError:
         raise CaptureError(f"{output} exists; use --force to overwrite it") from None
-    except OSError:  # a filesystem without hard links: check, then rename
-        if os.path.lexists(output):
-            raise CaptureError(f"{output} exists; use --force to overwrite it") from None
-        os.replace(tmp, output)
+    except OSError as exc:
+        raise CaptureError(f"cannot write in {os.path.dirname(os.path.abspath(output))}: {exc.strerror}") from None
+    kinds = [e.kind for e in entries.values()]
+    return Summary(kinds.count("file"), kinds.count("link"), kinds.count("dir"),
+                   sum(len(e.data) for e in entries.values()), gz_end)
 
 
 def _member(name: str, e: Entry, mtime: int) -> tuple[tarfile.TarInfo, io.BytesIO | None]:

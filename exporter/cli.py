@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 
 from passthrough_exporter import __version__, logs, policy
+from passthrough_exporter.fileutil import atomic_file
 from passthrough_exporter.inspector import Inspector, make_plugin_manager, plugin_table
 from passthrough_exporter.metrics import MetricOptions
 from passthrough_exporter.model import PASSABLE_TYPES
@@ -230,20 +228,9 @@ def cmd_textfile(args: argparse.Namespace) -> int:
 
 
 def write_atomically(path: str, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: a reader sees the old file or the new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".passthrough-exporter.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A reader sees the old file or the new one, never a torn one."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -442,27 +442,27 @@ def with_root_devices(host: HostFacts, reader: _Reader, by_path: dict[str, Devic
     return replace(host, root_devices=tuple(sorted(root_devs)), root_disks=tuple(os.path.basename(b) for b in blocks))
 
 
+def _listed_ancestors(path: str, names: dict[str, str], root: str) -> Iterator[str]:
+    """The listed devices at `path` and above it, nearest first, up to the sysfs root."""
+    while len(path) > len(root):
+        name = names.get(path)
+        if name is not None:
+            yield name
+        path = os.path.dirname(path)
+
+
 def _devices_above(path: str, by_path: dict[str, str], kinds: dict[str, str], root: str) -> list[str]:
     """Listed devices from a block device up to its PCI function, inclusive (the bridges above are not)."""
     out = []
-    while len(path) > len(root):
-        name = by_path.get(path)
-        if name is not None:
-            out.append(name)
-            if kinds[name] == "pci":
-                break
-        path = os.path.dirname(path)
+    for name in _listed_ancestors(path, by_path, root):
+        out.append(name)
+        if kinds[name] == "pci":
+            break
     return out
 
 
 def _path_parent(path: str, by_path: dict[str, str], root: str) -> str:
     """The nearest ancestor directory that is a listed device, else the computer."""
-    parent = os.path.dirname(path)
-    while len(parent) > len(root):
-        name = by_path.get(parent)
-        if name is not None:
-            return name
-        parent = os.path.dirname(parent)
-    return COMPUTER
+    return next(_listed_ancestors(os.path.dirname(path), by_path, root), COMPUTER)
 
 
