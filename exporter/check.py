@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from passthrough_exporter.isolation import group_layout_hash
+from passthrough_exporter.isolation import group_layout_hash, root_pci_functions
 from passthrough_exporter.model import Finding
 from passthrough_exporter.snapshot import Snapshot
 
@@ -94,8 +94,7 @@ def _notes(snapshot: Snapshot) -> list[str]:
     """Facts worth a line even when all is well: where `/` lives and what the groups look like."""
     inv = snapshot.inventory
     out = []
-    roots = [n for n in inv.host.root_devices or () if inv.devices[n].type == "pci"]
-    for name in roots:
+    for name in root_pci_functions(inv):
         state = "not eligible" if not snapshot.verdicts[name].eligible else "ELIGIBLE"
         out.append(f"root filesystem ({', '.join(inv.host.root_disks)}) is on {name}: {state}")
     groups = len(inv.groups)

@@ -105,3 +105,22 @@ def group_layout_id(inventory: Inventory) -> int:
     can fire on `changes(passthrough_iommu_group_layout_hash[1h]) > 0`.
     """
     return int(group_layout_hash(inventory), 16)
+
+
+def root_pci_functions(inventory: Inventory) -> tuple[str, ...]:
+    """The PCI functions behind the root filesystem that this inventory lists."""
+    roots = inventory.host.root_devices or ()
+    return tuple(n for n in roots if (d := inventory.get(n)) is not None and d.type == "pci")
+
+
+def root_group_peers(inventory: Inventory) -> Mapping[str, str]:
+    """Device -> the root filesystem's PCI function whose IOMMU group it shares (computed once)."""
+    return inventory.derived("root_group_peers", _root_group_peers)
+
+
+def _root_group_peers(inventory: Inventory) -> Mapping[str, str]:
+    out: dict[str, str] = {}
+    for root in root_pci_functions(inventory):
+        for peer in inventory.group_peers(root):
+            out.setdefault(peer, root)
+    return MappingProxyType(out)

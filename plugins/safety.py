@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from passthrough_exporter import hookimpl
-from passthrough_exporter.isolation import GroupStatus, group_status, weakened
+from passthrough_exporter.isolation import GroupStatus, group_status, root_group_peers, root_pci_functions, weakened
 from passthrough_exporter.model import Device, Finding, Inventory, Verdict
 
 HOST = "host"
@@ -56,11 +56,6 @@ def _endpoints(st: GroupStatus) -> tuple[str, ...]:
     return tuple(n for n in st.devices if n not in st.bridges)
 
 
-def _root_pci(inventory: Inventory) -> tuple[str, ...]:
-    roots = inventory.host.root_devices or ()
-    return tuple(n for n in roots if (d := inventory.get(n)) is not None and d.type == "pci")
-
-
 def _disks(inventory: Inventory) -> str:
     return ", ".join(inventory.host.root_disks) or "?"
 
@@ -74,11 +69,9 @@ def passthrough_verdict(device: Device, inventory: Inventory) -> Verdict | None:
         return Verdict.deny(f"holds the root filesystem ({_disks(inventory)}): the host cannot give it away")
     if device.type != "pci":
         return None
-    for root in _root_pci(inventory):
-        if device.name in inventory.group_peers(root):
-            return Verdict.deny(
-                f"shares IOMMU group {device.iommu_group} with {root}, which holds the root filesystem"
-            )
+    root = root_group_peers(inventory).get(device.name)
+    if root is not None:
+        return Verdict.deny(f"shares IOMMU group {device.iommu_group} with {root}, which holds the root filesystem")
     warning = _reset_warning(device)
     # A caveat, not a ruling: shown only on devices the other rules make eligible.
     return Verdict.warn(warning) if warning is not None else None
@@ -183,7 +176,7 @@ def _root(inventory: Inventory, statuses: Mapping[int, GroupStatus]) -> Iterator
     roots = inventory.host.root_devices
     if roots is None:
         return
-    pcis = _root_pci(inventory)
+    pcis = root_pci_functions(inventory)
     if not pcis:
         if any(d.type == "pci" for d in inventory):
             yield _finding("root_device_unknown", HOST, (
