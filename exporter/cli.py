@@ -15,7 +15,7 @@ from passthrough_exporter import __version__, logs, policy
 from passthrough_exporter.fileutil import atomic_file
 from passthrough_exporter.inspector import Inspector, make_plugin_manager, plugin_table
 from passthrough_exporter.metrics import MetricOptions
-from passthrough_exporter.model import PASSABLE_TYPES
+from passthrough_exporter.model import KNOWN_TYPES, PASSABLE_TYPES
 from passthrough_exporter.query import QueryError, select
 from passthrough_exporter.settings import DEFAULT_PCI_DENIED_CLASSES, ConfigError, Settings
 from passthrough_exporter.snapshot import Snapshot
@@ -179,6 +179,10 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
 
 def metric_options(args: argparse.Namespace) -> MetricOptions:
     types = tuple(t.strip() for t in args.metric_types.split(",") if t.strip())
+    unknown = sorted(set(types) - set(KNOWN_TYPES))
+    if unknown:  # a typo would silently drop every per-device series
+        raise ConfigError(f"--metrics.device-types: unknown type {', '.join(unknown)}; "
+                          f"choose from {', '.join(KNOWN_TYPES)}")
     return MetricOptions(device_types=types, include_vfs=not args.skip_vfs)
 
 
@@ -192,9 +196,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, webconfig.WebConfigError) as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return 1
-    inspector = Inspector(settings_from(args))  # a bad policy or plugin stops us before the source opens
+    # Bad options (policy, plugins, metric types) stop us before the source opens.
+    inspector, options = Inspector(settings_from(args)), metric_options(args)
     source = open_source(args)
-    refresher = Refresher(source, inspector, args.refresh_interval, metric_options(args))
+    refresher = Refresher(source, inspector, args.refresh_interval, options)
     try:
         httpd = server.serve(address, refresher, web)
     except OSError as exc:
@@ -217,9 +222,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_textfile(args: argparse.Namespace) -> int:
     from passthrough_exporter.metrics import render
 
+    options = metric_options(args)
     snapshot = judge_once(args)
     try:
-        write_atomically(args.path, render(snapshot, metric_options(args)))
+        write_atomically(args.path, render(snapshot, options))
     except OSError as exc:
         print(f"passthrough-exporter: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
         return 1

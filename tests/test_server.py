@@ -361,3 +361,11 @@ def test_gzip_only_when_the_client_accepts_it():
 
     assert _accepts_gzip("gzip") and _accepts_gzip("identity, gzip;q=0.5") and _accepts_gzip("*")
     assert not _accepts_gzip("") and not _accepts_gzip("gzip;q=0") and not _accepts_gzip("br, deflate")
+
+
+def test_unknown_metric_device_type_is_refused(host, tmp_path):
+    out = subprocess.run([EXE, "textfile", str(tmp_path / "x.prom"), "--metrics.device-types", "pci,usbdevice",
+                          "--path.sysfs", str(host.sys), "--path.procfs", str(host.proc)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "unknown type usbdevice" in out.stderr
+    assert not (tmp_path / "x.prom").exists()
