@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,15 +73,22 @@ def serve_quick(refresher: Refresher, web: WebConfig | None = None) -> ExporterS
     return httpd
 
 
-def scrape_tree(tree: SysfsTree) -> Scrape:
-    """One refresh of `tree` through the real server, then /metrics and /api/devices over HTTP."""
+@contextlib.contextmanager
+def served(tree: SysfsTree) -> Iterator[ExporterServer]:
+    """The real server on 127.0.0.1 serving one refresh of `tree`, shut down afterwards."""
     refresher = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
     refresher.refresh()
     httpd = serve_quick(refresher)
     try:
-        m_status, metrics = request(httpd, "/metrics")
-        d_status, devices = request(httpd, "/api/devices")
+        yield httpd
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def scrape_tree(tree: SysfsTree) -> Scrape:
+    """One refresh of `tree` through the real server, then /metrics and /api/devices over HTTP."""
+    with served(tree) as httpd:
+        m_status, metrics = request(httpd, "/metrics")
+        d_status, devices = request(httpd, "/api/devices")
     return Scrape(m_status, metrics.decode(), d_status, json.loads(devices))

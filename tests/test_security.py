@@ -17,7 +17,7 @@ import bcrypt
 import hosts
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from reliability import inspector, request, serve_quick
+from reliability import inspector, request, serve_quick, served
 from sysfs_builder import SysfsTree
 from test_cli import EXE
 
@@ -150,17 +150,11 @@ def test_label_values_and_json_are_escaped(host: SysfsTree) -> None:
     (mouse / "product").write_text(EVIL_PRODUCT + "\n")
     (mouse / "manufacturer").write_text('Logi"\\tech\n')
 
-    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
-    refresher.refresh()
-    httpd = serve_quick(refresher)
-    try:
+    with served(host) as httpd:
         status, body = request(httpd, "/metrics")
         _, devices = request(httpd, "/api/devices")
         _, one = request(httpd, "/api/devices/" + "usb_1_1_2")
         _, missing = request(httpd, '/api/devices/a%22%0A%5C%3Cb%3E')
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert status == 200
     text = body.decode()
     assert 'driver="evil\\"drv\\\\x\\nnext_metric{a=\\"b\\"} 1"' in text  # one escaped label value
