@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from passthrough_exporter.sources import SourceError
 from passthrough_exporter.fileutil import atomic_file
-from passthrough_exporter.sources.sysfs import ATTR_LIMIT, SysfsSource, Trace
+from passthrough_exporter.sources.sysfs import ATTR_LIMIT, _read_bytes, SysfsSource, Trace
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
             if _bus_of(path) == "usb" and ":" not in os.path.basename(path):
                 serial = os.path.join(real, "serial")
                 try:
-                    with open(serial, "rb") as f:
-                        p.add(p.name(serial), Entry("file", data=f.read(ATTR_LIMIT), rank=_FILE), serial)
+                    p.add(p.name(serial), Entry("file", data=_read_bytes(serial, ATTR_LIMIT), rank=_FILE), serial)
                 except OSError:
                     pass  # most devices have none
     return p.complete()

@@ -28,11 +28,16 @@ Which host devices can be passed through to a VM, what goes with each one,
 and whether the host's IOMMU isolation can be trusted."""
 
 
+def add_path_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Where sysfs and procfs are mounted, spelled as node_exporter spells them."""
+    parser.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH", help="sysfs mount point (default: /sys)")
+    parser.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH", help="procfs mount point (default: /proc)")
+
+
 def add_source_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device source")
     group.add_argument("--source", default="sysfs", help=f"where to read devices: {', '.join(SOURCES)} (default: sysfs)")
-    group.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH", help="sysfs mount point (default: /sys)")
-    group.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH", help="procfs mount point (default: /proc)")
+    add_path_options(group)
     group.add_argument(
         "--path.pci-ids", dest="pci_ids", default=None, metavar="FILE",
         help="pci.ids file for vendor and device names (default: the system's; 'none' for numbers only)",
@@ -271,8 +276,7 @@ def add_snapshot_command(sub: argparse._SubParsersAction, common: argparse.Argum
     snap.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz", help="archive to write")
     snap.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     snap.add_argument("--include-serials", action="store_true", help="also capture USB devices' serial numbers")
-    snap.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH", help="sysfs mount point (default: /sys)")
-    snap.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH", help="procfs mount point (default: /proc)")
+    add_path_options(snap)
     snap.set_defaults(func=cmd_snapshot)
 
 
