@@ -1,4 +1,4 @@
-"""`snapshot`: a tar.gz of exactly the sysfs/procfs entries the sysfs source reads, for bug reports.
+"""`capture`: a tar.gz of exactly the sysfs/procfs entries the sysfs source reads, for bug reports.
 
 No file list is kept here. The source reads the host once with a `Trace`, and the archive holds
 what that read touched: the bytes it read and no more (so config space stops at the 64-byte
@@ -18,9 +18,10 @@ import tarfile
 import time
 from dataclasses import dataclass
 
-from passthrough_exporter.sources import SourceError
-from passthrough_exporter.fileutil import atomic_file
-from passthrough_exporter.sources.sysfs import ATTR_LIMIT, _read_bytes, SysfsSource, Trace
+from .fileutil import atomic_file
+from .sources import SourceError
+from .sources.sysfs import SysfsSource
+from .sysfs import ATTR_LIMIT, Trace, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ _FILE, _LINK, _DIR, _LISTED, _PRESENT = 4, 4, 3, 2, 1
 
 
 class CaptureError(SourceError):
-    """The snapshot could not be written (the output exists, or is not writable)."""
+    """The capture could not be written (the output exists, or is not writable)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class _Plan:
 
     def add(self, name: str | None, entry: Entry, what: str) -> None:
         if name is None:
-            log.warning("snapshot: %s is outside the sysfs and procfs roots, left out", what)
+            log.warning("capture: %s is outside the sysfs and procfs roots, left out", what)
             return
         old = self.entries.get(name)
         if old is None or entry.rank > old.rank:
@@ -128,7 +129,7 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
             if _bus_of(path) == "usb" and ":" not in os.path.basename(path):
                 serial = os.path.join(real, "serial")
                 try:
-                    p.add(p.name(serial), Entry("file", data=_read_bytes(serial, ATTR_LIMIT), rank=_FILE), serial)
+                    p.add(p.name(serial), Entry("file", data=read_bytes(serial, ATTR_LIMIT), rank=_FILE), serial)
                 except OSError:
                     pass  # most devices have none
     return p.complete()
@@ -173,7 +174,7 @@ def _member(name: str, e: Entry, mtime: int) -> tuple[tarfile.TarInfo, io.BytesI
     return info, io.BytesIO(e.data)
 
 
-def snapshot(sysfs: str, procfs: str, output: str, *, force: bool = False, include_serials: bool = False) -> Summary:
+def capture(sysfs: str, procfs: str, output: str, *, force: bool = False, include_serials: bool = False) -> Summary:
     """Capture what the sysfs source reads from `sysfs`/`procfs` into the tar.gz `output`."""
     if os.path.isdir(output):
         raise CaptureError(f"{output} is a directory; give a file name such as host.tar.gz")

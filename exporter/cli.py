@@ -11,15 +11,18 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from passthrough_exporter import __version__, logs, policy
-from passthrough_exporter.fileutil import atomic_file
-from passthrough_exporter.inspector import Inspector, make_plugin_manager, plugin_table
-from passthrough_exporter.metrics import MetricOptions
-from passthrough_exporter.model import KNOWN_TYPES, PASSABLE_TYPES
-from passthrough_exporter.query import QueryError, select
-from passthrough_exporter.settings import DEFAULT_PCI_DENIED_CLASSES, ConfigError, Settings
-from passthrough_exporter.snapshot import Snapshot
-from passthrough_exporter.sources import SOURCES, Source, SourceError
+import pluggy
+
+from . import __version__, logs
+from .fileutil import atomic_file
+from .inspector import Inspector, make_plugin_manager, plugin_table
+from .metrics import MetricOptions
+from .model import KNOWN_TYPES, PASSABLE_TYPES
+from .options import add_plugin_options
+from .query import QueryError, select
+from .settings import ConfigError
+from .snapshot import Snapshot
+from .sources import SOURCES, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,10 @@ def add_path_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     parser.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH", help="procfs mount point (default: /proc)")
 
 
-def add_source_options(parser: argparse.ArgumentParser) -> None:
+def add_source_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager | None) -> None:
     group = parser.add_argument_group("device source")
-    group.add_argument("--source", default="sysfs", help=f"where to read devices: {', '.join(SOURCES)} (default: sysfs)")
+    group.add_argument("--source", default="sysfs", choices=list(SOURCES),
+                       help=f"where to read devices: {', '.join(SOURCES)} (default: sysfs)")
     add_path_options(group)
     group.add_argument(
         "--path.pci-ids", dest="pci_ids", default=None, metavar="FILE",
@@ -46,16 +50,11 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         "--libvirt.uri", dest="libvirt_uri", default="qemu:///system", metavar="URI",
         help="libvirt connection URI, opened read-only (default: qemu:///system)",
     )
-    rules = add_plugin_options(parser)
-    rules.add_argument(
-        "--pci.denied-classes", dest="pci_denied_classes", metavar="LIST",
-        default=",".join(DEFAULT_PCI_DENIED_CLASSES),
-        help="comma-separated PCI class prefixes never eligible (default: %(default)s)",
-    )
+    add_rule_options(parser, pm)
 
 
-def add_plugin_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Options choosing the rule plugins and the site policy: for every command that judges devices."""
+def add_rule_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager | None) -> None:
+    """Options choosing the rule plugins, then each plugin's own: for every command that judges devices."""
     rules = parser.add_argument_group("rules")
     rules.add_argument(
         "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
@@ -63,53 +62,31 @@ def add_plugin_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     )
     rules.add_argument(
         "--disable-plugin", dest="disabled_plugins", action="append", default=[], metavar="NAME",
-        help="do not load the plugin NAME, built-ins (pci, usb, scsi, policy) included (repeatable)",
+        help="do not load the plugin NAME, built-ins (pci, usb, scsi, safety, policy) included (repeatable)",
     )
-    rules.add_argument(
-        "--policy", metavar="FILE", default=None,
-        help="site policy: allow/deny rules in TOML, read once at start (see docs/plugins.md)",
-    )
-    return rules
+    if pm is not None:
+        add_plugin_options(pm, parser)
 
 
 def open_source(args: argparse.Namespace) -> Source:
+    cls = SOURCES[args.source].load(args.source)
     if args.source == "sysfs":
-        from passthrough_exporter.sources.sysfs import SysfsSource
-
-        from passthrough_exporter import pciids
+        from . import pciids
 
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
-        return SysfsSource(args.sysfs, args.procfs, names)
-    if args.source == "libvirt":
-        try:
-            from passthrough_exporter.sources.libvirt import LibvirtSource
-        except ImportError as exc:
-            raise SourceError(f"--source libvirt needs libvirt-python (pip install 'passthrough-exporter[libvirt]'): {exc}") from None
-        return LibvirtSource(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs)
-    raise SourceError(f"unknown source {args.source!r}; choose one of: {', '.join(SOURCES)}")
+        return cls(args.sysfs, args.procfs, names)
+    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs)
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    raw = getattr(args, "pci_denied_classes", None)
-    classes = tuple(c.strip().lower() for c in (raw or "").split(",") if c.strip()) if raw is not None else None
-    for c in classes or ():
-        digits = c.removeprefix("0x")
-        if not digits or len(digits) > 6 or any(ch not in "0123456789abcdef" for ch in digits):
-            raise SourceError(f"--pci.denied-classes: {c!r} is not a hex class prefix like 0x06")
-    policy_file = getattr(args, "policy", None)
-    return Settings(
-        pci_denied_classes=(tuple("0x" + c.removeprefix("0x") for c in classes)
-                            if classes is not None else DEFAULT_PCI_DENIED_CLASSES),
-        # getattr: parsers without add_plugin_options still build settings
-        plugins=tuple(getattr(args, "plugins", None) or ()),
-        disabled_plugins=tuple(getattr(args, "disabled_plugins", None) or ()),
-        policy=policy.load(policy_file) if policy_file else None,  # parsed once, refused at start
-    )
+def inspector_from(args: argparse.Namespace) -> Inspector:
+    """The inspector for these arguments: the plugins loaded before parsing, configured with them."""
+    return Inspector(args, plugin_manager=args.plugin_manager, plugins=args.plugins,
+                     disabled_plugins=args.disabled_plugins)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    rows = plugin_table(make_plugin_manager(settings.plugins, settings.disabled_plugins))
+    inspector = inspector_from(args)
+    rows = plugin_table(inspector.pm)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -119,14 +96,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
-    if settings.policy is not None:
-        print(f"policy {settings.policy.path}: {len(settings.policy.rules)} rules, unmatched = {settings.policy.unmatched}")
+    for line in inspector.report_header():
+        print(line)
     return 0
 
 
-def judge_once(args: argparse.Namespace) -> Snapshot:
+def judge_once(args: argparse.Namespace, inspector: Inspector | None = None) -> Snapshot:
     """Read the source once and judge it: the one-shot commands' snapshot."""
-    inspector = Inspector(settings_from(args))
+    inspector = inspector or inspector_from(args)
     source = open_source(args)
     try:
         return inspector.judge(source.read(), source=source.name)
@@ -192,8 +169,8 @@ def metric_options(args: argparse.Namespace) -> MetricOptions:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from passthrough_exporter import server, webconfig
-    from passthrough_exporter.refresher import Refresher
+    from . import server, webconfig
+    from .refresher import Refresher
 
     try:
         address = server.parse_listen_address(args.listen_address)
@@ -202,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return 1
     # Bad options (policy, plugins, metric types) stop us before the source opens.
-    inspector, options = Inspector(settings_from(args)), metric_options(args)
+    inspector, options = inspector_from(args), metric_options(args)
     source = open_source(args)
     refresher = Refresher(source, inspector, args.refresh_interval, options)
     try:
@@ -225,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_textfile(args: argparse.Namespace) -> int:
-    from passthrough_exporter.metrics import render
+    from .metrics import render
 
     options = metric_options(args)
     snapshot = judge_once(args)
@@ -245,10 +222,11 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from passthrough_exporter import check
+    from . import check
 
-    snapshot = judge_once(args)
-    results = check.run_checks(snapshot)
+    inspector = inspector_from(args)
+    snapshot = judge_once(args, inspector)
+    results = check.run_checks(snapshot, inspector.checks())
     if args.json:
         json.dump(check.render_json(snapshot, results), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -257,17 +235,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check.exit_code(results)
 
 
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    from passthrough_exporter.capture import snapshot
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import capture
 
-    summary = snapshot(args.sysfs, args.procfs, args.output, force=args.force, include_serials=args.include_serials)
+    summary = capture(args.sysfs, args.procfs, args.output, force=args.force, include_serials=args.include_serials)
     print(summary.line(args.output))
     return 0
 
 
-def add_snapshot_command(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_capture_command(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     snap = sub.add_parser(
-        "snapshot", parents=[common],
+        "capture", parents=[common],
         help="capture what the sysfs source reads into a tar.gz, for bug reports",
         description="Capture exactly the sysfs and procfs entries the sysfs source reads (config space "
         "only up to the 64-byte header, no USB serial numbers) into a tar.gz. Unpacked, "
@@ -277,10 +255,11 @@ def add_snapshot_command(sub: argparse._SubParsersAction, common: argparse.Argum
     snap.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     snap.add_argument("--include-serials", action="store_true", help="also capture USB devices' serial numbers")
     add_path_options(snap)
-    snap.set_defaults(func=cmd_snapshot)
+    snap.set_defaults(func=cmd_capture)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentParser:
+    """The command line; `pm`'s plugins add their options to every command that judges devices."""
     parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
@@ -304,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--passthrough", action="store_true", help="only devices that can be passed through to a VM")
     devices.add_argument("--affected-by", metavar="NAME", help="the devices that go along when NAME is passed through (not combinable with --cap/--passthrough)")
     devices.add_argument("--json", action="store_true", help="print device objects as a JSON array")
-    add_source_options(devices)
+    add_source_options(devices, pm)
     devices.set_defaults(func=cmd_devices)
 
     serve = sub.add_parser(
@@ -319,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TLS and basic auth, in the Prometheus exporter-toolkit web-config format")
     serve.add_argument("--refresh-interval", type=duration, default=60.0, metavar="DURATION",
                        help="how often devices are re-read, e.g. 30s, 5m (default: 60s)")
-    add_source_options(serve)
+    add_source_options(serve, pm)
     add_metric_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -328,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the metrics once to PATH, atomically (temp file + rename).",
     )
     textfile.add_argument("path", metavar="PATH", help="e.g. /var/lib/node_exporter/textfile/passthrough.prom")
-    add_source_options(textfile)
+    add_source_options(textfile, pm)
     add_metric_options(textfile)
     textfile.set_defaults(func=cmd_textfile)
 
@@ -340,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")
-    add_source_options(chk)
+    add_source_options(chk, pm)
     chk.set_defaults(func=cmd_check)
 
     plugins = sub.add_parser(
@@ -349,15 +328,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the rule plugins that would judge devices with these options.",
     )
     plugins.add_argument("--json", action="store_true", help="print plugin objects as a JSON array")
-    add_plugin_options(plugins)
+    add_rule_options(plugins, pm)
     plugins.set_defaults(func=cmd_plugins)
 
-    add_snapshot_command(sub, common)
+    add_capture_command(sub, common)
     return parser
 
 
+def _early_plugin_manager(argv: Sequence[str] | None) -> tuple[pluggy.PluginManager, list[str], list[str]]:
+    """The plugins, loaded before the command line is parsed so their options can be on it (as
+    pytest loads its plugins before parsing): only --plugin and --disable-plugin are read first."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", dest="plugins", action="append", default=[])
+    early.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=[])
+    known, _ = early.parse_known_args(argv)
+    return make_plugin_manager(known.plugins, known.disabled_plugins), known.plugins, known.disabled_plugins
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        pm, _, _ = _early_plugin_manager(argv)
+    except ConfigError as exc:
+        print(f"passthrough-exporter: {exc}", file=sys.stderr)
+        return 1
+    args = build_parser(pm).parse_args(argv)
+    args.plugin_manager = pm
     logs.setup(args.log_level)
     try:
         return args.func(args)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from passthrough_exporter.metrics import Family
+    from .metrics import Family
 
 _VALUES = {0: "0.0", 1: "1.0"}  # the common values, preformatted
 

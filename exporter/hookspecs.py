@@ -5,7 +5,17 @@ A plugin is a module or object with functions named like the hooks below, decora
 `passthrough_exporter.plugins`. The built-in PCI, USB, SCSI and site-policy rules are loaded that
 way too. The plugin author's guide is docs/plugins.md.
 
-A hook implementation may accept any subset of a hook's arguments, by name.
+A hook implementation may accept any subset of a hook's arguments, by name. Implementations
+run in pluggy's order: `tryfirst` ones first, `trylast` ones last, otherwise the plugin registered
+last runs first (entry points in the order the installed distributions list them, then the
+`--plugin` modules in command-line order). The per-device hooks are called by the inspector one implementation at a time, so
+that a plugin that raises is contained; `hookwrapper`/`wrapper` implementations of them are
+refused at load.
+
+At start: `passthrough_addoption` (the plugin's command-line options), then
+`passthrough_configure` (their values). Per refresh: `passthrough_verdict` and
+`passthrough_affected` for every device, then `passthrough_findings` once. For reports:
+`passthrough_checks` and `passthrough_report_header`.
 """
 
 from __future__ import annotations
@@ -16,16 +26,47 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from passthrough_exporter.model import Device, Finding, Inventory, Verdict
-    from passthrough_exporter.settings import Settings
+    from .facts import Facts
+    from .model import Check, Device, Finding, Inventory, Verdict
+    from .options import OptionParser
+    from .settings import Settings
 
 PROJECT = "passthrough_exporter"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 
+# --- start-up ------------------------------------------------------------------------------
+
+
 @hookspec
-def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings) -> Verdict | None:
+def passthrough_addoption(parser: OptionParser) -> None:
+    """Add the plugin's command-line options, as pytest's `pytest_addoption` does.
+
+    `parser.addoption("--mine.flag", dest="mine_flag", ...)` takes argparse's arguments; give each
+    option a `dest` that starts with the plugin's name. The options appear, in a group named after
+    the plugin, on every command that judges devices. Their values reach
+    `passthrough_configure` as `settings.getoption(dest)`. Called once per command line (and
+    once with no command line for defaults); must not do I/O. Returns nothing.
+    """
+
+
+@hookspec
+def passthrough_configure(settings: Settings) -> None:
+    """Read the plugin's option values once at start and prepare what its hooks need.
+
+    Parse files, check values, and keep the result in `settings.stash[KEY]` (a key your plugin
+    owns) for the per-device hooks. Raise `passthrough_exporter.settings.ConfigError` with one
+    line for the operator when an option cannot be honoured: the exporter then refuses to start,
+    before it reads any device. Every plugin is called; returns nothing.
+    """
+
+
+# --- per refresh ---------------------------------------------------------------------------
+
+
+@hookspec
+def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings, facts: Facts) -> Verdict | None:
     """Rule on whether `device` can be handed to a VM.
 
     Called once per device per refresh. Return a `Verdict` (`Verdict.allow(reason)` or
@@ -37,12 +78,14 @@ def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings
     device on which every plugin abstains (or only warns) is not eligible, with the reason "no rule".
 
     Must not change `device` or `inventory` (both are immutable) nor do I/O: everything a rule
-    needs is in the inventory, read once per refresh by the source.
+    needs is in the inventory, read once per refresh by the source, and in `facts` (each IOMMU
+    group's VFIO status, weakened isolation, the root filesystem's devices), derived from it once
+    per refresh.
     """
 
 
 @hookspec
-def passthrough_affected(device: Device, inventory: Inventory, settings: Settings) -> Iterable[str] | None:
+def passthrough_affected(device: Device, inventory: Inventory, settings: Settings, facts: Facts) -> Iterable[str] | None:
     """Name the devices that leave the host, or stop working, if `device` is handed to a VM.
 
     Return an iterable of device names (or None when your plugin has nothing to add). The
@@ -57,13 +100,35 @@ def passthrough_affected(device: Device, inventory: Inventory, settings: Setting
 
 @hookspec
 def passthrough_findings(
-    inventory: Inventory, settings: Settings, verdicts: Mapping[str, Verdict]
+    inventory: Inventory, settings: Settings, verdicts: Mapping[str, Verdict], facts: Facts
 ) -> Iterable[Finding] | None:
     """Report safety findings about the host, its IOMMU groups or single devices.
 
     Called once per refresh, after every device has its combined verdict (`verdicts`, by device
-    name), so a finding can be about eligible devices only. Return `Finding(code, severity, subject, message)` objects:
-    `severity` is "info", "warning" or "critical"; `subject` is "host", "group:<number>" or a
-    device name. Findings are published as `passthrough_finding{code,severity,subject}` and on
-    `/api/findings`.
+    name), so a finding can be about eligible devices only. Return
+    `Finding(code, severity, subject, message, fix)` objects: `severity` is "info", "warning" or
+    "critical"; `subject` is "host", "group:<number>", "domain:<name>" or a device name; `fix` is
+    one sentence an operator can act on. The answers of all plugins are joined; a second finding
+    with the same code and subject is dropped. Findings are published as
+    `passthrough_finding{code,severity,subject}`, on `/api/findings` and by `check`.
     """
+
+
+# --- reports -------------------------------------------------------------------------------
+
+
+@hookspec
+def passthrough_checks(settings: Settings) -> Iterable[Check] | None:
+    """Name the lines of the `check` report that the plugin's finding codes belong to.
+
+    Return `Check(title, codes)` objects, in the order they should print. A check passes when
+    none of its codes is found, and otherwise takes the worst severity among its findings
+    (critical: FAIL, warning: WARN). Lines of all plugins are joined in hook order; codes no
+    check claims are reported under a last line of their own, so no finding is lost.
+    """
+
+
+@hookspec
+def passthrough_report_header(settings: Settings) -> Iterable[str] | str | None:
+    """Lines describing the plugin's configuration (a policy file and its rule count, say),
+    printed by the `plugins` command below the plugin table. Return a string, strings or None."""

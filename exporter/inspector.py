@@ -1,26 +1,30 @@
 """The inspector: loads rule plugins and turns an inventory into a judged snapshot.
 
-Each hook implementation is called on its own, so a plugin that raises or answers garbage is
-contained: its error is logged and counted, the others still rule, and the device carries a
-warning naming the plugin that failed.
+Each hook implementation is called on its own, in pluggy's order, so a plugin that raises or
+answers garbage is contained: its error is logged and counted, the others still rule, and the
+device carries a warning naming the plugin that failed.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from types import MappingProxyType
 from typing import Any
 
 import pluggy
 
-from passthrough_exporter import hookspecs
-from passthrough_exporter.model import KNOWN_TYPES, Finding, Inventory, Verdict
-from passthrough_exporter.settings import ConfigError, Settings
-from passthrough_exporter.snapshot import Snapshot
+from . import hookspecs
+from .facts import Facts
+from .model import KNOWN_TYPES, Check, Finding, Inventory, Verdict
+from .options import configure
+from .settings import ConfigError
+from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ def make_plugin_manager(
         raise ConfigError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r} is invalid: {_one_line(exc)}") from None
     for path in plugins:
         _register_module(pm, path)
+    _refuse_wrappers(pm)
     known = {ep.name for ep in _entry_points()} | set(plugins)
     for name in disabled:
         if name not in known:
@@ -92,6 +97,19 @@ def _register_module(pm: pluggy.PluginManager, path: str) -> None:
         raise ConfigError(f"--plugin {path}: the module has no @hookimpl passthrough_* functions")
 
 
+def _refuse_wrappers(pm: pluggy.PluginManager) -> None:
+    """The inspector calls implementations one by one (to contain a failing plugin), which a
+    wrapper around the others cannot work with: refuse it at load rather than fail per device."""
+    for name in dir(pm.hook):
+        if not name.startswith("passthrough_"):
+            continue
+        for impl in getattr(pm.hook, name).get_hookimpls():
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
+                raise ConfigError(f"plugin {plugin}: {name} is a hook wrapper, which passthrough-exporter "
+                                  f"does not support; implement the hook plainly (tryfirst/trylast set the order)")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -115,28 +133,45 @@ def plugin_table(pm: pluggy.PluginManager) -> list[dict[str, str | None]]:
     return rows
 
 
-class _Errors:
-    def __init__(self, initial: Any = ()) -> None:
-        self.counts: dict[str, int] = dict(initial)
-
-    def add(self, kind: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-
-
 class Inspector:
-    """Judges inventories with the loaded plugins."""
+    """Judges inventories with the loaded plugins.
 
-    def __init__(self, settings: Settings | None = None, plugin_manager: pluggy.PluginManager | None = None):
-        self.settings = settings or Settings()
-        self.pm = plugin_manager or make_plugin_manager(self.settings.plugins, self.settings.disabled_plugins)
-        if self.settings.policy is not None and self.pm.get_plugin("policy") is None:
-            log.warning("a policy file is set but the policy plugin is not loaded: its rules are not applied")
+    `options` are the plugins' option values by dest (an argparse namespace from the command
+    line, or a mapping; unset ones take their defaults); `plugins` and `disabled_plugins` are
+    `--plugin` and `--disable-plugin`, used when no plugin manager is given. Every plugin's
+    `passthrough_configure` runs here, once: a refused option raises ConfigError.
+    """
+
+    def __init__(
+        self,
+        options: Mapping[str, Any] | argparse.Namespace | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+        plugins: Sequence[str] = (),
+        disabled_plugins: Sequence[str] = (),
+    ) -> None:
+        self.pm = plugin_manager or make_plugin_manager(plugins, disabled_plugins)
+        self.settings = configure(self.pm, options, plugins, disabled_plugins)
+
+    def checks(self) -> list[Check]:
+        """The lines of the `check` report, as the plugins name them, in hook order."""
+        out: list[Check] = []
+        for answer in self.pm.hook.passthrough_checks(settings=self.settings):
+            out += [c for c in answer if isinstance(c, Check)]
+        return out
+
+    def report_header(self) -> list[str]:
+        """What the plugins say about their configuration, for the `plugins` command."""
+        out: list[str] = []
+        for answer in self.pm.hook.passthrough_report_header(settings=self.settings):
+            out += [answer] if isinstance(answer, str) else [str(line) for line in answer]
+        return out
 
     def _impls(self, hook_name: str) -> list[tuple[str, Any, tuple[str, ...]]]:
+        """(plugin, function, argument names) in the order pluggy calls them: its list reversed."""
         caller = getattr(self.pm.hook, hook_name)
         return [
             (self.pm.get_name(impl.plugin) or repr(impl.plugin), impl.function, tuple(impl.argnames))
-            for impl in caller.get_hookimpls()
+            for impl in reversed(caller.get_hookimpls())
         ]
 
     def judge(
@@ -147,13 +182,14 @@ class Inspector:
     ) -> Snapshot:
         """Verdicts, affected sets and findings for every device of `inventory`."""
         started = time.monotonic() if started is None else started
-        errors = _Errors(inventory.errors)
+        errors: Counter[str] = Counter(inventory.errors)
+        facts = Facts.of(inventory)
         verdict_impls = self._impls("passthrough_verdict")
         affected_impls = self._impls("passthrough_affected")
         verdicts: dict[str, Verdict] = {}
         affected: dict[str, tuple[str, ...]] = {}
         for dev in inventory:
-            kwargs = {"device": dev, "inventory": inventory, "settings": self.settings}
+            kwargs = {"device": dev, "inventory": inventory, "settings": self.settings, "facts": facts}
             failed: list[str] = []
             answers = [
                 v for _, v in _call_each(verdict_impls, kwargs, Verdict, errors, failed, dev.name)
@@ -169,35 +205,39 @@ class Inspector:
                     names.update(answer)
                 except Exception:
                     log.exception("plugin %s failed while listing affected devices of %s", plugin, dev.name)
-                    errors.add("plugin_error")
+                    errors["plugin_error"] += 1
                     failed.append(plugin)
             names.discard(dev.name)
             unknown = [n for n in names if not isinstance(n, str) or n not in inventory]
             if unknown:
                 log.warning("plugins named unknown affected devices for %s: %s", dev.name, unknown[:5])
-                errors.add("plugin_error")
+                errors["plugin_error"] += 1
                 names.difference_update(unknown)
             # Only the kinds every source reports: libvirt's net/storage/drm nodes are views of a
             # device already counted, and would make the same host's answers differ by source.
             names = {n for n in names if inventory.devices[n].type in KNOWN_TYPES}
             verdicts[dev.name] = _combine(answers, failed)
             affected[dev.name] = tuple(sorted(names))
-        findings = self._findings(inventory, verdicts, errors)
+        findings = self._findings(inventory, verdicts, facts, errors)
+        counts = dict(errors)
         return Snapshot(
             inventory=inventory,
+            facts=facts,
             verdicts=verdicts,
             affected=affected,
             findings=findings,
             source=source,
             source_up=True,
-            errors=errors.counts,
-            errors_total=errors.counts,  # one read on its own; the refresher sums them over refreshes
+            errors=counts,
+            errors_total=counts,  # one read on its own; the refresher sums them over refreshes
             finished_at=time.time(),
             duration=time.monotonic() - started,
         )
 
-    def _findings(self, inventory: Inventory, verdicts: dict[str, Verdict], errors: _Errors) -> tuple[Finding, ...]:
-        kwargs = {"inventory": inventory, "settings": self.settings, "verdicts": MappingProxyType(verdicts)}
+    def _findings(self, inventory: Inventory, verdicts: dict[str, Verdict], facts: Facts,
+                  errors: Counter[str]) -> tuple[Finding, ...]:
+        kwargs = {"inventory": inventory, "settings": self.settings, "verdicts": MappingProxyType(verdicts),
+                  "facts": facts}
         found: dict[tuple[str, str], Finding] = {}
         for plugin, answer in _call_each(self._impls("passthrough_findings"), kwargs, Iterable, errors, [], "host"):
             if answer is None:
@@ -208,10 +248,10 @@ class Inspector:
                         found.setdefault((f.code, f.subject), f)
                     else:
                         log.warning("plugin %s returned a non-Finding: %r", plugin, f)
-                        errors.add("plugin_error")
+                        errors["plugin_error"] += 1
             except Exception:  # an iterator that raises halfway through: keep what came before
                 log.exception("plugin %s failed while listing findings", plugin)
-                errors.add("plugin_error")
+                errors["plugin_error"] += 1
         return tuple(sorted(found.values(), key=lambda f: (f.code, f.subject)))
 
 
@@ -219,7 +259,7 @@ def _call_each(
     impls: list[tuple[str, Any, tuple[str, ...]]],
     kwargs: dict[str, Any],
     expected: type,
-    errors: _Errors,
+    errors: Counter[str],
     failed: list[str],
     subject: str,
 ) -> list[tuple[str, Any]]:
@@ -234,12 +274,12 @@ def _call_each(
             result = function(*[kwargs[a] for a in argnames])
         except Exception:
             log.exception("plugin %s failed on %s", plugin, subject)
-            errors.add("plugin_error")
+            errors["plugin_error"] += 1
             failed.append(plugin)
             continue
         if result is not None and not _well_formed(result, expected):
             log.warning("plugin %s answered %r for %s; ignored", plugin, _short(result), subject)
-            errors.add("plugin_error")
+            errors["plugin_error"] += 1
             failed.append(plugin)
             continue
         out.append((plugin, result))

@@ -1,8 +1,9 @@
-"""The metrics: a prometheus-client Collector that renders one immutable Snapshot.
+"""The metrics: every family of one immutable Snapshot, declared once at the top.
 
 No global registry: callers register a SnapshotCollector in a CollectorRegistry of their own.
-The families are plain data (`families`): the Collector hands them to prometheus-client, while `render`,
-which the exporter calls once per refresh, writes the text format directly (a scrape only copies bytes).
+The families are plain data (`families`): the Collector hands them to prometheus-client, while
+`render`, which the exporter calls once per refresh, writes the text format directly (a scrape only
+copies bytes); tests check that both give the same bytes.
 """
 
 from __future__ import annotations
@@ -13,18 +14,58 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from passthrough_exporter import __version__
-from passthrough_exporter.exposition import render_families
-from passthrough_exporter.isolation import WEAKENED_REASONS, group_layout_id, group_status, weakened
-from passthrough_exporter.model import PASSABLE_TYPES
-from passthrough_exporter.snapshot import Snapshot
+from . import __version__
+from .exposition import render_families
+from .facts import WEAKENED_REASONS
+from .model import PASSABLE_TYPES
+from .snapshot import Snapshot
+from .sources import error_kinds
 
+# The core's own error kinds (the inventory's, the inspector's, the refresher's) and every source's.
 # Initialised to 0 so that rate() and alerts see a series before the first error.
-ERROR_KINDS = (
-    "vanished", "unreadable", "symlink_loop", "bad_attribute", "read_error",
+ERROR_KINDS = tuple(dict.fromkeys((
     "missing_parent", "parent_cycle", "duplicate", "plugin_error", "source_error", "refresh_error",
-    "bad_xml", "hostdev_unmatched", "hostdev_ambiguous",  # the libvirt source's
-)
+    *error_kinds(),
+)))
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    type: str  # "gauge" | "counter"
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+
+# Every metric, in exposition order: name (a counter without its "_total") -> type, help, labels.
+METRICS: dict[str, Spec] = {
+    "passthrough_device_info": Spec("gauge", "Host device, with its identity as labels.",
+        ("device", "type", "parent", "vendor_id", "product_id", "class", "driver", "iommu_group")),
+    "passthrough_device_eligible": Spec("gauge", "1 when the device can be passed through to a VM.",
+        ("device", "type")),
+    "passthrough_device_affected_devices": Spec("gauge",
+        "Devices that leave the host with this one (IOMMU group, children, SR-IOV functions).", ("device", "type")),
+    "passthrough_device_assigned": Spec("gauge", "1 for each device a VM (libvirt domain) holds.",
+        ("device", "domain")),
+    "passthrough_iommu_group_devices": Spec("gauge", "PCI functions in the IOMMU group.", ("group",)),
+    "passthrough_iommu_group_viable": Spec("gauge",
+        "1 when VFIO would accept the group: every endpoint driverless, on a vfio driver or pci-stub.", ("group",)),
+    "passthrough_iommu_group_vfio_devices": Spec("gauge",
+        "Endpoints of the group bound to a vfio driver or pci-stub.", ("group",)),
+    "passthrough_iommu_group_host_devices": Spec("gauge",
+        "Endpoints of the group bound to any other (host) driver.", ("group",)),
+    "passthrough_iommu_group_layout_hash": Spec("gauge",
+        "Stable hash of which PCI functions share which IOMMU group; changes when devices are regrouped."),
+    "passthrough_iommu_enabled": Spec("gauge", "1 when the kernel exposes IOMMU groups."),
+    "passthrough_isolation_weakened": Spec("gauge",
+        "1 when a kernel or module setting makes IOMMU isolation untrustworthy.", ("reason",)),
+    "passthrough_finding": Spec("gauge", "1 for each safety finding a plugin reports.",
+        ("code", "severity", "subject")),
+    "passthrough_source_up": Spec("gauge", "1 when the last refresh read the source.", ("source",)),
+    "passthrough_refresh_duration_seconds": Spec("gauge", "Time the last successful refresh took."),
+    "passthrough_last_refresh_timestamp_seconds": Spec("gauge", "Unix time the last successful refresh finished."),
+    "passthrough_collect_errors": Spec("counter", "Bad inputs skipped while reading and judging.", ("kind",)),
+    "passthrough_exporter_build_info": Spec("gauge", "The exporter's version.", ("version",)),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +80,9 @@ def _label(value: object) -> str:
     return "" if value is None else str(value)
 
 
+Row = tuple[tuple[str, ...], float]  # label values (in the spec's label order), value
+
+
 @dataclass(slots=True)
 class Family:
     """One metric family as plain data: rendered by `render` directly, or by prometheus-client."""
@@ -47,23 +91,25 @@ class Family:
     documentation: str
     type: str  # "gauge" | "counter"
     labels: tuple[str, ...]
-    rows: list[tuple[tuple[str, ...], float]]  # label values (in `labels` order), value
+    rows: list[Row]
+
+    @classmethod
+    def of(cls, name: str, rows: list[Row]) -> Family:
+        spec = METRICS[name]
+        return cls(name, spec.documentation, spec.type, spec.labels, rows)
 
 
 def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
-    """Every family of one snapshot, in exposition order."""
-    inv = snap.inventory
-    gauge = lambda name, doc, labels, rows: Family(name, doc, "gauge", labels, rows)  # noqa: E731
-
-    info: list = []
-    eligible: list = []
-    affected: list = []
-    assigned: list = []
+    """Every family of one snapshot, in the order of METRICS."""
+    inv, facts = snap.inventory, snap.facts
+    rows: dict[str, list[Row]] = {name: [] for name in METRICS}
+    info, eligible, affected = (rows["passthrough_device_info"], rows["passthrough_device_eligible"],
+                                rows["passthrough_device_affected_devices"])
     types = set(opts.device_types)
     verdicts, affected_sets = snap.verdicts, snap.affected
     for dev in inv:
         if dev.assigned_to:
-            assigned.append(((dev.name, dev.assigned_to), 1))
+            rows["passthrough_device_assigned"].append(((dev.name, dev.assigned_to), 1))
         if dev.type not in types or (dev.physfn is not None and not opts.include_vfs):
             continue
         name, typ = dev.name, dev.type
@@ -71,61 +117,24 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
                       _label(dev.pci_class), _label(dev.driver), _label(dev.iommu_group)), 1))
         eligible.append(((name, typ), 1 if verdicts[name].eligible else 0))
         affected.append(((name, typ), len(affected_sets[name])))
-    out = [
-        gauge("passthrough_device_info", "Host device, with its identity as labels.",
-              ("device", "type", "parent", "vendor_id", "product_id", "class", "driver", "iommu_group"), info),
-        gauge("passthrough_device_eligible", "1 when the device can be passed through to a VM.",
-              ("device", "type"), eligible),
-        gauge("passthrough_device_affected_devices",
-              "Devices that leave the host with this one (IOMMU group, children, SR-IOV functions).",
-              ("device", "type"), affected),
-        gauge("passthrough_device_assigned", "1 for each device a VM (libvirt domain) holds.",
-              ("device", "domain"), assigned),
-    ]
 
-    g_devices: list = []
-    g_viable: list = []
-    g_vfio: list = []
-    g_host: list = []
-    for number, st in group_status(inv).items():
+    for number, st in facts.groups.items():
         g = (str(number),)
-        g_devices.append((g, len(st.devices)))
-        g_viable.append((g, 1 if st.viable else 0))
-        g_vfio.append((g, len(st.vfio)))
-        g_host.append((g, len(st.host)))
-    out += [
-        gauge("passthrough_iommu_group_devices", "PCI functions in the IOMMU group.", ("group",), g_devices),
-        gauge("passthrough_iommu_group_viable",
-              "1 when VFIO would accept the group: every endpoint driverless, on a vfio driver or pci-stub.",
-              ("group",), g_viable),
-        gauge("passthrough_iommu_group_vfio_devices", "Endpoints of the group bound to a vfio driver or pci-stub.",
-              ("group",), g_vfio),
-        gauge("passthrough_iommu_group_host_devices", "Endpoints of the group bound to any other (host) driver.",
-              ("group",), g_host),
-        gauge("passthrough_iommu_group_layout_hash",
-              "Stable hash of which PCI functions share which IOMMU group; changes when devices are regrouped.",
-              (), [((), group_layout_id(inv))]),
-        gauge("passthrough_iommu_enabled", "1 when the kernel exposes IOMMU groups.", (),
-              [((), 1 if inv.host.iommu_groups_present else 0)]),
-    ]
-    flags = weakened(inv.host)
-    out.append(gauge("passthrough_isolation_weakened",
-                     "1 when a kernel or module setting makes IOMMU isolation untrustworthy.", ("reason",),
-                     [((reason,), 1 if flags[reason] else 0) for reason in WEAKENED_REASONS]))
-    out.append(gauge("passthrough_finding", "1 for each safety finding a plugin reports.",
-                     ("code", "severity", "subject"), [((f.code, f.severity, f.subject), 1) for f in snap.findings]))
-    out.append(gauge("passthrough_source_up", "1 when the last refresh read the source.", ("source",),
-                     [((snap.source,), 1 if snap.source_up else 0)]))
-    out.append(gauge("passthrough_refresh_duration_seconds", "Time the last successful refresh took.", (),
-                     [((), snap.duration)]))
-    out.append(gauge("passthrough_last_refresh_timestamp_seconds", "Unix time the last successful refresh finished.",
-                     (), [((), snap.finished_at)]))
-    out.append(Family("passthrough_collect_errors", "Bad inputs skipped while reading and judging.", "counter",
-                      ("kind",), [((kind,), snap.errors_total.get(kind, 0))
-                                  for kind in sorted(set(ERROR_KINDS) | set(snap.errors_total))]))
-    out.append(gauge("passthrough_exporter_build_info", "The exporter's version.", ("version",),
-                     [((__version__,), 1)]))
-    return out
+        rows["passthrough_iommu_group_devices"].append((g, len(st.devices)))
+        rows["passthrough_iommu_group_viable"].append((g, 1 if st.viable else 0))
+        rows["passthrough_iommu_group_vfio_devices"].append((g, len(st.vfio)))
+        rows["passthrough_iommu_group_host_devices"].append((g, len(st.host)))
+    rows["passthrough_iommu_group_layout_hash"].append(((), facts.layout_id))
+    rows["passthrough_iommu_enabled"].append(((), 1 if inv.host.iommu_groups_present else 0))
+    rows["passthrough_isolation_weakened"] += [((r,), 1 if facts.weakened[r] else 0) for r in WEAKENED_REASONS]
+    rows["passthrough_finding"] += [((f.code, f.severity, f.subject), 1) for f in snap.findings]
+    rows["passthrough_source_up"].append(((snap.source,), 1 if snap.source_up else 0))
+    rows["passthrough_refresh_duration_seconds"].append(((), snap.duration))
+    rows["passthrough_last_refresh_timestamp_seconds"].append(((), snap.finished_at))
+    rows["passthrough_collect_errors"] += [((kind,), snap.errors_total.get(kind, 0))
+                                           for kind in sorted(set(ERROR_KINDS) | set(snap.errors_total))]
+    rows["passthrough_exporter_build_info"].append(((__version__,), 1))
+    return [Family.of(name, r) for name, r in rows.items()]
 
 
 class SnapshotCollector(Collector):

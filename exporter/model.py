@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 COMPUTER = "computer"
 
@@ -122,18 +121,32 @@ SEVERITIES = ("info", "warning", "critical")
 class Finding:
     """A safety observation about the host, an IOMMU group or a device."""
 
-    code: str  # stable machine name, e.g. "iommu_off"
+    code: str  # stable machine name, e.g. "iommu_off_kernel"
     severity: str  # info | warning | critical
-    subject: str  # "host", "group:12" or a device name
+    subject: str  # "host", "group:12", "domain:NAME" or a device name
     message: str
+    fix: str = ""  # one sentence an operator can act on; "" when there is nothing to do
 
     def __post_init__(self) -> None:
         # They become label values: anything but text would break the exposition later, far from here.
-        for name in ("code", "severity", "subject", "message"):
+        for name in ("code", "severity", "subject", "message", "fix"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Finding.{name} must be a string, not {type(getattr(self, name)).__name__}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The finding as `/api/findings` and `check --json` print it."""
+        return {"code": self.code, "severity": self.severity, "subject": self.subject,
+                "message": self.message, "fix": self.fix or None}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the `check` report: a title and the finding codes it covers."""
+
+    title: str
+    codes: tuple[str, ...]
 
 
 class Inventory:
@@ -144,7 +157,7 @@ class Inventory:
     tree (logged and counted in `errors`), so walking the tree always terminates.
     """
 
-    __slots__ = ("devices", "host", "children", "groups", "errors", "_derived")
+    __slots__ = ("devices", "host", "children", "groups", "errors")
 
     def __init__(
         self,
@@ -152,12 +165,12 @@ class Inventory:
         host: HostFacts | None = None,
         errors: Mapping[str, int] | None = None,
     ) -> None:
-        errs: dict[str, int] = dict(errors or {})
+        errs: Counter[str] = Counter(errors or {})
         by_name: dict[str, Device] = {}
         for dev in devices:
             if dev.name in by_name:
                 log.warning("device listed twice, keeping the first: %s", dev.name)
-                errs["duplicate"] = errs.get("duplicate", 0) + 1
+                errs["duplicate"] += 1
                 continue
             by_name[dev.name] = dev
         if COMPUTER not in by_name:
@@ -182,8 +195,7 @@ class Inventory:
         self.groups: Mapping[int, tuple[str, ...]] = MappingProxyType(
             {k: tuple(v) for k, v in sorted(groups.items())}
         )
-        self.errors: Mapping[str, int] = MappingProxyType(errs)
-        self._derived: dict[str, object] = {}
+        self.errors: Mapping[str, int] = MappingProxyType(dict(errs))
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -196,15 +208,6 @@ class Inventory:
 
     def get(self, name: str) -> Device | None:
         return self.devices.get(name)
-
-    def derived(self, key: str, compute: Callable[[Inventory], T]) -> T:
-        """A view computed from this inventory once (it never changes), e.g. group viability,
-        which both the safety findings and the metrics need in the same refresh."""
-        try:
-            return self._derived[key]  # type: ignore[return-value]
-        except KeyError:
-            value = self._derived[key] = compute(self)
-            return value
 
     def descendants(self, name: str) -> Iterator[str]:
         """Every device below `name` in the tree, depth first."""
@@ -229,7 +232,7 @@ class Inventory:
         return tuple(vf for vf in dev.virtfns if vf in self.devices)
 
 
-def _linked_parents(devices: Mapping[str, Device], errors: dict[str, int]) -> dict[str, str]:
+def _linked_parents(devices: Mapping[str, Device], errors: Counter[str]) -> dict[str, str]:
     """Parent links that are safe to follow: the target exists and no cycle goes through it."""
     linked: dict[str, str] = {}
     for name, dev in devices.items():
@@ -238,10 +241,10 @@ def _linked_parents(devices: Mapping[str, Device], errors: dict[str, int]) -> di
             continue
         if parent == name:
             log.warning("device is its own parent, link skipped: %s", name)
-            errors["parent_cycle"] = errors.get("parent_cycle", 0) + 1
+            errors["parent_cycle"] += 1
         elif parent not in devices:
             log.warning("parent %s of device %s does not exist, link skipped", parent, name)
-            errors["missing_parent"] = errors.get("missing_parent", 0) + 1
+            errors["missing_parent"] += 1
         else:
             linked[name] = parent
     # Break cycles: walk up from each device; colour 1 = on the current path, 2 = known to reach a root.
@@ -255,7 +258,7 @@ def _linked_parents(devices: Mapping[str, Device], errors: dict[str, int]) -> di
             node = linked[node]
         if node is not None and state.get(node) == 1:
             log.warning("parent cycle through %s, link skipped", node)
-            errors["parent_cycle"] = errors.get("parent_cycle", 0) + 1
+            errors["parent_cycle"] += 1
             del linked[node]
         for p in path:
             state[p] = 2

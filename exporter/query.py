@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from passthrough_exporter.snapshot import Snapshot
+from .snapshot import Snapshot
 
 
 class QueryError(Exception):

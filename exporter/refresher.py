@@ -14,15 +14,15 @@ import gzip
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.metrics import MetricOptions, render
-from passthrough_exporter.model import Inventory
-from passthrough_exporter.snapshot import Snapshot
-from passthrough_exporter.sources import Source
+from .inspector import Inspector
+from .metrics import MetricOptions, render
+from .snapshot import Snapshot
+from .sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ class Refresher:
         self.inspector = inspector
         self.interval = interval
         self.options = options or MetricOptions()
-        self._errors_total: dict[str, int] = {}
+        self._errors_total: Counter[str] = Counter()
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_attempt = time.monotonic()
-        empty = Snapshot(Inventory([]), {}, {}, source=source.name, source_up=False)
+        empty = Snapshot.empty(source.name)
         self._published = self._publish(empty, ready=False)
 
     def current(self) -> Published:
@@ -113,9 +113,8 @@ class Refresher:
         log.info("refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)",
                  len(inventory), self.source.name, snap.duration, len(snap.findings), sum(snap.errors.values()))
 
-    def _count(self, errors: dict[str, int]) -> None:
-        for kind, n in errors.items():
-            self._errors_total[kind] = self._errors_total.get(kind, 0) + n
+    def _count(self, errors: Mapping[str, int]) -> None:
+        self._errors_total.update(errors)
 
     def _publish(self, snap: Snapshot, ready: bool) -> Published:
         text = render(snap, self.options)

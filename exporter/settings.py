@@ -1,16 +1,12 @@
-"""Options the rules read: set from the command line, handed to every hook."""
+"""What every hook is handed: the values of the plugins' own options, and what plugins made of
+them at start."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from passthrough_exporter.policy import Policy
-
-# Bridges and other infrastructure (0x06), memory controllers (0x05), processors (0x0b):
-# passing them cannot work and can take the host down with them.
-DEFAULT_PCI_DENIED_CLASSES: tuple[str, ...] = ("0x05", "0x06", "0x0b")
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 
 class ConfigError(Exception):
@@ -19,12 +15,22 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    # PCI class prefixes that are never eligible: "0x06" matches a base class,
-    # "0x0604" base class and subclass.
-    pci_denied_classes: tuple[str, ...] = DEFAULT_PCI_DENIED_CLASSES
+    """Built once at start, from the command line (or from defaults), then handed to every hook.
+
+    The core reads none of `options`: each plugin declares its own in `passthrough_addoption`,
+    reads them back in `passthrough_configure`, and keeps what it parsed from them (a policy
+    file, a class list) in `stash` under a key of its own, for its per-device hooks.
+    """
+
+    # Option values by argparse `dest`, for every option a plugin added (defaults included).
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # Plugin modules to load by import path, beside the entry points (--plugin).
     plugins: tuple[str, ...] = ()
     # Plugin names never loaded, built-ins included (--disable-plugin).
     disabled_plugins: tuple[str, ...] = ()
-    # The site policy (--policy), parsed once at start; read by the built-in `policy` plugin.
-    policy: Policy | None = None
+    # What plugins prepared at start for their hooks, by a key each plugin owns.
+    stash: dict[str, Any] = field(default_factory=dict)
+
+    def getoption(self, dest: str, default: Any = None) -> Any:
+        """The value of one plugin option, by its `dest`."""
+        return self.options.get(dest, default)

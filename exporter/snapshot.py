@@ -10,12 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from passthrough_exporter.model import Device, Finding, Inventory, Verdict
+from .facts import Facts
+from .model import Device, Finding, Inventory, Verdict
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     inventory: Inventory
+    facts: Facts  # derived from the inventory before the rules ran
     verdicts: Mapping[str, Verdict]
     affected: Mapping[str, tuple[str, ...]]
     findings: tuple[Finding, ...] = ()
@@ -28,13 +30,17 @@ class Snapshot:
     finished_at: float = 0.0  # unix time
     duration: float = 0.0  # seconds the refresh took
 
+    @classmethod
+    def empty(cls, source: str) -> Snapshot:
+        """What is served before the first refresh: no devices, the source not (yet) up."""
+        inventory = Inventory([])
+        return cls(inventory, Facts.of(inventory), {}, {}, source=source, source_up=False)
+
     def device_object(self, name: str) -> dict[str, Any]:
         """The JSON object of one device, as the CLI and the HTTP API print it."""
         dev = self.inventory.devices[name]
         verdict = self.verdicts[name]
         return device_object(dev, verdict, self.affected.get(name, ()))
-
-
 
 def device_object(dev: Device, verdict: Verdict, affected: tuple[str, ...]) -> dict[str, Any]:
     obj: dict[str, Any] = {

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from passthrough_exporter import hookimpl
-from passthrough_exporter.model import Device, Inventory, Verdict
-from passthrough_exporter.settings import Settings
+from .. import hookimpl
+from ..model import Device, Inventory, Verdict
+from ..options import OptionParser
+from ..settings import ConfigError, Settings
+from ..sysfs.attrs import BadAttribute, hex_id
+
+# Bridges and other infrastructure (0x06), memory controllers (0x05), processors (0x0b):
+# passing them cannot work and can take the host down with them.
+DEFAULT_DENIED_CLASSES: tuple[str, ...] = ("0x05", "0x06", "0x0b")
+DENIED = "pci.denied_classes"  # settings.stash key: the parsed class prefixes
 
 # PCI base classes (PCI Code and ID Assignment Specification), for readable reasons.
 BASE_CLASSES = {
@@ -41,12 +48,42 @@ def class_description(pci_class: str | None) -> str:
 
 
 @hookimpl
+def passthrough_addoption(parser: OptionParser) -> None:
+    parser.addoption(
+        "--pci.denied-classes", dest="pci_denied_classes", metavar="LIST",
+        default=",".join(DEFAULT_DENIED_CLASSES),
+        help="comma-separated PCI class prefixes never eligible: base class (0x06) or base class and "
+        "subclass (0x0604) (default: %(default)s)",
+    )
+
+
+def class_prefixes(text: str) -> tuple[str, ...]:
+    """'0x05, 0x0604' -> ('0x05', '0x0604'); ConfigError naming the first bad item."""
+    out = []
+    for item in (c.strip() for c in text.split(",")):
+        if not item:
+            continue
+        digits = item.lower().removeprefix("0x")
+        try:
+            out.append(hex_id(item, min(len(digits), 6) or 1))  # keeps the prefix's own length
+        except BadAttribute:
+            raise ConfigError(f"--pci.denied-classes: {item!r} is not a hex class prefix like 0x06 or 0x0604") from None
+    return tuple(out)
+
+
+@hookimpl
+def passthrough_configure(settings: Settings) -> None:
+    settings.stash[DENIED] = class_prefixes(settings.getoption("pci_denied_classes") or "")
+
+
+# tryfirst: the type's base rule speaks first, so its reason leads a device's reasons.
+@hookimpl(tryfirst=True)
 def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
     if device.type != "pci":
         return None
     what = class_description(device.pci_class)
     cls = (device.pci_class or "").lower()
-    for prefix in settings.pci_denied_classes:
+    for prefix in settings.stash[DENIED]:
         if cls.startswith(prefix.lower()):
             return Verdict.deny(f"PCI {what} ({device.pci_class}) is host infrastructure, not an endpoint")
     if device.header_type not in (None, 0):

@@ -8,12 +8,54 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from passthrough_exporter import hookimpl
-from passthrough_exporter.isolation import GroupStatus, group_status, root_group_peers, root_pci_functions, weakened
-from passthrough_exporter.model import Device, Finding, Inventory, Verdict
+from .. import hookimpl
+from ..facts import Facts, GroupStatus
+from ..model import Check, Device, Finding, Inventory, Verdict
 
 HOST = "host"
 IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
+
+# The lines of the `check` report, in order, and the codes each covers.
+CHECKS = (
+    Check("IOMMU enabled in firmware and kernel", ("iommu_off_firmware", "iommu_off_kernel")),
+    Check("No ACS override on the kernel command line", ("acs_override",)),
+    Check("VFIO requires interrupt remapping", ("unsafe_interrupts",)),
+    Check("VFIO no-IOMMU mode off", ("unsafe_noiommu",)),
+    Check("No IOMMU group split between VMs and host", ("group_mixed", "group_not_viable")),
+    Check("Eligible devices have a function-level reset", ("no_flr", "no_reset")),
+    Check("Eligible devices alone in their IOMMU group", ("group_multi_device",)),
+    Check("Root filesystem devices kept on the host", ("root_device", "group_root_device", "root_device_unknown")),
+    Check("Boot VGA device", ("boot_vga", "group_boot_vga")),
+)
+
+# code -> what an operator can do about it.
+FIXES = {
+    "iommu_off_firmware": "enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup, then boot with "
+    "intel_iommu=on (Intel) or amd_iommu=on (AMD)",
+    "iommu_off_kernel": "add intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line "
+    "(and remove any intel_iommu=off / amd_iommu=off), then reboot",
+    "acs_override": "remove pcie_acs_override= from the kernel command line; pass whole groups, or move "
+    "the card to a slot behind an ACS-capable root port",
+    "unsafe_interrupts": "remove allow_unsafe_interrupts=1 from the vfio_iommu_type1 options in "
+    "/etc/modprobe.d and enable interrupt remapping (x2APIC/IR) in firmware",
+    "unsafe_noiommu": "remove enable_unsafe_noiommu_mode=1 from the vfio options and enable the IOMMU instead",
+    "group_mixed": "bind the whole group to vfio-pci (every endpoint, e.g. `driverctl set-override ADDR "
+    "vfio-pci`, or libvirt managed='yes' hostdevs for all of them), or give it all back to the host",
+    "group_not_viable": "to pass a device of such a group, bind every endpoint of the group to vfio-pci",
+    "group_multi_device": "pass the whole group to one VM, or move the card to a slot with its own group",
+    "no_flr": "expect failed or disruptive resets: avoid moving the device between VMs without a host "
+    "reboot; for GPUs see vendor-reset",
+    "no_reset": "the device cannot be reset: give it to one VM for good and reboot the host before "
+    "giving it to another",
+    "root_device": "none needed: it stays on the host; never bind it to vfio-pci",
+    "group_root_device": "do not pass devices of this group; move them (or the root disk) to a slot with "
+    "its own IOMMU group",
+    "root_device_unknown": "find by hand which devices carry the root filesystem (NIC for NFS/iSCSI root, "
+    "RAID adapter ...) and keep them on the host",
+    "boot_vga": "make another GPU primary in firmware, or free it from the host console "
+    "(video=efifb:off, no framebuffer driver) and give the VM a ROM file",
+    "group_boot_vga": "pass the whole group along with the GPU",
+}
 
 # code -> severity it is reported with (several are raised to "warning" when the group is shared).
 CODES: dict[str, str] = {
@@ -49,11 +91,7 @@ def group_subject(number: int) -> str:
 
 
 def _finding(code: str, subject: str, message: str, severity: str | None = None) -> Finding:
-    return Finding(code, severity or CODES[code], subject, message)
-
-
-def _endpoints(st: GroupStatus) -> tuple[str, ...]:
-    return tuple(n for n in st.devices if n not in st.bridges)
+    return Finding(code, severity or CODES[code], subject, message, FIXES[code])
 
 
 def _disks(inventory: Inventory) -> str:
@@ -64,12 +102,17 @@ def _disks(inventory: Inventory) -> str:
 
 
 @hookimpl
-def passthrough_verdict(device: Device, inventory: Inventory) -> Verdict | None:
+def passthrough_checks() -> tuple[Check, ...]:
+    return CHECKS
+
+
+@hookimpl
+def passthrough_verdict(device: Device, inventory: Inventory, facts: Facts) -> Verdict | None:
     if device.name in (inventory.host.root_devices or ()) and device.type in ("pci", "scsi", "usb_device"):
         return Verdict.deny(f"holds the root filesystem ({_disks(inventory)}): the host cannot give it away")
     if device.type != "pci":
         return None
-    root = root_group_peers(inventory).get(device.name)
+    root = facts.root_peers.get(device.name)
     if root is not None:
         return Verdict.deny(f"shares IOMMU group {device.iommu_group} with {root}, which holds the root filesystem")
     warning = _reset_warning(device)
@@ -92,13 +135,13 @@ def _reset_warning(device: Device) -> str | None:
 
 
 @hookimpl
-def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict]) -> Iterator[Finding]:
+def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict], facts: Facts) -> Iterator[Finding]:
     yield from _iommu(inventory)
-    yield from _weakened(inventory)
-    statuses = group_status(inventory)
+    yield from _weakened(facts)
+    statuses = facts.groups
     yield from _groups(inventory, statuses, verdicts)
     yield from _resets(inventory, verdicts)
-    yield from _root(inventory, statuses)
+    yield from _root(inventory, statuses, facts)
     yield from _boot_vga(inventory, statuses)
 
 
@@ -124,8 +167,8 @@ def _iommu(inventory: Inventory) -> Iterator[Finding]:
             "the IOMMU (VT-d/AMD-Vi) is off in firmware or missing; VFIO cannot assign devices"))
 
 
-def _weakened(inventory: Inventory) -> Iterator[Finding]:
-    for reason, on in weakened(inventory.host).items():
+def _weakened(facts: Facts) -> Iterator[Finding]:
+    for reason, on in facts.weakened.items():
         if on:
             yield _finding(reason, HOST, _WEAKENED_MESSAGES[reason])
 
@@ -140,7 +183,7 @@ def _groups(inventory: Inventory, statuses: Mapping[int, GroupStatus], verdicts:
         if not st.viable:
             drivers = ", ".join(f"{n} ({inventory.devices[n].driver})" for n in st.host)
             yield _finding("group_not_viable", subject, f"VFIO would refuse group {number}: host drivers hold {drivers}")
-        endpoints = _endpoints(st)
+        endpoints = st.endpoints
         eligible = [n for n in endpoints if n in verdicts and verdicts[n].eligible]
         if eligible and len(endpoints) > 1:
             bridges = f" (and bridges {', '.join(st.bridges)})" if st.bridges else ""
@@ -163,7 +206,7 @@ def _shared_group(inventory: Inventory, statuses: Mapping[int, GroupStatus], dev
     st = statuses.get(dev.iommu_group) if dev.iommu_group is not None else None
     if st is None:
         return
-    others = [n for n in _endpoints(st) if n != dev.name]
+    others = [n for n in st.endpoints if n != dev.name]
     if others:
         yield _finding(code, group_subject(st.number), (
             f"group {st.number} holds {dev.name} ({what}); passing {', '.join(others)} would take it along"),
@@ -172,11 +215,11 @@ def _shared_group(inventory: Inventory, statuses: Mapping[int, GroupStatus], dev
         yield _finding(code, group_subject(st.number), f"group {st.number} holds {dev.name} ({what})")
 
 
-def _root(inventory: Inventory, statuses: Mapping[int, GroupStatus]) -> Iterator[Finding]:
+def _root(inventory: Inventory, statuses: Mapping[int, GroupStatus], facts: Facts) -> Iterator[Finding]:
     roots = inventory.host.root_devices
     if roots is None:
         return
-    pcis = root_pci_functions(inventory)
+    pcis = facts.root_functions
     if not pcis:
         if any(d.type == "pci" for d in inventory):
             yield _finding("root_device_unknown", HOST, (

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from passthrough_exporter import hookimpl
-from passthrough_exporter.model import Device, Inventory, Verdict
+from .. import hookimpl
+from ..model import Device, Inventory, Verdict
 
 HUB_CLASS = "09"
 
 
-@hookimpl
+# tryfirst: the type's base rule speaks first, so its reason leads a device's reasons.
+@hookimpl(tryfirst=True)
 def passthrough_verdict(device: Device) -> Verdict | None:
     if device.type == "usb":
         return Verdict.deny(f"USB interface: pass its device {device.parent} instead")

@@ -9,20 +9,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sysfs_builder import SysfsTree  # noqa: E402
 
-from passthrough_exporter.inspector import Inspector  # noqa: E402
-from passthrough_exporter.snapshot import Snapshot  # noqa: E402
-from passthrough_exporter.sources.sysfs import SysfsSource  # noqa: E402
-
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> SysfsTree:
     return SysfsTree(tmp_path / "host")
-
-
-def judge_tree(tree: SysfsTree) -> Snapshot:
-    return Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
 
 
 @pytest.fixture

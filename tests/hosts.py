@@ -125,3 +125,9 @@ def nvme_lvm_root(t: SysfsTree) -> None:
     part = t.partition(disk, "nvme0n1p3", dev="259:3", number=3)
     t.virtual_block("dm-0", dev="253:0", slaves=(part,), dm_name="vg0-root")
     t.root_mount("253:0", "/dev/mapper/vg0-root")
+
+
+def clean_host(t: SysfsTree) -> None:
+    """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR: nothing to report."""
+    base(t)
+    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus")

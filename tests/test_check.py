@@ -9,8 +9,7 @@ import subprocess
 
 import hosts
 import pytest
-from test_cli import EXE
-from test_safety import clean_host
+from helpers import EXE
 
 
 def check(tree, *args):
@@ -25,7 +24,7 @@ def status_lines(text):
 
 
 def test_clean_host_passes_with_exit_0(tree):
-    clean_host(tree)
+    hosts.clean_host(tree)
     out = check(tree)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = status_lines(out.stdout)
@@ -57,7 +56,7 @@ def test_kernel_off_hint_names_the_command_line(tree):
 
 
 def test_weakened_isolation_and_mixed_group_fail_with_exit_2(tree):
-    clean_host(tree)
+    hosts.clean_host(tree)
     tree.cmdline("root=/dev/sda1 pcie_acs_override=downstream")
     tree.pci("0000:02:00.0", 0x10DE, 0x2484, 0x030000, driver="vfio-pci", group=9)
     tree.pci("0000:02:00.1", 0x10DE, 0x228B, 0x040300, driver="snd_hda_intel", group=9)
@@ -162,11 +161,12 @@ def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
             eligible = sorted(n for n, v in verdicts.items() if v.eligible)
             yield Finding("policy_gpu_unassigned", "warning", eligible[0], f"{len(eligible)} eligible")
 
-    clean_host(tree)
+    hosts.clean_host(tree)
     pm: pluggy.PluginManager = make_plugin_manager()
     pm.register(Policy(), name="site_rules")
-    snap = Inspector(plugin_manager=pm).judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
-    results = chk.run_checks(snap)
+    inspector = Inspector(plugin_manager=pm)
+    snap = inspector.judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
+    results = chk.run_checks(snap, inspector.checks())
     assert [r.title for r in results][-1] == chk.OTHER
     assert results[-1].status == "WARN" and chk.exit_code(results) == 1
     text = chk.render_text(snap, results)

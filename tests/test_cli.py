@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import hosts
 import pytest
-
-from pathlib import Path
-
-# The console script installed beside this interpreter (the project's venv), else on PATH.
-_beside = Path(sys.executable).parent / "passthrough-exporter"
-EXE = str(_beside) if _beside.exists() else shutil.which("passthrough-exporter")
-if EXE is None:
-    pytest.fail("passthrough-exporter is not installed", pytrace=False)
+from helpers import EXE
 
 
 def run(tree, *args):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli import EXE
+from helpers import EXE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hosts
-from conftest import judge_tree
+from helpers import judge_tree
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -35,7 +35,7 @@ def test_escaping_and_odd_values_match():
         Device(name="usb_1_1", type="usb_device", parent="computer", vendor=odd),
     ], HostFacts(iommu_groups_present=True, cmdline="pcie_acs_override=downstream"))
     snap = Inspector().judge(inv)
-    snap = Snapshot(snap.inventory, snap.verdicts, snap.affected,
+    snap = Snapshot(snap.inventory, snap.facts, snap.verdicts, snap.affected,
                     findings=(Finding("x", "warning", odd, "m"),), errors_total={"vanished": 3, "new\\kind": 1},
                     duration=0.123456789, finished_at=1_700_000_000.25)
     assert render(snap) == reference(snap)

@@ -18,8 +18,8 @@ from pathlib import Path
 import hosts
 import pytest
 from sysfs_builder import SysfsTree
-from test_cli import EXE
-from test_server import free_port
+from helpers import EXE
+from helpers import free_port
 
 CLIENTS = 64
 HOLD_SECONDS = float(os.environ.get("PASSTHROUGH_LOAD_SECONDS", "5"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hosts
 import pytest
-from conftest import judge_tree
+from helpers import judge_tree
 from prometheus_client.registry import CollectorRegistry
 
 from passthrough_exporter.metrics import MetricOptions, SnapshotCollector, render

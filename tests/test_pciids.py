@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import hosts
-from conftest import judge_tree  # noqa: F401
+from helpers import judge_tree  # noqa: F401
 
 from passthrough_exporter import pciids
 from passthrough_exporter.inspector import Inspector

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 
 import pytest
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.model import Device, Inventory
-from passthrough_exporter.policy import PolicyError, load, parse
-from passthrough_exporter.settings import Settings
+from passthrough_exporter.plugins.policy.rules import PolicyError, load, parse
 
 GPU = Device(name="pci_0000_0a_00_0", type="pci", address="0000:0a:00.0", vendor_id="0x10de",
              product_id="0x2484", pci_class="0x030000", driver="vfio-pci", numa_node=1, iommu_group=7)
@@ -40,9 +41,20 @@ def _toml(value: object) -> str:
     return str(value) if isinstance(value, int) else f'"{value}"'
 
 
+def with_policy(text: str, disabled_plugins: tuple[str, ...] = ()) -> Inspector:
+    """An inspector whose policy plugin read `text` from a file, as `--policy FILE` does."""
+    fd, path = tempfile.mkstemp(suffix=".toml")
+    try:
+        os.write(fd, text.encode())
+        os.close(fd)
+        return Inspector({"policy": path}, disabled_plugins=disabled_plugins)
+    finally:
+        os.unlink(path)
+
+
 def matched(text: str) -> list[str]:
     """The devices a one-rule policy's rule picks (each gets the rule's reason)."""
-    snap = Inspector(Settings(policy=parse(text))).judge(INVENTORY)
+    snap = with_policy(text).judge(INVENTORY)
     return sorted(n for n, v in snap.verdicts.items() if "site policy: picked" in v.reasons)
 
 
@@ -74,7 +86,7 @@ def test_each_selector(selectors, expected):
 
 def test_deny_beats_allow_within_the_policy():
     text = rule("allow", "approved GPU", vendor_id="0x10de") + rule("deny", "NUMA node 1 is reserved", numa_node=1)
-    v = Inspector(Settings(policy=parse(text))).judge(INVENTORY).verdicts[GPU.name]
+    v = with_policy(text).judge(INVENTORY).verdicts[GPU.name]
     assert not v.eligible
     assert v.reasons == ("site policy: NUMA node 1 is reserved",)
 
@@ -83,7 +95,7 @@ def test_policy_deny_beats_built_in_allow_and_built_in_deny_beats_policy_allow()
     bridge = Device(name="pci_0000_00_01_0", type="pci", address="0000:00:01.0", pci_class="0x060400")
     inv = Inventory([NIC, bridge])
     text = rule("deny", "carries the management network", address="0000:00:19.0") + rule("allow", "all PCI", type="pci")
-    snap = Inspector(Settings(policy=parse(text))).judge(inv)
+    snap = with_policy(text).judge(inv)
     nic, br = snap.verdicts[NIC.name], snap.verdicts[bridge.name]
     assert not nic.eligible and nic.reasons == ("site policy: carries the management network",)
     assert not br.eligible and "site policy: all PCI" not in br.reasons
@@ -91,20 +103,20 @@ def test_policy_deny_beats_built_in_allow_and_built_in_deny_beats_policy_allow()
 
 
 def test_allow_reason_joins_the_built_in_reason():
-    snap = Inspector(Settings(policy=parse(rule("allow", "approved GPU", product_id="0x2484")))).judge(INVENTORY)
+    snap = with_policy(rule("allow", "approved GPU", product_id="0x2484")).judge(INVENTORY)
     assert snap.verdicts[GPU.name].reasons == ("PCI endpoint (display controller)", "site policy: approved GPU")
 
 
 def test_policy_alone_can_make_a_device_eligible():
-    settings = Settings(disabled_plugins=("pci",), policy=parse(rule("allow", "approved GPU", product_id="0x2484")))
-    snap = Inspector(settings).judge(INVENTORY)
+    inspector = with_policy(rule("allow", "approved GPU", product_id="0x2484"), disabled_plugins=("pci",))
+    snap = inspector.judge(INVENTORY)
     assert snap.verdicts[GPU.name].eligible and snap.verdicts[GPU.name].reasons == ("site policy: approved GPU",)
     assert snap.verdicts[NIC.name].reasons == ("no rule",)
 
 
 def test_unmatched_deny_is_an_allow_list():
     text = 'unmatched = "deny"\n' + rule("allow", "approved GPU", vendor_id="0x10de")
-    snap = Inspector(Settings(policy=parse(text))).judge(INVENTORY)
+    snap = with_policy(text).judge(INVENTORY)
     assert snap.verdicts[GPU.name].eligible
     assert not snap.verdicts[NIC.name].eligible
     assert "no allow rule matches" in snap.verdicts[NIC.name].reasons[-1]

@@ -14,8 +14,8 @@ from pathlib import Path
 import hosts
 import pytest
 from sysfs_builder import SysfsTree
-from test_cli import EXE
-from test_server import free_port
+from helpers import EXE
+from helpers import free_port
 
 GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
 PROMETHEUS = shutil.which("prometheus")

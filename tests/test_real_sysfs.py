@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from test_cli import EXE
+from helpers import EXE
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.sources.sysfs import SysfsSource

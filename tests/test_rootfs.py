@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hosts
-from conftest import judge_tree
+from helpers import judge_tree
 
-from passthrough_exporter.sources.rootfs import root_mount
+from passthrough_exporter.sysfs.rootfs import root_mount
 from passthrough_exporter.sources.sysfs import SysfsSource
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import hosts
 import pytest
-from conftest import judge_tree
+from helpers import judge_tree
 from hosts import INTEL, NVIDIA
 
-from passthrough_exporter.isolation import group_layout_hash, group_layout_id
+from passthrough_exporter.facts import Facts, group_layout_hash
 from passthrough_exporter.plugins.safety import CODES
 from passthrough_exporter.sources.sysfs import SysfsSource
 
@@ -24,14 +24,8 @@ def found(snap) -> dict[str, list[tuple[str, str, str]]]:
     return out
 
 
-def clean_host(t) -> None:
-    """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR: nothing to report."""
-    hosts.base(t)
-    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus")
-
-
 def test_clean_host_has_no_findings(tree):
-    clean_host(tree)
+    hosts.clean_host(tree)
     tree.root_mount("0:31", "rootfs", fstype="tmpfs")  # known, but a diskless host: only the info below
     snap = judge_tree(tree)
     assert [(f.code, f.severity, f.subject) for f in snap.findings] == [("root_device_unknown", "info", "host")]
@@ -78,7 +72,7 @@ def test_no_iommu_finding_without_pci_devices_or_with_groups(tree):
     ("unsafe_noiommu", lambda t: t.module_param("vfio", "enable_unsafe_noiommu_mode", "Y"), "enable_unsafe_noiommu_mode=Y"),
 ])
 def test_weakened_isolation_is_critical(tree, code, setup, fact):
-    clean_host(tree)
+    hosts.clean_host(tree)
     setup(tree)
     f = found(judge_tree(tree))
     [(sev, subject, msg)] = f[code]
@@ -87,7 +81,7 @@ def test_weakened_isolation_is_critical(tree, code, setup, fact):
 
 
 def test_weakened_settings_off_give_no_findings(tree):
-    clean_host(tree)
+    hosts.clean_host(tree)
     tree.module_param("vfio_iommu_type1", "allow_unsafe_interrupts", "N")
     tree.module_param("vfio", "enable_unsafe_noiommu_mode", "N")
     tree.cmdline("root=/dev/sda1 intel_iommu=on iommu=pt -- pcie_acs_override=downstream")  # after --: init's
@@ -243,7 +237,8 @@ def test_group_layout_hash_is_stable_and_follows_regrouping(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{12}", group_layout_hash(a))
     assert group_layout_hash(a) == group_layout_hash(b)  # drivers do not change the layout
     assert group_layout_hash(layout("c", audio_group=3)) != group_layout_hash(a)
-    assert group_layout_id(a) == int(group_layout_hash(a), 16) and float(group_layout_id(a)) == group_layout_id(a)
+    layout_id = Facts.of(a).layout_id
+    assert layout_id == int(group_layout_hash(a), 16) and float(layout_id) == layout_id
 
 
 def test_every_code_is_catalogued_and_documented(tree):

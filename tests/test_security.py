@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reliability import inspector, request, serve_quick, served
 from sysfs_builder import SysfsTree
-from test_cli import EXE
+from helpers import EXE
 
 from passthrough_exporter.refresher import Refresher
 from passthrough_exporter.server import ExporterServer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hosts
-from conftest import judge_tree
+from helpers import judge_tree
 
 
 def parents(snap):

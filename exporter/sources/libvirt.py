@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from passthrough_exporter.model import Device, HostFacts, Inventory
-from passthrough_exporter.sources import SourceError
-from passthrough_exporter.sources.libvirt_assign import assign
-from passthrough_exporter.sources.libvirt_fill import SysfsFiller
-from passthrough_exporter.sources.libvirt_xml import BadXML, NodeDevice, domain_hostdevs, node_device
+from ..model import Device, HostFacts, Inventory
+from . import SOURCES, SourceError
+from .libvirt_assign import assign
+from .libvirt_fill import SysfsFiller
+from .libvirt_xml import BadXML, NodeDevice, domain_hostdevs, node_device
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class LibvirtSource:
     """Reads node devices and domains from a libvirt URI (qemu:///system, test:///path/host.xml ...)."""
 
     name = "libvirt"
+    error_kinds = SOURCES["libvirt"].error_kinds
 
     def __init__(
         self,

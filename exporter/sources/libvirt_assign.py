@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from passthrough_exporter.model import Device
-from passthrough_exporter.sources.libvirt_xml import HostdevRef
+from ..model import Device
+from .libvirt_xml import HostdevRef
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Fill what libvirt's node-device XML leaves out (reset methods, boot VGA, the driver in some
 versions, ...) from the host's sysfs, when the device is there and is the same device.
 
-The sysfs source's own reader builds the sysfs view, so both sources read an attribute the same
-way. A field is only filled where libvirt said nothing; each filled device carries a note.
+The sysfs library's per-bus readers build the sysfs view, so both sources read an attribute the
+same way. A field is only filled where libvirt said nothing; each filled device carries a note.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ import logging
 import os
 from dataclasses import fields, replace
 
-from passthrough_exporter.model import Device, HostFacts
-from passthrough_exporter.sources.sysfs import _Reader, with_root_devices
+from ..model import Device, HostFacts
+from ..sysfs import Reader
+from ..sysfs.devices import READERS, Fields
+from ..sysfs.host import host_facts
+from ..sysfs.rootfs import root_devices
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ class SysfsFiller:
         """The devices with sysfs' values where libvirt had none; host facts when sysfs is this host's."""
         if not os.path.isdir(os.path.join(self.sysfs, "bus")):
             return devices, None
-        reader = _Reader(self.sysfs, self.procfs)
+        reader = Reader(self.sysfs, self.procfs)
         out: list[Device] = []
         seen_at: dict[str, Device] = {}  # canonical sysfs directory -> the device as libvirt names it
         for dev in devices:
@@ -48,36 +51,40 @@ class SysfsFiller:
             seen_at[path] = merged
             out.append(merged)
         # No device matched: this sysfs is some other machine's (a container's), not the host's facts either.
-        host = with_root_devices(reader.host(), reader, seen_at) if seen_at else None
+        host = None
+        if seen_at:
+            host = host_facts(reader)
+            roots = root_devices(reader, {p: d.name for p, d in seen_at.items()},
+                                 {d.name: d.type for d in seen_at.values()})
+            if roots is not None:
+                host = replace(host, root_devices=roots[0], root_disks=roots[1])
         for kind, n in reader.errors.items():
             errors[kind] = errors.get(kind, 0) + n
         return out, host
 
-    def _sysfs_view(self, reader: _Reader, dev: Device) -> tuple[str, Device] | None:
+    def _sysfs_view(self, reader: Reader, dev: Device) -> tuple[str, Fields] | None:
         bus = BUS.get(dev.type)
         if bus is None or not dev.address:
             return None
         path = os.path.realpath(os.path.join(self.sysfs, "bus", bus, "devices", dev.address))
         try:
-            attrs = set(os.listdir(path))
-            build = {"pci": reader.pci, "usb": reader.usb, "scsi": reader.scsi}[bus]
-            seen = build(dev.address, path, attrs)
+            seen = READERS[bus](reader, dev.address, path, reader.entries(path))
         except (OSError, ValueError):
             return None  # not on this host, or unreadable: keep libvirt's view as it is
-        if seen is None or seen.type != dev.type:
+        if seen is None or seen["type"] != dev.type:
             return None
-        if (dev.vendor_id, dev.product_id) != (seen.vendor_id, seen.product_id) and dev.vendor_id:
+        if (dev.vendor_id, dev.product_id) != (seen.get("vendor_id"), seen.get("product_id")) and dev.vendor_id:
             log.debug("%s: sysfs at %s holds another device; not filled", dev.name, path)
             return None
         return path, seen
 
 
-def _merge(dev: Device, seen: Device) -> Device:
+def _merge(dev: Device, seen: Fields) -> Device:
     filled: dict[str, object] = {}
     for key, default in _DEFAULTS.items():
         if key in KEEP:
             continue
-        ours, theirs = getattr(dev, key), getattr(seen, key)
+        ours, theirs = getattr(dev, key), seen.get(key, default)
         if theirs == default or theirs == ours:
             continue
         if ours == default or key in SYSFS_ONLY:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from passthrough_exporter.model import COMPUTER, Device, device_name
+from ..model import COMPUTER, Device, device_name
+from ..sysfs.attrs import BadAttribute, hex_id
 
 MAX_XML_BYTES = 1 << 20  # a node device is a few KiB; VPD-heavy NICs stay far below this
 
@@ -68,12 +69,12 @@ def _int(text: str | None, base: int = 10) -> int | None:
 
 
 def _hex_id(el: etree._Element | None, width: int) -> str | None:
-    if el is None:
+    if el is None or el.get("id") is None:
         return None
-    value = _int(el.get("id"), 16)
-    if value is None or value >= 16**width:
+    try:
+        return hex_id(el.get("id"), width)
+    except BadAttribute:
         return None
-    return f"0x{value:0{width}x}"
 
 
 def _text(el: etree._Element | None) -> str | None:

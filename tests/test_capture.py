@@ -1,4 +1,4 @@
-"""`snapshot`: fixture and real hosts survive snapshot -> unpack -> `devices --json` unchanged;
+"""`capture`: fixture and real hosts survive capture -> unpack -> `devices --json` unchanged;
 the archive holds only what the source reads, with safe names and no secrets."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import hosts
 import pytest
 import umockdev_tree
 from sysfs_builder import SysfsTree
-from test_cli import EXE
+from helpers import EXE
 
 from passthrough_exporter.sources.sysfs import SysfsSource
 
 
-def snapshot(sysfs, procfs, output, *extra):
+def capture(sysfs, procfs, output, *extra):
     return subprocess.run(
-        [EXE, "snapshot", "--output", str(output), "--path.sysfs", str(sysfs), "--path.procfs", str(procfs), *extra],
+        [EXE, "capture", "--output", str(output), "--path.sysfs", str(sysfs), "--path.procfs", str(procfs), *extra],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -49,7 +49,7 @@ def members(archive: Path) -> dict[str, tarfile.TarInfo]:
 
 def round_trip(tmp_path: Path, sysfs, procfs, *extra) -> tuple[Path, Path]:
     archive = tmp_path / "host.tar.gz"
-    out = snapshot(sysfs, procfs, archive, *extra)
+    out = capture(sysfs, procfs, archive, *extra)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"wrote {archive}: ") and out.stdout.count("\n") == 1
     return archive, unpack(archive, tmp_path / "unpacked")
@@ -157,7 +157,7 @@ def test_serials_only_when_asked(tree, tmp_path):
     assert not [n for n in members(archive) if n.endswith("/serial")]
 
     again = tmp_path / "with-serials.tar.gz"
-    assert snapshot(tree.sys, tree.proc, again, "--include-serials").returncode == 0
+    assert capture(tree.sys, tree.proc, again, "--include-serials").returncode == 0
     with tarfile.open(again) as tar:
         serials = [m for m in tar.getmembers() if m.name.endswith("/serial")]
         assert [tar.extractfile(m).read() for m in serials] == [b"4C530001230117115290\n"]
@@ -199,19 +199,19 @@ def test_refuses_to_overwrite_without_force(tree, tmp_path):
     hosts.base(tree)
     archive = tmp_path / "host.tar.gz"
     archive.write_bytes(b"keep me")
-    out = snapshot(tree.sys, tree.proc, archive)
+    out = capture(tree.sys, tree.proc, archive)
     assert out.returncode == 1 and "exists; use --force" in out.stderr and "Traceback" not in out.stderr
     assert archive.read_bytes() == b"keep me"
-    assert snapshot(tree.sys, tree.proc, archive, "--force").returncode == 0
+    assert capture(tree.sys, tree.proc, archive, "--force").returncode == 0
     assert tarfile.is_tarfile(archive)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["host", "host.tar.gz"]  # no temp file left
 
 
 def test_clear_errors(tmp_path):
-    out = snapshot(tmp_path / "nope", tmp_path, tmp_path / "x.tar.gz")
+    out = capture(tmp_path / "nope", tmp_path, tmp_path / "x.tar.gz")
     assert out.returncode == 1 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "x.tar.gz").exists()
-    out = snapshot(tmp_path, tmp_path, tmp_path / "missing-dir" / "x.tar.gz")
+    out = capture(tmp_path, tmp_path, tmp_path / "missing-dir" / "x.tar.gz")
     assert out.returncode == 1 and "cannot write in" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -234,7 +234,7 @@ def test_real_sysfs_round_trips(tmp_path):
     assert all(m.size <= 64 for n, m in members(archive).items() if n.endswith("/config"))
 
 
-def test_snapshot_of_a_snapshot_is_the_same(tree, tmp_path):
+def test_capture_of_a_capture_is_the_same(tree, tmp_path):
     """The unpacked tree holds everything a read needs: capturing it again (through a symlinked,
     relative root) gives the same members with the same contents."""
     hosts.workstation(tree)
@@ -242,7 +242,7 @@ def test_snapshot_of_a_snapshot_is_the_same(tree, tmp_path):
     first, copy = round_trip(tmp_path, tree.sys, tree.proc)
     (tmp_path / "via").symlink_to(copy / "sys")
     second = tmp_path / "second.tar.gz"
-    out = subprocess.run([EXE, "snapshot", "-o", second.name, "--path.sysfs", "via", "--path.procfs", "unpacked/proc"],
+    out = subprocess.run([EXE, "capture", "-o", second.name, "--path.sysfs", "via", "--path.procfs", "unpacked/proc"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
 

@@ -1,4 +1,4 @@
-"""The site policy file: allow/deny rules with device selectors, parsed once at start.
+"""The site policy file format: allow/deny rules with device selectors, parsed once at start.
 
 Selectors follow Nova's `[pci] device_spec` and KubeVirt's `permittedHostDevices`::
 
@@ -16,7 +16,7 @@ Selectors follow Nova's `[pci] device_spec` and KubeVirt's `permittedHostDevices
     product_id = ["0x2484", "0x2206"]
 
 Every selector a rule names must match (AND); a list matches any of its values (OR).
-The built-in `policy` plugin turns matching rules into verdicts; deny beats allow.
+The `policy` plugin (this package) turns matching rules into verdicts; deny beats allow.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from passthrough_exporter.model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
-from passthrough_exporter.settings import ConfigError
+from ...model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
+from ...settings import ConfigError
+from ...sysfs.attrs import BadAttribute, hex_id
 
 ACTIONS = ("allow", "deny")
 UNMATCHED = ("abstain", "deny")
@@ -160,10 +161,10 @@ def _values(value: Any, kind: type, what: str) -> list[Any]:
 
 
 def _hex_id(text: str) -> str:
-    m = _HEX.fullmatch(text.strip().lower())
-    if not m or len(m.group(1)) > 4:
-        raise ValueError(f"{text!r} is not a 4-digit hex id like \"0x10de\"")
-    return f"0x{int(m.group(1), 16):04x}"
+    try:
+        return hex_id(text, 4)
+    except BadAttribute:
+        raise ValueError(f"{text!r} is not a 4-digit hex id like \"0x10de\"") from None
 
 
 def _id_selector(field: str) -> Callable[[Any], tuple[Any, Match]]:

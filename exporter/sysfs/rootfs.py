@@ -1,24 +1,22 @@
-"""Which block devices hold the root filesystem: `<procfs>/self/mountinfo` and `<sysfs>/dev/block`.
+"""Which devices hold the root filesystem: `<procfs>/1/mountinfo` and `<sysfs>/dev/block`.
 
-Part of the sysfs source (host data, read-only). The answer is a list of canonical sysfs
-directories of the physical block devices under `/`, after following device-mapper and md
-(`slaves/`) and NVMe multipath heads (`multipath/`) down to the disks or partitions they use.
-The caller maps those directories to the listed devices above them.
+The root mount's block device is followed down through device-mapper and md (`slaves/`) and NVMe
+multipath heads (`multipath/`) to the disks or partitions it uses; the listed devices above
+those, up to and including their PCI function, are the devices the host cannot give away.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
 
-if TYPE_CHECKING:  # sysfs imports this module
-    from passthrough_exporter.sources.sysfs import Trace
+from .files import Reader, error_kind
 
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 16  # stacked block devices (dm on md on partitions ...) never nest this deep
+MOUNTINFO_LIMIT = 4 << 20  # bytes; a host with 20,000 mounts has about 3 MB
 
 
 def _unescape(field: str) -> str:
@@ -33,10 +31,6 @@ def _unescape(field: str) -> str:
             out.append(field[i])
             i += 1
     return "".join(out)
-
-
-def _kind(exc: OSError) -> str:
-    return "vanished" if isinstance(exc, NotADirectoryError) else "read_error"
 
 
 def root_mount(mountinfo: str) -> tuple[str, str] | None:
@@ -61,7 +55,7 @@ def _root_line(mountinfo: str) -> tuple[str, tuple[str, str]] | None:
     return found
 
 
-def _block_dir_for_source(sysfs: str, source: str, trace: Trace | None) -> str | None:
+def _block_dir_for_source(reader: Reader, source: str) -> str | None:
     """The block directory of a mount source like /dev/sda2 or /dev/mapper/vg-root.
 
     Needed when the root mount's device number is anonymous (0:N: btrfs, and similar).
@@ -69,34 +63,24 @@ def _block_dir_for_source(sysfs: str, source: str, trace: Trace | None) -> str |
     if not source.startswith("/dev/"):
         return None
     name = os.path.basename(source)
-    path = os.path.join(sysfs, "class", "block", name)
+    path = os.path.join(reader.sysfs, "class", "block", name)
     if os.path.exists(path):
-        return _resolve(path, trace)
+        return reader.resolve(path)
     if source.startswith("/dev/mapper/"):  # device-mapper names live in dm/name
-        vblock = os.path.join(sysfs, "devices", "virtual", "block")
+        vblock = os.path.join(reader.sysfs, "devices", "virtual", "block")
         for dm in sorted(os.listdir(vblock)) if os.path.isdir(vblock) else ():
-            from passthrough_exporter.sources.sysfs import _read_bytes  # sysfs imports this module
-
             try:
-                data = _read_bytes(os.path.join(vblock, dm, "dm", "name"), 4096)
+                data = reader.read_bytes(os.path.join(vblock, dm, "dm", "name"), 4096)
             except OSError:
                 continue
             if data.decode(errors="replace").strip() == name:
-                if trace is not None:
-                    trace.listed[vblock] = (dm,)
-                    trace.files[os.path.join(vblock, dm, "dm", "name")] = data
-                return _resolve(os.path.join(vblock, dm), trace)
+                if reader.trace is not None:
+                    reader.trace.listed[vblock] = (dm,)
+                return reader.resolve(os.path.join(vblock, dm))
     return None
 
 
-def _resolve(path: str, trace: Trace | None) -> str:
-    real = os.path.realpath(path)
-    if trace is not None:  # a snapshot must hold the link and where it leads
-        trace.resolved[path] = real
-    return real
-
-
-def _backing(path: str, depth: int, seen: set[str], out: list[str], trace: Trace | None) -> None:
+def _backing(reader: Reader, path: str, depth: int, seen: set[str], out: list[str]) -> None:
     """Follow stacked devices down to the disks (or partitions) that hold the data."""
     if path in seen or depth > MAX_DEPTH:
         return
@@ -106,18 +90,16 @@ def _backing(path: str, depth: int, seen: set[str], out: list[str], trace: Trace
         d = os.path.join(path, sub)
         if os.path.isdir(d):
             entries = sorted(os.listdir(d))
-            if trace is not None:
-                trace.listed[d] = tuple(entries)
-            lower += [_resolve(os.path.join(d, e), trace) for e in entries]
+            if reader.trace is not None:
+                reader.trace.listed[d] = tuple(entries)
+            lower += [reader.resolve(os.path.join(d, e)) for e in entries]
     if not lower:
         out.append(path)
     for p in lower:
-        _backing(p, depth + 1, seen, out, trace)
+        _backing(reader, p, depth + 1, seen, out)
 
 
-def root_block_dirs(
-    sysfs: str, procfs: str, count: Callable[[str], None], trace: Trace | None = None
-) -> list[str] | None:
+def root_block_dirs(reader: Reader) -> list[str] | None:
     """Canonical sysfs directories of the block devices under `/`.
 
     None when no mountinfo can be read (a partial capture: nothing known). [] when it was read but
@@ -125,43 +107,64 @@ def root_block_dirs(
     """
     # PID 1's view first: in a container given the host's /proc (as node_exporter reads
     # 1/mountinfo), `self` is the container's overlay root, not the host's.
-    text = None
+    text = path = None
     for pid in ("1", "self"):
-        path = os.path.join(procfs, pid, "mountinfo")
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read(4 << 20)
+        path = os.path.join(reader.procfs, pid, "mountinfo")
+        text = reader.text_file(path, MOUNTINFO_LIMIT, quiet=(PermissionError,))
+        if text is not None:
             break
-        except (FileNotFoundError, PermissionError):
-            continue
-        except OSError as exc:
-            log.warning("cannot read %s: %s", path, exc)
-            count(_kind(exc))
-            return None
-    if text is None:
+    if text is None or path is None:
         return None
     found = _root_line(text)
     if found is None:
         log.warning("%s has no mount on /", path)
-        count("bad_attribute")
+        reader.count("bad_attribute")
         return []
     line, (number, source) = found
-    if trace is not None:  # only the root mount's line: the rest of the mount table is not ours to copy
-        trace.files[path] = (line + "\n").encode()
+    if reader.trace is not None:  # only the root mount's line: the rest of the mount table is not ours to copy
+        reader.trace.files[path] = (line + "\n").encode()
     start = None
     if not number.startswith("0:"):
-        link = os.path.join(sysfs, "dev", "block", number)
+        link = os.path.join(reader.sysfs, "dev", "block", number)
         if os.path.exists(link):
-            start = _resolve(link, trace)
+            start = reader.resolve(link)
     if start is None:
-        start = _block_dir_for_source(sysfs, source, trace)
+        start = _block_dir_for_source(reader, source)
     if start is None:
-        log.info("root filesystem (%s, %s) is not on a block device of %s", number, source, sysfs)
+        log.info("root filesystem (%s, %s) is not on a block device of %s", number, source, reader.sysfs)
         return []
     out: list[str] = []
     try:
-        _backing(start, 0, set(), out, trace)
+        _backing(reader, start, 0, set(), out)
     except OSError as exc:
         log.warning("cannot follow the root block device %s: %s", start, exc)
-        count("read_error")
+        reader.count(error_kind(exc))
     return out
+
+
+def listed_ancestors(path: str, names: Mapping[str, str], root: str) -> Iterator[str]:
+    """The listed devices at `path` and above it, nearest first, up to the sysfs root."""
+    while len(path) > len(root):
+        name = names.get(path)
+        if name is not None:
+            yield name
+        path = os.path.dirname(path)
+
+
+def root_devices(reader: Reader, names: Mapping[str, str], kinds: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(devices, disks) behind the root filesystem, or None when that cannot be told.
+
+    `names` maps each listed device's canonical directory to its name, `kinds` a name to its type.
+    The devices are those from each disk up to its PCI function, inclusive (not the bridges above).
+    """
+    blocks = root_block_dirs(reader)
+    if blocks is None:
+        return None
+    root = os.path.realpath(reader.sysfs)
+    found: dict[str, None] = {}
+    for block in blocks:
+        for name in listed_ancestors(block, names, root):
+            found[name] = None
+            if kinds[name] == "pci":
+                break
+    return tuple(sorted(found)), tuple(os.path.basename(b) for b in blocks)

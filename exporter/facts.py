@@ -1,6 +1,8 @@
-"""Facts about isolation derived from an inventory: VFIO group viability and weakened-isolation settings.
+"""Facts derived from an inventory once per refresh: how VFIO sees each IOMMU group, what weakens
+isolation, which devices the root filesystem pins, and the group layout's fingerprint.
 
-Shared by the metrics collector and the safety findings, so both always agree.
+Computed once by the inspector before any rule runs, handed to the hooks as `facts`, and carried
+on the judged snapshot, so the findings, the metrics and `check` always agree.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from passthrough_exporter.model import Device, HostFacts, Inventory
+from .model import Device, HostFacts, Inventory
 
 VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci and other vfio-* drivers
 BRIDGE_CLASSES = ("0x0604", "0x0607", "0x0609")  # PCI-PCI, CardBus, semi-transparent bridges
@@ -45,13 +47,45 @@ class GroupStatus:
         """Part of the group is handed to VMs while the host still drives the rest."""
         return bool(self.vfio) and bool(self.host)
 
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(n for n in self.devices if n not in self.bridges)
 
-def group_status(inventory: Inventory) -> Mapping[int, GroupStatus]:
-    """Each IOMMU group's members sorted by how VFIO sees them; computed once per inventory."""
-    return inventory.derived("group_status", _group_status)
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What every rule, metric and report needs about the host beyond single devices."""
+
+    groups: Mapping[int, GroupStatus]  # by group number
+    weakened: Mapping[str, bool]  # each of WEAKENED_REASONS -> whether it holds
+    root_functions: tuple[str, ...]  # PCI functions behind the root filesystem that are listed
+    root_peers: Mapping[str, str]  # device -> the root filesystem's function whose group it shares
+    layout_hash: str  # group_layout_hash()
+
+    @classmethod
+    def of(cls, inventory: Inventory) -> Facts:
+        roots = root_pci_functions(inventory)
+        peers: dict[str, str] = {}
+        for root in roots:
+            for peer in inventory.group_peers(root):
+                peers.setdefault(peer, root)
+        return cls(
+            groups=MappingProxyType(group_status(inventory)),
+            weakened=MappingProxyType(weakened(inventory.host)),
+            root_functions=roots,
+            root_peers=MappingProxyType(peers),
+            layout_hash=group_layout_hash(inventory),
+        )
+
+    @property
+    def layout_id(self) -> int:
+        """`layout_hash` as an integer, exact in a float64 sample value: published as
+        `passthrough_iommu_group_layout_hash`, so an alert can fire on `changes(...[1h]) > 0`."""
+        return int(self.layout_hash, 16)
 
 
-def _group_status(inventory: Inventory) -> Mapping[int, GroupStatus]:
+def group_status(inventory: Inventory) -> dict[int, GroupStatus]:
+    """Each IOMMU group's members sorted by how VFIO sees them."""
     out = {}
     for number, members in inventory.groups.items():
         vfio, host, bridges = [], [], []
@@ -64,7 +98,7 @@ def _group_status(inventory: Inventory) -> Mapping[int, GroupStatus]:
             elif dev.driver is not None:
                 host.append(name)
         out[number] = GroupStatus(number, members, tuple(vfio), tuple(host), tuple(bridges))
-    return MappingProxyType(out)
+    return out
 
 
 def _flag(params: Mapping[str, str], key: str) -> bool:
@@ -98,29 +132,7 @@ def group_layout_hash(inventory: Inventory) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def group_layout_id(inventory: Inventory) -> int:
-    """`group_layout_hash` as an integer, exact in a float64 sample value.
-
-    The collector publishes it as `passthrough_iommu_group_layout_hash` (a gauge), so an alert
-    can fire on `changes(passthrough_iommu_group_layout_hash[1h]) > 0`.
-    """
-    return int(group_layout_hash(inventory), 16)
-
-
 def root_pci_functions(inventory: Inventory) -> tuple[str, ...]:
     """The PCI functions behind the root filesystem that this inventory lists."""
     roots = inventory.host.root_devices or ()
     return tuple(n for n in roots if (d := inventory.get(n)) is not None and d.type == "pci")
-
-
-def root_group_peers(inventory: Inventory) -> Mapping[str, str]:
-    """Device -> the root filesystem's PCI function whose IOMMU group it shares (computed once)."""
-    return inventory.derived("root_group_peers", _root_group_peers)
-
-
-def _root_group_peers(inventory: Inventory) -> Mapping[str, str]:
-    out: dict[str, str] = {}
-    for root in root_pci_functions(inventory):
-        for peer in inventory.group_peers(root):
-            out.setdefault(peer, root)
-    return MappingProxyType(out)

@@ -1,0 +1,158 @@
+"""The per-bus readers: one device directory of /sys/bus/{pci,usb,scsi}/devices -> its fields.
+
+Each reader returns the keyword arguments of a `Device` except its parent, which the caller
+resolves from where the directories sit before building the device. Attributes a device can do
+without are optional (missing: None; garbage: None and counted); a missing or garbage identity
+attribute (a PCI vendor id, a USB idVendor) raises, and the caller skips the whole device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Collection
+from typing import Any
+
+from ..model import device_name
+from .attrs import BadAttribute, escape_bytes, hex_id, parse_int
+from .files import Reader, error_kind
+
+log = logging.getLogger(__name__)
+
+CONFIG_HEADER = 64  # the standard PCI header: all we read of config space
+
+Fields = dict[str, Any]
+
+
+def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:
+    def need(attr: str, width: int) -> str:
+        return hex_id(reader.attr(f"{path}/{attr}"), width)
+
+    def opt(attr: str, parse: Callable[[str], Any]) -> Any:
+        return reader.optional(attrs, path, attr, parse, sysname)
+
+    group = reader.link_name(path, "iommu_group") if "iommu_group" in attrs else None
+    numa = opt("numa_node", parse_int)
+    physfn = reader.link_name(path, "physfn") if "physfn" in attrs else None
+    virtfns = sorted((a for a in attrs if a.startswith("virtfn") and a[6:].isdigit()), key=lambda a: int(a[6:]))
+    if "reset_method" in attrs:
+        reset_methods: tuple[str, ...] | None = tuple((opt("reset_method", str) or "").split())
+    else:
+        reset_methods = None if "reset" in attrs else ()
+    return {
+        "name": device_name("pci", sysname),
+        "type": "pci",
+        "address": escape_bytes(sysname),
+        "vendor_id": need("vendor", 4),
+        "product_id": need("device", 4),
+        "pci_class": need("class", 6),
+        "subsystem_vendor_id": opt("subsystem_vendor", lambda s: hex_id(s, 4)),
+        "subsystem_product_id": opt("subsystem_device", lambda s: hex_id(s, 4)),
+        "driver": reader.link_name(path, "driver") if "driver" in attrs else None,
+        "iommu_group": _group_number(reader, group, sysname),
+        "numa_node": None if numa is None or numa < 0 else numa,
+        "boot_vga": opt("boot_vga", lambda s: s == "1") or False,
+        "reset_methods": reset_methods,
+        "header_type": _header_type(reader, path, attrs, sysname),
+        "physfn": device_name("pci", physfn) if physfn else None,
+        "virtfns": tuple(device_name("pci", n) for n in (reader.link_name(path, v) for v in virtfns) if n),
+        "sriov_totalvfs": opt("sriov_totalvfs", parse_int),
+        "sriov_numvfs": opt("sriov_numvfs", parse_int),
+    }
+
+
+def _group_number(reader: Reader, group: str | None, sysname: str) -> int | None:
+    if group is None:
+        return None
+    try:
+        return parse_int(group)
+    except BadAttribute:
+        log.warning("%s: iommu_group link to %r is not a group number", sysname, group)
+        reader.count("bad_attribute")
+        return None
+
+
+def _header_type(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> int | None:
+    if "config" not in attrs:
+        return None
+    try:
+        header = reader.read_bytes(os.path.join(path, "config"), CONFIG_HEADER)
+    except OSError as exc:
+        reader.count(error_kind(exc))
+        log.warning("%s: config unreadable: %s", sysname, exc)
+        return None
+    if len(header) < 0x0F:
+        log.warning("%s: config space too short (%d bytes)", sysname, len(header))
+        reader.count("bad_attribute")
+        return None
+    return header[0x0E] & 0x7F  # bit 7 only says "multi-function"
+
+
+def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:
+    def opt(attr: str, parse: Callable[[str], Any]) -> Any:
+        return reader.optional(attrs, path, attr, parse, sysname)
+
+    driver = reader.link_name(path, "driver") if "driver" in attrs else None
+    name, address = device_name("usb", sysname), escape_bytes(sysname)
+    if ":" in sysname:  # an interface: 1-1.2:1.0
+        return {"name": name, "type": "usb", "address": address,
+                "usb_class": opt("bInterfaceClass", lambda s: hex_id(s, 2)[2:]), "driver": driver}
+    return {
+        "name": name,
+        "type": "usb_device",
+        "address": address,
+        "vendor_id": hex_id(reader.attr(os.path.join(path, "idVendor")), 4),
+        "product_id": hex_id(reader.attr(os.path.join(path, "idProduct")), 4),
+        "vendor": opt("manufacturer", str),
+        "product": opt("product", str),
+        "usb_class": opt("bDeviceClass", lambda s: hex_id(s, 2)[2:]),
+        "busnum": opt("busnum", parse_int),
+        "devnum": opt("devnum", parse_int),
+        "driver": driver,
+    }
+
+
+def usb_name_parent(sysname: str) -> str | None:
+    """The parent a USB sysname encodes: 1-1.2:1.0 -> 1-1.2 -> 1-1 -> usb1."""
+    if ":" in sysname:
+        return sysname.split(":", 1)[0]
+    if "." in sysname:
+        return sysname.rsplit(".", 1)[0]
+    if "-" in sysname:
+        return "usb" + sysname.split("-", 1)[0]
+    return None
+
+
+def scsi_type(sysname: str) -> str | None:
+    """What a SCSI bus entry is, from its name alone; None for other devices on the bus."""
+    if sysname.startswith("host"):
+        return "scsi_host"
+    if sysname.startswith("target"):
+        return "scsi_target"
+    return "scsi" if sysname.count(":") == 3 else None
+
+
+def scsi(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields | None:
+    kind = scsi_type(sysname)
+    if kind is None:
+        return None
+    base: Fields = {"name": device_name("scsi", sysname), "type": kind, "address": escape_bytes(sysname)}
+    if kind != "scsi":
+        return base
+
+    def opt(attr: str, parse: Callable[[str], Any]) -> Any:
+        return reader.optional(attrs, path, attr, parse, sysname)
+
+    base.update(
+        vendor=opt("vendor", str),
+        product=opt("model", str),
+        scsi_type=opt("type", parse_int),
+        driver=reader.link_name(path, "driver") if "driver" in attrs else None,
+        block_devices=tuple(map(escape_bytes, reader.listdir(os.path.join(path, "block")))) if "block" in attrs else (),
+    )
+    return base
+
+
+READERS: dict[str, Callable[[Reader, str, str, Collection[str]], Fields | None]] = {
+    "pci": pci, "usb": usb, "scsi": scsi,
+}
