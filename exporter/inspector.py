@@ -150,6 +150,7 @@ class Inspector:
         disabled_plugins: Sequence[str] = (),
     ) -> None:
         self.pm = plugin_manager or make_plugin_manager(plugins, disabled_plugins)
+        _refuse_wrappers(self.pm)  # also for plugins registered on a manager made elsewhere
         self.settings = configure(self.pm, options, plugins, disabled_plugins)
 
     def checks(self) -> list[Check]:

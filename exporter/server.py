@@ -16,10 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from passthrough_exporter import __version__
-from passthrough_exporter.query import QueryError, device, select
-from passthrough_exporter.refresher import Refresher
-from passthrough_exporter.webconfig import WebConfig
+from . import __version__
+from .query import QueryError, device, select
+from .refresher import Refresher
+from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 

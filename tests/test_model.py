@@ -34,8 +34,12 @@ def test_self_parent_and_cycles_terminate():
     for name in ("pci_a", "pci_b", "pci_c", "pci_d", "pci_e"):
         walked = list(inv.descendants(name))
         assert len(walked) == len(set(walked)) and name not in walked
+    # The walk starts at pci_b and finds the ring back at it: pci_b's own link (to pci_c) is the one cut,
+    # leaving pci_b -> pci_d -> pci_c -> pci_e.
+    assert inv.children["pci_b"] == ("pci_d",) and inv.children["pci_d"] == ("pci_c",)
     snap = Inspector().judge(inv)
-    assert "pci_e" in snap.affected["pci_b"] or "pci_e" in snap.affected["pci_d"]
+    assert snap.affected["pci_b"] == ("pci_c", "pci_d", "pci_e")
+    assert snap.affected["pci_d"] == ("pci_c", "pci_e")
 
 
 def test_duplicates_keep_the_first():

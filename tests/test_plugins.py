@@ -86,11 +86,35 @@ def test_plugins_lists_name_distribution_and_version(example_installed):
     own = metadata.version("passthrough-exporter")
     assert ["pci", "passthrough-exporter", own, "passthrough_exporter.plugins.pci"] in rows
     assert ["policy", "passthrough-exporter", own, "passthrough_exporter.plugins.policy"] in rows
-    assert ["amd_reset_bug", "passthrough-example-rules", "1.2.0", "passthrough_example_rules"] in rows
+    assert ["amd_reset_bug", "passthrough-example-rules", "1.3.0", "passthrough_example_rules"] in rows
     listed = json.loads(run(None, "--json", "--disable-plugin", "usb", command="plugins").stdout)
     names = [r["name"] for r in listed]
     assert names == sorted(names) and "usb" not in names and {"pci", "scsi", "policy"} <= set(names)
     assert next(r for r in listed if r["name"] == "scsi")["hooks"] == "passthrough_affected,passthrough_verdict"
+
+
+def test_example_plugin_adds_an_option_a_finding_with_its_fix_and_a_check(host, example_installed):
+    """Everything a third-party pack needs, without a line of it in the core."""
+    env = example_installed
+    helptext = run(None, "--help", command="devices", env=env).stdout
+    assert "amd_reset_bug plugin:" in helptext and "--amd-reset-bug.vendor-reset" in helptext
+    out = run(host, command="check", env=env)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("AMD GPUs come back after a VM stops"))
+    assert lines[at].endswith(": WARN")
+    assert lines[at + 1] == (f"    warning gpu_reset_bug [{NAVI10}]: AMD Navi 10 (RX 5600/5700) needs vendor-reset "
+                             "to be reused by a VM")
+    assert lines[at + 2] == ("    fix: install and load the vendor-reset module (github.com/gnif/vendor-reset), "
+                             "then run the exporter with --amd-reset-bug.vendor-reset")
+    # Its option, read once at start by the pack itself: a warning instead of a denial, no finding.
+    navi = objects(run(host, "--json", "--amd-reset-bug.vendor-reset", env=env))[NAVI10]
+    assert navi["eligible"] is True
+    assert navi["warnings"] == ["AMD Navi 10 (RX 5600/5700): reset bug, handled by vendor-reset"]
+    fixed = run(host, "--amd-reset-bug.vendor-reset", command="check", env=env).stdout
+    assert "AMD GPUs come back after a VM stops" in fixed and "gpu_reset_bug" not in fixed
+    # Without the pack, its option does not exist.
+    assert run(host, "--amd-reset-bug.vendor-reset").returncode == 2
 
 
 # --- --disable-plugin and --plugin ---------------------------------------------------------
@@ -317,3 +341,64 @@ def test_a_caveat_is_not_an_allow(tree):
         assert without[name]["warnings"] == []
     listed = run(tree, "--passthrough", "--disable-plugin", "pci")
     assert listed.returncode == 0 and listed.stdout == ""
+
+
+# --- call order: pluggy's ------------------------------------------------------------------
+
+
+def _ruler(tag: str, **order: bool):
+    class Ruler:
+        @hookimpl(**order)
+        def passthrough_verdict(self, device):
+            return Verdict.allow(tag)
+    return Ruler()
+
+
+def test_hooks_run_in_pluggys_order():
+    """The inspector calls each implementation itself (to contain failures), in exactly the order
+    `pm.hook.passthrough_verdict(...)` calls them: tryfirst first, trylast last, else last registered first."""
+    pm = make_plugin_manager(disabled=("pci", "usb", "scsi", "safety", "policy"))
+    for name, order in [("late", {"trylast": True}), ("a", {}), ("early", {"tryfirst": True}), ("b", {}),
+                        ("late2", {"trylast": True}), ("early2", {"tryfirst": True})]:
+        pm.register(_ruler(name, **order), name=name)
+    inspector = Inspector(plugin_manager=pm)
+    snap = inspector.judge(INV)
+    by_pluggy = pm.hook.passthrough_verdict(device=GPU, inventory=INV, settings=inspector.settings,
+                                            facts=snap.facts)
+    assert [v.reasons[0] for v in by_pluggy] == ["early2", "early", "b", "a", "late", "late2"]
+    assert snap.verdicts[GPU.name].reasons == ("early2", "early", "b", "a", "late", "late2")
+
+
+class Wrapper:
+    @hookimpl(hookwrapper=True)
+    def passthrough_verdict(self, device):
+        yield
+
+
+class NewWrapper:
+    @hookimpl(wrapper=True)
+    def passthrough_findings(self):
+        return (yield)
+
+
+@pytest.mark.parametrize("plugin, hook", [(Wrapper(), "passthrough_verdict"), (NewWrapper(), "passthrough_findings")])
+def test_wrappers_are_refused_at_load_with_one_line(plugin, hook):
+    pm = make_plugin_manager()
+    pm.register(plugin, name="wrapping")
+    with pytest.raises(ConfigError) as err:
+        Inspector(plugin_manager=pm)
+    assert str(err.value) == (f"plugin wrapping: {hook} is a hook wrapper, which passthrough-exporter does not "
+                              "support; implement the hook plainly (tryfirst/trylast set the order)")
+
+
+def test_a_wrapper_module_on_the_command_line_is_one_line(host, tmp_path):
+    (tmp_path / "wrapmod.py").write_text(textwrap.dedent('''
+        from passthrough_exporter import hookimpl
+
+        @hookimpl(hookwrapper=True)
+        def passthrough_verdict(device):
+            yield
+    '''))
+    out = run(host, "--plugin", "wrapmod", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.startswith("passthrough-exporter: plugin wrapmod: passthrough_verdict is a hook wrapper")
