@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -114,10 +115,10 @@ class LibvirtSource:
         raise AssertionError("unreachable")
 
     def _read(self, conn: libvirt.virConnect) -> Inventory:
-        errors: dict[str, int] = {}
+        errors: Counter[str] = Counter()
 
         def count(kind: str) -> None:
-            errors[kind] = errors.get(kind, 0) + 1
+            errors[kind] += 1
 
         nodes = _each_xml(conn.listAllDevices(0), lambda xml, _: node_device(xml),
                           libvirt.VIR_ERR_NO_NODE_DEVICE, "node device", count)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import fields, replace
 
 from ..model import Device, HostFacts
@@ -33,7 +34,7 @@ class SysfsFiller:
         self.procfs = procfs
 
     def fill(
-        self, devices: list[Device], errors: dict[str, int]
+        self, devices: list[Device], errors: Counter[str]
     ) -> tuple[list[Device], HostFacts | None]:
         """The devices with sysfs' values where libvirt had none; host facts when sysfs is this host's."""
         if not os.path.isdir(os.path.join(self.sysfs, "bus")):
@@ -58,8 +59,7 @@ class SysfsFiller:
                                  {d.name: d.type for d in seen_at.values()})
             if roots is not None:
                 host = replace(host, root_devices=roots[0], root_disks=roots[1])
-        for kind, n in reader.errors.items():
-            errors[kind] = errors.get(kind, 0) + n
+        errors.update(reader.errors)
         return out, host
 
     def _sysfs_view(self, reader: Reader, dev: Device) -> tuple[str, Fields] | None:
