@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .model import Device, HostFacts, Inventory
+from .model import KNOWN_TYPES, Device, HostFacts, Inventory
 
 VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci and other vfio-* drivers
 BRIDGE_CLASSES = ("0x0604", "0x0607", "0x0609")  # PCI-PCI, CardBus, semi-transparent bridges
@@ -61,6 +61,9 @@ class Facts:
     root_functions: tuple[str, ...]  # PCI functions behind the root filesystem that are listed
     root_peers: Mapping[str, str]  # device -> the root filesystem's function whose group it shares
     layout_hash: str  # group_layout_hash()
+    # group -> its functions and every device below them: what any one of them takes along (one
+    # set per group, shared by reference by every member's affected set)
+    group_reach: Mapping[int, frozenset[str]]
 
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
@@ -75,6 +78,7 @@ class Facts:
             root_functions=roots,
             root_peers=MappingProxyType(peers),
             layout_hash=group_layout_hash(inventory),
+            group_reach=MappingProxyType(group_reach(inventory)),
         )
 
     @property
@@ -98,6 +102,17 @@ def group_status(inventory: Inventory) -> dict[int, GroupStatus]:
             elif dev.driver is not None:
                 host.append(name)
         out[number] = GroupStatus(number, members, tuple(vfio), tuple(host), tuple(bridges))
+    return out
+
+
+def group_reach(inventory: Inventory) -> dict[int, frozenset[str]]:
+    """Each group's functions and all devices below them, of the kinds every source reports."""
+    out = {}
+    for number, members in inventory.groups.items():
+        reach = set(members)
+        for name in members:
+            reach.update(inventory.descendants(name))
+        out[number] = frozenset(n for n in reach if inventory.devices[n].type in KNOWN_TYPES)
     return out
 
 

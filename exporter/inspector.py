@@ -21,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .facts import Facts
-from .model import KNOWN_TYPES, Check, Finding, Inventory, Verdict
+from .model import KNOWN_TYPES, AffectedSet, Check, Finding, Inventory, Verdict
 from .options import configure
 from .settings import ConfigError
 from .snapshot import Snapshot
@@ -188,7 +188,8 @@ class Inspector:
         verdict_impls = self._impls("passthrough_verdict")
         affected_impls = self._impls("passthrough_affected")
         verdicts: dict[str, Verdict] = {}
-        affected: dict[str, tuple[str, ...]] = {}
+        affected: dict[str, AffectedSet] = {}
+        shared = _SharedSets(inventory, errors)
         for dev in inventory:
             kwargs = {"device": dev, "inventory": inventory, "settings": self.settings, "facts": facts}
             failed: list[str] = []
@@ -196,29 +197,28 @@ class Inspector:
                 v for _, v in _call_each(verdict_impls, kwargs, Verdict, errors, failed, dev.name)
                 if v is not None
             ]
-            names: set[str] = set()
+            common: frozenset[str] = frozenset()
+            own: set[str] = set()
             for plugin, answer in _call_each(affected_impls, kwargs, Iterable, errors, failed, dev.name):
                 if answer is None:
                     continue
+                if isinstance(answer, frozenset) and not common:
+                    common = shared.checked(answer, f"{dev.name} (plugin {plugin})")  # by reference, no copy
+                    continue
                 try:
-                    # Names read before an iterator fails are kept: over-reporting what goes
-                    # along is the safe side; the device still gets the failed-plugin warning.
-                    names.update(answer)
+                    # Names read before an iterator fails are kept: over-reporting what goes along
+                    # is the safe side; the device still gets the failed-plugin warning.
+                    own.update(answer)
                 except Exception:
                     log.exception("plugin %s failed while listing affected devices of %s", plugin, dev.name)
                     errors["plugin_error"] += 1
                     failed.append(plugin)
-            names.discard(dev.name)
-            unknown = [n for n in names if not isinstance(n, str) or n not in inventory]
-            if unknown:
-                log.warning("plugins named unknown affected devices for %s: %s", dev.name, unknown[:5])
-                errors["plugin_error"] += 1
-                names.difference_update(unknown)
-            # Only the kinds every source reports: libvirt's net/storage/drm nodes are views of a
-            # device already counted, and would make the same host's answers differ by source.
-            names = {n for n in names if inventory.devices[n].type in KNOWN_TYPES}
+            if own:
+                own.discard(dev.name)
+                own.difference_update(common)
+                own = shared.known(own, dev.name)
             verdicts[dev.name] = _combine(answers, failed)
-            affected[dev.name] = tuple(sorted(names))
+            affected[dev.name] = AffectedSet(dev.name, common, frozenset(own) if own else _NONE)
         findings = self._findings(inventory, verdicts, facts, errors)
         counts = dict(errors)
         return Snapshot(
@@ -254,6 +254,38 @@ class Inspector:
                 log.exception("plugin %s failed while listing findings", plugin)
                 errors["plugin_error"] += 1
         return tuple(sorted(found.values(), key=lambda f: (f.code, f.subject)))
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+class _SharedSets:
+    """Checks affected names against the inventory: a shared set once per refresh, not per device."""
+
+    def __init__(self, inventory: Inventory, errors: Counter[str]) -> None:
+        self.inventory = inventory
+        self.errors = errors
+        self._seen: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # id -> (set, checked set)
+
+    def checked(self, names: frozenset[str], subject: str) -> frozenset[str]:
+        hit = self._seen.get(id(names))
+        if hit is not None and hit[0] is names:
+            return hit[1]
+        kept = self.known(set(names), subject)
+        checked = names if len(kept) == len(names) else frozenset(kept)
+        self._seen[id(names)] = (names, checked)  # holding `names` keeps its id from being reused
+        return checked
+
+    def known(self, names: set[str], subject: str) -> set[str]:
+        """`names` without unknown ones (counted) and without libvirt-only kinds (silently: they are
+        views of a device already counted, and would make the same host's answers differ by source)."""
+        devices = self.inventory.devices
+        unknown = [n for n in names if not isinstance(n, str) or n not in devices]
+        if unknown:
+            log.warning("plugins named unknown affected devices for %s: %s", subject, unknown[:5])
+            self.errors["plugin_error"] += 1
+            names.difference_update(unknown)
+        return {n for n in names if devices[n].type in KNOWN_TYPES}
 
 
 def _call_each(

@@ -141,6 +141,42 @@ class Finding:
                 "message": self.message, "fix": self.fix or None}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class AffectedSet:
+    """What leaves the host with one device: a part shared with other devices, kept by reference
+    (the frozenset of an IOMMU group and everything below it: one set for a group of 5,000
+    functions, not 5,000 copies), and the device's own extras. The device itself is never counted.
+    """
+
+    device: str
+    shared: frozenset[str] = frozenset()  # may hold `device`
+    own: frozenset[str] = frozenset()  # disjoint from `shared`, without `device`
+
+    def __len__(self) -> int:
+        return len(self.shared) - (self.device in self.shared) + len(self.own)
+
+    def names(self) -> tuple[str, ...]:
+        """The sorted names: built on demand, for one device at a time."""
+        return tuple(sorted(n for part in (self.shared, self.own) for n in part if n != self.device))
+
+    # A value: the sorted names, whatever parts they are kept in.
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name != self.device and (name in self.shared or name in self.own)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AffectedSet):
+            return self.names() == other.names()
+        if isinstance(other, tuple):
+            return self.names() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.names())
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     """One line of the `check` report: a title and the finding codes it covers."""

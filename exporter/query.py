@@ -43,7 +43,7 @@ def select(
             raise ConflictingFilters()
         if affected_by not in snapshot.inventory:
             raise DeviceNotFound(affected_by)
-        return list(snapshot.affected[affected_by])
+        return list(snapshot.affected[affected_by].names())
     return [
         dev.name
         for dev in snapshot.inventory
@@ -54,4 +54,4 @@ def select(
 def device(snapshot: Snapshot, name: str) -> dict:
     if name not in snapshot.inventory:
         raise DeviceNotFound(name)
-    return snapshot.device_object(name)
+    return snapshot.device_object(name, full=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .facts import Facts
-from .model import Device, Finding, Inventory, Verdict
+from .model import AffectedSet, Device, Finding, Inventory, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class Snapshot:
     inventory: Inventory
     facts: Facts  # derived from the inventory before the rules ran
     verdicts: Mapping[str, Verdict]
-    affected: Mapping[str, tuple[str, ...]]
+    affected: Mapping[str, AffectedSet]
     findings: tuple[Finding, ...] = ()
     source: str = "sysfs"
     source_up: bool = True
@@ -36,13 +36,16 @@ class Snapshot:
         inventory = Inventory([])
         return cls(inventory, Facts.of(inventory), {}, {}, source=source, source_up=False)
 
-    def device_object(self, name: str) -> dict[str, Any]:
-        """The JSON object of one device, as the CLI and the HTTP API print it."""
-        dev = self.inventory.devices[name]
-        verdict = self.verdicts[name]
-        return device_object(dev, verdict, self.affected.get(name, ()))
+    def device_object(self, name: str, full: bool = False) -> dict[str, Any]:
+        """The JSON object of one device, as the CLI and the HTTP API print it: in lists with
+        `affected_count`; `full` (the one-device object) adds the sorted `affected` list."""
+        affected = self.affected.get(name) or AffectedSet(name)
+        obj = device_object(self.inventory.devices[name], self.verdicts[name], len(affected))
+        if full:
+            obj["affected"] = list(affected.names())
+        return obj
 
-def device_object(dev: Device, verdict: Verdict, affected: tuple[str, ...]) -> dict[str, Any]:
+def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "name": dev.name,
         "type": dev.type,
@@ -58,7 +61,7 @@ def device_object(dev: Device, verdict: Verdict, affected: tuple[str, ...]) -> d
         "eligible": verdict.eligible,
         "reasons": list(verdict.reasons),
         "warnings": list(verdict.warnings),
-        "affected": list(affected),
+        "affected_count": affected_count,
         "assigned_to": dev.assigned_to,
     }
     if dev.type == "pci":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import hookimpl
+from ..facts import Facts
 from ..model import Device, Inventory, Verdict
 from ..options import OptionParser
 from ..settings import ConfigError, Settings
@@ -97,12 +98,18 @@ def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
 
 
 @hookimpl
-def passthrough_affected(device: Device, inventory: Inventory) -> set[str] | None:
+def passthrough_affected(device: Device, inventory: Inventory, facts: Facts) -> frozenset[str] | set[str] | None:
     if device.type != "pci":
         return None
-    # Without IOMMU groups group_peers() is empty: the answer falls back to descendants and VFs.
-    heads = (device.name, *inventory.group_peers(device.name), *inventory.virtual_functions(device.name))
-    out = set(heads)
-    for head in heads:
-        out.update(inventory.descendants(head))
+    # The group and everything below it is one frozenset for all its members (kept by reference:
+    # a group of 5,000 functions costs one set, not 5,000). Without IOMMU groups the answer falls
+    # back to the device's own descendants and VFs.
+    reach = facts.group_reach.get(device.iommu_group) if device.iommu_group is not None else None
+    vfs = inventory.virtual_functions(device.name)
+    if reach is not None and not vfs:
+        return reach
+    out = set(reach) if reach is not None else {device.name, *inventory.descendants(device.name)}
+    for vf in vfs:
+        out.add(vf)
+        out.update(inventory.descendants(vf))
     return out

@@ -52,7 +52,7 @@ def _shared(snap: Snapshot) -> dict[str, dict]:
     out = {}
     for dev in snap.inventory:
         if dev.type in KNOWN_TYPES:
-            obj = snap.device_object(dev.name)
+            obj = snap.device_object(dev.name, full=True)
             obj.pop("notes", None)
             out[dev.name] = obj
     return out

@@ -123,7 +123,7 @@ def test_example_plugin_adds_an_option_a_finding_with_its_fix_and_a_check(host, 
 def test_disable_a_built_in_plugin(host):
     objs = objects(run(host, "--json", "--disable-plugin", "usb"))
     assert objs["usb_1_1_2"]["eligible"] is False and objs["usb_1_1_2"]["reasons"] == ["no rule"]
-    assert objs["usb_1_1_2"]["affected"] == []  # the usb plugin also answered what goes along
+    assert objs["usb_1_1_2"]["affected_count"] == 0  # the usb plugin also answered what goes along
     assert objs["pci_0000_01_00_0"]["eligible"] is True  # the others still rule
     listing = run(host, "--passthrough", "--disable-plugin", "usb", "--disable-plugin", "scsi")
     assert [n for n in listing.stdout.splitlines() if not n.startswith("pci_")] == []
@@ -195,7 +195,9 @@ def test_broken_plugin_module_does_not_stop_the_listing(host, pythonpath):
     mouse = objs["usb_1_1_2"]
     assert mouse["eligible"] is True and mouse["reasons"] == ["USB device"]
     assert mouse["warnings"] == ["plugin mysite.broken failed on this device; its rule was skipped"]
-    assert objs["pci_0000_01_00_0"]["affected"] == ["pci_0000_01_00_1"]
+    assert objs["pci_0000_01_00_0"]["affected_count"] == 1
+    along = run(host, "--affected-by", "pci_0000_01_00_0", "--plugin", "mysite.broken", env=pythonpath)
+    assert along.stdout == "pci_0000_01_00_1\n"
 
 
 # --- containment, in process ---------------------------------------------------------------
