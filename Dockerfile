@@ -30,7 +30,11 @@ COPY exporter/ exporter/
 COPY plugins/ plugins/
 # Every dependency is a pure-Python or manylinux wheel (lxml, bcrypt, pyyaml): nothing compiles, so
 # neither stage has a compiler. The runtime needs no pip: it leaves with this stage.
-RUN python3 -m venv /opt/passthrough-exporter \
+# Behind a TLS-inspecting proxy, hand pip the CA bundle as a build secret (--secret id=pip-cert,src=FILE);
+# it is mounted for this step only and never stored in the image.
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+ && python3 -m venv /opt/passthrough-exporter \
  && /opt/passthrough-exporter/bin/pip install --only-binary lxml,bcrypt,pyyaml . \
  && /opt/passthrough-exporter/bin/pip uninstall -y pip setuptools \
  && /opt/passthrough-exporter/bin/passthrough-exporter --version
