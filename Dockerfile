@@ -2,39 +2,64 @@
 # passthrough-exporter image: the sysfs source, run unprivileged against the host's /sys mounted
 # read-only at /host/sys.
 #
-#   docker build -t passthrough-exporter .
+#   docker build -t passthrough-exporter .                     # or: podman build --format docker ...
 #   docker run -d --name passthrough-exporter -p 9839:9839 \
 #     -v /sys:/host/sys:ro --read-only --cap-drop ALL --security-opt no-new-privileges \
 #     passthrough-exporter
 #
+# BASE is any Debian-based image: a plain Debian root gets Debian's python3 from apt, an image
+# that already has python3 (python:3.11-slim) uses its own. Both stages use the same BASE, so the
+# venv's interpreter path is the same in both. deploy/container/build-local builds and runs the
+# image on a Debian root made with mmdebstrap.
+#
 # /proc needs no mount: /proc/cmdline is the host kernel's in every container.
 
-FROM python:3.11-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG BASE=debian:bookworm-slim
+
+FROM ${BASE} AS build
+# Only set when the build is given one (--build-arg PIP_INDEX_URL=...); pip reads it from the environment.
+ARG PIP_INDEX_URL
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
+        apt-get update \
+     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv; \
+    fi
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
 COPY plugins/ plugins/
-# A non-editable install into a venv that the runtime stage copies whole.
-RUN python -m venv /opt/passthrough-exporter \
- && /opt/passthrough-exporter/bin/pip install . \
+# Every dependency is a pure-Python or manylinux wheel (lxml, bcrypt, pyyaml): nothing compiles, so
+# neither stage has a compiler. The runtime needs no pip: it leaves with this stage.
+# Behind a TLS-inspecting proxy, hand pip the CA bundle as a build secret (--secret id=pip-cert,src=FILE);
+# it is mounted for this step only and never stored in the image.
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+ && python3 -m venv /opt/passthrough-exporter \
+ && /opt/passthrough-exporter/bin/pip install --only-binary lxml,bcrypt,pyyaml . \
+ && /opt/passthrough-exporter/bin/pip uninstall -y pip setuptools \
  && /opt/passthrough-exporter/bin/passthrough-exporter --version
 
-FROM python:3.11-slim
+FROM ${BASE}
 # pci.ids gives PCI vendor and device names; without it the exporter shows numbers only.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends pci.ids \
- && rm -rf /var/lib/apt/lists/* \
+RUN pkgs=pci.ids \
+ && if ! command -v python3 >/dev/null; then pkgs="$pkgs python3"; fi \
+ && apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
  && groupadd --system --gid 10001 exporter \
- && useradd --system --uid 10001 --gid exporter --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin exporter
+ && useradd --system --no-log-init --uid 10001 --gid exporter --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin exporter \
+ && mkdir -p /host/sys
 COPY --from=build /opt/passthrough-exporter /opt/passthrough-exporter
+# No PYTHONUNBUFFERED: a buffered stdout keeps `devices --json` fast, and logs go to stderr, which
+# Python flushes line by line anyway.
 ENV PATH=/opt/passthrough-exporter/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    LANG=C.UTF-8
 USER 10001:10001
 EXPOSE 9839
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9839/healthz', timeout=4)"]
+  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9839/healthz', timeout=4)"]
 ENTRYPOINT ["passthrough-exporter"]
 CMD ["serve", "--web.listen-address", ":9839", "--path.sysfs", "/host/sys", "--path.procfs", "/proc"]
