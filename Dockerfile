@@ -12,7 +12,9 @@
 # venv's interpreter path is the same in both. deploy/container/build-local builds and runs the
 # image on a Debian root made with mmdebstrap.
 #
-# /proc needs no mount: /proc/cmdline is the host kernel's in every container.
+# The host's /proc is expected at /host/proc (mounted read-only): PID 1's mount table there says
+# which disk holds the host's root filesystem; the container's own /proc would only show its
+# overlay root, and the root disk's controller would look free to pass through.
 
 ARG BASE=debian:bookworm-slim
 
@@ -62,4 +64,4 @@ EXPOSE 9839
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
   CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9839/healthz', timeout=4)"]
 ENTRYPOINT ["passthrough-exporter"]
-CMD ["serve", "--web.listen-address", ":9839", "--path.sysfs", "/host/sys", "--path.procfs", "/proc"]
+CMD ["serve", "--web.listen-address", ":9839", "--path.sysfs", "/host/sys", "--path.procfs", "/host/proc"]

@@ -106,8 +106,12 @@ def test_daemonset():
     volumes = {v["name"]: v for v in pod["volumes"]}
     (sys_mount,) = [m for m in c["volumeMounts"] if volumes[m["name"]].get("hostPath", {}).get("path") == "/sys"]
     assert sys_mount["mountPath"] == "/host/sys" and sys_mount["readOnly"] is True
-    # Every other host path would be a leak: only /sys is mounted from the node.
-    assert [v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v] == ["/sys"]
+    # /proc too (PID 1's mount table names the root disk), where --path.procfs looks.
+    (proc_mount,) = [m for m in c["volumeMounts"] if volumes[m["name"]].get("hostPath", {}).get("path") == "/proc"]
+    assert proc_mount["mountPath"] == "/host/proc" and proc_mount["readOnly"] is True
+    assert "--path.procfs=/host/proc" in c["args"]
+    # Every other host path would be a leak: only /sys and /proc are mounted from the node.
+    assert [v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v] == ["/sys", "/proc"]
     assert all(m.get("readOnly") for m in c["volumeMounts"] if "hostPath" in volumes[m["name"]])
 
 
