@@ -25,9 +25,43 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+class RepeatFilter(logging.Filter):
+    """Logs a recurring problem when it starts, not on every refresh.
+
+    The refresher calls `next_refresh()` before each refresh. A warning or error whose logger,
+    message and arguments were already logged during the previous refresh is dropped: a broken
+    device, an unmatched hostdev or a source that stays down is told once, and told again only
+    after a refresh without it. Memory holds the keys of two refreshes at most.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous: set[tuple] = set()
+        self._current: set[tuple] = set()
+
+    def next_refresh(self) -> None:
+        self._previous, self._current = self._current, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        try:
+            key = (record.name, record.levelno, str(record.msg), tuple(map(str, record.args or ())))
+        except Exception:  # an argument whose str() fails: log it, never break logging
+            return True
+        self._current.add(key)
+        return key not in self._previous
+
+
+#: Installed on the stderr handler by `setup` (unless at debug level); the refresher advances it.
+REPEATS = RepeatFilter()
+
+
 def setup(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    if LEVELS[level] > logging.DEBUG:  # debugging wants every line
+        handler.addFilter(REPEATS)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])

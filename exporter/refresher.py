@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import logs
 from .inspector import Inspector
 from .metrics import MetricOptions, render
 from .snapshot import Snapshot
@@ -68,6 +69,7 @@ class Refresher:
         self.interval = interval
         self.options = options or MetricOptions()
         self._errors_total: Counter[str] = Counter()
+        self._failing = False  # the last refresh failed: the next success is worth a line
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -97,21 +99,41 @@ class Refresher:
 
     def _refresh(self) -> None:
         started = self._last_attempt = time.monotonic()
+        logs.REPEATS.next_refresh()
         previous = self._published
         try:
             inventory = self.source.read()
-            snap = self.inspector.judge(inventory, source=self.source.name, started=started)
-        except Exception as exc:  # any failure of the source keeps the old snapshot
-            self._count({"source_error": 1})
-            log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source.name, exc)
-            down = dataclasses.replace(previous.snapshot, source_up=False, errors_total=dict(self._errors_total))
-            self._published = self._publish(down, ready=previous.ready)
+        except Exception as exc:  # the source could not be read: keep the old snapshot
+            self._fail("source_error", previous, f"reading {self.source.name} failed: {exc}")
             return
-        self._count(snap.errors)
-        snap = dataclasses.replace(snap, errors_total=dict(self._errors_total))
-        self._published = self._publish(snap, ready=True)
+        try:
+            snap = self.inspector.judge(inventory, source=self.source.name, started=started)
+            self._count(snap.errors)
+            snap = dataclasses.replace(snap, errors_total=dict(self._errors_total))
+            published = self._publish(snap, ready=True)
+        except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
+            log.exception("refresh failed unexpectedly")
+            self._fail("refresh_error", previous, f"{type(exc).__name__}: {exc}")
+            return
+        self._published = published
+        if self._failing:
+            log.info("refresh from %s works again", self.source.name)
+            self._failing = False
         log.info("refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)",
                  len(inventory), self.source.name, snap.duration, len(snap.findings), sum(snap.errors.values()))
+
+    def _fail(self, kind: str, previous: Published, why: str) -> None:
+        """A failed refresh: counted, the source marked down, the previous devices still served."""
+        self._count({kind: 1})
+        self._failing = True
+        log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source.name, why)
+        down = dataclasses.replace(previous.snapshot, source_up=False, errors_total=dict(self._errors_total))
+        try:
+            self._published = self._publish(down, ready=previous.ready)
+        except Exception:  # cannot happen for a snapshot that rendered before; still, never stay "up"
+            log.exception("cannot render the previous snapshot; serving none")
+            empty = dataclasses.replace(Snapshot.empty(self.source.name), errors_total=dict(self._errors_total))
+            self._published = self._publish(empty, ready=previous.ready)
 
     def _count(self, errors: Mapping[str, int]) -> None:
         self._errors_total.update(errors)
@@ -130,9 +152,9 @@ class Refresher:
         while not self._stop.is_set():
             try:
                 self.refresh()
-            except Exception:  # a bug must not end the thread: the next interval tries again
+            except Exception as exc:  # a bug must not end the thread: the next interval tries again
                 log.exception("refresh failed unexpectedly; keeping the previous snapshot")
-                self._count({"refresh_error": 1})
+                self._fail("refresh_error", self._published, f"{type(exc).__name__}: {exc}")
             self._wake.wait(self.interval)
             self._wake.clear()
 
