@@ -47,6 +47,11 @@ def add_source_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager
         help="pci.ids file for vendor and device names (default: the system's; 'none' for numbers only)",
     )
     group.add_argument(
+        "--live.process-scan", dest="process_scan", action=argparse.BooleanOptionalAction, default=True,
+        help="name the process (and VM) holding each device in use, from <procfs>/<pid>/fd: one pass per "
+        "refresh, needs root or CAP_SYS_PTRACE to see other users' processes (default: on)",
+    )
+    group.add_argument(
         "--libvirt.uri", dest="libvirt_uri", default="qemu:///system", metavar="URI",
         help="libvirt connection URI, opened read-only (default: qemu:///system)",
     )
@@ -74,8 +79,8 @@ def open_source(args: argparse.Namespace) -> Source:
         from . import pciids
 
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
-        return cls(args.sysfs, args.procfs, names)
-    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs)
+        return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan)
+    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs, scan_processes=args.process_scan)
 
 
 def inspector_from(args: argparse.Namespace) -> Inspector:
@@ -114,7 +119,8 @@ def judge_once(args: argparse.Namespace, inspector: Inspector | None = None) -> 
 def cmd_devices(args: argparse.Namespace) -> int:
     snapshot = judge_once(args)
     try:
-        names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by)
+        names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by,
+                       available=args.available)
     except QueryError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
@@ -281,6 +287,9 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     )
     devices.add_argument("--cap", metavar="TYPE", help="only devices of this type: pci, usb_device, usb, scsi_host, scsi_target, scsi, system")
     devices.add_argument("--passthrough", action="store_true", help="only devices that can be passed through to a VM")
+    devices.add_argument("--available", action="store_true",
+                         help="only devices free to hand out now: eligible, not in use, not assigned, nothing "
+                         "they take along in use or assigned")
     devices.add_argument("--affected-by", metavar="NAME", help="the devices that go along when NAME is passed through (not combinable with --cap/--passthrough)")
     devices.add_argument("--json", action="store_true", help="print device objects as a JSON array")
     add_source_options(devices, pm)

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .model import KNOWN_TYPES, Device, HostFacts, Inventory
+from .model import KNOWN_TYPES, Device, Holder, HostFacts, Inventory
 
-VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci and other vfio-* drivers
+VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci, its variant drivers and other vfio* drivers
+VARIANT_SUFFIXES = ("vfio_pci", "vfio-pci")  # mlx5_vfio_pci, hisi_acc_vfio_pci, nvgrace_gpu_vfio_pci ...
 BRIDGE_CLASSES = ("0x0604", "0x0607", "0x0609")  # PCI-PCI, CardBus, semi-transparent bridges
 
 WEAKENED_REASONS = ("acs_override", "unsafe_interrupts", "unsafe_noiommu")
@@ -26,7 +27,15 @@ def is_bridge(dev: Device) -> bool:
 
 
 def is_vfio_driver(driver: str | None) -> bool:
-    return driver is not None and (driver.startswith("vfio") or driver in VFIO_SAFE_DRIVERS)
+    """A driver that hands the device to user space: vfio-pci, a VFIO variant driver, pci-stub."""
+    return driver is not None and (
+        driver.startswith("vfio") or driver.endswith(VARIANT_SUFFIXES) or driver in VFIO_SAFE_DRIVERS)
+
+
+def on_vfio(dev: Device) -> bool:
+    """The device is on a VFIO driver: the kernel made it a VFIO device node (vfio-dev/), or its
+    driver is one (for kernels without VFIO device nodes)."""
+    return dev.vfio_dev is not None or is_vfio_driver(dev.driver)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,8 @@ class Facts:
     # group -> its functions and every device below them: what any one of them takes along (one
     # set per group, shared by reference by every member's affected set)
     group_reach: Mapping[int, frozenset[str]]
+    # Devices a VM or another user-space driver has open now -> who (None: in use, holder not seen)
+    in_use: Mapping[str, Holder | None]
 
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
@@ -79,6 +90,7 @@ class Facts:
             root_peers=MappingProxyType(peers),
             layout_hash=group_layout_hash(inventory),
             group_reach=MappingProxyType(group_reach(inventory)),
+            in_use=MappingProxyType(in_use(inventory)),
         )
 
     @property
@@ -97,7 +109,7 @@ def group_status(inventory: Inventory) -> dict[int, GroupStatus]:
             dev = inventory.devices[name]
             if is_bridge(dev):
                 bridges.append(name)
-            elif is_vfio_driver(dev.driver):
+            elif on_vfio(dev):
                 vfio.append(name)
             elif dev.driver is not None:
                 host.append(name)
@@ -114,6 +126,52 @@ def group_reach(inventory: Inventory) -> dict[int, frozenset[str]]:
             reach.update(inventory.descendants(name))
         out[number] = frozenset(n for n in reach if inventory.devices[n].type in KNOWN_TYPES)
     return out
+
+
+def in_use(inventory: Inventory) -> dict[str, Holder | None]:
+    """Which devices are open by a VM or another user-space driver now, and by whom where known.
+
+    Evidence anyone can read: VFIO enables a PCI function only while user space has it open
+    (`enable` non-zero on a VFIO driver); a USB device one of whose interfaces is bound to usbfs
+    was claimed by a program. Where processes could be read, the device node a process holds names
+    it: /dev/vfio/<group> (every function of the group), /dev/vfio/devices/vfio<N>, or
+    /dev/bus/usb/<bus>/<dev>. A device in use marks the VFIO members of its group in use too.
+    """
+    out: dict[str, Holder | None] = {}
+    for dev in inventory:
+        if dev.type == "pci" and dev.enabled and on_vfio(dev):
+            out[dev.name] = None
+        elif dev.type == "usb" and dev.driver == "usbfs" and dev.parent in inventory.devices:
+            out[dev.parent] = None
+    holders = inventory.host.holders or {}
+    if holders:
+        by_cdev = {d.vfio_dev: d.name for d in inventory if d.vfio_dev}
+        by_usb = {(d.busnum, d.devnum): d.name for d in inventory if d.type == "usb_device" and d.busnum}
+        for node, holder in holders.items():
+            for name in _held(node, inventory, by_cdev, by_usb):
+                out[name] = holder
+    for name, holder in list(out.items()):
+        dev = inventory.devices[name]
+        if dev.type != "pci" or dev.iommu_group is None:
+            continue
+        for peer in inventory.groups.get(dev.iommu_group, ()):
+            if out.get(peer) is None and on_vfio(inventory.devices[peer]):
+                out[peer] = holder if holder is not None else out.get(peer)
+    return out
+
+
+def _held(node: str, inventory: Inventory, by_cdev: Mapping[str, str],
+          by_usb: Mapping[tuple[int | None, int | None], str]) -> tuple[str, ...]:
+    """The devices a held device node stands for."""
+    parts = node.split("/")  # ["", "dev", "vfio", "12"] ...
+    if parts[2] == "vfio" and len(parts) == 4 and parts[3].isdigit():
+        return inventory.groups.get(int(parts[3]), ())
+    if parts[2] == "vfio" and len(parts) == 5 and parts[3] == "devices":
+        return (by_cdev[parts[4]],) if parts[4] in by_cdev else ()
+    if parts[2] == "bus" and len(parts) == 6 and parts[4].isdigit() and parts[5].isdigit():
+        name = by_usb.get((int(parts[4]), int(parts[5])))
+        return (name,) if name else ()
+    return ()
 
 
 def _flag(params: Mapping[str, str], key: str) -> bool:

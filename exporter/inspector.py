@@ -19,7 +19,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, live
 from .facts import Facts
 from .model import KNOWN_TYPES, AffectedSet, Check, Finding, Inventory, Verdict
 from .options import configure
@@ -226,6 +226,7 @@ class Inspector:
             facts=facts,
             verdicts=verdicts,
             affected=affected,
+            states=live.states(inventory, facts, verdicts, affected),
             findings=findings,
             source=source,
             source_up=True,

@@ -44,8 +44,15 @@ METRICS: dict[str, Spec] = {
         ("device", "type")),
     "passthrough_device_affected_devices": Spec("gauge",
         "Devices that leave the host with this one (IOMMU group, children, SR-IOV functions).", ("device", "type")),
-    "passthrough_device_assigned": Spec("gauge", "1 for each device a VM (libvirt domain) holds.",
-        ("device", "domain")),
+    "passthrough_device_assigned": Spec("gauge",
+        "1 for each libvirt domain configured with the device; running says whether that domain runs.",
+        ("device", "domain", "running")),
+    "passthrough_device_in_use": Spec("gauge",
+        "1 while a VM or another user-space driver has the device open; vm is empty when not known.",
+        ("device", "type", "vm")),
+    "passthrough_device_available": Spec("gauge",
+        "1 when the device can be handed to a VM now: eligible, not in use, not assigned, nothing it takes "
+        "along in use or assigned.", ("device", "type")),
     "passthrough_iommu_group_devices": Spec("gauge", "PCI functions in the IOMMU group.", ("group",)),
     "passthrough_iommu_group_viable": Spec("gauge",
         "1 when VFIO would accept the group: every endpoint driverless, on a vfio driver or pci-stub.", ("group",)),
@@ -56,6 +63,8 @@ METRICS: dict[str, Spec] = {
     "passthrough_iommu_group_layout_hash": Spec("gauge",
         "Stable hash of which PCI functions share which IOMMU group; changes when devices are regrouped."),
     "passthrough_iommu_enabled": Spec("gauge", "1 when the kernel exposes IOMMU groups."),
+    "passthrough_interrupt_remapping_enabled": Spec("gauge",
+        "1 when the kernel remaps interrupts (an IR- interrupt chip); absent when it cannot be told."),
     "passthrough_isolation_weakened": Spec("gauge",
         "1 when a kernel or module setting makes IOMMU isolation untrustworthy.", ("reason",)),
     "passthrough_finding": Spec("gauge", "1 for each safety finding a plugin reports.",
@@ -105,11 +114,13 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
     rows: dict[str, list[Row]] = {name: [] for name in METRICS}
     info, eligible, affected = (rows["passthrough_device_info"], rows["passthrough_device_eligible"],
                                 rows["passthrough_device_affected_devices"])
+    assigned, in_use, available = (rows["passthrough_device_assigned"], rows["passthrough_device_in_use"],
+                                   rows["passthrough_device_available"])
     types = set(opts.device_types)
-    verdicts, affected_sets = snap.verdicts, snap.affected
+    verdicts, affected_sets, holders, states = snap.verdicts, snap.affected, facts.in_use, snap.states
     for dev in inv:
-        if dev.assigned_to:
-            rows["passthrough_device_assigned"].append(((dev.name, dev.assigned_to), 1))
+        for domain, running in dev.assignments:
+            assigned.append(((dev.name, domain, "true" if running else "false"), 1))
         if dev.type not in types or (dev.physfn is not None and not opts.include_vfs):
             continue
         name, typ = dev.name, dev.type
@@ -117,6 +128,10 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
                       _label(dev.pci_class), _label(dev.driver), _label(dev.iommu_group)), 1))
         eligible.append(((name, typ), 1 if verdicts[name].eligible else 0))
         affected.append(((name, typ), len(affected_sets[name])))
+        if name in holders:
+            holder = holders[name]
+            in_use.append(((name, typ, _label(holder.vm if holder is not None else None)), 1))
+        available.append(((name, typ), 1 if states.get(name) == "available" else 0))
 
     for number, st in facts.groups.items():
         g = (str(number),)
@@ -126,6 +141,8 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
         rows["passthrough_iommu_group_host_devices"].append((g, len(st.host)))
     rows["passthrough_iommu_group_layout_hash"].append(((), facts.layout_id))
     rows["passthrough_iommu_enabled"].append(((), 1 if inv.host.iommu_groups_present else 0))
+    if inv.host.interrupt_remapping is not None:
+        rows["passthrough_interrupt_remapping_enabled"].append(((), 1 if inv.host.interrupt_remapping else 0))
     rows["passthrough_isolation_weakened"] += [((r,), 1 if facts.weakened[r] else 0) for r in WEAKENED_REASONS]
     rows["passthrough_finding"] += [((f.code, f.severity, f.subject), 1) for f in snap.findings]
     rows["passthrough_source_up"].append(((snap.source,), 1 if snap.source_up else 0))
@@ -148,12 +165,9 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for fam in families(self._snapshot(), self.options):  # one snapshot for every family
             cls = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
-            if fam.labels:
-                metric = cls(fam.name, fam.documentation, labels=list(fam.labels))
-                for values, value in fam.rows:
-                    metric.add_metric(list(values), value)
-            else:
-                metric = cls(fam.name, fam.documentation, value=fam.rows[0][1])
+            metric = cls(fam.name, fam.documentation, labels=list(fam.labels))
+            for values, value in fam.rows:  # a family without labels has one row, or none (unknown)
+                metric.add_metric(list(values), value)
             yield metric
 
 

@@ -60,8 +60,26 @@ class Device:
     devnum: int | None = None
     scsi_type: int | None = None  # SCSI peripheral type (0 disk, 5 cd-rom, ...)
     block_devices: tuple[str, ...] = ()  # sda, sr0 ...: block nodes of a SCSI LUN
-    assigned_to: str | None = None  # the VM (libvirt domain) holding the device, where known
+    vfio_dev: str | None = None  # "vfio3": the kernel's VFIO device node (vfio-dev/), when it has one
+    enabled: bool | None = None  # PCI `enable`: the device is enabled (VFIO: a user-space driver has it open)
+    unreachable: bool = False  # PCI config space reads all ones: the device fell off the bus
+    # Every libvirt domain configured with the device: (name, running), running ones first.
+    assignments: tuple[tuple[str, bool], ...] = ()
+    assigned_to: str | None = None  # the first of `assignments`: the VM holding the device, where known
+    assigned_running: bool | None = None  # whether that domain runs
     notes: tuple[str, ...] = ()  # where a source filled or doubted a field
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A process that has a device node open: a VM's QEMU, or any user-space driver."""
+
+    pid: int
+    process: str  # its `comm`
+    vm: str | None = None  # the guest's name from QEMU's `-name`, else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "pid": self.pid, "process": self.process}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,14 @@ class HostFacts:
     # and the disk (SCSI LUN, USB device...). None: the source cannot tell; (): none was found.
     root_devices: tuple[str, ...] | None = None
     root_disks: tuple[str, ...] = ()  # the block devices those were found from: vda, sda2, nvme0n1
+    # Interrupt remapping, from the interrupt chips in <procfs>/interrupts: None when unknown.
+    interrupt_remapping: bool | None = None
+    acpi_iommu_tables: tuple[str, ...] = ()  # DMAR (Intel) / IVRS (AMD): the firmware describes an IOMMU
+    # Device node (/dev/vfio/12, /dev/vfio/devices/vfio3, /dev/bus/usb/001/004) -> the process that
+    # has it open. None: the processes were not scanned (switched off, or nothing readable).
+    holders: Mapping[str, Holder] | None = None
+    # libvirt: (domain, what its <hostdev> names) for host devices this host does not have.
+    missing_hostdevs: tuple[tuple[str, str], ...] = ()
 
     def cmdline_params(self) -> dict[str, str]:
         """The kernel command line as key -> value (flags map to "")."""

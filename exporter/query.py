@@ -33,21 +33,25 @@ def select(
     cap: str | None = None,
     passthrough: bool = False,
     affected_by: str | None = None,
+    available: bool = False,
 ) -> list[str]:
     """Device names matching the filters, sorted.
 
     `affected_by` answers "what goes with this device" and cannot be combined with the others.
+    `available`: eligible devices free to hand out now (see `live`).
     """
     if affected_by is not None:
-        if cap is not None or passthrough:
+        if cap is not None or passthrough or available:
             raise ConflictingFilters()
         if affected_by not in snapshot.inventory:
             raise DeviceNotFound(affected_by)
         return list(snapshot.affected[affected_by].names())
+    states = snapshot.states
     return [
         dev.name
         for dev in snapshot.inventory
         if (cap is None or dev.type == cap) and (not passthrough or snapshot.verdicts[dev.name].eligible)
+        and (not available or states.get(dev.name) == "available")
     ]
 
 

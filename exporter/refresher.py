@@ -104,7 +104,7 @@ class Refresher:
         try:
             inventory = self.source.read()
         except Exception as exc:  # the source could not be read: keep the old snapshot
-            self._fail("source_error", previous, f"reading {self.source.name} failed: {exc}")
+            self._fail("source_error", previous, str(exc))
             return
         try:
             snap = self.inspector.judge(inventory, source=self.source.name, started=started)

@@ -20,6 +20,8 @@ class Snapshot:
     facts: Facts  # derived from the inventory before the rules ran
     verdicts: Mapping[str, Verdict]
     affected: Mapping[str, AffectedSet]
+    # device -> in_use | assigned | ineligible | available | blocked (see `live`)
+    states: Mapping[str, str] = field(default_factory=dict)
     findings: tuple[Finding, ...] = ()
     source: str = "sysfs"
     source_up: bool = True
@@ -41,6 +43,9 @@ class Snapshot:
         `affected_count`; `full` (the one-device object) adds the sorted `affected` list."""
         affected = self.affected.get(name) or AffectedSet(name)
         obj = device_object(self.inventory.devices[name], self.verdicts[name], len(affected))
+        holder = self.facts.in_use.get(name)
+        obj.update(in_use=name in self.facts.in_use, held_by=None if holder is None else holder.to_json(),
+                   available=self.states.get(name) == "available")
         if full:
             obj["affected"] = list(affected.names())
         return obj
@@ -63,6 +68,7 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
         "warnings": list(verdict.warnings),
         "affected_count": affected_count,
         "assigned_to": dev.assigned_to,
+        "assigned_running": dev.assigned_running,
     }
     if dev.type == "pci":
         obj.update(
@@ -76,6 +82,8 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
             virtfns=list(dev.virtfns),
             sriov_totalvfs=dev.sriov_totalvfs,
             sriov_numvfs=dev.sriov_numvfs,
+            vfio_dev=dev.vfio_dev,
+            unreachable=dev.unreachable,
         )
     elif dev.type in ("usb_device", "usb"):
         obj.update(usb_class=dev.usb_class, busnum=dev.busnum, devnum=dev.devnum)

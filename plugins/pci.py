@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from .. import hookimpl
 from ..facts import Facts
-from ..model import Device, Inventory, Verdict
+from ..model import Check, Device, Finding, Inventory, Verdict
 from ..options import OptionParser
 from ..settings import ConfigError, Settings
 from ..sysfs.attrs import BadAttribute, hex_id
@@ -13,6 +15,9 @@ from ..sysfs.attrs import BadAttribute, hex_id
 # passing them cannot work and can take the host down with them.
 DEFAULT_DENIED_CLASSES: tuple[str, ...] = ("0x05", "0x06", "0x0b")
 DENIED = "pci.denied_classes"  # settings.stash key: the parsed class prefixes
+UNREACHABLE = "unreachable: config space reads 0xffff"
+UNREACHABLE_FIX = ("check the card's power and seating; `echo 1 > /sys/bus/pci/devices/ADDR/remove` then "
+                   "`echo 1 > /sys/bus/pci/rescan` may bring it back, else power-cycle the host")
 
 # PCI base classes (PCI Code and ID Assignment Specification), for readable reasons.
 BASE_CLASSES = {
@@ -82,6 +87,8 @@ def passthrough_configure(settings: Settings) -> None:
 def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
     if device.type != "pci":
         return None
+    if device.unreachable:  # before the class: the class sysfs shows is from before it fell off
+        return Verdict.deny(UNREACHABLE)
     what = class_description(device.pci_class)
     cls = (device.pci_class or "").lower()
     for prefix in settings.stash[DENIED]:
@@ -95,6 +102,20 @@ def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
     if device.physfn is not None:
         return Verdict(True, (f"PCI endpoint ({what}), SR-IOV virtual function of {device.physfn}",), tuple(warnings))
     return Verdict(True, (f"PCI endpoint ({what})",), tuple(warnings))
+
+
+@hookimpl
+def passthrough_findings(inventory: Inventory) -> Iterator[Finding]:
+    for dev in inventory:
+        if dev.type == "pci" and dev.unreachable:
+            yield Finding("device_unreachable", "critical", dev.name,
+                          f"{dev.name} ({dev.address}) {UNREACHABLE}: it fell off the bus (failed reset, link "
+                          "down, power lost); the host and any VM using it have lost it", UNREACHABLE_FIX)
+
+
+@hookimpl
+def passthrough_checks() -> list[Check]:
+    return [Check("PCI devices answer on the bus", ("device_unreachable",))]
 
 
 @hookimpl

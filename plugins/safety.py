@@ -19,7 +19,7 @@ IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
 CHECKS = (
     Check("IOMMU enabled in firmware and kernel", ("iommu_off_firmware", "iommu_off_kernel")),
     Check("No ACS override on the kernel command line", ("acs_override",)),
-    Check("VFIO requires interrupt remapping", ("unsafe_interrupts",)),
+    Check("VFIO requires interrupt remapping", ("unsafe_interrupts", "no_interrupt_remapping")),
     Check("VFIO no-IOMMU mode off", ("unsafe_noiommu",)),
     Check("No IOMMU group split between VMs and host", ("group_mixed", "group_not_viable")),
     Check("Eligible devices have a function-level reset", ("no_flr", "no_reset")),
@@ -39,6 +39,8 @@ FIXES = {
     "unsafe_interrupts": "remove allow_unsafe_interrupts=1 from the vfio_iommu_type1 options in "
     "/etc/modprobe.d and enable interrupt remapping (x2APIC/IR) in firmware",
     "unsafe_noiommu": "remove enable_unsafe_noiommu_mode=1 from the vfio options and enable the IOMMU instead",
+    "no_interrupt_remapping": "enable interrupt remapping: x2APIC and VT-d/AMD-Vi interrupt remapping in the "
+    "firmware setup, and no intremap=off on the kernel command line; allow_unsafe_interrupts=1 is not a fix",
     "group_mixed": "bind the whole group to vfio-pci (every endpoint, e.g. `driverctl set-override ADDR "
     "vfio-pci`, or libvirt managed='yes' hostdevs for all of them), or give it all back to the host",
     "group_not_viable": "to pass a device of such a group, bind every endpoint of the group to vfio-pci",
@@ -64,6 +66,7 @@ CODES: dict[str, str] = {
     "acs_override": "critical",
     "unsafe_interrupts": "critical",
     "unsafe_noiommu": "critical",
+    "no_interrupt_remapping": "warning",  # critical when a device is already on a VFIO driver
     "group_mixed": "critical",
     "group_not_viable": "info",
     "group_multi_device": "info",
@@ -138,6 +141,7 @@ def _reset_warning(device: Device) -> str | None:
 def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict], facts: Facts) -> Iterator[Finding]:
     yield from _iommu(inventory)
     yield from _weakened(facts)
+    yield from _interrupts(inventory, facts)
     statuses = facts.groups
     yield from _groups(inventory, statuses, verdicts)
     yield from _resets(inventory, verdicts)
@@ -161,10 +165,40 @@ def _iommu(inventory: Inventory) -> Iterator[Finding]:
         yield _finding("iommu_off_kernel", HOST, (
             f"{n_pci} PCI devices but no IOMMU groups, although the firmware exposes IOMMU units "
             f"({', '.join(host.iommu_units)}): the kernel has the IOMMU off; VFIO cannot assign devices"))
+    elif host.acpi_iommu_tables:
+        yield _finding("iommu_off_kernel", HOST, (
+            f"{n_pci} PCI devices but no IOMMU groups, although the firmware describes an IOMMU (ACPI "
+            f"{' and '.join(host.acpi_iommu_tables)} table): the kernel did not enable it; VFIO cannot assign devices"))
     else:
         yield _finding("iommu_off_firmware", HOST, (
             f"{n_pci} PCI devices but no IOMMU groups and no IOMMU units in /sys/class/iommu: "
             "the IOMMU (VT-d/AMD-Vi) is off in firmware or missing; VFIO cannot assign devices"))
+
+
+def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
+    """Without interrupt remapping VFIO refuses every assignment, unless unsafe interrupts are
+    allowed (which `unsafe_interrupts` reports instead). Said on a host without IOMMU groups too,
+    so that `check` never passes the line on a host that lacks remapping."""
+    host = inventory.host
+    if host.interrupt_remapping is not False or facts.weakened["unsafe_interrupts"]:
+        return
+    why = ("intremap=off on the kernel command line" if "intremap=off" in host.cmdline.split()
+           else "no IR- interrupt chip in /proc/interrupts")
+    if not host.iommu_groups_present:  # the IOMMU is off too (reported above): both need fixing
+        if any(d.type == "pci" for d in inventory):
+            yield _finding("no_interrupt_remapping", HOST, (
+                f"interrupt remapping is off as well ({why}): turning the IOMMU on alone will not let VFIO "
+                "assign devices"))
+        return
+    on_vfio = sorted(n for st in facts.groups.values() for n in st.vfio)
+    if on_vfio:
+        shown = ", ".join(on_vfio[:5]) + (f" and {len(on_vfio) - 5} more" if len(on_vfio) > 5 else "")
+        yield _finding("no_interrupt_remapping", HOST, (
+            f"interrupt remapping is off ({why}): VFIO refuses to assign devices, and {shown} already "
+            "wait on a VFIO driver"), severity="critical")
+    else:
+        yield _finding("no_interrupt_remapping", HOST, (
+            f"interrupt remapping is off ({why}): VFIO will refuse to assign any device"))
 
 
 def _weakened(facts: Facts) -> Iterator[Finding]:

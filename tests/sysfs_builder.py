@@ -53,6 +53,25 @@ class SysfsTree:
     def module_param(self, module: str, param: str, value: str) -> None:
         self.write(self.sys / "module" / module / "parameters" / param, value)
 
+    def interrupts(self, *chips: str) -> None:
+        """A /proc/interrupts whose lines are routed through these interrupt chips."""
+        lines = ["           CPU0       CPU1"]
+        for i, chip in enumerate(chips):
+            lines.append(f" {24 + i:3d}:          1          0  {chip}   {i}-edge      dev{i}")
+        self.write(self.proc / "interrupts", "\n".join(lines))
+
+    def acpi_table(self, name: str) -> None:
+        self.write(self.sys / "firmware" / "acpi" / "tables" / name, b"")
+
+    def process(self, pid: int, comm: str, argv: list[str], fds: dict[int, str]) -> None:
+        """A process under /proc: its comm, NUL-separated cmdline and fd/ links to `fds` targets."""
+        base = self.proc / str(pid)
+        self.write(base / "comm", comm)
+        self.write(base / "cmdline", b"\0".join(a.encode() for a in argv) + b"\0")
+        (base / "fd").mkdir(parents=True, exist_ok=True)
+        for fd, target in fds.items():
+            os.symlink(target, base / "fd" / str(fd))
+
     def iommu_unit(self, name: str) -> None:
         (self.sys / "class" / "iommu" / name).mkdir(parents=True, exist_ok=True)
 
@@ -119,6 +138,9 @@ class SysfsTree:
         subsystem: tuple[int, int] = (0, 0),
         sriov_totalvfs: int | None = None,
         physfn: str | None = None,
+        vfio_dev: str | None = None,
+        enable: int | None = None,
+        unreachable: bool = False,
     ) -> Path:
         """A PCI function; `parent` is the address of the bridge above it (None: a root bus)."""
         if parent is None:
@@ -137,7 +159,12 @@ class SysfsTree:
         self.write(path / "subsystem_vendor", f"0x{subsystem[0]:04x}")
         self.write(path / "subsystem_device", f"0x{subsystem[1]:04x}")
         self.write(path / "numa_node", str(numa_node))
-        self.write(path / "config", pci_config(vendor, device, cls, header_type))
+        # A function that fell off the bus answers every config read with all ones.
+        self.write(path / "config", b"\xff" * 64 if unreachable else pci_config(vendor, device, cls, header_type))
+        if vfio_dev is not None:
+            (path / "vfio-dev" / vfio_dev).mkdir(parents=True)
+        if enable is not None:
+            self.write(path / "enable", str(enable))
         if boot_vga is not None:
             self.write(path / "boot_vga", "1" if boot_vga else "0")
         if reset_method is not None:

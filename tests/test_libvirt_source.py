@@ -171,7 +171,9 @@ def test_assignments(tree, tmp_path):
         "scsi_2_0_0_0": "router",
         "pci_0000_81_02_1": "router",  # an SR-IOV VF handed over as <interface type='hostdev'>
     }
-    assert "also defined in domains: spare" in snap.inventory.devices["pci_0000_01_00_0"].notes
+    gpu = snap.inventory.devices["pci_0000_01_00_0"]
+    assert gpu.assignments == (("gaming", True), ("spare", False))  # the running domain first
+    assert gpu.assigned_running is True and snap.inventory.devices["usb_1_1_4"].assigned_running is False
     assert snap.device_object("usb_1_1_2")["assigned_to"] == "gaming"
     assert snap.inventory.errors["hostdev_unmatched"] == 2
 
@@ -332,7 +334,7 @@ def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
         resp, down = get(httpd, "/metrics")
         assert resp.status == 200
         assert b'passthrough_source_up{source="libvirt"} 0.0' in down
-        assert b'passthrough_device_assigned{device="pci_0000_01_00_0",domain="gaming"} 1.0' in down
+        assert b'passthrough_device_assigned{device="pci_0000_01_00_0",domain="gaming",running="true"} 1.0' in down
         assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in down
         resp, body = get(httpd, "/api/devices/pci_0000_01_00_0")
         assert resp.status == 200 and json.loads(body)["assigned_to"] == "gaming"

@@ -45,6 +45,7 @@ class LibvirtSource:
         sysfs_path: str | None = "/sys",
         procfs_path: str = "/proc",
         clock: Callable[[], float] = time.monotonic,
+        scan_processes: bool = True,
     ) -> None:
         self.uri = uri
         self._clock = clock
@@ -53,7 +54,7 @@ class LibvirtSource:
         self._retry_at = 0.0
         # The host's sysfs only describes the devices of a local libvirt.
         remote = bool(urlsplit(uri).hostname)
-        self._filler = SysfsFiller(sysfs_path, procfs_path) if sysfs_path and not remote else None
+        self._filler = SysfsFiller(sysfs_path, procfs_path, scan_processes) if sysfs_path and not remote else None
         libvirt.registerErrorHandler(_quiet, None)
 
     # --- connection ----------------------------------------------------------------------
@@ -137,7 +138,8 @@ class LibvirtSource:
             libvirt.VIR_ERR_NO_DOMAIN, "domain", count,
         )
         domains = [(name, active, refs) for name, refs, active in domains]
-        devices = assign(devices, domains, count)
+        devices, missing = assign(devices, domains, count)
+        host = replace(host, missing_hostdevs=tuple(missing))
         log.debug("read %d node devices and %d domains from %s", len(devices), len(domains), self.uri)
         return Inventory(devices, host, errors)
 

@@ -1,10 +1,10 @@
 """Which VM holds which device: domains' host-device references resolved to node-device names.
 
-A device named by several domains (only one can run with it) goes to a running one first, then
-to the first by name; the others are listed in its notes. A reference that matches nothing on
-this host (a device unplugged since the domain was defined) or matches several (USB by
-vendor/product with two identical sticks: libvirt itself refuses to start such a domain) is
-logged and counted, never guessed.
+A device named by several domains (only one can run with it) lists them all, running ones
+first; `assigned_to` is the first. A reference that matches nothing on this host (a device
+unplugged since the domain was defined) is returned as missing, for the `hostdev_missing`
+finding; one that matches several (USB by vendor/product with two identical sticks: libvirt
+itself refuses to start such a domain) is logged and counted, never guessed.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def assign(
     devices: list[Device],
     domains: Iterable[tuple[str, bool, list[HostdevRef]]],
     count: Callable[[str], None],
-) -> list[Device]:
-    """The devices with `assigned_to` set from the domains' (name, running, refs)."""
+) -> tuple[list[Device], list[tuple[str, str]]]:
+    """The devices with their assignments from the domains' (name, running, refs), and the
+    (domain, reference) pairs that name no device of this host."""
     # libvirt names a SCSI adapter by its node-device name (scsi_host0) and the LUN by host number.
     scsi_host = {d.name: d.address.removeprefix("host") for d in devices if d.type == "scsi_host" and d.address}
     by_kind: dict[str, list[Device]] = {}
@@ -54,6 +55,7 @@ def assign(
         by_kind.setdefault(d.type, []).append(d)
     kind_types = {"pci": "pci", "usb": "usb_device", "scsi": "scsi", "mdev": "mdev"}
     holders: dict[str, list[tuple[bool, str]]] = {}
+    missing: list[tuple[str, str]] = []
     for domain, running, refs in domains:
         for ref in refs:
             found = [d.name for d in by_kind.get(kind_types[ref.kind], ()) if _matches(ref, d, scsi_host)]
@@ -62,19 +64,20 @@ def assign(
                 log.warning("domain %s: %s host device %s matches %d devices; not assigned", domain, ref.kind,
                             _describe(ref), len(found))
                 count(kind)
+                if not found:
+                    missing.append((domain, f"{ref.kind} {_describe(ref)}"))
                 continue
             holders.setdefault(found[0], []).append((not running, domain))
     out = []
     for d in devices:
-        held = sorted(set(holders.get(d.name, ())))
+        held = sorted(set(holders.get(d.name, ())))  # running first, then by name
         if not held:
             out.append(d)
             continue
-        owner = held[0][1]
-        others = [name for _, name in held[1:]]
-        notes = d.notes + ((f"also defined in domains: {', '.join(others)}",) if others else ())
-        out.append(replace(d, assigned_to=owner, notes=notes))
-    return out
+        assignments = tuple((name, not stopped) for stopped, name in held)
+        out.append(replace(d, assignments=assignments, assigned_to=assignments[0][0],
+                           assigned_running=assignments[0][1]))
+    return out, sorted(set(missing))
 
 
 def _describe(ref: HostdevRef) -> str:

@@ -16,6 +16,7 @@ from ..model import Device, HostFacts
 from ..sysfs import Reader
 from ..sysfs.devices import READERS, Fields
 from ..sysfs.host import host_facts
+from ..sysfs.procs import scan_holders
 from ..sysfs.rootfs import root_devices
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,10 @@ _DEFAULTS = {f.name: f.default for f in fields(Device) if f.name not in ("name",
 
 
 class SysfsFiller:
-    def __init__(self, sysfs: str, procfs: str) -> None:
+    def __init__(self, sysfs: str, procfs: str, scan_processes: bool = True) -> None:
         self.sysfs = sysfs
         self.procfs = procfs
+        self.scan_processes = scan_processes
 
     def fill(
         self, devices: list[Device], errors: Counter[str]
@@ -59,6 +61,8 @@ class SysfsFiller:
                                  {d.name: d.type for d in seen_at.values()})
             if roots is not None:
                 host = replace(host, root_devices=roots[0], root_disks=roots[1])
+            if self.scan_processes:
+                host = replace(host, holders=scan_holders(self.procfs))
         errors.update(reader.errors)
         return out, host
 

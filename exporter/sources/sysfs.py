@@ -18,6 +18,7 @@ from ..pciids import PciIds
 from ..sysfs import Reader, Trace, error_kind
 from ..sysfs.devices import READERS, Fields, usb_name_parent
 from ..sysfs.host import host_facts
+from ..sysfs.procs import scan_holders
 from ..sysfs.rootfs import listed_ancestors, root_devices
 from . import SOURCES, SourceError
 
@@ -30,10 +31,12 @@ class SysfsSource:
     name = "sysfs"
     error_kinds = SOURCES["sysfs"].error_kinds
 
-    def __init__(self, sysfs: str = "/sys", procfs: str = "/proc", pci_ids: PciIds | None = None) -> None:
+    def __init__(self, sysfs: str = "/sys", procfs: str = "/proc", pci_ids: PciIds | None = None,
+                 scan_processes: bool = True) -> None:
         self.sysfs = sysfs
         self.procfs = procfs
         self.pci_ids = pci_ids
+        self.scan_processes = scan_processes  # who holds which device: <procfs>/<pid>/fd
 
     def read(self, trace: Trace | None = None) -> Inventory:
         """Read every device once; `trace`, when given, records every path the read touched."""
@@ -64,6 +67,8 @@ class SysfsSource:
         roots = root_devices(reader, names, {d.name: d.type for d in devices})
         if roots is not None:
             host = replace(host, root_devices=roots[0], root_disks=roots[1])
+        if self.scan_processes and trace is None:  # a capture holds no other process's files
+            host = replace(host, holders=scan_holders(self.procfs))
         log.debug("read %d devices from %s", len(devices), self.sysfs)
         return Inventory(devices, host, reader.errors)
 

@@ -35,6 +35,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     numa = opt("numa_node", parse_int)
     physfn = reader.link_name(path, "physfn") if "physfn" in attrs else None
     virtfns = sorted((a for a in attrs if a.startswith("virtfn") and a[6:].isdigit()), key=lambda a: int(a[6:]))
+    header_type, unreachable = _config(reader, path, attrs, sysname)
     if "reset_method" in attrs:
         reset_methods: tuple[str, ...] | None = tuple((opt("reset_method", str) or "").split())
     else:
@@ -53,7 +54,10 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "numa_node": None if numa is None or numa < 0 else numa,
         "boot_vga": opt("boot_vga", lambda s: s == "1") or False,
         "reset_methods": reset_methods,
-        "header_type": _header_type(reader, path, attrs, sysname),
+        "header_type": header_type,
+        "unreachable": unreachable,
+        "vfio_dev": _vfio_dev(reader, path) if "vfio-dev" in attrs else None,
+        "enabled": opt("enable", lambda s: parse_int(s) != 0),
         "physfn": device_name("pci", physfn) if physfn else None,
         "virtfns": tuple(device_name("pci", n) for n in (reader.link_name(path, v) for v in virtfns) if n),
         "sriov_totalvfs": opt("sriov_totalvfs", parse_int),
@@ -72,20 +76,32 @@ def _group_number(reader: Reader, group: str | None, sysname: str) -> int | None
         return None
 
 
-def _header_type(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> int | None:
+def _config(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> tuple[int | None, bool]:
+    """(header type, unreachable) from the config space header, read live from the device.
+
+    A function that fell off the bus (a GPU after a failed reset, a link that went down) answers
+    every config read with all ones: vendor 0xffff, header type 0x7f. That is not a bridge.
+    """
     if "config" not in attrs:
-        return None
+        return None, False
     try:
         header = reader.read_bytes(os.path.join(path, "config"), CONFIG_HEADER)
     except OSError as exc:
         reader.count(error_kind(exc))
         log.warning("%s: config unreadable: %s", sysname, exc)
-        return None
+        return None, False
+    if header[:2] == b"\xff\xff":
+        return None, True
     if len(header) < 0x0F:
         log.warning("%s: config space too short (%d bytes)", sysname, len(header))
         reader.count("bad_attribute")
-        return None
-    return header[0x0E] & 0x7F  # bit 7 only says "multi-function"
+        return None, False
+    return header[0x0E] & 0x7F, False  # bit 7 only says "multi-function"
+
+
+def _vfio_dev(reader: Reader, path: str) -> str | None:
+    """The VFIO device node's name (vfio-dev/vfio3): the kernel's own word that VFIO drives it."""
+    return next((n for n in reader.listdir(os.path.join(path, "vfio-dev")) if n.startswith("vfio")), None)
 
 
 def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:

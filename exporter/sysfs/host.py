@@ -1,5 +1,5 @@
-"""Host-wide facts about the IOMMU and isolation: groups, IOMMU units, VFIO module parameters and
-the kernel command line."""
+"""Host-wide facts about the IOMMU and isolation: groups, IOMMU units and firmware tables, VFIO
+module parameters, the kernel command line and interrupt remapping."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from .files import Reader
 
 MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
 CMDLINE_LIMIT = 64 << 10  # bytes; the kernel caps its command line far below this
+INTERRUPTS_LIMIT = 16 << 20  # bytes; 1,000 interrupts on 1,024 CPUs take about 11 MB
+IOMMU_TABLES = ("DMAR", "IVRS")  # ACPI tables describing an Intel / AMD IOMMU
+# x86 interrupt chips as the kernel names them without remapping; with it they are "IR-IO-APIC" ...
+X86_CHIPS = ("IO-APIC", "PCI-MSI", "PCI-MSIX", "HPET-MSI", "DMAR-MSI", "AMD-Vi")
 
 
 def host_facts(reader: Reader) -> HostFacts:
@@ -21,10 +25,33 @@ def host_facts(reader: Reader) -> HostFacts:
             value = reader.optional({param}, pdir, param, str, f"module {module}")
             if value is not None:
                 params[f"{module}.{param}"] = value
-    cmdline = reader.text_file(os.path.join(reader.procfs, "cmdline"), CMDLINE_LIMIT) or ""
+    cmdline = (reader.text_file(os.path.join(reader.procfs, "cmdline"), CMDLINE_LIMIT) or "").strip()
+    interrupts = reader.text_file(os.path.join(reader.procfs, "interrupts"), INTERRUPTS_LIMIT)
+    tables = reader.listdir(os.path.join(reader.sysfs, "firmware", "acpi", "tables"))
     return HostFacts(
         iommu_groups_present=bool(reader.listdir(os.path.join(reader.sysfs, "kernel", "iommu_groups"))),
         iommu_units=tuple(reader.listdir(os.path.join(reader.sysfs, "class", "iommu"))),
-        cmdline=cmdline.strip(),
+        cmdline=cmdline,
         module_params=MappingProxyType(params),
+        interrupt_remapping=interrupt_remapping(interrupts, cmdline),
+        acpi_iommu_tables=tuple(t for t in IOMMU_TABLES if t in tables),
     )
+
+
+def interrupt_remapping(interrupts: str | None, cmdline: str) -> bool | None:
+    """Whether the kernel remaps interrupts, from the chips its interrupts are routed through.
+
+    On: a chip named "IR-..." (IR-IO-APIC, IR-PCI-MSI, IR-PCI-MSIX-0000:01:00.0 ...). Off:
+    `intremap=off`, or x86 chips without the prefix. Unknown (None): no readable table, or no x86
+    chip at all (another architecture, where MSI isolation has other names: say nothing wrong).
+    """
+    if "intremap=off" in cmdline.split():
+        return False
+    if interrupts is None:
+        return None
+    chips = set(interrupts.split())
+    if any(c.startswith("IR-") for c in chips):
+        return True
+    if any(c.startswith(X86_CHIPS) for c in chips):
+        return False
+    return None

@@ -1,0 +1,257 @@
+"""Kernel truth and live state on fixture hosts, answers worked out by hand: VFIO variant drivers,
+interrupt remapping, unreachable devices, and who holds which device now."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hosts
+import pytest
+from helpers import EXE, judge_tree
+from hosts import INTEL, NVIDIA
+
+from passthrough_exporter.metrics import render
+from passthrough_exporter.sysfs.procs import qemu_guest_name, scan_holders
+
+MELLANOX = 0x15B3
+
+
+def found(snap) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in snap.findings:
+        out.setdefault(f.code, []).append((f.severity, f.subject))
+    return out
+
+
+# --- VFIO variant drivers ----------------------------------------------------------------
+
+
+def mlx5_host(tree, vf_group: int) -> None:
+    """A ConnectX PF on mlx5_core (group 20) and a VF bound to the mlx5_vfio_pci variant driver."""
+    hosts.base(tree)
+    tree.pci("0000:3b:00.0", MELLANOX, 0x101D, 0x020000, driver="mlx5_core", group=20, sriov_totalvfs=8)
+    tree.pci("0000:3b:00.2", MELLANOX, 0x101E, 0x020000, driver="mlx5_vfio_pci", group=vf_group,
+             physfn="0000:3b:00.0", vfio_dev="vfio0")
+
+
+def test_a_variant_driver_vf_alone_in_its_group_is_viable(tree):
+    mlx5_host(tree, vf_group=21)
+    snap = judge_tree(tree)
+    st = snap.facts.groups[21]
+    assert st.vfio == ("pci_0000_3b_00_2",) and st.host == () and st.viable
+    codes = found(snap)
+    assert "group_mixed" not in codes and ("info", "group:21") not in codes.get("group_not_viable", [])
+    text = render(snap).decode()
+    assert 'passthrough_iommu_group_viable{group="21"} 1.0' in text
+    assert 'passthrough_iommu_group_vfio_devices{group="21"} 1.0' in text
+    assert 'passthrough_iommu_group_host_devices{group="21"} 0.0' in text
+
+
+def test_a_variant_driver_vf_beside_its_pf_on_the_host_driver_is_still_mixed(tree):
+    mlx5_host(tree, vf_group=20)  # no ACS: the VF shares the PF's group
+    snap = judge_tree(tree)
+    st = snap.facts.groups[20]
+    assert st.vfio == ("pci_0000_3b_00_2",) and st.host == ("pci_0000_3b_00_0",) and not st.viable
+    assert found(snap)["group_mixed"] == [("critical", "group:20")]
+
+
+def test_the_vfio_device_node_counts_even_under_another_driver_name(tree):
+    """The kernel's vfio-dev/ directory is the evidence; a driver name no list knows does not matter."""
+    hosts.base(tree)
+    tree.pci("0000:5e:00.0", 0x1DD8, 0x0008, 0x020000, driver="newvendor_accel", group=30, vfio_dev="vfio7")
+    snap = judge_tree(tree)
+    assert snap.facts.groups[30].vfio == ("pci_0000_5e_00_0",) and snap.facts.groups[30].viable
+    assert snap.device_object("pci_0000_5e_00_0")["vfio_dev"] == "vfio7"
+
+
+# --- interrupt remapping -----------------------------------------------------------------
+
+
+def gpu_on_vfio(tree) -> None:
+    hosts.base(tree)
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, driver="vfio-pci", group=2, reset_method="flr")
+
+
+@pytest.mark.parametrize("chips, cmdline, unsafe, remapping, expected", [
+    (("IR-IO-APIC", "IR-PCI-MSIX-0000:01:00.0"), "", "N", True, None),
+    (("IO-APIC", "PCI-MSIX-0000:01:00.0"), "", "N", False, ("critical", "host")),  # a GPU waits on vfio-pci
+    (("IO-APIC", "PCI-MSI"), "", "Y", False, None),  # unsafe_interrupts says it instead
+    (("IR-IO-APIC", "IR-PCI-MSI"), "intremap=off", "N", False, ("critical", "host")),
+    (("GICv3", "ITS-MSI"), "", "N", None, None),  # not x86: nothing said, nothing wrong said
+], ids=["on", "off", "off-unsafe-allowed", "intremap-off", "arm"])
+def test_interrupt_remapping(tree, chips, cmdline, unsafe, remapping, expected):
+    gpu_on_vfio(tree)
+    tree.interrupts(*chips)
+    tree.cmdline(f"root=/dev/sda1 {cmdline}")
+    tree.module_param("vfio_iommu_type1", "allow_unsafe_interrupts", unsafe)
+    snap = judge_tree(tree)
+    assert snap.inventory.host.interrupt_remapping is remapping
+    codes = found(snap)
+    assert codes.get("no_interrupt_remapping", [None])[0] == expected
+    assert ("unsafe_interrupts" in codes) is (unsafe == "Y")
+    text = render(snap).decode()
+    line = {True: "passthrough_interrupt_remapping_enabled 1.0", False: "passthrough_interrupt_remapping_enabled 0.0"}
+    if remapping is None:
+        assert "\npassthrough_interrupt_remapping_enabled " not in text  # absent when unknown
+    else:
+        assert line[remapping] in text
+
+
+def test_remapping_off_without_a_vfio_device_is_a_warning(tree):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    tree.interrupts("IO-APIC", "PCI-MSI")
+    assert found(judge_tree(tree))["no_interrupt_remapping"] == [("warning", "host")]
+
+
+def test_check_tells_the_truth_about_remapping(tree):
+    gpu_on_vfio(tree)
+    tree.interrupts("IO-APIC", "PCI-MSI")
+    out = subprocess.run([EXE, "check", "--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)],
+                         capture_output=True, text=True, timeout=60)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("VFIO requires interrupt remapping"))
+    assert line.endswith(": FAIL") and out.returncode == 2
+    assert "no_interrupt_remapping [host]: interrupt remapping is off (no IR- interrupt chip" in out.stdout
+
+
+def test_dmar_table_tells_the_kernel_from_the_firmware(tree):
+    tree.pci("0000:00:00.0", INTEL, 0x3E30, 0x060000, reset_method=None)  # no groups, no units
+    assert "iommu_off_firmware" in found(judge_tree(tree))
+    tree.acpi_table("DMAR")
+    codes = found(judge_tree(tree))
+    assert "iommu_off_kernel" in codes and "iommu_off_firmware" not in codes
+
+
+# --- unreachable devices -----------------------------------------------------------------
+
+
+def test_an_unreachable_device_is_named_not_taken_for_a_bridge(tree):
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    tree.pci("0000:02:00.0", NVIDIA, 0x2204, 0x030000, driver="nvidia", group=9, unreachable=True)
+    snap = judge_tree(tree)
+    dev = snap.inventory.devices["pci_0000_02_00_0"]
+    assert dev.unreachable and dev.header_type is None
+    v = snap.verdicts[dev.name]
+    assert not v.eligible and v.reasons == ("unreachable: config space reads 0xffff",)
+    assert found(snap)["device_unreachable"] == [("critical", "pci_0000_02_00_0")]
+    assert snap.facts.groups[9].bridges == () and snap.facts.groups[9].host == ("pci_0000_02_00_0",)
+    assert snap.states[dev.name] == "ineligible"
+
+
+# --- who holds what ------------------------------------------------------------------------
+
+
+def busy_host(tree):
+    """GPU + audio (group 2) on vfio-pci held by a QEMU process through /dev/vfio/2; a USB mouse
+    claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see."""
+    hosts.base(tree)
+    tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2,
+             enable=1, reset_method="flr")
+    tree.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="vfio-pci", group=2,
+             enable=0, reset_method="flr")
+    tree.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, enable=1, reset_method="flr")
+    tree.pci("0000:00:1f.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=8, enable=0, reset_method="flr")
+    hosts.usb_tree(tree)
+    (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve().joinpath("driver").unlink()
+    tree._driver("usb", (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve(), "usbfs")
+    tree.process(4242, "qemu-system-x86", ["/usr/bin/qemu-system-x86_64", "-name", "guest=win11,debug-threads=on",
+                                           "-m", "8192"], {3: "/dev/vfio/vfio", 4: "/dev/vfio/2", 5: "/dev/null"})
+    tree.process(4300, "bash", ["bash"], {0: "/dev/pts/0"})
+    return tree
+
+
+def test_in_use_held_by_and_available(tree):
+    snap = judge_tree(busy_host(tree))
+    gpu, audio, nic, spare = "pci_0000_01_00_0", "pci_0000_01_00_1", "pci_0000_00_19_0", "pci_0000_00_1f_0"
+    held = {"vm": "win11", "pid": 4242, "process": "qemu-system-x86"}
+    assert snap.device_object(gpu)["held_by"] == held
+    assert snap.device_object(audio)["held_by"] == held and snap.device_object(audio)["in_use"] is True
+    assert snap.device_object(nic)["in_use"] is True and snap.device_object(nic)["held_by"] is None
+    assert snap.device_object("usb_1_1_2")["in_use"] is True and snap.device_object("usb_1_1_2")["held_by"] is None
+    assert snap.device_object(spare)["in_use"] is False and snap.device_object(spare)["available"] is True
+    # The xHCI controller is eligible but a device below it is in use: blocked, not available.
+    assert snap.verdicts["pci_0000_00_14_0"].eligible and snap.states["pci_0000_00_14_0"] == "blocked"
+    assert snap.states["usb_1_1_4"] == "available"
+    assert {n for n, s in snap.states.items() if s == "in_use"} == {gpu, audio, nic, "usb_1_1_2"}
+    text = render(snap).decode()
+    assert f'passthrough_device_in_use{{device="{gpu}",type="pci",vm="win11"}} 1.0' in text
+    assert f'passthrough_device_in_use{{device="{nic}",type="pci",vm=""}} 1.0' in text
+    assert f'passthrough_device_available{{device="{spare}",type="pci"}} 1.0' in text
+    assert f'passthrough_device_available{{device="{gpu}",type="pci"}} 0.0' in text
+
+
+def test_available_on_the_command_line(tree):
+    busy_host(tree)
+    args = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
+    out = subprocess.run([EXE, "devices", "--available", "--cap", "pci", *args], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["pci_0000_00_1f_0"]
+    off = subprocess.run([EXE, "devices", "--available", "--cap", "pci", "--no-live.process-scan", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert off.stdout.split() == ["pci_0000_00_1f_0"]  # enable= alone already says the GPU is taken
+    conflict = subprocess.run([EXE, "devices", "--available", "--affected-by", "pci_0000_00_1f_0", *args],
+                              capture_output=True, text=True, timeout=60)
+    assert conflict.returncode == 2 and conflict.stderr == "Conflicting flag filters specified.\n"
+
+
+def test_a_cdev_and_a_usbfs_node_name_their_devices(tree):
+    hosts.base(tree)
+    tree.pci("0000:3b:00.2", MELLANOX, 0x101E, 0x020000, driver="mlx5_vfio_pci", group=21, vfio_dev="vfio3")
+    hosts.usb_tree(tree)
+    tree.process(77, "qemu-kvm", ["qemu-kvm", "-name", "db1"], {9: "/dev/vfio/devices/vfio3",
+                                                                  10: "/dev/bus/usb/001/004"})
+    snap = judge_tree(tree)
+    for name in ("pci_0000_3b_00_2", "usb_1_1_4"):
+        assert snap.device_object(name)["held_by"] == {"vm": "db1", "pid": 77, "process": "qemu-kvm"}
+
+
+def test_the_scan_can_be_switched_off(tree):
+    busy_host(tree)
+    from passthrough_exporter.inspector import Inspector
+    from passthrough_exporter.sources.sysfs import SysfsSource
+
+    snap = Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc), scan_processes=False).read())
+    assert snap.inventory.host.holders is None
+    assert snap.device_object("pci_0000_01_00_0")["held_by"] is None  # still in use: enable=1
+    assert snap.device_object("pci_0000_01_00_0")["in_use"] is True
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["qemu", "-name", "guest=win11,debug-threads=on"], "win11"),
+    (["qemu", "-name", "vm1,process=qemu:vm1"], "vm1"),
+    (["qemu", "-name", "process=x,guest=a,,b"], "a,b"),
+    (["qemu", "-m", "1024"], None),
+    (["qemu", "-name"], None),
+])
+def test_qemu_guest_names(argv, name):
+    assert qemu_guest_name(argv) == name
+
+
+def test_a_real_process_holding_a_node_is_found_through_the_real_proc(tmp_path):
+    """A child opens a file standing in for /dev/vfio/12; the scan of this machine's /proc finds it."""
+    devfs = tmp_path / "dev"
+    (devfs / "vfio").mkdir(parents=True)
+    node = devfs / "vfio" / "12"
+    node.write_text("")
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; f = open(sys.argv[1]); pathlib.Path(sys.argv[2]).write_text('x'); "
+        "time.sleep(30)"), str(node), str(ready)])
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        holders = scan_holders("/proc", devfs=str(devfs))
+        assert holders is not None and holders["/dev/vfio/12"].pid == child.pid
+        assert holders["/dev/vfio/12"].process == Path(sys.executable).name[:15]
+        assert holders["/dev/vfio/12"].vm is None
+    finally:
+        child.kill()
+        child.wait(10)
+    assert os.path.exists(node)
