@@ -141,9 +141,19 @@ def test_check_on_this_machine():
     groups = "/sys/kernel/iommu_groups"
     if not (os.path.isdir(groups) and os.listdir(groups)):
         units = os.listdir("/sys/class/iommu") if os.path.isdir("/sys/class/iommu") else []
-        expected = "iommu_off_kernel" if units else "iommu_off_firmware"
+        tables = os.listdir("/sys/firmware/acpi/tables") if os.path.isdir("/sys/firmware/acpi/tables") else []
+        expected = "iommu_off_kernel" if units or {"DMAR", "IVRS"} & set(tables) else "iommu_off_firmware"
         assert (expected, "host") in codes
         assert out.returncode >= 1
+    # Interrupt remapping, read here from the interrupt chips: the line never passes without it.
+    with open("/proc/interrupts") as f:
+        chips = set(f.read().split())
+    unsafe = "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+    allowed = os.path.exists(unsafe) and open(unsafe).read().strip() in ("Y", "1")
+    if not any(c.startswith("IR-") for c in chips) and any(c.startswith(("IO-APIC", "PCI-MSI")) for c in chips):
+        status = next(c["status"] for c in doc["checks"] if c["check"] == "VFIO requires interrupt remapping")
+        assert (("unsafe_interrupts", "host") if allowed else ("no_interrupt_remapping", "host")) in codes
+        assert status != "PASS"
     root = _root_pci_function()
     if root is not None:
         assert ("root_device", root) in codes

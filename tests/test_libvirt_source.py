@@ -15,6 +15,7 @@ from sysfs_builder import SysfsTree  # noqa: E402
 
 from passthrough_exporter import cli  # noqa: E402
 from passthrough_exporter.inspector import Inspector  # noqa: E402
+from passthrough_exporter.metrics import render  # noqa: E402
 from passthrough_exporter.model import KNOWN_TYPES  # noqa: E402
 from passthrough_exporter.snapshot import Snapshot  # noqa: E402
 from passthrough_exporter.sources import SourceError  # noqa: E402
@@ -349,3 +350,54 @@ def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
         httpd.shutdown()
         httpd.server_close()
         source.close()
+
+
+# --- findings about assignments (libvirt's test driver) --------------------------------------
+
+
+def _judge(tree, tmp_path, *domains):
+    uri = write_host(tree, tmp_path / "host.xml", domains)
+    return Inspector().judge(LibvirtSource(uri, sysfs_path=None).read())
+
+
+def _codes(snap):
+    return {(f.code, f.severity, f.subject) for f in snap.findings if f.code in
+            ("assignment_conflict", "group_split", "hostdev_missing")}
+
+
+def test_one_device_in_two_domains(tree, tmp_path):
+    hosts.workstation(tree)
+    snap = _judge(tree, tmp_path, domain("gaming", pci_hostdev("0000:04:00.0")),
+                  domain("spare", pci_hostdev("0000:04:00.0"), running=False))
+    assert _codes(snap) == {("assignment_conflict", "warning", "pci_0000_04_00_0")}
+    finding = next(f for f in snap.findings if f.code == "assignment_conflict")
+    assert "gaming (running), spare (shut off)" in finding.message and "virsh edit" in finding.fix
+    text = render(snap).decode()
+    assert 'passthrough_device_assigned{device="pci_0000_04_00_0",domain="gaming",running="true"} 1.0' in text
+    assert 'passthrough_device_assigned{device="pci_0000_04_00_0",domain="spare",running="false"} 1.0' in text
+    both = _judge(tree, tmp_path, domain("gaming", pci_hostdev("0000:04:00.0")),
+                  domain("render", pci_hostdev("0000:04:00.0")))
+    assert _codes(both) == {("assignment_conflict", "critical", "pci_0000_04_00_0")}
+    assert both.states["pci_0000_04_00_0"] == "assigned"
+
+
+def test_a_group_split_between_two_domains(tree, tmp_path):
+    hosts.workstation(tree)  # GPU 01:00.0 and its audio 01:00.1 share group 2
+    snap = _judge(tree, tmp_path, domain("gaming", pci_hostdev("0000:01:00.0")),
+                  domain("music", pci_hostdev("0000:01:00.1"), running=False))
+    assert _codes(snap) == {("group_split", "critical", "group:2")}
+    finding = next(f for f in snap.findings if f.code == "group_split")
+    assert "gaming: pci_0000_01_00_0; music: pci_0000_01_00_1" in finding.message
+    # Both in one domain: no split.
+    one = _judge(tree, tmp_path, domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1")))
+    assert _codes(one) == set()
+
+
+def test_a_hostdev_naming_a_device_this_host_lacks(tree, tmp_path):
+    hosts.workstation(tree)
+    snap = _judge(tree, tmp_path, domain("old", pci_hostdev("0000:0a:00.0"), running=False))
+    assert _codes(snap) == {("hostdev_missing", "warning", "domain:old")}
+    finding = next(f for f in snap.findings if f.code == "hostdev_missing")
+    assert "pci address=0000:0a:00.0" in finding.message
+    assert 'passthrough_finding{code="hostdev_missing",severity="warning",subject="domain:old"} 1.0' in \
+        render(snap).decode()
