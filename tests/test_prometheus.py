@@ -48,6 +48,15 @@ def unsafe_host(tree: SysfsTree) -> None:
     tree.pci("0000:01:00.0", 0x10DE, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2)
     tree.pci("0000:01:00.1", 0x10DE, 0x228B, 0x040300, parent="0000:00:01.0", driver="snd_hda_intel", group=2)
     tree.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 intel_iommu=on pcie_acs_override=downstream,multifunction")
+    tree.interrupts("IO-APIC", "PCI-MSI")  # no remapping
+    # A QEMU holds the GPU's group; a second GPU fell off the bus.
+    tree.process(4242, "qemu-system-x86", ["qemu-system-x86_64", "-name", "guest=win11"], {4: "/dev/vfio/2"})
+    tree.pci("0000:02:00.0", 0x10DE, 0x2204, 0x030000, driver="nvidia", group=9, unreachable=True)
+
+
+def safe_host(tree: SysfsTree) -> None:
+    hosts.workstation(tree)
+    tree.interrupts("IR-IO-APIC", "IR-PCI-MSI")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +65,7 @@ def stack(tmp_path_factory):
     procs = []
     targets = {}
     try:
-        for name, build in (("safe", hosts.workstation), ("unsafe", unsafe_host), ("libvirt", hosts.workstation)):
+        for name, build in (("safe", safe_host), ("unsafe", unsafe_host), ("libvirt", hosts.workstation)):
             tree = SysfsTree(base / name)
             build(tree)
             source = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
@@ -64,8 +73,13 @@ def stack(tmp_path_factory):
                 pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
                 from libvirt_host import domain, pci_hostdev, write_host
 
-                uri = write_host(tree, base / "libvirt.xml",
-                                 (domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1")),))
+                uri = write_host(tree, base / "libvirt.xml", (
+                    domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1")),
+                    # 04:00.0 in two running domains; 05:00.0 of the same group 5 in a third: split.
+                    domain("compute", pci_hostdev("0000:04:00.0")), domain("render", pci_hostdev("0000:04:00.0")),
+                    domain("music", pci_hostdev("0000:05:00.0"), running=False),
+                    domain("old", pci_hostdev("0000:0a:00.0"), running=False),  # not on this host
+                ))
                 source += ["--source", "libvirt", "--libvirt.uri", uri]
             port = free_port()
             procs.append(subprocess.Popen(
@@ -134,6 +148,35 @@ def test_every_panel_query_returns_data(stack):
     api, _ = stack
     empty = [title for title, expr in dashboard_queries() if not query(api, expr)]
     assert empty == []
+
+
+def test_live_state_queries_return_the_hand_counted_numbers(stack):
+    api, targets = stack
+
+    def by_instance(expr: str) -> dict[str, str]:
+        return {r["metric"].get("instance", ""): r["value"][1] for r in query(api, expr)}
+
+    assert by_instance("passthrough_interrupt_remapping_enabled") == {targets["safe"]: "1", targets["unsafe"]: "0"}
+    assert by_instance('count by (instance) (passthrough_finding{code="no_interrupt_remapping"})') == {
+        targets["unsafe"]: "1"}
+    in_use = query(api, "passthrough_device_in_use == 1")
+    # The QEMU process holds /dev/vfio/2, which stands for every function of group 2.
+    assert sorted((r["metric"]["device"], r["metric"]["vm"]) for r in in_use) == [
+        ("pci_0000_01_00_0", "win11"), ("pci_0000_01_00_1", "win11")]
+    assert by_instance('count by (instance) (passthrough_finding{code="device_unreachable"})') == {
+        targets["unsafe"]: "1"}
+    assert by_instance('count by (instance) (passthrough_finding{code="group_split"})') == {targets["libvirt"]: "1"}
+    assert by_instance('count by (instance) (passthrough_finding{code="assignment_conflict",severity="critical"})') \
+        == {targets["libvirt"]: "1"}
+    assert by_instance('count by (instance) (passthrough_finding{code="hostdev_missing"})') == {targets["libvirt"]: "1"}
+    running = query(api, 'passthrough_device_assigned{device="pci_0000_04_00_0"}')
+    assert sorted((r["metric"]["domain"], r["metric"]["running"]) for r in running) == [
+        ("compute", "true"), ("render", "true")]
+    # Free PCI devices: the safe workstation's 11 eligible ones (nothing in use). The libvirt twin:
+    # 01:00.0, 01:00.1, 04:00.0 and 05:00.0 are assigned, 06:00.0 and 06:00.1 blocked (group 5 with
+    # the assigned ones); left are 00:14.0, 00:17.0 and the SR-IOV PF 81:00.0 with its two VFs.
+    free = by_instance('sum by (instance) (passthrough_device_available{type="pci"})')
+    assert free == {targets["safe"]: "11", targets["unsafe"]: "0", targets["libvirt"]: "5"}
 
 
 def test_unsafe_host_alerts_and_safe_host_does_not(stack):
