@@ -146,7 +146,8 @@ class Handler(BaseHTTPRequestHandler):
         snap = self.server.refresher.current().snapshot
         cap = params.get("cap", [None])[-1] or None
         affected_by = params.get("affected_by", [None])[-1]
-        names = select(snap, cap=cap, passthrough=_flag(params, "passthrough"), affected_by=affected_by)
+        names = select(snap, cap=cap, passthrough=_flag(params, "passthrough"), affected_by=affected_by,
+                       available=_flag(params, "available"))
         self._json(200, [snap.device_object(n) for n in names])
 
     def _healthz(self) -> None:
