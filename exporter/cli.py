@@ -163,6 +163,8 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--metrics.skip-vfs", dest="skip_vfs", action="store_true",
                        help="no per-device series for SR-IOV virtual functions (large SR-IOV hosts)")
+    group.add_argument("--metrics.health", dest="metric_health", action=argparse.BooleanOptionalAction, default=True,
+                       help="PCIe link, AER error and power state series per PCI function (default: on)")
 
 
 def metric_options(args: argparse.Namespace) -> MetricOptions:
@@ -171,7 +173,7 @@ def metric_options(args: argparse.Namespace) -> MetricOptions:
     if unknown:  # a typo would silently drop every per-device series
         raise ConfigError(f"--metrics.device-types: unknown type {', '.join(unknown)}; "
                           f"choose from {', '.join(KNOWN_TYPES)}")
-    return MetricOptions(device_types=types, include_vfs=not args.skip_vfs)
+    return MetricOptions(device_types=types, include_vfs=not args.skip_vfs, include_health=args.metric_health)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

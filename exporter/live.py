@@ -22,7 +22,9 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
            affected: Mapping[str, AffectedSet]) -> Mapping[str, str]:
     busy = set(facts.in_use)
     busy.update(d.name for d in inventory if d.assigned_to)
+    # Mediated devices carved out of a function: libvirt lists them as children, sysfs per type.
     carved = {d.parent for d in inventory if d.type == "mdev" and d.parent}
+    carved.update(d.name for d in inventory if any(t.instances for t in d.mdev_types))
     shared_busy: dict[int, bool] = {}  # id(shared set) -> it holds a busy device: once per group
     out: dict[str, str] = {}
     for dev in inventory:

@@ -8,6 +8,7 @@ copies bytes); tests check that both give the same bytes.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .exposition import render_families
 from .facts import WEAKENED_REASONS
-from .model import PASSABLE_TYPES
+from .model import PASSABLE_TYPES, Device
 from .snapshot import Snapshot
 from .sources import error_kinds
 
@@ -39,7 +40,7 @@ class Spec:
 # Every metric, in exposition order: name (a counter without its "_total") -> type, help, labels.
 METRICS: dict[str, Spec] = {
     "passthrough_device_info": Spec("gauge", "Host device, with its identity as labels.",
-        ("device", "type", "parent", "vendor_id", "product_id", "class", "driver", "iommu_group")),
+        ("device", "type", "parent", "vendor_id", "product_id", "class", "driver", "iommu_group", "numa_node")),
     "passthrough_device_eligible": Spec("gauge", "1 when the device can be passed through to a VM.",
         ("device", "type")),
     "passthrough_device_affected_devices": Spec("gauge",
@@ -53,6 +54,24 @@ METRICS: dict[str, Spec] = {
     "passthrough_device_available": Spec("gauge",
         "1 when the device can be handed to a VM now: eligible, not in use, not assigned, nothing it takes "
         "along in use or assigned.", ("device", "type")),
+    "passthrough_pool_devices": Spec("gauge",
+        "Devices per model and NUMA node in each state: available, in_use, assigned, blocked or ineligible.",
+        ("type", "vendor_id", "product_id", "product", "numa_node", "state")),
+    "passthrough_pcie_link_speed_gts": Spec("gauge", "PCIe link speed in GT/s, as trained (current) and at most (max).",
+        ("device", "kind")),
+    "passthrough_pcie_link_width": Spec("gauge", "PCIe link width in lanes, as trained (current) and at most (max).",
+        ("device", "kind")),
+    "passthrough_pcie_aer_errors": Spec("counter", "PCIe errors the device reported since boot (AER), by severity.",
+        ("device", "severity")),
+    "passthrough_device_power_state": Spec("gauge", "1 for the device's current PCI power state.",
+        ("device", "state")),
+    "passthrough_sriov_vfs": Spec("gauge", "SR-IOV virtual functions of a physical function: total and enabled.",
+        ("device", "kind")),
+    "passthrough_mdev_available_instances": Spec("gauge",
+        "Mediated devices (vGPUs) of this type that can still be created on the device.",
+        ("device", "mdev_type", "name")),
+    "passthrough_mdev_instances": Spec("gauge", "Mediated devices (vGPUs) of this type that exist on the device.",
+        ("device", "mdev_type")),
     "passthrough_iommu_group_devices": Spec("gauge", "PCI functions in the IOMMU group.", ("group",)),
     "passthrough_iommu_group_viable": Spec("gauge",
         "1 when VFIO would accept the group: every endpoint driverless, on a vfio driver or pci-stub.", ("group",)),
@@ -83,6 +102,7 @@ class MetricOptions:
 
     device_types: tuple[str, ...] = PASSABLE_TYPES
     include_vfs: bool = True
+    include_health: bool = True  # link, AER, power state: 2-9 series per PCI endpoint
 
 
 def _label(value: object) -> str:
@@ -125,13 +145,16 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
             continue
         name, typ = dev.name, dev.type
         info.append(((name, typ, _label(dev.parent), _label(dev.vendor_id), _label(dev.product_id),
-                      _label(dev.pci_class), _label(dev.driver), _label(dev.iommu_group)), 1))
+                      _label(dev.pci_class), _label(dev.driver), _label(dev.iommu_group), _label(dev.numa_node)), 1))
         eligible.append(((name, typ), 1 if verdicts[name].eligible else 0))
         affected.append(((name, typ), len(affected_sets[name])))
         if name in holders:
             holder = holders[name]
             in_use.append(((name, typ, _label(holder.vm if holder is not None else None)), 1))
         available.append(((name, typ), 1 if states.get(name) == "available" else 0))
+        if typ == "pci":
+            _pci_rows(dev, rows, opts.include_health)
+    rows["passthrough_pool_devices"] += _pools(snap, types)
 
     for number, st in facts.groups.items():
         g = (str(number),)
@@ -152,6 +175,45 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
                                            for kind in sorted(set(ERROR_KINDS) | set(snap.errors_total))]
     rows["passthrough_exporter_build_info"].append(((__version__,), 1))
     return [Family.of(name, r) for name, r in rows.items()]
+
+
+AER_SEVERITIES = ("correctable", "nonfatal", "fatal")
+
+
+def _pci_rows(dev: Device, rows: dict[str, list[Row]], health: bool) -> None:
+    """Capacity (SR-IOV, mdev) and, unless narrowed, health (link, AER, power) of one PCI function."""
+    name = dev.name
+    if dev.sriov_totalvfs is not None:
+        rows["passthrough_sriov_vfs"].append(((name, "total"), dev.sriov_totalvfs))
+        rows["passthrough_sriov_vfs"].append(((name, "enabled"), dev.sriov_numvfs or 0))
+    for t in dev.mdev_types:
+        if t.available is not None:
+            rows["passthrough_mdev_available_instances"].append(((name, t.type_id, _label(t.name)), t.available))
+        rows["passthrough_mdev_instances"].append(((name, t.type_id), t.instances))
+    if not health:
+        return
+    for kind, speed, width in zip(("current", "max"), dev.link_speed, dev.link_width):
+        if speed is not None:
+            rows["passthrough_pcie_link_speed_gts"].append(((name, kind), speed))
+        if width is not None:
+            rows["passthrough_pcie_link_width"].append(((name, kind), width))
+    for severity, count in zip(AER_SEVERITIES, dev.aer_errors):
+        if count is not None:
+            rows["passthrough_pcie_aer_errors"].append(((name, severity), count))
+    if dev.power_state is not None:
+        rows["passthrough_device_power_state"].append(((name, dev.power_state), 1))
+
+
+def _pools(snap: Snapshot, types: set[str]) -> list[Row]:
+    """Devices per model, NUMA node and state: what a scheduler can hand out, summed across a fleet.
+    Virtual functions count here even with --metrics.skip-vfs: they are most of an SR-IOV pool."""
+    pools: Counter[tuple[str, ...]] = Counter()
+    states = snap.states
+    for dev in snap.inventory:
+        if dev.type in types and dev.type in PASSABLE_TYPES:
+            pools[(dev.type, _label(dev.vendor_id), _label(dev.product_id), _label(dev.product),
+                   _label(dev.numa_node), states.get(dev.name, "ineligible"))] += 1
+    return sorted(pools.items())
 
 
 class SnapshotCollector(Collector):

@@ -60,6 +60,12 @@ class Device:
     devnum: int | None = None
     scsi_type: int | None = None  # SCSI peripheral type (0 disk, 5 cd-rom, ...)
     block_devices: tuple[str, ...] = ()  # sda, sr0 ...: block nodes of a SCSI LUN
+    # Capacity and health (PCI), each None when the kernel does not say.
+    link_speed: tuple[float | None, float | None] = (None, None)  # GT/s: current, max
+    link_width: tuple[int | None, int | None] = (None, None)  # lanes: current, max
+    aer_errors: tuple[int | None, int | None, int | None] = (None, None, None)  # correctable, nonfatal, fatal
+    power_state: str | None = None  # D0, D1, D2, D3hot, D3cold
+    mdev_types: tuple[MdevType, ...] = ()
     vfio_dev: str | None = None  # "vfio3": the kernel's VFIO device node (vfio-dev/), when it has one
     enabled: bool | None = None  # PCI `enable`: the device is enabled (VFIO: a user-space driver has it open)
     unreachable: bool = False  # PCI config space reads all ones: the device fell off the bus
@@ -68,6 +74,17 @@ class Device:
     assigned_to: str | None = None  # the first of `assignments`: the VM holding the device, where known
     assigned_running: bool | None = None  # whether that domain runs
     notes: tuple[str, ...] = ()  # where a source filled or doubted a field
+
+
+@dataclass(frozen=True, slots=True)
+class MdevType:
+    """One kind of mediated device (a vGPU profile) a PCI function can be carved into."""
+
+    type_id: str  # nvidia-63, i915-GVTg_V5_4 ...
+    name: str | None  # the vendor's name: "GRID T4-2Q"
+    device_api: str | None  # vfio-pci ...
+    available: int | None  # instances that can still be created
+    instances: int  # instances that exist
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,14 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
             sriov_numvfs=dev.sriov_numvfs,
             vfio_dev=dev.vfio_dev,
             unreachable=dev.unreachable,
+            health={
+                "link_speed_gts": {"current": dev.link_speed[0], "max": dev.link_speed[1]},
+                "link_width": {"current": dev.link_width[0], "max": dev.link_width[1]},
+                "aer_errors": dict(zip(("correctable", "nonfatal", "fatal"), dev.aer_errors)),
+                "power_state": dev.power_state,
+            },
+            mdev_types=[{"type": t.type_id, "name": t.name, "device_api": t.device_api,
+                         "available_instances": t.available, "instances": t.instances} for t in dev.mdev_types],
         )
     elif dev.type in ("usb_device", "usb"):
         obj.update(usb_class=dev.usb_class, busnum=dev.busnum, devnum=dev.devnum)

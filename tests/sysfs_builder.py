@@ -141,6 +141,7 @@ class SysfsTree:
         vfio_dev: str | None = None,
         enable: int | None = None,
         unreachable: bool = False,
+        attrs: dict[str, str | bytes] | None = None,
     ) -> Path:
         """A PCI function; `parent` is the address of the bridge above it (None: a root bus)."""
         if parent is None:
@@ -165,6 +166,8 @@ class SysfsTree:
             (path / "vfio-dev" / vfio_dev).mkdir(parents=True)
         if enable is not None:
             self.write(path / "enable", str(enable))
+        for name, value in (attrs or {}).items():  # anything else, in the kernel's own format
+            self.write(path / name, value)
         if boot_vga is not None:
             self.write(path / "boot_vga", "1" if boot_vga else "0")
         if reset_method is not None:
@@ -189,6 +192,18 @@ class SysfsTree:
                 self.link(pf / f"virtfn{n}", path)
                 self.write(pf / "sriov_numvfs", str(n + 1))
         return path
+
+    def mdev_type(self, addr: str, type_id: str, name: str, available: int, instances: int = 0) -> None:
+        """A mediated device type under a PCI function, with `instances` created from it."""
+        tdir = self._pci[addr] / "mdev_supported_types" / type_id
+        self.write(tdir / "name", name)
+        self.write(tdir / "device_api", "vfio-pci")
+        self.write(tdir / "available_instances", str(available))
+        (tdir / "devices").mkdir(parents=True)
+        for i in range(instances):
+            uuid = f"00000000-0000-0000-0000-{i:012d}"
+            (self._pci[addr] / uuid).mkdir()
+            self.link(tdir / "devices" / uuid, self._pci[addr] / uuid)
 
     # --- USB -----------------------------------------------------------------------------
 

@@ -28,11 +28,12 @@ def test_clean_host_passes_with_exit_0(tree):
     out = check(tree)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = status_lines(out.stdout)
-    assert list(lines) == [  # safety's, then pci's, then assignments': in pluggy's call order
+    assert list(lines) == [  # safety's, then pci's, health's, assignments': in pluggy's call order
         "IOMMU enabled in firmware and kernel", "No ACS override on the kernel command line",
         "VFIO requires interrupt remapping", "VFIO no-IOMMU mode off", "No IOMMU group split between VMs and host",
         "Eligible devices have a function-level reset", "Eligible devices alone in their IOMMU group",
         "Root filesystem devices kept on the host", "Boot VGA device", "PCI devices answer on the bus",
+        "PCIe links at full width, no fatal PCIe errors",
         "Each device and IOMMU group with one VM", "Domains' host devices present",
     ]
     assert set(lines.values()) == {"PASS"}

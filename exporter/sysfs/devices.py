@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ..model import device_name
+from ..model import MdevType, device_name
 from .attrs import BadAttribute, escape_bytes, hex_id, parse_int
 from .files import Reader, error_kind
 
@@ -62,7 +62,68 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "virtfns": tuple(device_name("pci", n) for n in (reader.link_name(path, v) for v in virtfns) if n),
         "sriov_totalvfs": opt("sriov_totalvfs", parse_int),
         "sriov_numvfs": opt("sriov_numvfs", parse_int),
+        # A VF's link is its PF's: it is read there only.
+        "link_speed": (None, None) if physfn else (opt("current_link_speed", link_speed), opt("max_link_speed", link_speed)),
+        "link_width": (None, None) if physfn else (opt("current_link_width", parse_int), opt("max_link_width", parse_int)),
+        "aer_errors": (opt("aer_dev_correctable", aer_total), opt("aer_dev_nonfatal", aer_total),
+                       opt("aer_dev_fatal", aer_total)),
+        "power_state": opt("power_state", power_state),
+        "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
     }
+
+
+POWER_STATES = ("D0", "D1", "D2", "D3hot", "D3cold")
+
+
+def link_speed(text: str) -> float | None:
+    """'16.0 GT/s PCIe' (or '8 GT/s' from older kernels) -> 16.0; 'Unknown' -> None."""
+    if text.lower().startswith("unknown"):
+        return None
+    number, _, unit = text.partition(" ")
+    if not unit.startswith("GT/s"):
+        raise BadAttribute(f"not a link speed: {text[:40]!r}")
+    try:
+        return float(number)
+    except ValueError:
+        raise BadAttribute(f"not a link speed: {text[:40]!r}") from None
+
+
+def aer_total(text: str) -> int:
+    """The TOTAL_ERR_* line of an aer_dev_* file (one 'name count' line per error kind)."""
+    for line in text.splitlines():
+        if line.startswith("TOTAL_ERR_"):
+            return parse_int(line.rsplit(None, 1)[-1])
+    raise BadAttribute(f"no TOTAL_ERR_ line: {text[:40]!r}")
+
+
+def power_state(text: str) -> str | None:
+    """D0 ... D3cold; the kernel's 'unknown' and 'error' are no state."""
+    if text in POWER_STATES:
+        return text
+    if text in ("unknown", "error"):
+        return None
+    raise BadAttribute(f"not a power state: {text[:40]!r}")
+
+
+def _mdev_types(reader: Reader, path: str, sysname: str) -> tuple[MdevType, ...]:
+    """mdev_supported_types/<type>/{name,device_api,available_instances,devices/}: vGPU capacity."""
+    base = os.path.join(path, "mdev_supported_types")
+    out = []
+    for type_id in reader.listdir(base):
+        tdir = os.path.join(base, type_id)
+        try:
+            attrs = reader.entries(tdir)
+        except OSError:
+            continue
+        what = f"{sysname} mdev type {type_id}"
+        out.append(MdevType(
+            type_id=escape_bytes(type_id),
+            name=reader.optional(attrs, tdir, "name", str, what),
+            device_api=reader.optional(attrs, tdir, "device_api", str, what),
+            available=reader.optional(attrs, tdir, "available_instances", parse_int, what),
+            instances=len(reader.listdir(os.path.join(tdir, "devices"))) if "devices" in attrs else 0,
+        ))
+    return tuple(out)
 
 
 def _group_number(reader: Reader, group: str | None, sysname: str) -> int | None:
