@@ -1,15 +1,17 @@
-"""Site policy rules: the allow/deny rules of the `--policy` file (format: `rules`).
+"""Site policy: the allow/deny rules and the expected devices of the `--policy` file (format:
+`rules`; expected devices compared in `expect`).
 
 The file is read once at start; a bad one stops the exporter with FILE:LINE. Without a file this
-plugin abstains.
+plugin abstains and reports nothing.
 """
 
 from __future__ import annotations
 
 from ... import hookimpl
-from ...model import Device, Inventory, Verdict
+from ...model import Check, Device, Finding, Inventory, Verdict
 from ...options import OptionParser
 from ...settings import Settings
+from .expect import CHECK, findings
 from .rules import Policy, load
 
 POLICY = "policy"  # settings.stash key: the parsed Policy, or None
@@ -19,7 +21,7 @@ POLICY = "policy"  # settings.stash key: the parsed Policy, or None
 def passthrough_addoption(parser: OptionParser) -> None:
     parser.addoption(
         "--policy", dest="policy", metavar="FILE", default=None,
-        help="site policy: allow/deny rules in TOML, read once at start (see docs/plugins.md)",
+        help="site policy: allow/deny rules and expected devices in TOML, read once at start (see docs/plugins.md)",
     )
 
 
@@ -39,8 +41,25 @@ def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings
 
 
 @hookimpl
+def passthrough_findings(inventory: Inventory, settings: Settings) -> list[Finding]:
+    policy: Policy | None = settings.stash.get(POLICY)
+    if policy is None:
+        return []
+    return list(findings(policy.expectations, inventory, policy.path))
+
+
+@hookimpl
+def passthrough_checks(settings: Settings) -> list[Check]:
+    # Only a file with [[expect]] tables gets the line: without any, a PASS would claim a check
+    # that was never made.
+    policy: Policy | None = settings.stash.get(POLICY)
+    return [CHECK] if policy is not None and policy.expectations else []
+
+
+@hookimpl
 def passthrough_report_header(settings: Settings) -> str | None:
     policy: Policy | None = settings.stash.get(POLICY)
     if policy is None:
         return None
-    return f"policy {policy.path}: {len(policy.rules)} rules, unmatched = {policy.unmatched}"
+    return (f"policy {policy.path}: {len(policy.rules)} rules, unmatched = {policy.unmatched}, "
+            f"{len(policy.expectations)} expected devices")

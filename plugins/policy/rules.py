@@ -1,4 +1,5 @@
-"""The site policy file format: allow/deny rules with device selectors, parsed once at start.
+"""The site policy file format: allow/deny rules with device selectors and the devices the host
+must have, parsed once at start.
 
 Selectors follow Nova's `[pci] device_spec` and KubeVirt's `permittedHostDevices`::
 
@@ -17,6 +18,13 @@ Selectors follow Nova's `[pci] device_spec` and KubeVirt's `permittedHostDevices
 
 Every selector a rule names must match (AND); a list matches any of its values (OR).
 The `policy` plugin (this package) turns matching rules into verdicts; deny beats allow.
+
+`[[expect]]` tables name a PCI address and what must be found there (`expect.py` compares)::
+
+    [[expect]]
+    address = "0000:3b:00.0"
+    vendor_id = "0x10de"
+    driver = "vfio-pci"
 """
 
 from __future__ import annotations
@@ -36,14 +44,19 @@ except ModuleNotFoundError:  # Python 3.10
 from ...model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
 from ...settings import ConfigError
 from ...sysfs.attrs import BadAttribute, hex_id
+from .expect import FIELDS, ID_FIELDS, Expectation
 
 ACTIONS = ("allow", "deny")
 UNMATCHED = ("abstain", "deny")
 SELECTORS = ("vendor_id", "product_id", "class", "address", "driver", "type", "numa_node", "name", "physfn")
 RULE_KEYS = ("action", "reason", *SELECTORS)
+EXPECT_KEYS = ("address", *FIELDS)
+TABLES = ("rule", "expect")
 
 _HEX = re.compile(r"(?:0x)?([0-9a-f]+)")
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+# domain:bus:device.function; the domain has more than 4 digits behind Intel VMD.
+_PCI_ADDRESS = re.compile(r"([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])")
 
 Match = Callable[[Device, Inventory], bool]
 
@@ -69,6 +82,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     unmatched: str = "abstain"
     path: str = "<policy>"
+    expectations: tuple[Expectation, ...] = ()
 
     def verdict(self, device: Device, inventory: Inventory) -> Verdict | None:
         """Every matching rule's reason; a matching deny wins over matching allows."""
@@ -105,8 +119,9 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         raise PolicyError(f"{path}: {msg}") from None
     lines = _Lines(text, path)
     for key in doc:
-        if key not in ("unmatched", "rule"):
-            raise lines.error(f"unknown top-level key {key!r}; expected 'unmatched' or [[rule]] tables", key=key)
+        if key not in ("unmatched", *TABLES):
+            raise lines.error(f"unknown top-level key {key!r}; expected 'unmatched', [[rule]] or [[expect]] tables",
+                              key=key)
     unmatched = doc.get("unmatched", "abstain")
     if unmatched not in UNMATCHED:
         raise lines.error(f"unmatched must be one of {', '.join(map(repr, UNMATCHED))}, not {unmatched!r}",
@@ -114,13 +129,26 @@ def parse(text: str, path: str = "<policy>") -> Policy:
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
         raise lines.error("rules are written as [[rule]] tables", key="rule")
+    raw_expects = doc.get("expect", [])
+    if not isinstance(raw_expects, list) or not all(isinstance(e, dict) for e in raw_expects):
+        raise lines.error("expected devices are written as [[expect]] tables", key="expect")
     rules = tuple(_rule(i, raw, lines) for i, raw in enumerate(raw_rules))
-    return Policy(rules=rules, unmatched=unmatched, path=path)
+    expectations: dict[str, tuple[int, Expectation]] = {}  # address -> (index, expectation)
+    for i, raw in enumerate(raw_expects):
+        exp = _expect(i, raw, lines)
+        if exp.address in expectations:  # two tables for one device: which one holds is a guess
+            j, first = expectations[exp.address]
+            at = f" (line {first.line})" if first.line else ""
+            raise lines.error(f"expect {i + 1}: address {exp.address} is already expected by expect {j + 1}{at}",
+                              ("expect", i), "address")
+        expectations[exp.address] = (i, exp)
+    return Policy(rules=rules, unmatched=unmatched, path=path,
+                  expectations=tuple(exp for _, exp in expectations.values()))
 
 
 def _rule(index: int, raw: dict[str, Any], lines: _Lines) -> Rule:
     def fail(msg: str, key: str | None = None) -> PolicyError:
-        return lines.error(f"rule {index + 1}: {msg}", rule=index, key=key)
+        return lines.error(f"rule {index + 1}: {msg}", ("rule", index), key)
 
     for key in raw:
         if key not in RULE_KEYS:
@@ -144,7 +172,57 @@ def _rule(index: int, raw: dict[str, Any], lines: _Lines) -> Rule:
         tests.append(test)
     if not tests:
         raise fail(f"no selector; give at least one of {', '.join(SELECTORS)} (name = \"*\" matches every device)")
-    return Rule(action, reason.strip(), tuple(selectors), tuple(tests), lines.rule_line(index))
+    return Rule(action, reason.strip(), tuple(selectors), tuple(tests), lines.table_line("rule", index))
+
+
+def _expect(index: int, raw: dict[str, Any], lines: _Lines) -> Expectation:
+    def fail(msg: str, key: str | None = None) -> PolicyError:
+        return lines.error(f"expect {index + 1}: {msg}", ("expect", index), key)
+
+    for key in raw:
+        if key not in EXPECT_KEYS:
+            raise fail(f"unknown key {key!r}; keys are {', '.join(EXPECT_KEYS)}", key)
+    if "address" not in raw:
+        raise fail('no address; every [[expect]] names a PCI address like "0000:3b:00.0"')
+    try:
+        address = _pci_address(raw["address"])
+    except ValueError as exc:
+        raise fail(f"address: {exc}", "address") from None
+    fields: list[tuple[str, str | int]] = []
+    for key in FIELDS:
+        if key not in raw:
+            continue
+        try:
+            fields.append((key, _expected_value(key, raw[key])))
+        except ValueError as exc:
+            raise fail(f"{key}: {exc}", key) from None
+    return Expectation(address, tuple(fields), lines.table_line("expect", index))
+
+
+def _pci_address(value: Any) -> str:
+    """'0000:3B:00.0' -> '0000:3b:00.0'. PCI only: USB bus and SCSI host numbers follow the order
+    controllers are probed in, so they are no identity to expect across reboots."""
+    m = _PCI_ADDRESS.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f'{value!r} is not a PCI address like "0000:3b:00.0" (domain:bus:device.function; '
+                         "USB and SCSI addresses cannot be expected)")
+    domain, bus, dev, fn = (int(g, 16) for g in m.groups())
+    return f"{domain:04x}:{bus:02x}:{dev:02x}.{fn:x}"
+
+
+def _expected_value(key: str, value: Any) -> str | int:
+    if key in ID_FIELDS:
+        if not isinstance(value, str):  # TOML reads 0x10de unquoted as the number 4318
+            raise ValueError(f'{value!r} is not a hex id string like "0x10de" (write it in quotes)')
+        return _hex_id(value)
+    if key == "driver":
+        if not isinstance(value, str) or (value and not re.fullmatch(r"[^\s/]+", value)):
+            raise ValueError(f'{value!r} is not a driver name like "vfio-pci" ("" expects no driver)')
+        return value
+    # iommu_group, sriov_numvfs
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{value!r} is not a number (0 or more)")
+    return value
 
 
 # --- selectors: each turns a TOML value into (normalized value, test) or raises ValueError ---
@@ -262,15 +340,21 @@ class _Lines:
     """Line numbers for semantic errors, which tomllib cannot give: found by scanning the text."""
 
     _HEADER = re.compile(r"^\s*\[")
-    _RULE = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
+    _TABLE = re.compile(rf"^\s*\[\[\s*({'|'.join(TABLES)})\s*\]\]")
 
     def __init__(self, text: str, path: str) -> None:
         self.lines = text.splitlines()
         self.path = path
-        self.rule_starts = [i for i, line in enumerate(self.lines) if self._RULE.match(line)]
+        self.starts: dict[str, list[int]] = {name: [] for name in TABLES}  # table -> 0-based header lines
+        for i, line in enumerate(self.lines):
+            m = self._TABLE.match(line)
+            if m:
+                self.starts[m.group(1)].append(i)
 
-    def rule_line(self, rule: int) -> int | None:
-        return self.rule_starts[rule] + 1 if rule < len(self.rule_starts) else None
+    def table_line(self, table: str, index: int) -> int | None:
+        """The 1-based line of the header of the `index`th [[table]]."""
+        starts = self.starts[table]
+        return starts[index] + 1 if index < len(starts) else None
 
     def _key_line(self, start: int, key: str) -> int | None:
         pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
@@ -281,14 +365,15 @@ class _Lines:
                 return i + 1
         return None
 
-    def error(self, msg: str, rule: int | None = None, key: str | None = None) -> PolicyError:
+    def error(self, msg: str, table: tuple[str, int] | None = None, key: str | None = None) -> PolicyError:
+        """`table`: (name, index) of the [[name]] table at fault; None for a top-level key."""
         line: int | None = None
-        if rule is None:  # a top-level key or table
+        if table is None:
             if key:
                 top = re.compile(rf"^\s*(\[+\s*)?[\"']?{re.escape(key)}[\"']?\s*[=\].]")
                 line = next((i + 1 for i, text in enumerate(self.lines) if top.match(text)), None)
         else:
-            start = self.rule_line(rule)
+            start = self.table_line(*table)
             if start is not None:
                 line = (self._key_line(start - 1, key) if key else None) or start
         return PolicyError(f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}")
