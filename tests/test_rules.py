@@ -67,7 +67,7 @@ def test_dashboard_panels_do_not_overlap_and_host_rows_follow_the_host_variable(
         for t in p["targets"]:
             expr = t["expr"]
             assert t["datasource"]["uid"] == "${datasource}", p["title"]
-            assert set(re.findall(r"\binstance(?:_[a-z]+)?:passthrough_\w+:\w+", expr)) <= recorded, p["title"]
+            assert set(re.findall(r"\b[a-z_]+:passthrough_\w+:\w+", expr)) <= recorded, p["title"]
             if not row.startswith("Fleet"):  # host rows narrow every selector to the chosen hosts
                 for name, labels in re.findall(r"\b(passthrough_\w+)(\{[^}]*\})?", expr):
                     assert 'instance=~"$instance"' in labels, f"{p['title']}: {name} ignores $instance"
@@ -293,7 +293,8 @@ CAPACITY_PANELS = {
     (37, "A"): {"{}": 24},
     (37, "B"): {"{}": 80},
     (38, "A"): {"{}": 2},
-    (39, "A"): {"{" + A100 + "}": 4, "{" + L4 + "}": 0, "{" + MOUSE + "}": 1},  # no root ports: never eligible
+    (39, "A"): {"product:passthrough_available_devices:sum{" + m + "}": n  # no root ports: never eligible
+                for m, n in ((A100, 4), (L4, 0), (MOUSE, 1))},
     (40, "A"): {FREE + k: v for k, v in {**rows(A100, ("hv1", 3), ("hv2", 1)), **rows(L4, ("hv1", 0)),
                                           **rows(MOUSE, ("hv2", 1))}.items()},
     (40, "B"): {**rows(A100, ("hv1", 1), ("hv2", 1)), **rows(L4, ("hv1", 0)), **rows(MOUSE, ("hv2", 0))},
