@@ -67,8 +67,8 @@ def test_dashboard_panels_do_not_overlap_and_host_rows_follow_the_host_variable(
         for t in p["targets"]:
             expr = t["expr"]
             assert t["datasource"]["uid"] == "${datasource}", p["title"]
-            assert set(re.findall(r"\binstance(?:_type)?:passthrough_\w+:\w+", expr)) <= recorded, p["title"]
-            if row != "Fleet":  # host rows narrow every selector to the chosen hosts
+            assert set(re.findall(r"\b[a-z_]+:passthrough_\w+:\w+", expr)) <= recorded, p["title"]
+            if not row.startswith("Fleet"):  # host rows narrow every selector to the chosen hosts
                 for name, labels in re.findall(r"\b(passthrough_\w+)(\{[^}]*\})?", expr):
                     assert 'instance=~"$instance"' in labels, f"{p['title']}: {name} ignores $instance"
 
@@ -176,16 +176,17 @@ LIVE_PANELS = {
 }
 
 
-@needs_promtool
-def test_live_state_panels_show_the_expected_rows(tmp_path):
-    panels = {p["id"]: p for p in dashboard()["panels"]}
+def check_panels(tmp_path: Path, series: dict[str, str], panels: dict, eval_time: str) -> None:
+    """Evaluate each (panel id, refId) query with promtool over `series` (promtool value notation, one sample a
+    minute) and compare with the hand-worked rows."""
+    by_id = {p["id"]: p for p in dashboard()["panels"]}
     shutil.copy(GRAFANA / "alerts.yml", tmp_path / "alerts.yml")  # the fleet panels read recording rules
     exprs = []
-    for (pid, ref), rows in LIVE_PANELS.items():
-        (target,) = [t for t in panels[pid]["targets"] if t["refId"] == ref]
+    for (pid, ref), rows in panels.items():
+        (target,) = [t for t in by_id[pid]["targets"] if t["refId"] == ref]
         exprs.append({
             "expr": target["expr"].replace("$instance", ".*"),
-            "eval_time": "2m",
+            "eval_time": eval_time,
             "exp_samples": [{"labels": labels, "value": value} for labels, value in rows.items()],
         })
     suite = {
@@ -193,10 +194,176 @@ def test_live_state_panels_show_the_expected_rows(tmp_path):
         "evaluation_interval": "1m",
         "tests": [{
             "interval": "1m",
-            "input_series": [{"series": s, "values": f"{v}x5"} for s, v in LIVE_HOSTS.items()],
+            "input_series": [{"series": s, "values": v} for s, v in series.items()],
             "promql_expr_test": exprs,
         }],
     }
     (tmp_path / "panels.test.yml").write_text(yaml.safe_dump(suite, sort_keys=False))
     out = subprocess.run([PROMTOOL, "test", "rules", str(tmp_path / "panels.test.yml")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@needs_promtool
+def test_live_state_panels_show_the_expected_rows(tmp_path):
+    check_panels(tmp_path, {s: f"{v}x5" for s, v in LIVE_HOSTS.items()}, LIVE_PANELS, "2m")
+
+
+A100 = 'type="pci",vendor_id="0x10de",product_id="0x20b5",product="GA100 [A100 PCIe 80GB]"'
+L4 = 'type="pci",vendor_id="0x10de",product_id="0x27b8",product="AD104GL [L4]"'
+ROOT_PORT = 'type="pci",vendor_id="0x8086",product_id="0x1901",product="6th-10th Gen Core Processor PCIe Controller (x16)"'
+MOUSE = 'type="usb_device",vendor_id="0x046d",product_id="0xc077",product="M105 Optical Mouse"'
+GPU, GPU2, PF, VF, VGPU = "pci_0000_41_00_0", "pci_0000_42_00_0", "pci_0000_81_00_0", "pci_0000_81_02_0", "pci_0000_3b_00_0"
+
+
+def pools(instance: str, model: str, numa: str, **states: int) -> dict[str, str]:
+    return {f'passthrough_pool_devices{{instance="{instance}",{model},numa_node="{numa}",state="{s}"}}': f"{n}x75"
+            for s, n in states.items()}
+
+
+def link(instance: str, device: str, speed: tuple, width: tuple) -> dict[str, str]:
+    out = {}
+    for kind, gts, lanes in zip(("current", "max"), speed, width):
+        out[f'passthrough_pcie_link_speed_gts{{instance="{instance}",device="{device}",kind="{kind}"}}'] = f"{gts}x75"
+        out[f'passthrough_pcie_link_width{{instance="{instance}",device="{device}",kind="{kind}"}}'] = f"{lanes}x75"
+    return out
+
+
+def aer(instance: str, device: str, correctable: str, nonfatal: str, fatal: str) -> dict[str, str]:
+    return {f'passthrough_pcie_aer_errors_total{{instance="{instance}",device="{device}",severity="{sev}"}}': values
+            for sev, values in (("correctable", correctable), ("nonfatal", nonfatal), ("fatal", fatal))}
+
+
+# hv1: four A100s (two free on NUMA node 0, one free and one in use on node 1), two L4s (one assigned, one
+# blocked), two root ports; the first A100 trained at x8 of x16, logs a correctable error a minute and two
+# non-fatal errors at minute 40; the second L4-class GPU idles at 8 GT/s (full width) in D3hot and had a
+# fatal error before the exporter started; an i40e PF with 8 of 64 VFs enabled; an A100 split into two
+# 4C vGPUs (18 more can be made, none of type 8C now). hv2: two A100s (one free), a free USB mouse, a PF
+# with all 16 VFs enabled, and a fatal error on its A100 at minute 68. Evaluated at minute 70.
+CAPACITY_HOSTS = {
+    **pools("hv1", A100, "0", available=2),
+    **pools("hv1", A100, "1", available=1, in_use=1),
+    **pools("hv1", L4, "0", assigned=1, blocked=1, available=0),
+    **pools("hv1", ROOT_PORT, "0", ineligible=2),
+    **pools("hv2", A100, "0", available=1, in_use=1),
+    **pools("hv2", MOUSE, "-1", available=1),
+    **link("hv1", GPU, (16, 16), (8, 16)),
+    **link("hv1", GPU2, (8, 16), (16, 16)),
+    **link("hv2", GPU, (16, 16), (16, 16)),
+    **aer("hv1", GPU, "0+1x75", "0x39 2x35", "0x75"),
+    **aer("hv1", GPU2, "0x75", "0x75", "1x75"),
+    **aer("hv2", GPU, "0x75", "0x75", "0x67 1x7"),
+    f'passthrough_device_power_state{{instance="hv1",device="{GPU}",state="D0"}}': "1x75",
+    f'passthrough_device_power_state{{instance="hv1",device="{GPU}",state="D3hot"}}': "0x75",
+    f'passthrough_device_power_state{{instance="hv1",device="{GPU2}",state="D0"}}': "0x75",
+    f'passthrough_device_power_state{{instance="hv1",device="{GPU2}",state="D3hot"}}': "1x75",
+    f'passthrough_device_power_state{{instance="hv1",device="{VF}",state="D0"}}': "1x75",
+    f'passthrough_device_power_state{{instance="hv2",device="{GPU}",state="D0"}}': "1x75",
+    f'passthrough_sriov_vfs{{instance="hv1",device="{PF}",kind="total"}}': "64x75",
+    f'passthrough_sriov_vfs{{instance="hv1",device="{PF}",kind="enabled"}}': "8x75",
+    f'passthrough_sriov_vfs{{instance="hv2",device="{PF}",kind="total"}}': "16x75",
+    f'passthrough_sriov_vfs{{instance="hv2",device="{PF}",kind="enabled"}}': "16x75",
+    f'passthrough_device_info{{instance="hv1",device="{PF}",type="pci",vendor_id="0x8086",product_id="0x1572",numa_node="0"}}': "1x75",
+    f'passthrough_device_info{{instance="hv1",device="{GPU}",type="pci",vendor_id="0x10de",product_id="0x20b5",numa_node="0"}}': "1x75",
+    f'passthrough_device_info{{instance="hv2",device="{PF}",type="pci",vendor_id="0x8086",product_id="0x1572",numa_node="1"}}': "1x75",
+    f'passthrough_mdev_available_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558",name="GRID A100-4C"}}': "18x75",
+    f'passthrough_mdev_available_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559",name="GRID A100-8C"}}': "0x75",
+    f'passthrough_mdev_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558"}}': "2x75",
+    f'passthrough_mdev_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559"}}': "0x75",
+    f'passthrough_finding{{instance="hv1",code="link_downtrained",severity="warning",subject="{GPU}"}}': "1x75",
+    f'passthrough_finding{{instance="hv1",code="pcie_fatal_errors",severity="critical",subject="{GPU2}"}}': "1x75",
+    f'passthrough_finding{{instance="hv2",code="pcie_fatal_errors",severity="critical",subject="{GPU}"}}': "_x68 1x7",
+    'passthrough_finding{instance="hv1",code="expected_missing",severity="critical",subject="pci_0000_c1_00_0"}': "1x75",
+    f'passthrough_finding{{instance="hv2",code="expected_mismatch",severity="critical",subject="{VGPU}"}}': "1x75",
+    'passthrough_finding{instance="hv1",code="hostdev_missing",severity="warning",subject="domain:old"}': "1x75",
+}
+
+
+def rows(labels: str, *pairs) -> dict[str, float]:
+    """{'{instance="hv1",<labels>}': n, ...} from (instance, n) pairs."""
+    return {f'{{instance="{i}",{labels}}}': n for i, n in pairs}
+
+
+FREE = "instance_product:passthrough_available_devices:sum"
+PER_DEVICE = lambda *pairs: {f'{{instance="{i}",device="{d}"}}': n for i, d, n in pairs}  # noqa: E731
+CAPACITY_PANELS = {
+    (33, "A"): {"{}": 1},  # hv1's first A100
+    (34, "A"): {"{}": 2},  # hv1's second GPU (since before the exporter started), hv2's A100
+    (35, "A"): {"{}": 1},  # hv1's first A100; the fatal error on hv2 is not non-fatal
+    (36, "A"): {"{}": 2},  # the missing card on hv1, the changed one on hv2; not hostdev_missing
+    (37, "A"): {"{}": 24},
+    (37, "B"): {"{}": 80},
+    (38, "A"): {"{}": 2},
+    (39, "A"): {"product:passthrough_available_devices:sum{" + m + "}": n  # no root ports: never eligible
+                for m, n in ((A100, 4), (L4, 0), (MOUSE, 1))},
+    (40, "A"): {FREE + k: v for k, v in {**rows(A100, ("hv1", 3), ("hv2", 1)), **rows(L4, ("hv1", 0)),
+                                          **rows(MOUSE, ("hv2", 1))}.items()},
+    (40, "B"): {**rows(A100, ("hv1", 1), ("hv2", 1)), **rows(L4, ("hv1", 0)), **rows(MOUSE, ("hv2", 0))},
+    (40, "C"): {**rows(A100, ("hv1", 0), ("hv2", 0)), **rows(L4, ("hv1", 1)), **rows(MOUSE, ("hv2", 0))},
+    (40, "D"): {**rows(A100, ("hv1", 0), ("hv2", 0)), **rows(L4, ("hv1", 1)), **rows(MOUSE, ("hv2", 0))},
+    (42, "A"): PER_DEVICE(("hv1", GPU, 16), ("hv1", GPU2, 8), ("hv2", GPU, 16)),
+    (42, "B"): PER_DEVICE(("hv1", GPU, 16), ("hv1", GPU2, 16), ("hv2", GPU, 16)),
+    (42, "C"): PER_DEVICE(("hv1", GPU, 8), ("hv1", GPU2, 16), ("hv2", GPU, 16)),
+    (42, "D"): PER_DEVICE(("hv1", GPU, 16), ("hv1", GPU2, 16), ("hv2", GPU, 16)),
+    (42, "E"): PER_DEVICE(("hv1", GPU, 1), ("hv1", GPU2, 0), ("hv2", GPU, 0)),  # 8 GT/s at full width is not
+    (42, "F"): PER_DEVICE(("hv1", GPU, 5), ("hv1", GPU2, 0), ("hv2", GPU, 0)),
+    (42, "G"): PER_DEVICE(("hv1", GPU, 60), ("hv1", GPU2, 0), ("hv2", GPU, 0)),
+    (42, "H"): PER_DEVICE(("hv1", GPU, 0), ("hv1", GPU2, 0), ("hv2", GPU, 0)),
+    (42, "I"): PER_DEVICE(("hv1", GPU, 2), ("hv1", GPU2, 0), ("hv2", GPU, 0)),
+    (42, "J"): PER_DEVICE(("hv1", GPU, 0), ("hv1", GPU2, 0), ("hv2", GPU, 1)),
+    (42, "K"): PER_DEVICE(("hv1", GPU, 0), ("hv1", GPU2, 0), ("hv2", GPU, 1)),  # GPU2's error is older
+    (42, "L"): {f'{{instance="hv1",device="{GPU}",state="D0"}}': 1, f'{{instance="hv1",device="{GPU2}",state="D3hot"}}': 1,
+                f'{{instance="hv1",device="{VF}",state="D0"}}': 1, f'{{instance="hv2",device="{GPU}",state="D0"}}': 1},
+    (43, "A"): {f'{{instance="hv1",{A100},numa_node="0"}}': 2, f'{{instance="hv1",{A100},numa_node="1"}}': 1,
+                f'{{instance="hv1",{L4},numa_node="0"}}': 0, f'{{instance="hv1",{ROOT_PORT},numa_node="0"}}': 0,
+                f'{{instance="hv2",{A100},numa_node="0"}}': 1, f'{{instance="hv2",{MOUSE},numa_node="-1"}}': 1},
+    (43, "B"): {f'{{instance="hv1",{A100},numa_node="0"}}': 0, f'{{instance="hv1",{A100},numa_node="1"}}': 1,
+                f'{{instance="hv1",{L4},numa_node="0"}}': 0, f'{{instance="hv1",{ROOT_PORT},numa_node="0"}}': 0,
+                f'{{instance="hv2",{A100},numa_node="0"}}': 1, f'{{instance="hv2",{MOUSE},numa_node="-1"}}': 0},
+    (43, "E"): {f'{{instance="hv1",{A100},numa_node="0"}}': 0, f'{{instance="hv1",{A100},numa_node="1"}}': 0,
+                f'{{instance="hv1",{L4},numa_node="0"}}': 0, f'{{instance="hv1",{ROOT_PORT},numa_node="0"}}': 2,
+                f'{{instance="hv2",{A100},numa_node="0"}}': 0, f'{{instance="hv2",{MOUSE},numa_node="-1"}}': 0},
+    (43, "C"): {f'{{instance="hv1",{A100},numa_node="0"}}': 0, f'{{instance="hv1",{A100},numa_node="1"}}': 0,
+                f'{{instance="hv1",{L4},numa_node="0"}}': 1, f'{{instance="hv1",{ROOT_PORT},numa_node="0"}}': 0,
+                f'{{instance="hv2",{A100},numa_node="0"}}': 0, f'{{instance="hv2",{MOUSE},numa_node="-1"}}': 0},
+    (43, "D"): {f'{{instance="hv1",{A100},numa_node="0"}}': 0, f'{{instance="hv1",{A100},numa_node="1"}}': 0,
+                f'{{instance="hv1",{L4},numa_node="0"}}': 1, f'{{instance="hv1",{ROOT_PORT},numa_node="0"}}': 0,
+                f'{{instance="hv2",{A100},numa_node="0"}}': 0, f'{{instance="hv2",{MOUSE},numa_node="-1"}}': 0},
+    (44, "A"): PER_DEVICE(("hv1", PF, 8), ("hv2", PF, 16)),
+    (44, "B"): PER_DEVICE(("hv1", PF, 64), ("hv2", PF, 16)),
+    (44, "C"): PER_DEVICE(("hv1", PF, 56), ("hv2", PF, 0)),
+    (44, "D"): {  # the PF's ids and NUMA node; not the A100, which has no VFs
+        f'{{instance="hv1",device="{PF}",vendor_id="0x8086",product_id="0x1572",numa_node="0"}}': 1,
+        f'{{instance="hv2",device="{PF}",vendor_id="0x8086",product_id="0x1572",numa_node="1"}}': 1},
+    (45, "A"): {f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558",name="GRID A100-4C"}}': 18,
+                f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559",name="GRID A100-8C"}}': 0},
+    (45, "B"): {f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558"}}': 2,
+                f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559"}}': 0},
+}
+
+
+@needs_promtool
+def test_capacity_and_health_panels_show_the_expected_rows(tmp_path):
+    check_panels(tmp_path, CAPACITY_HOSTS, CAPACITY_PANELS, "70m")
+
+
+def test_every_capacity_and_health_query_has_hand_worked_rows():
+    row, queries = None, set()
+    for p in sorted(dashboard()["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        if p["type"] == "row":
+            row = p["title"]
+        elif "apacity and health" in row:
+            queries |= {(p["id"], t["refId"]) for t in p["targets"]}
+    assert queries == set(CAPACITY_PANELS)
+
+
+def test_readme_lists_every_panel_alert_and_recording_rule():
+    readme = (GRAFANA.parent / "README.md").read_text()
+    section = readme[readme.index("## Grafana dashboard and alerts"):]
+    section = section[:section.index("\n## ", 1)]
+    for p in dashboard()["panels"]:
+        if p["type"] != "row":
+            assert f"| {p['title']} |" in section or f"| {p['title']} (table) |" in section, p["title"]
+    rules = yaml.safe_load((GRAFANA / "alerts.yml").read_text())
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            assert f"| `{r.get('alert') or r.get('record')}` |" in section, r
