@@ -52,11 +52,21 @@ def unsafe_host(tree: SysfsTree) -> None:
     # A QEMU holds the GPU's group; a second GPU fell off the bus.
     tree.process(4242, "qemu-system-x86", ["qemu-system-x86_64", "-name", "guest=win11"], {4: "/dev/vfio/2"})
     tree.pci("0000:02:00.0", 0x10DE, 0x2204, 0x030000, driver="nvidia", group=9, unreachable=True)
+    # A vGPU card with one instance carved out: blocked, so the free counts stay as they were.
+    tree.pci("0000:41:00.0", 0x10DE, 0x1EB8, 0x030200, driver="nvidia", group=10, reset_method="flr")
+    tree.mdev_type("0000:41:00.0", "nvidia-222", "GRID T4-1Q", available=15, instances=1)
 
 
 def safe_host(tree: SysfsTree) -> None:
     hosts.workstation(tree)
     tree.interrupts("IR-IO-APIC", "IR-PCI-MSI")
+    # The GPU's link trained x8 of x16 and saw a few correctable errors; it is awake.
+    for name, value in {"current_link_speed": "16.0 GT/s PCIe", "max_link_speed": "16.0 GT/s PCIe",
+                        "current_link_width": "8", "max_link_width": "16", "power_state": "D0",
+                        "aer_dev_correctable": "Receiver Error 3\nBad TLP 0\nTOTAL_ERR_COR 3",
+                        "aer_dev_nonfatal": "Undefined 0\nTOTAL_ERR_NONFATAL 0",
+                        "aer_dev_fatal": "Undefined 0\nTOTAL_ERR_FATAL 0"}.items():
+        tree.write(tree.pci_path("0000:01:00.0") / name, value)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +187,29 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
     # the assigned ones); left are 00:14.0, 00:17.0 and the SR-IOV PF 81:00.0 with its two VFs.
     free = by_instance('sum by (instance) (passthrough_device_available{type="pci"})')
     assert free == {targets["safe"]: "11", targets["unsafe"]: "0", targets["libvirt"]: "5"}
+    assert by_instance('count by (instance) (passthrough_finding{code="link_downtrained"})') == {targets["safe"]: "1"}
+
+
+def test_free_devices_by_model_across_the_fleet(stack):
+    """The fleet panel's rule, against a hand count over the three hosts: the safe workstation's
+    eligible devices all free, the unsafe host none, its libvirt twin what no domain holds or blocks."""
+    api, _ = stack
+    rows = {(r["metric"]["type"], r["metric"].get("vendor_id", ""), r["metric"].get("product_id", ""),
+             r["metric"].get("product", "") if r["metric"]["type"] == "scsi" else ""): r["value"][1]
+            for r in query(api, "product:passthrough_available_devices:sum")}
+    assert rows == {
+        # GPU, its audio, the ASMedia SATA and the chipset xHCI of group 5: free on the safe host only.
+        ("pci", "0x10de", "0x2484", ""): "1", ("pci", "0x10de", "0x228b", ""): "1",
+        ("pci", "0x1b21", "0x0612", ""): "1", ("pci", "0x8086", "0x15ec", ""): "1",
+        ("pci", "0x8086", "0x1521", ""): "2",  # the two-port NIC of group 5: blocked on the libvirt twin
+        ("pci", "0x10de", "0x1eb8", ""): "0",  # the vGPU card: carved up, so blocked; the model is known
+        ("pci", "0x8086", "0x154c", ""): "4", ("pci", "0x8086", "0x1572", ""): "2",  # VFs and their PF
+        ("pci", "0x8086", "0xa352", ""): "2", ("pci", "0x8086", "0xa36d", ""): "2",  # SATA, xHCI
+        ("usb_device", "0x046d", "0xc077", ""): "2", ("usb_device", "0x046d", "0xc31c", ""): "2",
+        ("usb_device", "0x0781", "0x5567", ""): "2",
+        ("scsi", "", "", "Cruzer Blade"): "2", ("scsi", "", "", "DISK"): "2", ("scsi", "", "", "DVD-RW"): "2",
+        ("scsi", "", "", "Samsung SSD 860"): "2",
+    }
 
 
 def test_unsafe_host_alerts_and_safe_host_does_not(stack):
