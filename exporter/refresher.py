@@ -3,7 +3,7 @@
 One refresh at a time: on start, every `interval`, and early when a scrape finds the snapshot
 older than the interval. A failed refresh keeps the previous snapshot and marks the source down.
 Each published snapshot carries its exposition, rendered once (and gzipped once), so serving a
-scrape only copies bytes.
+scrape only copies bytes, and a cache of its other response bodies, filled on first request.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.metrics import MetricOptions, render
@@ -24,17 +24,21 @@ from passthrough_exporter.model import Inventory
 from passthrough_exporter.snapshot import Snapshot
 from passthrough_exporter.sources import Source
 
+from .bodies import Bodies
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What the server hands out: a snapshot and its exposition, replaced as a whole."""
+    """What the server hands out: a snapshot, its exposition and its body cache, replaced as a whole."""
 
     snapshot: Snapshot
     metrics: bytes
     metrics_gzip: bytes
     ready: bool  # False until the first refresh succeeded
+    # The JSON bodies of this snapshot, rendered on first request; dropped with the snapshot.
+    bodies: Bodies = field(default_factory=Bodies, compare=False, repr=False)
 
 
 @contextmanager

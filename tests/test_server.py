@@ -239,7 +239,7 @@ def test_web_config_errors(tmp_path, certs):
     with pytest.raises(WebConfigError, match="cannot load certificate"):
         load(str(bad))
     bad.write_text("tls_config: {}\n")
-    with pytest.raises(WebConfigError, match="unknown keys"):
+    with pytest.raises(WebConfigError, match="unknown key tls_config"):
         load(str(bad))
     with pytest.raises(WebConfigError, match="cannot read web config"):
         load(str(tmp_path / "missing.yml"))
@@ -297,7 +297,7 @@ def test_serve_refuses_bad_web_config_and_unknown_source(host, tmp_path):
     cfg.write_text("basic_auth_users: [1, 2]\n")
     out = subprocess.run([EXE, "serve", "--web.config.file", str(cfg), "--web.listen-address", "127.0.0.1:0"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "basic_auth_users must map" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "basic_auth_users must be a mapping, not a list" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([EXE, "serve", "--source", "snmp", "--web.listen-address", "127.0.0.1:0"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "unknown source 'snmp'" in out.stderr
