@@ -189,22 +189,29 @@ class ConnectionPool:
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        failures = 0
         while True:
             if len(self.conns) >= self.bound:
                 self._evict_one()
             try:
                 client, peer = await loop.sock_accept(self.sock)
             except OSError as exc:
-                if exc.errno in RESOURCE_ERRNOS:
-                    if not self._accept_failing:
-                        log.warning("cannot accept connections: %s; closing the longest-waiting ones and retrying "
-                                    "(raise the open-file limit or expect fewer clients)", exc.strerror)
-                        self._accept_failing = True
-                    self._evict_one()
-                    await asyncio.sleep(ACCEPT_RETRY)
-                else:  # the client gave up before we accepted (ECONNABORTED, ...)
+                if exc.errno not in RESOURCE_ERRNOS:  # the client gave up before we accepted (ECONNABORTED, ...)
                     log.debug("accept failed: %s", exc)
+                    continue
+                if not self._accept_failing:
+                    log.warning("cannot accept connections: %s; closing the longest-waiting ones and retrying "
+                                "(raise the open-file limit or expect fewer clients)", exc.strerror)
+                    self._accept_failing = True
+                failures += 1
+                # Closing a waiting connection frees a descriptor on the next loop turn; when there is
+                # none to close (the descriptors are held elsewhere), wait instead of spinning.
+                if not self._evict_one() or failures > 1:
+                    await asyncio.sleep(ACCEPT_RETRY)
+                else:
+                    await asyncio.sleep(0)
                 continue
+            failures = 0
             if self._accept_failing:
                 log.info("accepting connections again")
                 self._accept_failing = False
@@ -228,7 +235,7 @@ class ConnectionPool:
         finally:
             conn.task = None
 
-    def _evict_one(self) -> None:
+    def _evict_one(self) -> bool:
         """Close the connection that has waited longest on its client; none that is being answered."""
         oldest: Conn | None = None
         for conn in self.conns:
@@ -240,6 +247,7 @@ class ConnectionPool:
             self.evicted += 1
             oldest.abort()
             self.forget(oldest)
+        return oldest is not None
 
     # --- deadlines -------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 from urllib.parse import parse_qs
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from passthrough_exporter import __version__
 from passthrough_exporter.query import QueryError, device, select
@@ -163,8 +163,13 @@ class App:
                 conn.end_request()
 
     async def _handle(self, request: web.BaseRequest, conn: Conn | None) -> web.StreamResponse:
-        if request.version not in ((1, 0), (1, 1)):
-            return await self._send(request, conn, 505, b"HTTP Version Not Supported\n", "text/plain; charset=utf-8",
+        if request.version not in (HttpVersion10, HttpVersion11):
+            # llhttp lets HTTP/0.9 and HTTP/2.0 request lines through, and aiohttp would echo that
+            # version in the status line; the answer is HTTP/1.1, as for every other error. (_message:
+            # its public accessor is deprecated; aiohttp is pinned below 4 and a test covers this.)
+            as_11 = web.BaseRequest(request._message._replace(version=HttpVersion11), request.content,
+                                    request.protocol, request.writer, request.task, asyncio.get_running_loop())
+            return await self._send(as_11, conn, 505, b"HTTP Version Not Supported\n", "text/plain; charset=utf-8",
                                     close=True)
         # A request body is never read. Transfer-Encoding on a GET has no business here (and an empty
         # or odd one is how requests are smuggled past proxies); any body ends the connection after
@@ -179,6 +184,11 @@ class App:
         if self.limiter is not None and not self.limiter.allow():
             return await self._send(request, conn, 429, b"Too Many Requests\n", "text/plain; charset=utf-8", close=close)
         status = await self._authorize(request.headers.get("Authorization"))
+        if status != 200 and request.path == "/healthz":
+            # Open to probes (kubelet, load balancers) without credentials, but saying no more than
+            # whether the exporter is ready; the full answer needs credentials like every other path.
+            ready = self.refresher.current().ready
+            return await self._send(request, conn, 200 if ready else 503, _json({"ready": ready}), JSON, close=close)
         if status == 401:
             return await self._send(request, conn, 401, b"Unauthorized\n", "text/plain; charset=utf-8",
                                     {"WWW-Authenticate": 'Basic realm="passthrough-exporter"'}, close=close)
