@@ -189,10 +189,9 @@ class ConnectionPool:
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        failures = 0
+        failures = 0  # accepts failed in a row for want of a descriptor
+        made_room = False  # a connection was closed for the one being accepted
         while True:
-            if len(self.conns) >= self.bound:
-                self._evict_one()
             try:
                 client, peer = await loop.sock_accept(self.sock)
             except OSError as exc:
@@ -200,24 +199,42 @@ class ConnectionPool:
                     log.debug("accept failed: %s", exc)
                     continue
                 if not self._accept_failing:
-                    log.warning("cannot accept connections: %s; closing the longest-waiting ones and retrying "
+                    log.warning("cannot accept connections: %s; closing the longest-waiting ones to make room "
                                 "(raise the open-file limit or expect fewer clients)", exc.strerror)
                     self._accept_failing = True
                 failures += 1
-                # Closing a waiting connection frees a descriptor on the next loop turn; when there is
-                # none to close (the descriptors are held elsewhere), wait instead of spinning.
-                if not self._evict_one() or failures > 1:
+                if failures == 1:
+                    # Linux fails accept for want of a descriptor even when no connection is queued:
+                    # wait for one (without spinning), then try again as it is.
+                    await self._readable()
+                elif self._evict_one("no file descriptor left"):
+                    made_room = True
+                    await asyncio.sleep(0)  # the evicted connection's descriptor is freed on this turn
+                else:  # the descriptors are held elsewhere: nothing to close, so wait
                     await asyncio.sleep(ACCEPT_RETRY)
-                else:
-                    await asyncio.sleep(0)
                 continue
-            failures = 0
-            if self._accept_failing:
+            if self._accept_failing and not made_room:
                 log.info("accepting connections again")
                 self._accept_failing = False
+            failures, made_room = 0, False
             conn = Conn(peer)
+            evicted = len(self.conns) >= self.bound and self._evict_one(f"connection limit ({self.bound}) reached")
             self.conns[conn] = None
             conn.task = asyncio.create_task(self._connect(conn, client))
+            # sock_accept returns at once while connections are queued: yield, so that the evicted
+            # one is closed (its descriptor freed) and the others get their turn.
+            await asyncio.sleep(0)
+            if evicted:
+                await asyncio.sleep(0)
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(self.sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.sock.fileno())
 
     async def _connect(self, conn: Conn, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -235,15 +252,15 @@ class ConnectionPool:
         finally:
             conn.task = None
 
-    def _evict_one(self) -> bool:
+    def _evict_one(self, reason: str) -> bool:
         """Close the connection that has waited longest on its client; none that is being answered."""
         oldest: Conn | None = None
         for conn in self.conns:
             if conn.state is not State.BUSY and (oldest is None or conn.since < oldest.since):
                 oldest = conn
         if oldest is not None:
-            log.debug("connection limit (%d) reached: closing the connection from %s (%s for %.1f s)",
-                      self.bound, oldest.peer, oldest.state.value, time.monotonic() - oldest.since)
+            log.debug("%s: closing the connection from %s (%s for %.1f s)",
+                      reason, oldest.peer, oldest.state.value, time.monotonic() - oldest.since)
             self.evicted += 1
             oldest.abort()
             self.forget(oldest)
