@@ -369,3 +369,62 @@ def test_unknown_metric_device_type_is_refused(host, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "unknown type usbdevice" in out.stderr
     assert not (tmp_path / "x.prom").exists()
+
+
+# --- before the first refresh, and bodies rendered once per snapshot --------------------------------
+
+
+def test_api_answers_503_before_the_first_refresh(host):
+    source = SlowSysfs(str(host.sys), str(host.proc))
+    refresher = Refresher(source, Inspector(), 3600)  # never refreshed
+    httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
+    try:
+        for path in ("/api/devices", "/api/devices?cap=pci", "/api/devices?affected_by=pci_0000_01_00_0",
+                     "/api/devices/pci_0000_01_00_0", "/api/findings"):
+            resp, body = get(httpd, path)
+            assert resp.status == 503 and resp.getheader("Content-Type") == "application/json", path
+            assert json.loads(body) == {"error": "no snapshot yet: the first refresh has not finished"}
+        resp, body = get(httpd, "/healthz")
+        assert resp.status == 503 and json.loads(body)["ready"] is False
+        refresher.refresh()
+        assert get(httpd, "/api/devices")[0].status == 200
+    finally:
+        httpd.shutdown()
+
+
+def test_each_body_is_rendered_once_per_snapshot(host):
+    httpd, refresher, _ = start(host)
+    try:
+        first = refresher.current()
+        plain = {get(httpd, "/api/devices")[1] for _ in range(10)}
+        zipped = {get(httpd, "/api/devices", headers={"Accept-Encoding": "gzip"})[1] for _ in range(10)}
+        assert len(plain) == 1 and len(zipped) == 1 and gzip.decompress(zipped.pop()) == plain.pop()
+        for _ in range(5):
+            get(httpd, "/api/devices?cap=pci&passthrough=true")
+            get(httpd, "/api/devices?passthrough=true&cap=pci&utm_source=x")  # same documented filters
+            get(httpd, "/api/devices/pci_0000_01_00_0")
+            get(httpd, "/api/findings")
+            get(httpd, "/api/devices/nope")  # an error: nothing to keep
+        assert first.bodies.renders == 4 and len(first.bodies) == 4
+        refresher.refresh()
+        second = refresher.current()
+        assert second is not first
+        resp, body = get(httpd, "/api/devices")
+        assert resp.status == 200 and second.bodies.renders == 1 and first.bodies.renders == 4
+    finally:
+        httpd.shutdown()
+
+
+def test_parallel_first_requests_share_one_render(host):
+    httpd, refresher, _ = start(host)
+    try:
+        published = refresher.current()
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(get(httpd, "/api/devices")[1])) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(results) == 16 and len(set(results)) == 1 and published.bodies.renders == 1
+    finally:
+        httpd.shutdown()
