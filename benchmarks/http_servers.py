@@ -6,7 +6,9 @@ the hostile requests, measures how long a connection that trickles its headers i
 1,100 trickling connections and times a scrape beside them, and runs 64 keep-alive clients.
 
     python benchmarks/http_servers.py --body /tmp/m5k.prom [--candidates stdlib,aiohttp,...]
-    (the body: passthrough-exporter textfile /tmp/m5k.prom on a generated 5,000-device host)
+        [--host /dev/shm/passthrough-bench/host-5000-s7-v1]
+    (the body: passthrough-exporter textfile /tmp/m5k.prom on a generated 5,000-device host; with
+    --host, the candidate passthrough-exporter is the product itself serving that host)
 
 Needs the candidates installed (pip install aiohttp uvicorn h11 hypercorn cheroot). Every
 candidate runs with its defaults plus what its documentation offers against slow clients.
@@ -29,6 +31,7 @@ import threading
 import time
 
 CANDIDATES = ("stdlib", "aiohttp", "uvicorn-h11", "hypercorn", "cheroot")
+EXPORTER = "passthrough-exporter"  # the product as built on the chosen library, serving --host
 
 
 # --- servers (each in its own process) ----------------------------------------------------------
@@ -271,12 +274,17 @@ def load(port: int, seconds: float = 10, clients: int = 64) -> str:
     return f"{len(lat) / seconds:.0f}/s p50 {p(0.5):.1f} ms p99 {p(0.99):.1f} ms errors {errors[0]}"
 
 
-def measure(name: str, body: str, seconds: float) -> dict[str, str]:
+def measure(name: str, body: str, seconds: float, host: str | None = None) -> dict[str, str]:
     port = free_port()
     # A file, not a pipe: a server logging every failed accept would fill a pipe and stall.
     log = open(f"/tmp/http-servers-{name}.log", "wb")
-    proc = subprocess.Popen(["prlimit", "--nofile=1024:1024", sys.executable, __file__, "--serve", name,
-                             "--port", str(port), "--body", body], stdout=subprocess.DEVNULL, stderr=log)
+    if name == EXPORTER:
+        exe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", EXPORTER)
+        cmd = [exe, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", f"{host}/sys",
+               "--path.procfs", f"{host}/proc"]
+    else:
+        cmd = [sys.executable, __file__, "--serve", name, "--port", str(port), "--body", body]
+    proc = subprocess.Popen(["prlimit", "--nofile=1024:1024", *cmd], stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 20
         while scrape(port, 2) is None:
@@ -307,13 +315,14 @@ def main() -> None:
     ap.add_argument("--body", required=True)
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--host", help="a generated host for the passthrough-exporter candidate")
     args = ap.parse_args()
     if args.serve:
         run_server(args.serve, args.port, args.body)
         return
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     for name in args.candidates.split(","):
-        measure(name, args.body, args.seconds)
+        measure(name, args.body, args.seconds, args.host)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@
                                         [--scenarios metrics,metrics-gzip,devices,devices-gzip]
 
 For each scenario a fresh exporter process serves the host (benchmarks/generate.py, cached in
-/dev/shm), is warmed up (every body of the scenario rendered once), and then `--clients` clients in
-4 client processes (so that the client's own interpreter lock does not set the pace) send requests
-back to back for `--seconds`. Printed: requests/s, p50/p99 latency to the last byte, errors, the
-server's RSS after warm-up and at the end, and its peak RSS (VmHWM) over the whole run.
+/dev/shm), refreshing every `--refresh-interval`. One client requests the scenario's path through
+`--warmup` seconds, long enough for two refreshes: the process reaches the size it keeps across
+refreshes (allocator arenas, two snapshots alive at once, the bodies of each rendered). Then
+`--clients` clients in 4 client processes (so that the client's own interpreter lock does not set
+the pace) send requests back to back for `--seconds`, refreshes still running. Printed: requests/s,
+p50/p99 latency to the last byte, errors, the server's RSS at the end of the warm-up and at the end,
+and its peak RSS (VmHWM) over the whole run.
 """
 
 from __future__ import annotations
@@ -53,30 +56,53 @@ def free_port() -> int:
 
 
 def client_process(port: int, path: str, gz: bool, threads: int, seconds: float, out: multiprocessing.Queue) -> None:
+    """`threads` keep-alive clients. Lean on purpose (one prepared request, the answer read by its
+    Content-Length into one buffer): the clients share the 2 CPUs with the server they measure."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + ("Accept-Encoding: gzip\r\n" if gz else "")
+               + "\r\n").encode()
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=60)
 
     def one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        s = connect()
+        buf = bytearray(8 << 20)
+        view = memoryview(buf)
         mine: list[float] = []
         bad: list[str] = []
-        headers = {"Accept-Encoding": "gzip"} if gz else {}
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
+                s.sendall(request)
+                got = 0
+                while True:  # the head
+                    n = s.recv_into(view[got:])
+                    if not n:
+                        raise ConnectionError("closed")
+                    got += n
+                    end = buf.find(b"\r\n\r\n", 0, got)
+                    if end >= 0:
+                        break
+                head = bytes(buf[:end])
+                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                need = end + 4 + length
+                while got < need:
+                    n = s.recv_into(view[got:need])
+                    if not n:
+                        raise ConnectionError("closed")
+                    got += n
                 mine.append(time.perf_counter() - t0)
-                if resp.status != 200 or not body:
-                    bad.append(str(resp.status))
-            except (OSError, http.client.HTTPException) as exc:
+                if not head.startswith(b"HTTP/1.1 200 ") or length == 0:
+                    bad.append(head[:20].decode())
+            except (OSError, ValueError, IndexError) as exc:
                 bad.append(repr(exc))
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.close()
+                s.close()
+                s = connect()
+        s.close()
         with lock:
             latencies.extend(mine)
             errors.extend(bad)
@@ -89,11 +115,12 @@ def client_process(port: int, path: str, gz: bool, threads: int, seconds: float,
     out.put((latencies, errors))
 
 
-def run(host: Path, scenario: str, clients: int, seconds: float) -> dict:
+def run(host: Path, scenario: str, clients: int, seconds: float, refresh: str, warmup: float) -> dict:
     path, gz = SCENARIOS[scenario]
     port = free_port()
     proc = subprocess.Popen([EXE, "--log.level", "warn", "serve", "--web.listen-address", f"127.0.0.1:{port}",
-                             "--path.sysfs", str(host / "sys"), "--path.procfs", str(host / "proc")],
+                             "--path.sysfs", str(host / "sys"), "--path.procfs", str(host / "proc"),
+                             "--refresh-interval", refresh],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -108,10 +135,14 @@ def run(host: Path, scenario: str, clients: int, seconds: float) -> dict:
             if time.monotonic() > deadline:
                 raise SystemExit("the exporter did not become ready")
             time.sleep(0.2)
-        # Warm-up: the body rendered (and gzipped) once, as the first scrape after a refresh does.
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("GET", path, headers={"Accept-Encoding": "gzip"} if gz else {})
-        size = len(conn.getresponse().read())
+        end = time.monotonic() + warmup
+        while True:
+            conn.request("GET", path, headers={"Accept-Encoding": "gzip"} if gz else {})
+            size = len(conn.getresponse().read())
+            if time.monotonic() > end:
+                break
+            time.sleep(0.2)
         conn.close()
         rss_start = status_kib(proc.pid, "VmRSS")
         out: multiprocessing.Queue = multiprocessing.Queue()
@@ -152,16 +183,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--refresh-interval", default="20s", help="the exporter's (default: %(default)s)")
+    ap.add_argument("--warmup", type=float, default=45, help="seconds of one client before the load (default: 45)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per scenario")
     args = ap.parse_args()
     sysfs, _ = generate.cached(args.devices)
     host = Path(sysfs).parent
-    print(f"{args.devices} devices, {args.clients} clients, {args.seconds:g} s per scenario, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(f"{args.devices} devices, {args.clients} clients, {args.seconds:g} s per scenario after {args.warmup:g} s "
+          f"of warm-up, refresh every {args.refresh_interval}, {os.cpu_count()} CPUs", flush=True)
     print("| scenario | body bytes | requests | req/s | p50 ms | p99 ms | errors | RSS start MiB | RSS end MiB | growth | peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for scenario in args.scenarios.split(","):
-        r = run(host, scenario, args.clients, args.seconds)
+        r = run(host, scenario, args.clients, args.seconds, args.refresh_interval, args.warmup)
         if args.json:
             print(json.dumps(r), flush=True)
         growth = (r["rss_end_kib"] - r["rss_start_kib"]) / r["rss_start_kib"] * 100

@@ -42,7 +42,9 @@ MAX_QUERY = 2048  # bytes of query string; device names are short
 # The classic text format every Prometheus version parses (our names are plain ASCII).
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
-CHUNK = 32 * 1024  # bytes handed to the transport at a time; the next slice waits for the client
+# Bytes handed to the transport at a time; the next slice waits until the client has taken the
+# previous ones. One slice is all a slow reader can make the exporter buffer beside the shared body.
+CHUNK = 64 * 1024
 KEEPALIVE = 120.0  # idle keep-alive: longer than the usual scrape intervals (15-60 s)
 SERVER = f"passthrough-exporter/{__version__}"
 BCRYPT_THREADS = max(1, min(os.cpu_count() or 1, 4))
