@@ -3,7 +3,7 @@
 One refresh at a time: on start, every `interval`, and early when a scrape finds the snapshot
 older than the interval. A failed refresh keeps the previous snapshot and marks the source down.
 Each published snapshot carries its exposition, rendered once (and gzipped once), so serving a
-scrape only copies bytes.
+scrape only copies bytes, and a cache of its other response bodies, filled on first request.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import logs
 from .inspector import Inspector
@@ -25,17 +25,21 @@ from .metrics import MetricOptions, render
 from .snapshot import Snapshot
 from .sources import Source
 
+from .bodies import Bodies
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What the server hands out: a snapshot and its exposition, replaced as a whole."""
+    """What the server hands out: a snapshot, its exposition and its body cache, replaced as a whole."""
 
     snapshot: Snapshot
     metrics: bytes
     metrics_gzip: bytes
     ready: bool  # False until the first refresh succeeded
+    # The JSON bodies of this snapshot, rendered on first request; dropped with the snapshot.
+    bodies: Bodies = field(default_factory=Bodies, compare=False, repr=False)
 
 
 @contextmanager

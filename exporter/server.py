@@ -1,24 +1,38 @@
-"""The HTTP server: /metrics, the JSON API, /healthz and a landing page, served from the last snapshot.
+"""The HTTP server: /metrics, the JSON API, /healthz and the host page, served from the last snapshot.
 
-Only GET and HEAD; every answer comes from the published snapshot, so no request waits on the
-source, and any unexpected error becomes a logged 500 with no traceback on the wire (never on
-/metrics, whose body is pre-rendered bytes).
+HTTP/1.1 is parsed by aiohttp (llhttp, strict: duplicate or malformed Content-Length, folded
+headers and bad request lines are answered 400 with a status line, and the connection closed); the
+event loop runs in one thread, so an idle connection costs a descriptor and a few kilobytes, not a
+thread. Connections are bounded and have a header deadline (connections.py).
+
+Only GET and HEAD. Every answer comes from the published snapshot, so no request waits on the
+source, and every body that depends only on the snapshot and the documented query parameters is
+rendered once per snapshot (bodies.py), off the event loop, then sent in slices as the client
+takes them: a slow or greedy client costs bytes sent, not work or memory. Basic-auth checks run
+on a few threads, bounded in number and queue, and verified credentials are remembered.
 """
 
 from __future__ import annotations
 
-import html
+import asyncio
+import concurrent.futures
 import json
 import logging
+import os
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs
 
-from . import __version__
+from aiohttp import HttpVersion10, HttpVersion11, web
+
+from . import __version__, hostpage
 from .query import QueryError, device, select
-from .refresher import Refresher
+
+from .connections import ConnectionPool, Conn
+from .refresher import Published, Refresher
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -26,14 +40,26 @@ log = logging.getLogger(__name__)
 MAX_QUERY = 2048  # bytes of query string; device names are short
 # The classic text format every Prometheus version parses (our names are plain ASCII).
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
+JSON = "application/json"
+# Bytes handed to the transport at a time; the next slice waits until the client has taken the
+# previous ones. One slice is all a slow reader can make the exporter buffer beside the shared body.
+CHUNK = 64 * 1024
+KEEPALIVE = 120.0  # idle keep-alive: longer than the usual scrape intervals (15-60 s)
+SERVER = f"passthrough-exporter/{__version__}"
+BCRYPT_THREADS = max(1, min(os.cpu_count() or 1, 4))
+BCRYPT_QUEUE = 4 * BCRYPT_THREADS  # checks waiting or running; beyond it a login attempt gets 429
+NOT_READY = "no snapshot yet: the first refresh has not finished"
+HTML = "text/html; charset=utf-8"
+NOT_READY_PAGE = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>passthrough-exporter</title></head>"
+                  f"<body><p>{NOT_READY}; this page reloads in a few seconds when refreshed.</p></body></html>\n").encode()
 
 
 class BadRequest(QueryError):
     status = 400
 
 
-def _flag(params: dict[str, list[str]], name: str) -> bool:
-    value = params.get(name, ["false"])[-1].lower()
+def _flag(value: str, name: str) -> bool:
+    value = value.lower()
     if value in ("true", "1", "yes"):
         return True
     if value in ("false", "0", "no", ""):
@@ -41,121 +67,14 @@ def _flag(params: dict[str, list[str]], name: str) -> bool:
     raise BadRequest(f"{name} must be true or false")
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: ExporterServer
-    server_version = f"passthrough-exporter/{__version__}"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: with Nagle on, a small gzipped body waits for the
-    # client's delayed ACK (40 ms on Linux) before it leaves.
-    disable_nagle_algorithm = True
-
-    # --- plumbing ------------------------------------------------------------------------
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj, indent=1).encode() + b"\n", "application/json")
-
-    def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
-
-    def _close_if_body(self) -> None:
-        # Request bodies are never read: one left on a kept-alive connection would be parsed as
-        # the next request (request smuggling), so the connection ends with this answer.
-        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
-            self.close_connection = True
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        self._close_if_body()
-        try:
-            if not self.server.web_config.check_authorization(self.headers.get("Authorization")):
-                body = b"Unauthorized\n"
-                self._send(401, body, "text/plain; charset=utf-8",
-                           {"WWW-Authenticate": 'Basic realm="passthrough-exporter"'})
-                return
-            self._route()
-        except QueryError as exc:
-            self._error(exc.status, str(exc))
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception:
-            log.exception("error serving %s", self.path)
-            self._error(500, "internal error")
-
-    do_HEAD = do_GET
-
-    def _not_allowed(self) -> None:
-        self._close_if_body()
-        self._send(405, b"Method Not Allowed\n", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
-
-    def __getattr__(self, name: str) -> Any:
-        # Every other method, known or invented (PROPFIND, FOO), is refused the same way: 405, not 501.
-        if name.startswith("do_"):
-            return self._not_allowed
-        raise AttributeError(name)
-
-    # --- routes --------------------------------------------------------------------------
-
-    def _route(self) -> None:
-        url = urlsplit(self.path)
-        if len(url.query) > MAX_QUERY:
-            raise BadRequest("query string too long")
-        params = parse_qs(url.query, keep_blank_values=True)
-        path = url.path
-        if path == "/metrics":
-            self._metrics()
-        elif path == "/api/devices":
-            self._devices(params)
-        elif path.startswith("/api/devices/"):
-            snap = self.server.refresher.current().snapshot
-            self._json(200, device(snap, unquote(path[len("/api/devices/"):])))
-        elif path == "/api/findings":
-            snap = self.server.refresher.current().snapshot
-            self._json(200, [{"code": f.code, "severity": f.severity, "subject": f.subject, "message": f.message}
-                             for f in snap.findings])
-        elif path == "/healthz":
-            self._healthz()
-        elif path == "/":
-            self._send(200, self.server.landing_page, "text/html; charset=utf-8")
-        else:
-            self._error(404, "not found")
-
-    def _metrics(self) -> None:
-        published = self.server.refresher.current()
-        if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
-            self._send(200, published.metrics_gzip, CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
-        else:
-            self._send(200, published.metrics, CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"})
-
-    def _devices(self, params: dict[str, list[str]]) -> None:
-        snap = self.server.refresher.current().snapshot
-        cap = params.get("cap", [None])[-1] or None
-        affected_by = params.get("affected_by", [None])[-1]
-        names = select(snap, cap=cap, passthrough=_flag(params, "passthrough"), affected_by=affected_by,
-                       available=_flag(params, "available"))
-        self._json(200, [snap.device_object(n) for n in names])
-
-    def _healthz(self) -> None:
-        published = self.server.refresher.current()
-        snap = published.snapshot
-        body = {"ready": published.ready, "source": snap.source, "source_up": snap.source_up,
-                "devices": len(snap.inventory), "last_refresh": snap.finished_at}
-        self._json(200 if published.ready else 503, body)
+# The documented filters of /api/devices and how to read each; together they are the cache key, so
+# undocumented parameters can neither change a body nor grow the cache.
+FILTERS: dict[str, Callable[[str, str], Any]] = {
+    "cap": lambda v, n: v or None,
+    "passthrough": _flag,
+    "affected_by": lambda v, n: v,
+    "available": _flag,
+}
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -171,32 +90,290 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
-class ExporterServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1).encode() + b"\n"
 
-    def __init__(self, address: tuple[str, int], refresher: Refresher, web_config: WebConfig) -> None:
+
+def _error_body(message: str) -> bytes:
+    return _json({"error": message})
+
+
+class _QuietLogger(logging.LoggerAdapter):
+    """aiohttp logs every malformed request as an error with a traceback: a client's mistake is not
+    ours, so it becomes one debug line."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.pop("exc_info", None)
+        if isinstance(exc, BaseException):
+            msg = f"{msg}: {exc!r}"
+        kwargs.pop("stack_info", None)
+        self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kwargs)
+
+
+class TokenBucket:
+    """rate_limit of the web config, as Go's rate.Limiter: `burst` requests, one more per `interval`."""
+
+    def __init__(self, interval: float, burst: int) -> None:
+        self.interval, self.burst = interval, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) / self.interval)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class App:
+    """Routes and answers; runs on the event loop thread."""
+
+    def __init__(self, refresher: Refresher, web_config: WebConfig, pool: Callable[[], ConnectionPool]) -> None:
+        self.refresher = refresher
+        self.web = web_config
+        self._pool = pool
+        self.renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="render")
+        self.hasher = concurrent.futures.ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+        self.bcrypt_pending = 0
+        self.limiter = TokenBucket(web_config.rate_limit.interval, web_config.rate_limit.burst) \
+            if web_config.rate_limit else None
+        self.extra_headers = {"X-Content-Type-Options": "nosniff", **web_config.headers, "Server": SERVER}
+
+    def close(self) -> None:
+        self.renderer.shutdown(wait=False, cancel_futures=True)
+        self.hasher.shutdown(wait=False, cancel_futures=True)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        conn = self._pool().by_protocol.get(request.protocol)  # type: ignore[arg-type]
+        if conn is not None:
+            conn.begin_request()
+        try:
+            return await self._handle(request, conn)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("error serving %s", request.path_qs[:200])
+            return await self._send(request, conn, 500, _error_body("internal error"), JSON, close=True)
+        finally:
+            if conn is not None:
+                conn.end_request()
+
+    async def _handle(self, request: web.BaseRequest, conn: Conn | None) -> web.StreamResponse:
+        if request.version not in (HttpVersion10, HttpVersion11):
+            # llhttp lets HTTP/0.9 and HTTP/2.0 request lines through, and aiohttp would echo that
+            # version in the status line; the answer is HTTP/1.1, as for every other error. (_message:
+            # its public accessor is deprecated; aiohttp is pinned below 4 and a test covers this.)
+            as_11 = web.BaseRequest(request._message._replace(version=HttpVersion11), request.content,
+                                    request.protocol, request.writer, request.task, asyncio.get_running_loop())
+            return await self._send(as_11, conn, 505, b"HTTP Version Not Supported\n", "text/plain; charset=utf-8",
+                                    close=True)
+        # A request body is never read. Transfer-Encoding on a GET has no business here (and an empty
+        # or odd one is how requests are smuggled past proxies); any body ends the connection after
+        # the answer, so nothing left of it can be read as the next request.
+        if "Transfer-Encoding" in request.headers:
+            return await self._send(request, conn, 400, b"Transfer-Encoding is not accepted\n",
+                                    "text/plain; charset=utf-8", close=True)
+        close = request.headers.get("Content-Length", "0") != "0"
+        if request.method not in ("GET", "HEAD"):
+            return await self._send(request, conn, 405, b"Method Not Allowed\n", "text/plain; charset=utf-8",
+                                    {"Allow": "GET, HEAD"}, close=True)
+        if self.limiter is not None and not self.limiter.allow():
+            return await self._send(request, conn, 429, b"Too Many Requests\n", "text/plain; charset=utf-8", close=close)
+        status = await self._authorize(request.headers.get("Authorization"))
+        if status != 200 and request.path == "/healthz":
+            # Open to probes (kubelet, load balancers) without credentials, but saying no more than
+            # whether the exporter is ready; the full answer needs credentials like every other path.
+            ready = self.refresher.current().ready
+            return await self._send(request, conn, 200 if ready else 503, _json({"ready": ready}), JSON, close=close)
+        if status == 401:
+            return await self._send(request, conn, 401, b"Unauthorized\n", "text/plain; charset=utf-8",
+                                    {"WWW-Authenticate": 'Basic realm="passthrough-exporter"'}, close=close)
+        if status == 429:
+            return await self._send(request, conn, 429, b"Too many login attempts in progress\n",
+                                    "text/plain; charset=utf-8", {"Retry-After": "1"}, close=close)
+        try:
+            status, body, ctype, headers = await self._route(request)
+        except QueryError as exc:
+            status, body, ctype, headers = exc.status, _error_body(str(exc)), JSON, {}
+        return await self._send(request, conn, status, body, ctype, headers, close=close)
+
+    async def _authorize(self, header: str | None) -> int:
+        fast = self.web.authorize_fast(header)
+        if fast is not None:
+            return 200 if fast else 401
+        if self.bcrypt_pending >= BCRYPT_QUEUE:
+            return 429
+        self.bcrypt_pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(self.hasher, self.web.authorize_slow, header)
+        finally:
+            self.bcrypt_pending -= 1
+        return 200 if ok else 401
+
+    async def _send(self, request: web.BaseRequest, conn: Conn | None, status: int, body: bytes, content_type: str,
+                    headers: dict[str, str] | None = None, close: bool = False) -> web.StreamResponse:
+        resp = web.StreamResponse(status=status, headers={**self.extra_headers, **(headers or {}),
+                                                          "Content-Type": content_type})
+        resp.content_length = len(body)
+        if close:
+            resp.force_close()
+        await resp.prepare(request)
+        if request.method != "HEAD":
+            # Sent in slices: each waits until the transport has room, so a client that reads slowly
+            # holds one slice of buffer, never a copy of the body.
+            view = memoryview(body)
+            for start in range(0, len(view), CHUNK):
+                await resp.write(view[start:start + CHUNK])
+                if conn is not None:
+                    conn.progress()
+        await resp.write_eof()
+        return resp
+
+    # --- routes --------------------------------------------------------------------------------
+
+    async def _route(self, request: web.BaseRequest) -> tuple[int, bytes, str, dict[str, str]]:
+        if len(request.query_string) > MAX_QUERY:
+            raise BadRequest("query string too long")
+        path = request.path
+        gz = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        if path == "/metrics":
+            published = self.refresher.current()
+            if gz:
+                return 200, published.metrics_gzip, CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip",
+                                                                          "Vary": "Accept-Encoding"}
+            return 200, published.metrics, CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"}
+        if path == "/healthz":
+            return self._healthz()
+        if path == "/":
+            published = self.refresher.current()
+            if not published.ready:
+                return 503, NOT_READY_PAGE, HTML, {"Retry-After": "5"}
+            snap = published.snapshot
+            body = await self._body(published, ("page",), lambda: hostpage.render(snap), gz)
+            return 200, body, HTML, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
+                                     else {"Vary": "Accept-Encoding"})
+        if path == "/api/devices" or path.startswith("/api/devices/") or path == "/api/findings":
+            published = self.refresher.current()
+            if not published.ready:
+                return 503, _error_body(NOT_READY), JSON, {"Retry-After": "5"}
+            key, render = self._api(published, path, request.query_string)
+            body = await self._body(published, key, render, gz)
+            return 200, body, JSON, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
+                                     else {"Vary": "Accept-Encoding"})
+        return 404, _error_body("not found"), JSON, {}
+
+    def _api(self, published: Published, path: str, query: str) -> tuple[Hashable, Callable[[], bytes]]:
+        snap = published.snapshot
+        if path == "/api/findings":
+            return ("findings",), lambda: _json([f.to_json() for f in snap.findings])
+        if path == "/api/devices":
+            params = parse_qs(query, keep_blank_values=True, errors="surrogateescape")
+            kwargs = {name: read(params[name][-1], name) for name, read in FILTERS.items() if name in params}
+            key = ("devices",) + tuple(sorted(kwargs.items()))
+            return key, lambda: _json([snap.device_object(n) for n in select(snap, **kwargs)])
+        name = path[len("/api/devices/"):]
+        return ("device", name), lambda: _json(device(snap, name))
+
+    async def _body(self, published: Published, key: Hashable, render: Callable[[], bytes], gz: bool) -> bytes:
+        body = published.bodies.lookup(key, gz)
+        if body is None:
+            body = await asyncio.get_running_loop().run_in_executor(
+                self.renderer, published.bodies.produce, key, render, gz)
+        return body
+
+    def _healthz(self) -> tuple[int, bytes, str, dict[str, str]]:
+        published = self.refresher.current()
+        snap = published.snapshot
+        body = {"ready": published.ready, "source": snap.source, "source_up": snap.source_up,
+                "devices": len(snap.inventory), "last_refresh": snap.finished_at}
+        return (200 if published.ready else 503), _json(body), JSON, {}
+
+
+class ExporterServer:
+    """The server on its own event-loop thread; `serve_forever` runs it, `shutdown` stops it."""
+
+    def __init__(self, address: tuple[str, int], refresher: Refresher, web_config: WebConfig,
+                 bound: int | None = None, header_timeout: float | None = None) -> None:
         self.refresher = refresher
         self.web_config = web_config
-        self.landing_page = _landing_page().encode()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
-        if web_config.ssl_context is not None:
-            self.socket = web_config.ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self._bound, self._header_timeout = bound, header_timeout
+        self.pool: ConnectionPool | None = None
+        self.app = App(refresher, web_config, lambda: self.pool)  # type: ignore[arg-type, return-value]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._done = threading.Event()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(30)  # a client that stalls mid-request cannot pin a thread forever
-        if hasattr(request, "do_handshake"):
-            try:
-                request.do_handshake()
-            except (OSError, ValueError) as exc:
-                log.debug("TLS handshake with %s failed: %s", client_address, exc)
-                return
-        super().finish_request(request, client_address)
+    def serve_forever(self, poll_interval: float = 0.5) -> None:  # noqa: ARG002 - socketserver's signature
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._done.set()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+    async def _main(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_loop_exception)
+        self._stop = asyncio.Event()
+        handler = web.Server(self.app.handle, access_log=None, logger=_QuietLogger(logging.getLogger("aiohttp.server")),
+                             keepalive_timeout=KEEPALIVE, max_line_size=8190, max_field_size=8190, max_headers=100,
+                             handler_cancellation=True)
+        kwargs = {} if self._header_timeout is None else {"header_timeout": self._header_timeout}
+        self.pool = ConnectionPool(self.socket, handler, self.web_config.ssl_context, self._peer_allowed,
+                                   bound=self._bound, **kwargs)
+        self.pool.start()
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.pool.close()
+            await handler.shutdown(0.5)
+            self.app.close()
+
+    def _peer_allowed(self, transport: asyncio.Transport) -> bool:
+        if self.web_config.allowed_sans is None:
+            return True
+        return self.web_config.peer_allowed(transport.get_extra_info("peercert"))
+
+    def wait_started(self, timeout: float = 10) -> None:
+        self._started.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Stop serving: every connection is closed. Safe to call more than once."""
+        self._started.wait(10)
+        if self._loop is not None and not self._done.is_set():
+            self._loop.call_soon_threadsafe(self._stop.set)  # type: ignore[union-attr]
+        self._done.wait(10)
+
+    def server_close(self) -> None:
+        if not self._started.is_set():
+            self.socket.close()
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    if isinstance(exc, (OSError, asyncio.CancelledError)):
+        log.debug("%s: %r", context.get("message"), exc)  # a client went away mid-way: not our error
+    else:
+        loop.default_exception_handler(context)
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -209,23 +386,8 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 
 def serve(address: tuple[str, int], refresher: Refresher, web_config: WebConfig) -> ExporterServer:
+    """Listen on `address` (an OSError if it cannot) and serve from a background thread."""
     server = ExporterServer(address, refresher, web_config)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    server.wait_started()
     return server
-
-
-def _landing_page() -> str:
-    links = "".join(
-        f'<li><a href="{html.escape(p)}">{html.escape(p)}</a> {html.escape(d)}</li>'
-        for p, d in (
-            ("/metrics", "Prometheus metrics"),
-            ("/api/devices", "every device, as JSON (cap, passthrough, affected_by)"),
-            ("/api/devices?passthrough=true", "devices that can be passed through"),
-            ("/api/findings", "safety findings"),
-            ("/healthz", "health"),
-        )
-    )
-    return (f"<!doctype html><html><head><title>passthrough-exporter</title></head><body>"
-            f"<h1>passthrough-exporter {html.escape(__version__)}</h1>"
-            f"<p>Which host devices can be passed through to a VM, and whether IOMMU isolation holds.</p>"
-            f"<ul>{links}</ul></body></html>\n")

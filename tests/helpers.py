@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import shutil
 import socket
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from sysfs_builder import SysfsTree
 
@@ -32,3 +35,29 @@ def free_port() -> int:
 
 def judge_tree(tree: SysfsTree) -> Snapshot:
     return Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
+
+
+GENERATE = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
+
+
+def generate_module() -> ModuleType:
+    """benchmarks/generate.py, which builds large synthetic hosts, loaded as a module."""
+    spec = importlib.util.spec_from_file_location("bench_generate", GENERATE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_generate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def get(httpd, path: str, method: str = "GET", headers: dict[str, str] | None = None, context=None):
+    """One request to a running server on 127.0.0.1: (response, body)."""
+    port = httpd.server_address[1]
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body

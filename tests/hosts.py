@@ -131,3 +131,23 @@ def clean_host(t: SysfsTree) -> None:
     """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR: nothing to report."""
     base(t)
     t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus")
+
+
+def busy_host(tree: SysfsTree) -> SysfsTree:
+    """GPU + audio (group 2) on vfio-pci held by a QEMU process through /dev/vfio/2; a USB mouse
+    claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see."""
+    base(tree)
+    tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2,
+             enable=1, reset_method="flr")
+    tree.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="vfio-pci", group=2,
+             enable=0, reset_method="flr")
+    tree.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, enable=1, reset_method="flr")
+    tree.pci("0000:00:1f.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=8, enable=0, reset_method="flr")
+    usb_tree(tree)
+    (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve().joinpath("driver").unlink()
+    tree._driver("usb", (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve(), "usbfs")
+    tree.process(4242, "qemu-system-x86", ["/usr/bin/qemu-system-x86_64", "-name", "guest=win11,debug-threads=on",
+                                           "-m", "8192"], {3: "/dev/vfio/vfio", 4: "/dev/vfio/2", 5: "/dev/null"})
+    tree.process(4300, "bash", ["bash"], {0: "/dev/pts/0"})
+    return tree

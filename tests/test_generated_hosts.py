@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import generate_module
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.sources.sysfs import SysfsSource
 
-GENERATE = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
-
-
-def _generate_module():
-    spec = importlib.util.spec_from_file_location("bench_generate", GENERATE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_generate"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    gen = _generate_module()
+    gen = generate_module()
     root = tmp_path_factory.mktemp("gen") / "host"
     tree, manifest = gen.generate(root, 600)
     snap = Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read())

@@ -12,7 +12,6 @@ from pathlib import Path
 import hosts
 import pytest
 from helpers import judge_tree
-from test_live import busy_host
 
 from passthrough_exporter.hostpage import render
 from passthrough_exporter.inspector import Inspector
@@ -60,7 +59,7 @@ def test_every_group_and_device_with_its_state(tree):
 
 
 def test_live_states_in_words(tree):
-    snap = judge_tree(busy_host(tree))
+    snap = judge_tree(hosts.busy_host(tree))
     text = Page(render(snap)).words
     assert "pci_0000_01_00_0 0x10de 0x2484 · driver vfio-pci in use by win11" in text
     assert "pci_0000_00_19_0 0x8086 0x15bc · driver vfio-pci in use " in text  # enabled, no holder seen
@@ -136,3 +135,38 @@ def test_chromium_draws_the_page(tree, tmp_path):
     screenshot(render(judge_tree(tree)), out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a drawn page, not a blank one
+
+
+def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
+    """The real server: the page once per snapshot, with the same auth as every other path."""
+    import base64
+    import gzip
+
+    import bcrypt
+    from helpers import get
+
+    from passthrough_exporter import webconfig
+    from passthrough_exporter.refresher import Refresher
+    from passthrough_exporter.server import serve
+    from passthrough_exporter.sources.sysfs import SysfsSource
+
+    hosts.workstation(tree)
+    cfg = tmp_path / "web.yml"
+    cfg.write_text(f"basic_auth_users:\n  ops: {bcrypt.hashpw(b'secret', bcrypt.gensalt(rounds=4)).decode()}\n")
+    refresher = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), Inspector(), interval=3600)
+    httpd = serve(("127.0.0.1", 0), refresher, webconfig.load(str(cfg)))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode()}
+    try:
+        resp, body = get(httpd, "/", headers=auth)
+        assert resp.status == 503 and b"no snapshot yet" in body  # before the first refresh
+        refresher.refresh()
+        resp, _ = get(httpd, "/")
+        assert resp.status == 401
+        resp, body = get(httpd, "/", headers=auth)
+        assert resp.status == 200 and resp.getheader("Content-Type") == "text/html; charset=utf-8"
+        assert body == render(refresher.current().snapshot)
+        resp, zipped = get(httpd, "/", headers={**auth, "Accept-Encoding": "gzip"})
+        assert resp.getheader("Content-Encoding") == "gzip" and gzip.decompress(zipped) == body
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -311,7 +311,7 @@ def test_root_filesystem_device_is_held_back_by_both_sources(tree, tmp_path):
 def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
     """libvirtd stops under a running exporter: the previous devices stay served, the source is
     reported down, and everything comes back when libvirt does."""
-    from test_server import get
+    from helpers import get
 
     from passthrough_exporter.refresher import Refresher
     from passthrough_exporter.server import serve

@@ -146,28 +146,11 @@ def test_an_unreachable_device_is_named_not_taken_for_a_bridge(tree):
 # --- who holds what ------------------------------------------------------------------------
 
 
-def busy_host(tree):
-    """GPU + audio (group 2) on vfio-pci held by a QEMU process through /dev/vfio/2; a USB mouse
-    claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see."""
-    hosts.base(tree)
-    tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
-    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2,
-             enable=1, reset_method="flr")
-    tree.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="vfio-pci", group=2,
-             enable=0, reset_method="flr")
-    tree.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, enable=1, reset_method="flr")
-    tree.pci("0000:00:1f.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=8, enable=0, reset_method="flr")
-    hosts.usb_tree(tree)
-    (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve().joinpath("driver").unlink()
-    tree._driver("usb", (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve(), "usbfs")
-    tree.process(4242, "qemu-system-x86", ["/usr/bin/qemu-system-x86_64", "-name", "guest=win11,debug-threads=on",
-                                           "-m", "8192"], {3: "/dev/vfio/vfio", 4: "/dev/vfio/2", 5: "/dev/null"})
-    tree.process(4300, "bash", ["bash"], {0: "/dev/pts/0"})
-    return tree
+
 
 
 def test_in_use_held_by_and_available(tree):
-    snap = judge_tree(busy_host(tree))
+    snap = judge_tree(hosts.busy_host(tree))
     gpu, audio, nic, spare = "pci_0000_01_00_0", "pci_0000_01_00_1", "pci_0000_00_19_0", "pci_0000_00_1f_0"
     held = {"vm": "win11", "pid": 4242, "process": "qemu-system-x86"}
     assert snap.device_object(gpu)["held_by"] == held
@@ -187,7 +170,7 @@ def test_in_use_held_by_and_available(tree):
 
 
 def test_available_on_the_command_line(tree):
-    busy_host(tree)
+    hosts.busy_host(tree)
     args = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
     out = subprocess.run([EXE, "devices", "--available", "--cap", "pci", *args], capture_output=True, text=True,
                          timeout=60)
@@ -212,7 +195,7 @@ def test_a_cdev_and_a_usbfs_node_name_their_devices(tree):
 
 
 def test_the_scan_can_be_switched_off(tree):
-    busy_host(tree)
+    hosts.busy_host(tree)
     from passthrough_exporter.inspector import Inspector
     from passthrough_exporter.sources.sysfs import SysfsSource
 

@@ -15,7 +15,7 @@ import time
 import bcrypt
 import hosts
 import pytest
-from helpers import EXE
+from helpers import EXE, get
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.refresher import Refresher
@@ -63,17 +63,6 @@ def server(host):
     httpd.server_close()
 
 
-def get(httpd, path, method="GET", headers=None, context=None):
-    port = httpd.server_address[1]
-    if context is None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    else:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp, body
 
 
 def test_metrics_plain_and_gzip(server):
@@ -239,7 +228,7 @@ def test_web_config_errors(tmp_path, certs):
     with pytest.raises(WebConfigError, match="cannot load certificate"):
         load(str(bad))
     bad.write_text("tls_config: {}\n")
-    with pytest.raises(WebConfigError, match="unknown keys"):
+    with pytest.raises(WebConfigError, match="unknown key tls_config"):
         load(str(bad))
     with pytest.raises(WebConfigError, match="cannot read web config"):
         load(str(tmp_path / "missing.yml"))
@@ -297,7 +286,7 @@ def test_serve_refuses_bad_web_config_and_unknown_source(host, tmp_path):
     cfg.write_text("basic_auth_users: [1, 2]\n")
     out = subprocess.run([EXE, "serve", "--web.config.file", str(cfg), "--web.listen-address", "127.0.0.1:0"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "basic_auth_users must map" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "basic_auth_users must be a mapping, not a list" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([EXE, "serve", "--source", "snmp", "--web.listen-address", "127.0.0.1:0"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--source: invalid choice: 'snmp' (choose from 'sysfs', 'libvirt')" in out.stderr
@@ -369,3 +358,62 @@ def test_unknown_metric_device_type_is_refused(host, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "unknown type usbdevice" in out.stderr
     assert not (tmp_path / "x.prom").exists()
+
+
+# --- before the first refresh, and bodies rendered once per snapshot --------------------------------
+
+
+def test_api_answers_503_before_the_first_refresh(host):
+    source = SlowSysfs(str(host.sys), str(host.proc))
+    refresher = Refresher(source, Inspector(), 3600)  # never refreshed
+    httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
+    try:
+        for path in ("/api/devices", "/api/devices?cap=pci", "/api/devices?affected_by=pci_0000_01_00_0",
+                     "/api/devices/pci_0000_01_00_0", "/api/findings"):
+            resp, body = get(httpd, path)
+            assert resp.status == 503 and resp.getheader("Content-Type") == "application/json", path
+            assert json.loads(body) == {"error": "no snapshot yet: the first refresh has not finished"}
+        resp, body = get(httpd, "/healthz")
+        assert resp.status == 503 and json.loads(body)["ready"] is False
+        refresher.refresh()
+        assert get(httpd, "/api/devices")[0].status == 200
+    finally:
+        httpd.shutdown()
+
+
+def test_each_body_is_rendered_once_per_snapshot(host):
+    httpd, refresher, _ = start(host)
+    try:
+        first = refresher.current()
+        plain = {get(httpd, "/api/devices")[1] for _ in range(10)}
+        zipped = {get(httpd, "/api/devices", headers={"Accept-Encoding": "gzip"})[1] for _ in range(10)}
+        assert len(plain) == 1 and len(zipped) == 1 and gzip.decompress(zipped.pop()) == plain.pop()
+        for _ in range(5):
+            get(httpd, "/api/devices?cap=pci&passthrough=true")
+            get(httpd, "/api/devices?passthrough=true&cap=pci&utm_source=x")  # same documented filters
+            get(httpd, "/api/devices/pci_0000_01_00_0")
+            get(httpd, "/api/findings")
+            get(httpd, "/api/devices/nope")  # an error: nothing to keep
+        assert first.bodies.renders == 4 and len(first.bodies) == 4
+        refresher.refresh()
+        second = refresher.current()
+        assert second is not first
+        resp, body = get(httpd, "/api/devices")
+        assert resp.status == 200 and second.bodies.renders == 1 and first.bodies.renders == 4
+    finally:
+        httpd.shutdown()
+
+
+def test_parallel_first_requests_share_one_render(host):
+    httpd, refresher, _ = start(host)
+    try:
+        published = refresher.current()
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(get(httpd, "/api/devices")[1])) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(results) == 16 and len(set(results)) == 1 and published.bodies.renders == 1
+    finally:
+        httpd.shutdown()
