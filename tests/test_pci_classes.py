@@ -8,16 +8,19 @@ import subprocess
 
 import hosts
 import pytest
-from test_cli import EXE
+from helpers import EXE
 
+from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.model import Device
 from passthrough_exporter.plugins import pci
-from passthrough_exporter.settings import Settings
+
+SETTINGS = Inspector().settings  # every plugin configured with its defaults
 
 
 def verdict(pci_class: str | None, header_type: int | None = 0):
+    """The PCI plugin's own verdict (the other plugins' reset and root-device notes left out)."""
     dev = Device("pci_0000_07_00_0", "pci", address="0000:07:00.0", pci_class=pci_class, header_type=header_type)
-    return pci.passthrough_verdict(device=dev, settings=Settings())
+    return pci.passthrough_verdict(device=dev, settings=SETTINGS)
 
 
 @pytest.mark.parametrize("cls, name", [

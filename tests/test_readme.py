@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from test_cli import EXE
+from helpers import EXE
 
 TOP = Path(__file__).resolve().parents[1]
 README = (TOP / "README.md").read_text()
