@@ -15,7 +15,8 @@ import posixpath
 import tarfile
 from pathlib import Path
 
-HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+# tarfile's own filter, where it has one; None leaves the checks below alone.
+FILTER: str | None = "data" if hasattr(tarfile, "data_filter") else None
 
 
 class UnsafeMember(ValueError):
@@ -52,7 +53,7 @@ def unpack(archive: Path, dest: Path) -> Path:
     """Unpack `archive` into `dest` (created if missing), refusing anything unsafe."""
     dest.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(dest)
-    extra = {"filter": "data"} if HAS_DATA_FILTER else {}
+    extra = {"filter": FILTER} if FILTER else {}
     with tarfile.open(archive) as tar:
         for member in tar:  # one at a time: each check sees what the members before it left on disk
             check_member(member, root)
