@@ -266,12 +266,22 @@ def add_capture_command(sub: argparse._SubParsersAction, common: argparse.Argume
     snap.set_defaults(func=cmd_capture)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: an option it does not know is its error, shown with its own usage."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentParser:
     """The command line; `pm`'s plugins add their options to every command that judges devices."""
     parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     # Accepted after the command too (`serve --log.level debug`), as exporters are usually run.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS, choices=list(logs.LEVELS),
@@ -287,7 +297,8 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         "  passthrough-exporter devices --affected-by pci_0000_01_00_0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    devices.add_argument("--cap", metavar="TYPE", help="only devices of this type: pci, usb_device, usb, scsi_host, scsi_target, scsi, system")
+    devices.add_argument("--cap", metavar="TYPE", choices=KNOWN_TYPES,
+                         help=f"only devices of this type: {', '.join(KNOWN_TYPES)}")
     devices.add_argument("--passthrough", action="store_true", help="only devices that can be passed through to a VM")
     devices.add_argument("--available", action="store_true",
                          help="only devices free to hand out now: eligible, not in use, not assigned, nothing "

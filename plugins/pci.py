@@ -45,12 +45,38 @@ BASE_CLASSES = {
     "ff": "unassigned class",
 }
 
+# Subclasses named where the base class alone would mislead (a host bridge is not a PCI bridge).
+SUBCLASSES = {
+    "0600": "host bridge",
+    "0601": "ISA bridge",
+    "0602": "EISA bridge",
+    "0603": "MicroChannel bridge",
+    "0604": "PCI bridge",
+    "0605": "PCMCIA bridge",
+    "0606": "NuBus bridge",
+    "0607": "CardBus bridge",
+    "0608": "RACEway bridge",
+    "0609": "semi-transparent PCI-to-PCI bridge",
+    "060a": "InfiniBand-to-PCI host bridge",
+    "060b": "Advanced Switching-to-PCI host bridge",
+}
+
 
 def class_description(pci_class: str | None) -> str:
     if not pci_class:
         return "unknown class"
-    base = pci_class.lower().removeprefix("0x")[:2]
-    return BASE_CLASSES.get(base, f"class {pci_class}")
+    digits = pci_class.lower().removeprefix("0x")
+    return SUBCLASSES.get(digits[:4]) or BASE_CLASSES.get(digits[:2], f"class {pci_class}")
+
+
+def unknown_class(pci_class: str | None) -> str | None:
+    """Why the class is unknown: the kernel gave none, or a base class the PCI spec does not define."""
+    if not pci_class:
+        return "unknown class: the kernel reports none; check what the device is before passing it through"
+    if pci_class.lower().removeprefix("0x")[:2] not in BASE_CLASSES:
+        return (f"unknown class {pci_class}: its base class is not defined by the PCI specification; "
+                "check what the device is before passing it through")
+    return None
 
 
 @hookimpl
@@ -93,10 +119,10 @@ def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
     cls = (device.pci_class or "").lower()
     for prefix in settings.stash[DENIED]:
         if cls.startswith(prefix.lower()):
-            return Verdict.deny(f"PCI {what} ({device.pci_class}) is host infrastructure, not an endpoint")
+            return Verdict.deny(f"{what} ({device.pci_class}) is host infrastructure, not an endpoint")
     if device.header_type not in (None, 0):
         return Verdict.deny(f"PCI function with header type {device.header_type} is a bridge, not an endpoint")
-    warnings = []
+    warnings = [w for w in (unknown_class(device.pci_class),) if w]
     if device.boot_vga:
         warnings.append("boot VGA device: the host console and firmware use it")
     if device.physfn is not None:

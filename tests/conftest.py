@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Programs the set-up put beside this interpreter (`.ci/setup --test`: prometheus and promtool in
+# .venv/bin) are found first, as in an activated venv.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = os.pathsep.join(filter(None, (_BIN, os.environ.get("PATH"))))
 
 from sysfs_builder import SysfsTree  # noqa: E402
 

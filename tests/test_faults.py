@@ -11,17 +11,18 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hosts
 import pytest
 from reliability import collect_errors, inspector, request, scrape_tree, serve_quick
 from sysfs_builder import SysfsTree
-from helpers import EXE
 
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.refresher import Refresher
@@ -333,18 +334,50 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
 
 # --- unreadable files, as a user who cannot read them ---------------------------------------------
 
-def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+def _as_nobody(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.fixture(scope="module")
+def nobody_exe() -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The exporter as uid 65534 can run it wherever the checkout is (under /root, mode 0700, too):
+    this environment's site-packages and the package's own files copied to a directory every user
+    can read, run by the base interpreter with only that copy on its path."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    import passthrough_exporter
+    import passthrough_exporter.plugins
+
+    root = Path(tempfile.mkdtemp(prefix="pt-public-"))
+    try:
+        site = root / "site"
+        skip = shutil.ignore_patterns("__pycache__", "*.pth", "__editable__*")
+        for lib in dict.fromkeys((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])):
+            shutil.copytree(lib, site, ignore=skip, dirs_exist_ok=True)
+        package = Path(passthrough_exporter.__path__[0])
+        if not (site / "passthrough_exporter").is_dir():  # an editable install: the files are in the checkout
+            shutil.copytree(package, site / "passthrough_exporter", ignore=skip)
+        plugins = Path(passthrough_exporter.plugins.__path__[0])
+        if not (site / "passthrough_exporter" / "plugins").is_dir():
+            shutil.copytree(plugins, site / "passthrough_exporter" / "plugins", ignore=skip)
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+        python = os.path.realpath(sys.executable)  # the interpreter itself, not the venv's link to it
+        cmd = [python, "-S", "-m", "passthrough_exporter"]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(site), "LC_ALL": "C.UTF-8"}
+        if _as_nobody(python, "-S", "-c", "pass", env=env).returncode != 0:
+            pytest.skip(f"{python} cannot be run by uid 65534")
+        out = _as_nobody(*cmd, "plugins", env=env)  # the copy is complete: every built-in plugin loads
+        assert out.returncode == 0, out.stderr
+        assert {line.split()[0] for line in out.stdout.splitlines()[1:]} >= {"pci", "usb", "scsi", "safety", "policy"}
+        yield cmd, env
+    finally:
+        shutil.rmtree(root)
 
 
 @pytest.fixture
 def public_host() -> SysfsTree:
     """A desktop tree in a directory the unprivileged user can walk (pytest's tmp_path is root-only)."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed")
-    if _as_nobody(EXE, "--version").returncode != 0:
-        pytest.skip("the installed console script is not usable by uid 65534")
     root = Path(tempfile.mkdtemp(prefix="pt-faults-"))
     try:
         t = desktop(SysfsTree(root / "host"))
@@ -354,13 +387,14 @@ def public_host() -> SysfsTree:
         shutil.rmtree(root)
 
 
-def test_unreadable_vendor_as_unprivileged_user(public_host: SysfsTree) -> None:
+def test_unreadable_vendor_as_unprivileged_user(public_host: SysfsTree, nobody_exe) -> None:
     t = public_host
-    before = _as_nobody(EXE, "devices", "--json", "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc))
+    exe, env = nobody_exe
+    before = _as_nobody(*exe, "devices", "--json", "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc), env=env)
     assert before.returncode == 0, before.stderr
     (t.pci_path(AUDIO) / "vendor").chmod(0)
     (usb_attr("1-1.2", "product")(t)).chmod(0)  # optional: the mouse stays, without its name
-    out = _as_nobody(EXE, "devices", "--json", "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc))
+    out = _as_nobody(*exe, "devices", "--json", "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc), env=env)
     assert out.returncode == 0, out.stderr
     import json
     old = {d["name"]: d for d in json.loads(before.stdout)}
@@ -380,7 +414,7 @@ def test_unreadable_vendor_as_unprivileged_user(public_host: SysfsTree) -> None:
     try:
         os.chown(outdir, 65534, 65534)
         prom = outdir / "passthrough.prom"
-        out = _as_nobody(EXE, "textfile", str(prom), "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc))
+        out = _as_nobody(*exe, "textfile", str(prom), "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc), env=env)
         assert out.returncode == 0, out.stderr
         errors = {k: v for k, v in collect_errors(prom.read_text()).items() if v}
         assert errors == {"unreadable": 2}

@@ -36,10 +36,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 
 from ...model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
 from ...settings import ConfigError

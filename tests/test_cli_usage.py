@@ -1,0 +1,55 @@
+"""Usage errors: an unknown --cap type names the known ones, and a misspelled option of a command is
+that command's error, shown with that command's usage (exit 2, like every other usage error)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from helpers import EXE
+
+from passthrough_exporter.model import KNOWN_TYPES
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_unknown_cap_is_an_error_naming_the_known_types(tree):
+    out = cli("devices", "--cap", "gpu", "--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc))
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("usage: passthrough-exporter devices ")
+    error = lines[-1]
+    assert error.startswith("passthrough-exporter devices: error: argument --cap: invalid choice: 'gpu'")
+    for known in KNOWN_TYPES:
+        assert known in error
+
+
+@pytest.mark.parametrize("known", KNOWN_TYPES)
+def test_every_known_cap_is_accepted(tree, known):
+    out = cli("devices", "--cap", known, "--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ("computer\n" if known == "system" else "")
+
+
+@pytest.mark.parametrize("argv, typo", [
+    (["devices", "--passthru"], "--passthru"),
+    (["devices", "--json", "--afected-by", "pci_0000_00_00_0"], "--afected-by pci_0000_00_00_0"),
+    (["serve", "--web.listen-adress", "127.0.0.1:9839"], "--web.listen-adress 127.0.0.1:9839"),
+    (["check", "--jsn"], "--jsn"),
+    (["textfile", "out.prom", "--metric.skip-vfs"], "--metric.skip-vfs"),
+    (["plugins", "--policy", "x.toml", "--disabel-plugin", "pci"], "--disabel-plugin pci"),
+])
+def test_misspelled_option_shows_the_commands_usage(argv, typo):
+    out = cli(*argv)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith(f"usage: passthrough-exporter {argv[0]} ")
+    assert lines[-1] == f"passthrough-exporter {argv[0]}: error: unrecognized arguments: {typo}"
+
+
+def test_misspelled_top_level_option_shows_the_top_level_usage():
+    out = cli("--log.levl", "debug", "devices")
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: passthrough-exporter [-h]")
