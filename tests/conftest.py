@@ -25,6 +25,17 @@ def tree(tmp_path: Path) -> SysfsTree:
 
 
 @pytest.fixture
+def host(tree: SysfsTree) -> SysfsTree:
+    """The desktop most tests serve: host bridge, a GPU with its audio function, a USB tree."""
+    import hosts
+
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    hosts.usb_tree(tree)
+    return tree
+
+
+@pytest.fixture
 def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip("../shared/realdata is not beside this checkout")

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import hosts
 import pytest
 from helpers import EXE, free_port
 
@@ -187,12 +186,6 @@ def at_host(cmd: list[str], host) -> list[str]:
     return out
 
 
-@pytest.fixture
-def host(tree):
-    hosts.base(tree)
-    hosts.desktop_gpu(tree)
-    hosts.usb_tree(tree)
-    return tree
 
 
 def test_entrypoint_is_the_console_script_and_cmd_the_path_flags():

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import bcrypt
-import hosts
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reliability import inspector, request, serve_quick, served
@@ -33,12 +32,6 @@ EVIL_DRIVER = 'evil"drv\\x\nnext_metric{a="b"} 1'
 EVIL_PRODUCT = 'Mouse "pro" \\ </script><b>\ttab'
 
 
-@pytest.fixture
-def host(tree: SysfsTree) -> SysfsTree:
-    hosts.base(tree)
-    hosts.desktop_gpu(tree)
-    hosts.usb_tree(tree)
-    return tree
 
 
 @pytest.fixture

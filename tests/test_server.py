@@ -13,7 +13,6 @@ import threading
 import time
 
 import bcrypt
-import hosts
 import pytest
 from helpers import EXE, get
 
@@ -39,12 +38,6 @@ class SlowSysfs(SysfsSource):
         return super().read()
 
 
-@pytest.fixture
-def host(tree):
-    hosts.base(tree)
-    hosts.desktop_gpu(tree)
-    hosts.usb_tree(tree)
-    return tree
 
 
 def start(tree, web=None, interval=3600.0):

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import hosts
 import pytest
 from reliability import inspector, request
 from serving import cpu_seconds, exporter, get, raise_own_file_limit
@@ -29,12 +28,6 @@ from passthrough_exporter.webconfig import WebConfig
 HEAD_START = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
 
 
-@pytest.fixture
-def host(tree: SysfsTree) -> SysfsTree:
-    hosts.base(tree)
-    hosts.desktop_gpu(tree)
-    hosts.usb_tree(tree)
-    return tree
 
 
 def start(host: SysfsTree, **kw) -> ExporterServer:
