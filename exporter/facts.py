@@ -150,25 +150,35 @@ def in_use(inventory: Inventory) -> dict[str, Holder | None]:
         for node, holder in holders.items():
             for name in _held(node, inventory, by_cdev, by_usb):
                 out[name] = holder
-    for name, holder in list(out.items()):
+    # A device in use marks the VFIO members of its group in use too: once per group, not per member.
+    by_group: dict[int, Holder | None] = {}
+    for name, holder in out.items():
         dev = inventory.devices[name]
-        if dev.type != "pci" or dev.iommu_group is None:
-            continue
-        for peer in inventory.groups.get(dev.iommu_group, ()):
+        if dev.type == "pci" and dev.iommu_group is not None:
+            if by_group.get(dev.iommu_group) is None:
+                by_group[dev.iommu_group] = holder
+    for number, holder in by_group.items():
+        for peer in inventory.groups.get(number, ()):
             if out.get(peer) is None and on_vfio(inventory.devices[peer]):
                 out[peer] = holder if holder is not None else out.get(peer)
     return out
+
+
+def _number(text: str) -> bool:
+    """Decimal ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _held(node: str, inventory: Inventory, by_cdev: Mapping[str, str],
           by_usb: Mapping[tuple[int | None, int | None], str]) -> tuple[str, ...]:
     """The devices a held device node stands for."""
     parts = node.split("/")  # ["", "dev", "vfio", "12"] ...
-    if parts[2] == "vfio" and len(parts) == 4 and parts[3].isdigit():
-        return inventory.groups.get(int(parts[3]), ())
+    if parts[2] == "vfio" and len(parts) == 4 and _number(parts[3]):
+        members = inventory.groups.get(int(parts[3]), ())
+        return tuple(n for n in members if not is_bridge(inventory.devices[n]))  # bridges are not handed out
     if parts[2] == "vfio" and len(parts) == 5 and parts[3] == "devices":
         return (by_cdev[parts[4]],) if parts[4] in by_cdev else ()
-    if parts[2] == "bus" and len(parts) == 6 and parts[4].isdigit() and parts[5].isdigit():
+    if parts[2] == "bus" and len(parts) == 6 and _number(parts[4]) and _number(parts[5]):
         name = by_usb.get((int(parts[4]), int(parts[5])))
         return (name,) if name else ()
     return ()
@@ -182,7 +192,9 @@ def weakened(host: HostFacts) -> dict[str, bool]:
     """Each reason of `passthrough_isolation_weakened` and whether it holds on this host."""
     return {
         "acs_override": "pcie_acs_override" in host.cmdline_params(),
-        "unsafe_interrupts": _flag(host.module_params, "vfio_iommu_type1.allow_unsafe_interrupts"),
+        # Either backend of VFIO can be told to hand out devices without interrupt remapping.
+        "unsafe_interrupts": _flag(host.module_params, "vfio_iommu_type1.allow_unsafe_interrupts")
+        or _flag(host.module_params, "iommufd.allow_unsafe_interrupts"),
         "unsafe_noiommu": _flag(host.module_params, "vfio.enable_unsafe_noiommu_mode"),
     }
 

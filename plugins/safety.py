@@ -19,7 +19,8 @@ IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
 CHECKS = (
     Check("IOMMU enabled in firmware and kernel", ("iommu_off_firmware", "iommu_off_kernel")),
     Check("No ACS override on the kernel command line", ("acs_override",)),
-    Check("VFIO requires interrupt remapping", ("unsafe_interrupts", "no_interrupt_remapping")),
+    Check("VFIO requires interrupt remapping",
+          ("unsafe_interrupts", "no_interrupt_remapping", "interrupt_remapping_unknown")),
     Check("VFIO no-IOMMU mode off", ("unsafe_noiommu",)),
     Check("No IOMMU group split between VMs and host", ("group_mixed", "group_not_viable")),
     Check("Eligible devices have a function-level reset", ("no_flr", "no_reset")),
@@ -39,6 +40,8 @@ FIXES = {
     "unsafe_interrupts": "remove allow_unsafe_interrupts=1 from the vfio_iommu_type1 options in "
     "/etc/modprobe.d and enable interrupt remapping (x2APIC/IR) in firmware",
     "unsafe_noiommu": "remove enable_unsafe_noiommu_mode=1 from the vfio options and enable the IOMMU instead",
+    "interrupt_remapping_unknown": "make <procfs>/interrupts readable to the exporter (mount the host's /proc), "
+    "or check by hand that `grep IR- /proc/interrupts` lists remapped interrupt chips",
     "no_interrupt_remapping": "enable interrupt remapping: x2APIC and VT-d/AMD-Vi interrupt remapping in the "
     "firmware setup, and no intremap=off on the kernel command line; allow_unsafe_interrupts=1 is not a fix",
     "group_mixed": "bind the whole group to vfio-pci (every endpoint, e.g. `driverctl set-override ADDR "
@@ -67,6 +70,7 @@ CODES: dict[str, str] = {
     "unsafe_interrupts": "critical",
     "unsafe_noiommu": "critical",
     "no_interrupt_remapping": "warning",  # critical when a device is already on a VFIO driver
+    "interrupt_remapping_unknown": "warning",
     "group_mixed": "critical",
     "group_not_viable": "info",
     "group_multi_device": "info",
@@ -82,8 +86,8 @@ CODES: dict[str, str] = {
 _WEAKENED_MESSAGES = {
     "acs_override": "pcie_acs_override is on the kernel command line: IOMMU groups are split by a "
     "kernel patch, not by hardware isolation; devices in 'separate' groups can still reach each other by DMA",
-    "unsafe_interrupts": "vfio_iommu_type1 allow_unsafe_interrupts=Y: without interrupt remapping a VM "
-    "can inject interrupts into the host",
+    "unsafe_interrupts": "allow_unsafe_interrupts=Y (vfio_iommu_type1 or iommufd): without interrupt remapping "
+    "a VM can inject interrupts into the host",
     "unsafe_noiommu": "vfio enable_unsafe_noiommu_mode=Y: VFIO hands out devices with no IOMMU at all; "
     "a VM can read and write all host memory by DMA",
 }
@@ -180,7 +184,16 @@ def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
     allowed (which `unsafe_interrupts` reports instead). Said on a host without IOMMU groups too,
     so that `check` never passes the line on a host that lacks remapping."""
     host = inventory.host
-    if host.interrupt_remapping is not False or facts.weakened["unsafe_interrupts"]:
+    if facts.weakened["unsafe_interrupts"]:
+        return
+    if host.interrupt_remapping is None:
+        # Never a silent PASS: without the interrupt chips nothing says VFIO will accept devices.
+        if host.iommu_groups_present:
+            yield _finding("interrupt_remapping_unknown", HOST, (
+                "interrupt remapping cannot be told (no readable /proc/interrupts, or no x86 interrupt chip in "
+                "it): VFIO refuses to assign devices without it"))
+        return
+    if host.interrupt_remapping:
         return
     why = ("intremap=off on the kernel command line" if "intremap=off" in host.cmdline.split()
            else "no IR- interrupt chip in /proc/interrupts")

@@ -19,6 +19,7 @@ class SysfsTree:
         (self.sys / "devices").mkdir(parents=True, exist_ok=True)
         self.proc.mkdir(parents=True, exist_ok=True)
         self.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet")
+        self.interrupts("IR-IO-APIC", "IR-PCI-MSI")  # a host with interrupt remapping, as most are
         self._pci: dict[str, Path] = {}
 
     # --- plumbing ------------------------------------------------------------------------
@@ -161,7 +162,11 @@ class SysfsTree:
         self.write(path / "subsystem_device", f"0x{subsystem[1]:04x}")
         self.write(path / "numa_node", str(numa_node))
         # A function that fell off the bus answers every config read with all ones.
-        self.write(path / "config", b"\xff" * 64 if unreachable else pci_config(vendor, device, cls, header_type))
+        # A function that fell off the bus answers every config read with all ones; an SR-IOV VF's
+        # vendor and device ids read 0xffff by the spec (sysfs has the real ones in vendor/device).
+        config = b"\xff" * 64 if unreachable else pci_config(
+            0xFFFF if physfn else vendor, 0xFFFF if physfn else device, cls, header_type)
+        self.write(path / "config", config)
         if vfio_dev is not None:
             (path / "vfio-dev" / vfio_dev).mkdir(parents=True)
         if enable is not None:

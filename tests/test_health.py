@@ -66,7 +66,9 @@ def test_link_aer_and_power_are_read_in_the_kernels_format(tree):
     assert gpu.link_speed == (8.0, 16.0) and gpu.link_width == (4, 16)
     assert gpu.aer_errors == (3, 5, 1) and gpu.power_state == "D0"
     asleep = snap.inventory.devices["pci_0000_02_00_0"]
-    assert asleep.link_speed == (None, 16.0) and asleep.power_state == "D3cold" and asleep.aer_errors == (None,) * 3
+    # Asleep in D3cold: neither its config space nor its link is read, which would wake it.
+    assert asleep.link_speed == (None, None) and asleep.header_type is None and asleep.power_state == "D3cold"
+    assert asleep.aer_errors == (None,) * 3
     assert snap.inventory.devices["pci_0000_41_00_0"].link_speed == (8.0, 8.0)
     health = snap.device_object(gpu.name)["health"]
     assert health == {"link_speed_gts": {"current": 8.0, "max": 16.0}, "link_width": {"current": 4, "max": 16},
@@ -101,7 +103,7 @@ def test_health_and_capacity_metrics(tree):
         'passthrough_mdev_instances{device="pci_0000_41_00_0",mdev_type="nvidia-223"} 0.0',
     ):
         assert line in text, line
-    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_02_00_0",kind="current"}' not in text  # Unknown
+    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_02_00_0",kind="current"}' not in text  # asleep
     # Two GPUs of one model on no NUMA node: both on vfio-pci and free; the vGPU card is carved up.
     assert ('passthrough_pool_devices{numa_node="",product="",product_id="0x2204",state="available",type="pci",'
             'vendor_id="0x10de"} 2.0') in text

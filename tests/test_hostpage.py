@@ -54,7 +54,7 @@ def test_every_group_and_device_with_its_state(tree):
     assert "pci_0000_01_00_0 0x10de 0x2484 · driver nvidia available" in text
     assert "pci_0000_00_01_0 0x8086 0x1901 · driver pcieport not eligible: PCI bridge" in text
     assert "2 virtual functions: 2 available" in text
-    assert "IOMMU: on" in text and "Interrupt remapping: unknown" in text and "Isolation weakened: no" in text
+    assert "IOMMU: on" in text and "Interrupt remapping: on" in text and "Isolation weakened: no" in text
     assert "script" not in page.tags
 
 

@@ -238,3 +238,49 @@ def test_a_real_process_holding_a_node_is_found_through_the_real_proc(tmp_path):
         child.kill()
         child.wait(10)
     assert os.path.exists(node)
+
+
+def test_a_vf_whose_config_reads_ffff_ids_is_not_unreachable(tree):
+    """SR-IOV VFs read 0xffff as vendor and device id by the spec: only all ones everywhere is a lost device."""
+    hosts.base(tree)
+    hosts.sriov_nic(tree)
+    snap = judge_tree(tree)
+    vfs = [d for d in snap.inventory if d.physfn]
+    assert vfs and all((tree.pci_path(d.address) / "config").read_bytes()[:4] == b"\xff" * 4 for d in vfs)
+    assert not any(d.unreachable for d in vfs) and "device_unreachable" not in found(snap)
+    assert all(snap.verdicts[d.name].eligible for d in vfs)
+
+
+def test_a_hostile_device_node_name_cannot_stop_a_refresh(tree):
+    """Any process the exporter can read may hold a node named /dev/vfio/² (a digit to isdigit(), not to int())."""
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    tree.process(66, "evil", ["evil"], {3: "/dev/vfio/²", 4: "/dev/bus/usb/٣/1"})
+    snap = judge_tree(tree)
+    assert "pci_0000_01_00_0" in snap.inventory and not snap.facts.in_use
+
+
+def test_a_held_group_marks_its_endpoints_not_its_bridges(tree):
+    hosts.base(tree)
+    tree.pci("0000:00:1c.0", INTEL, 0xA110, 0x060400, driver="pcieport", group=5, reset_method=None)
+    tree.pci("0000:02:00.0", INTEL, 0x15BC, 0x020000, parent="0000:00:1c.0", driver="vfio-pci", group=5)
+    tree.process(90, "qemu-kvm", ["qemu-kvm", "-name", "router"], {7: "/dev/vfio/5"})
+    snap = judge_tree(tree)
+    assert set(snap.facts.in_use) == {"pci_0000_02_00_0"}
+    assert snap.facts.in_use["pci_0000_02_00_0"].vm == "router"
+
+
+def test_iommufd_unsafe_interrupts_weaken_isolation_too(tree):
+    gpu_on_vfio(tree)
+    tree.interrupts("IO-APIC", "PCI-MSI")
+    tree.module_param("iommufd", "allow_unsafe_interrupts", "Y")
+    codes = found(judge_tree(tree))
+    assert codes["unsafe_interrupts"] == [("critical", "host")] and "no_interrupt_remapping" not in codes
+
+
+def test_remapping_unknown_never_passes_silently(tree):
+    gpu_on_vfio(tree)
+    (tree.proc / "interrupts").unlink()
+    snap = judge_tree(tree)
+    assert snap.inventory.host.interrupt_remapping is None
+    assert found(snap)["interrupt_remapping_unknown"] == [("warning", "host")]

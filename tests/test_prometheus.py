@@ -166,7 +166,8 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
     def by_instance(expr: str) -> dict[str, str]:
         return {r["metric"].get("instance", ""): r["value"][1] for r in query(api, expr)}
 
-    assert by_instance("passthrough_interrupt_remapping_enabled") == {targets["safe"]: "1", targets["unsafe"]: "0"}
+    assert by_instance("passthrough_interrupt_remapping_enabled") == {
+        targets["safe"]: "1", targets["unsafe"]: "0", targets["libvirt"]: "1"}
     assert by_instance('count by (instance) (passthrough_finding{code="no_interrupt_remapping"})') == {
         targets["unsafe"]: "1"}
     in_use = query(api, "passthrough_device_in_use == 1")

@@ -35,7 +35,12 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     numa = opt("numa_node", parse_int)
     physfn = reader.link_name(path, "physfn") if "physfn" in attrs else None
     virtfns = sorted((a for a in attrs if a.startswith("virtfn") and a[6:].isdigit()), key=lambda a: int(a[6:]))
-    header_type, unreachable = _config(reader, path, attrs, sysname)
+    # The power state first: reading a D3cold device's config space wakes it (the kernel resumes
+    # it for the read), so a sleeping device keeps sleeping and its header and link stay unknown.
+    power = opt("power_state", power_state)
+    asleep = power == "D3cold"
+    header_type, unreachable = (None, False) if asleep else _config(reader, path, attrs, sysname)
+    no_link = physfn is not None or asleep  # a VF's link is its PF's
     if "reset_method" in attrs:
         reset_methods: tuple[str, ...] | None = tuple((opt("reset_method", str) or "").split())
     else:
@@ -62,12 +67,11 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "virtfns": tuple(device_name("pci", n) for n in (reader.link_name(path, v) for v in virtfns) if n),
         "sriov_totalvfs": opt("sriov_totalvfs", parse_int),
         "sriov_numvfs": opt("sriov_numvfs", parse_int),
-        # A VF's link is its PF's: it is read there only.
-        "link_speed": (None, None) if physfn else (opt("current_link_speed", link_speed), opt("max_link_speed", link_speed)),
-        "link_width": (None, None) if physfn else (opt("current_link_width", parse_int), opt("max_link_width", parse_int)),
+        "link_speed": (None, None) if no_link else (opt("current_link_speed", link_speed), opt("max_link_speed", link_speed)),
+        "link_width": (None, None) if no_link else (opt("current_link_width", parse_int), opt("max_link_width", parse_int)),
         "aer_errors": (opt("aer_dev_correctable", aer_total), opt("aer_dev_nonfatal", aer_total),
                        opt("aer_dev_fatal", aer_total)),
-        "power_state": opt("power_state", power_state),
+        "power_state": power,
         "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
     }
 
@@ -141,7 +145,9 @@ def _config(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> 
     """(header type, unreachable) from the config space header, read live from the device.
 
     A function that fell off the bus (a GPU after a failed reset, a link that went down) answers
-    every config read with all ones: vendor 0xffff, header type 0x7f. That is not a bridge.
+    every config read with all ones: vendor 0xffff, header type 0x7f. That is not a bridge. The
+    vendor id alone does not tell: an SR-IOV virtual function's reads 0xffff by the spec, while
+    its class, revision and header type are real.
     """
     if "config" not in attrs:
         return None, False
@@ -151,7 +157,7 @@ def _config(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> 
         reader.count(error_kind(exc))
         log.warning("%s: config unreadable: %s", sysname, exc)
         return None, False
-    if header[:2] == b"\xff\xff":
+    if len(header) >= 4 and header.count(0xFF) == len(header):  # every byte read: all ones
         return None, True
     if len(header) < 0x0F:
         log.warning("%s: config space too short (%d bytes)", sysname, len(header))

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from ..model import HostFacts
 from .files import Reader
 
-MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
+MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci", "iommufd")  # iommufd: the VFIO device nodes' backend
 CMDLINE_LIMIT = 64 << 10  # bytes; the kernel caps its command line far below this
 INTERRUPTS_LIMIT = 16 << 20  # bytes; 1,000 interrupts on 1,024 CPUs take about 11 MB
 IOMMU_TABLES = ("DMAR", "IVRS")  # ACPI tables describing an Intel / AMD IOMMU

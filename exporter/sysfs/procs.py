@@ -29,7 +29,7 @@ def scan_holders(procfs: str, devfs: str = "/dev") -> Mapping[str, Holder] | Non
     could be read. `devfs` is where the nodes are looked for (tests use a directory of their own)."""
     prefixes = tuple(devfs.rstrip("/") + p.removeprefix("/dev") for p in PREFIXES)
     try:
-        pids = [p for p in os.listdir(procfs) if p.isdigit()]
+        pids = [p for p in os.listdir(procfs) if p.isascii() and p.isdigit()]
     except OSError:
         return None
     held: dict[str, int] = {}
