@@ -71,7 +71,7 @@ class Device:
     unreachable: bool = False  # PCI config space reads all ones: the device fell off the bus
     # Every libvirt domain configured with the device: (name, running), running ones first.
     assignments: tuple[tuple[str, bool], ...] = ()
-    assigned_to: str | None = None  # the first of `assignments`: the VM holding the device, where known
+    assigned_to: str | None = None  # the first of `assignments`: a running domain if one is, else the first by name
     assigned_running: bool | None = None  # whether that domain runs
     notes: tuple[str, ...] = ()  # where a source filled or doubted a field
 

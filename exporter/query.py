@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .model import KNOWN_TYPES
 from .snapshot import Snapshot
 
 
@@ -40,6 +41,8 @@ def select(
     `affected_by` answers "what goes with this device" and cannot be combined with the others.
     `available`: eligible devices free to hand out now (see `live`).
     """
+    if cap is not None and cap not in KNOWN_TYPES:
+        raise QueryError(f"unknown type {cap!r}; choose from {', '.join(KNOWN_TYPES)}")
     if affected_by is not None:
         if cap is not None or passthrough or available:
             raise ConflictingFilters()

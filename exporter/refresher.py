@@ -20,12 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import logs
+from .bodies import Bodies
 from .inspector import Inspector
 from .metrics import MetricOptions, render
 from .snapshot import Snapshot
 from .sources import Source
-
-from .bodies import Bodies
 
 log = logging.getLogger(__name__)
 

@@ -63,6 +63,7 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
         "class": dev.pci_class,
         "driver": dev.driver,
         "iommu_group": dev.iommu_group,
+        "numa_node": dev.numa_node,
         "eligible": verdict.eligible,
         "reasons": list(verdict.reasons),
         "warnings": list(verdict.warnings),
@@ -74,7 +75,6 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
         obj.update(
             subsystem_vendor_id=dev.subsystem_vendor_id,
             subsystem_product_id=dev.subsystem_product_id,
-            numa_node=dev.numa_node,
             boot_vga=dev.boot_vga,
             reset_methods=None if dev.reset_methods is None else list(dev.reset_methods),
             header_type=dev.header_type,
@@ -93,7 +93,9 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
             mdev_types=[{"type": t.type_id, "name": t.name, "device_api": t.device_api,
                          "available_instances": t.available, "instances": t.instances} for t in dev.mdev_types],
         )
-    elif dev.type in ("usb_device", "usb"):
+    else:
+        obj["health"] = None  # the kernel keeps link, AER and power state for PCI functions
+    if dev.type in ("usb_device", "usb"):
         obj.update(usb_class=dev.usb_class, busnum=dev.busnum, devnum=dev.devnum)
     elif dev.type == "scsi":
         obj.update(scsi_type=dev.scsi_type, block_devices=list(dev.block_devices))

@@ -82,6 +82,7 @@ def test_api_devices_filters(server):
     ("?affected_by=pci_0000_01_00_0&passthrough=true", 400, "Conflicting flag filters specified."),
     ("?affected_by=pci_0000_77_00_0", 404, "Node device 'pci_0000_77_00_0' not found"),
     ("?passthrough=maybe", 400, "passthrough must be true or false"),
+    ("?cap=gpu", 400, "unknown type 'gpu'; choose from system, pci, usb_device, usb, scsi_host, scsi_target, scsi"),
 ])
 def test_api_errors(server, query, status, message):
     resp, body = get(server, "/api/devices" + query)
