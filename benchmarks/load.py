@@ -87,9 +87,13 @@ def client_process(port: int, path: str, gz: bool, threads: int, seconds: float,
                     end = buf.find(b"\r\n\r\n", 0, got)
                     if end >= 0:
                         break
-                head = bytes(buf[:end])
+                head = bytes(view[:end])
                 length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
                 need = end + 4 + length
+                if need > len(buf):
+                    view.release()
+                    buf.extend(bytes(need - len(buf)))
+                    view = memoryview(buf)
                 while got < need:
                     n = s.recv_into(view[got:need])
                     if not n:

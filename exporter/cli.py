@@ -196,8 +196,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"passthrough-exporter: cannot listen on {args.listen_address}: {exc.strerror}", file=sys.stderr)
         return 1
     refresher.start()
-    log.info("listening on %s:%d (%s), source %s, refresh every %gs", address[0], httpd.server_address[1],
-             "https" if web.ssl_context else "http", source.name, args.refresh_interval)
+    log.info("listening on %s:%d (%s, at most %d connections), source %s, refresh every %gs", address[0],
+             httpd.server_address[1], "https" if web.ssl_context else "http", httpd.bound, source.name,
+             args.refresh_interval)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -246,8 +246,9 @@ class ConnectionPool:
                 lambda: Guard(self, conn, self.factory()), client, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.header_timeout if self.ssl_context else None)
         except (OSError, asyncio.TimeoutError, asyncio.CancelledError, ssl.SSLError) as exc:
+            # The transport owns the socket from the start and has closed it; closing it here too
+            # could, once its number is reused, close someone else's.
             log.debug("connection from %s ended before its first request: %r", conn.peer, exc)
-            client.close()
             self.forget(conn)
         finally:
             conn.task = None

@@ -22,16 +22,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from . import __version__, hostpage
+from .connections import Conn, ConnectionPool, connection_bound
 from .query import QueryError, device, select
-
-from .connections import ConnectionPool, Conn
 from .refresher import Published, Refresher
 from .webconfig import WebConfig
 
@@ -92,6 +91,15 @@ def _accepts_gzip(header: str) -> bool:
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1).encode() + b"\n"
+
+
+def _json_list(objects: Iterable[Any]) -> bytes:
+    """The bytes of _json(list(objects)), built one object at a time: a 20,000-device listing never
+    holds every device object, nor the text and its encoding, at once."""
+    parts = [(" " + json.dumps(obj, indent=1).replace("\n", "\n ")).encode() for obj in objects]
+    if not parts:
+        return b"[]\n"
+    return b"[\n" + b",\n".join(parts) + b"\n]\n"
 
 
 def _error_body(message: str) -> bytes:
@@ -278,7 +286,7 @@ class App:
             params = parse_qs(query, keep_blank_values=True, errors="surrogateescape")
             kwargs = {name: read(params[name][-1], name) for name, read in FILTERS.items() if name in params}
             key = ("devices",) + tuple(sorted(kwargs.items()))
-            return key, lambda: _json([snap.device_object(n) for n in select(snap, **kwargs)])
+            return key, lambda: _json_list(snap.device_object(n) for n in select(snap, **kwargs))
         name = path[len("/api/devices/"):]
         return ("device", name), lambda: _json(device(snap, name))
 
@@ -315,7 +323,8 @@ class ExporterServer:
             raise
         self.socket = sock
         self.server_address = sock.getsockname()
-        self._bound, self._header_timeout = bound, header_timeout
+        self.bound = bound if bound is not None else connection_bound()
+        self._header_timeout = header_timeout
         self.pool: ConnectionPool | None = None
         self.app = App(refresher, web_config, lambda: self.pool)  # type: ignore[arg-type, return-value]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -338,7 +347,7 @@ class ExporterServer:
                              handler_cancellation=True)
         kwargs = {} if self._header_timeout is None else {"header_timeout": self._header_timeout}
         self.pool = ConnectionPool(self.socket, handler, self.web_config.ssl_context, self._peer_allowed,
-                                   bound=self._bound, **kwargs)
+                                   bound=self.bound, **kwargs)
         self.pool.start()
         self._started.set()
         try:

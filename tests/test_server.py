@@ -414,3 +414,10 @@ def test_parallel_first_requests_share_one_render(host):
         assert len(results) == 16 and len(set(results)) == 1 and published.bodies.renders == 1
     finally:
         httpd.shutdown()
+
+
+def test_device_lists_are_rendered_one_object_at_a_time_to_the_same_bytes():
+    from passthrough_exporter.server import _json, _json_list
+
+    for objects in ([], [{}], [{"a": [1, {"b": "x\ny"}], "c": None}], [{"k": "é\u2028"}, {"l": []}] * 3):
+        assert _json_list(iter(objects)) == _json(objects)
