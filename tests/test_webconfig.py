@@ -35,13 +35,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     by that CA; and a client certificate from another CA."""
     d = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "other-ca"):
+        # The extensions a strict verifier wants (Python 3.13 verifies with X509_STRICT by default).
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={ca}",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "-addext", "subjectKeyIdentifier=hash",
                 "-keyout", str(d / f"{ca}.key"), "-out", str(d / f"{ca}.crt"))
     for name, ca, san in (("server", "ca", "IP:127.0.0.1"), ("good", "ca", "DNS:good.example"),
                           ("bad", "ca", "DNS:bad.example"), ("stranger", "other-ca", "DNS:good.example")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
                 "-out", str(d / f"{name}.csr"))
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n"
+                                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                                       "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
         openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca}.crt"), "-CAkey",
                 str(d / f"{ca}.key"), "-CAcreateserial", "-days", "1", "-extfile", str(d / f"{name}.ext"),
                 "-out", str(d / f"{name}.crt"))
