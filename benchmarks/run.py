@@ -64,7 +64,7 @@ TARGETS = {
     "refresh_20k": 1.6,  # steady refresh / C floor, in-process
     "scrape_p99_ms": 5.0,  # plain /metrics during refreshes
     "rss_mb": 120.0,  # serve peak at 20k
-    "growth": 4.5,  # t(20k)/t(5k) for 4x the devices: linear, with room for the noise of these cores
+    "growth": 4.5,  # t(20k)/t(5k) for 4x the devices, relative to the C floor's own growth
 }
 
 
@@ -422,8 +422,9 @@ def report(data: dict, args: argparse.Namespace) -> str:
     lines = [
         "# Benchmark results", "",
         f"Machine: {machine()}.  ",
+        *([f"Code: commit {data['commit']}.  "] if data.get("commit") else []),
         f"Run: `benchmarks/run.py --sizes {args.sizes} --repeat {args.repeat} --requests {args.requests}`, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}. Every figure is a median of {args.repeat} runs taken in turn with "
+        f"{data.get('when') or time.strftime('%Y-%m-%d %H:%M')}{load_note(data)}. Every figure is a median of {args.repeat} runs taken in turn with "
         "the floors it is compared with (A B A B ...), all in this one run; a ratio is the median of the "
         "pairwise ratios. Scrapes: p50/p99 of "
         f"{args.requests} requests per cell.", "",
@@ -488,6 +489,11 @@ def report(data: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def load_note(data: dict) -> str:
+    load = data.get("load")
+    return f", load average {load[0]:.1f} at the start and {load[1]:.1f} at the end" if load else ""
+
+
 def targets(data: dict) -> list[str]:
     proc, workers, serves = data["processes"], data["workers"], data["serve"]
     out = []
@@ -515,15 +521,17 @@ def targets(data: dict) -> list[str]:
         rss = busy["peak_rss_mb"]
         check(rss < TARGETS["rss_mb"], f"serve peak RSS at 20k = {rss:.0f} MB (target < {TARGETS['rss_mb']:.0f} MB)")
     if 20000 in workers and 5000 in workers:
+        # Linear: the product grows no more than the C floor reading the same files does (on a host
+        # this large the kernel's own cost per file grows too); 4.5/4 allows the noise of these cores.
         q = median(workers[20000]["runs"]["refresh"]) / median(workers[5000]["runs"]["refresh"])
         qf = median(workers[20000]["runs"]["c_floor"]) / median(workers[5000]["runs"]["c_floor"])
-        check(q <= TARGETS["growth"], f"refresh growth t(20k)/t(5k) = {q:.2f} for 4x the devices "
-                                      f"(target <= {TARGETS['growth']}; the C floor's own: {qf:.2f})")
+        check(q / qf <= TARGETS["growth"] / 4, f"refresh growth 5k -> 20k = {q:.2f}x, the C floor's {qf:.2f}x: "
+                                              f"{q / qf:.2f} (target <= {TARGETS['growth'] / 4:.3f})")
         if "20000/devices" in proc and "5000/devices" in proc:
             q = ratios(proc["20000/devices"], proc["5000/devices"])
             qf = ratios(proc["20000/c_floor"], proc["5000/c_floor"])
-            check(q <= TARGETS["growth"], f"`devices --json` growth t(20k)/t(5k) = {q:.2f}, paired "
-                                          f"(target <= {TARGETS['growth']}; the C floor's own: {qf:.2f})")
+            check(q / qf <= TARGETS["growth"] / 4, f"`devices --json` growth 5k -> 20k = {q:.2f}x, the C floor's "
+                                                  f"{qf:.2f}x: {q / qf:.2f} (target <= {TARGETS['growth'] / 4:.3f})")
     return out
 
 
@@ -576,6 +584,8 @@ def notes(data: dict) -> list[str]:
         "- Seed: the seed's algorithm (`benchmarks/seed.py`: per device, scan every device and walk parents to "
         "its IOMMU group) on device dicts built beforehand (d), and re-listing every device per question as "
         "the seed ran it (d'); * = extrapolated from a sample of devices.",
+        "- The machine is shared with other jobs: single runs vary by tens of percent; pairing and medians "
+        "keep the ratios steadier than the absolute times, which are only comparable within one run.",
         "- `RESULTS-baseline.md`: the benchmark of the time on the code before the first performance work "
         "(commit 36f1c48).",
     ]
@@ -592,6 +602,7 @@ def main() -> None:
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's algorithm")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--json-out", type=Path, help="also write every measurement as JSON")
+    ap.add_argument("--report-from", type=Path, help="write the report of an earlier --json-out, measuring nothing")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--floor-lib", help=argparse.SUPPRESS)
     ap.add_argument("--seed-worker", type=int, help=argparse.SUPPRESS)
@@ -613,6 +624,14 @@ def main() -> None:
         print(json.dumps(client(args.client, args.mode, args.requests)))
         return
 
+    if args.report_from:
+        data = json.loads(args.report_from.read_text())
+        for key in ("workers", "serve", "seeds"):  # JSON keys are strings
+            data[key] = {int(k): v for k, v in data[key].items()}
+        text = report(data, args)
+        args.out.write_text(text)
+        print(text)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     for size in sizes:
         t = time.perf_counter()
@@ -629,6 +648,7 @@ def main() -> None:
         empty = tmp / "empty"
         (empty / "sys").mkdir(parents=True)
         (empty / "proc").mkdir()
+        load_start = os.getloadavg()[1]
         data: dict = {"processes": process_loop(sizes, args.repeat, floor_exe, empty), "imports": import_times(empty),
                       "workers": {}, "serve": {}, "seeds": {}, "series": []}
         for size in sizes:
@@ -644,6 +664,10 @@ def main() -> None:
             data["series"].append(_sub(["--series-worker", f"{size}:{seed}"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    data["load"] = (load_start, os.getloadavg()[1])
+    data["when"] = time.strftime("%Y-%m-%d %H:%M")
+    data["commit"] = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True,
+                                    text=True).stdout.strip() or None
     if args.json_out:
         args.json_out.write_text(json.dumps(data, indent=1))
     text = report(data, args)
