@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import signal
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 
 import pluggy
 
-from . import __version__, logs
+from . import __version__, jsonout, logs
 from .fileutil import atomic_file
 from .inspector import Inspector, make_plugin_manager, plugin_table
 from .metrics import MetricOptions
@@ -93,8 +92,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     inspector = inspector_from(args)
     rows = plugin_table(inspector.pm)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(jsonout.dumps(rows) + "\n")
         return 0
     table = [("NAME", "DISTRIBUTION", "VERSION", "MODULE")]
     table += [(r["name"], r["distribution"] or "-", r["version"] or "-", r["module"]) for r in rows]
@@ -125,8 +123,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     if args.json:
-        json.dump([snapshot.device_object(n) for n in names], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        # One write of the whole text: json.dump would write every token, one system call each when
+        # stdout is unbuffered (PYTHONUNBUFFERED=1).
+        sys.stdout.write(jsonout.dumps([snapshot.device_object(n) for n in names]) + "\n")
     else:
         for name in names:
             print(name)
@@ -236,8 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     snapshot = judge_once(args, inspector)
     results = check.run_checks(snapshot, inspector.checks())
     if args.json:
-        json.dump(check.render_json(snapshot, results), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(jsonout.dumps(check.render_json(snapshot, results)) + "\n")
     else:
         sys.stdout.write(check.render_text(snapshot, results))
     return check.exit_code(results)
