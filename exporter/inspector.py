@@ -47,7 +47,8 @@ def make_plugin_manager(
     pm.add_hookspecs(hookspecs)
     for name in disabled:
         pm.set_blocked(name)
-    for ep in _entry_points():
+    entry_points = _entry_points()  # one scan of the installed distributions serves both uses below
+    for ep in entry_points:
         if pm.is_blocked(ep.name):
             continue
         try:  # import first, so a failure names its entry point (pluggy's loader would not)
@@ -64,7 +65,7 @@ def make_plugin_manager(
     for path in plugins:
         _register_module(pm, path)
     _refuse_wrappers(pm)
-    known = {ep.name for ep in _entry_points()} | set(plugins)
+    known = {ep.name for ep in entry_points} | set(plugins)
     for name in disabled:
         if name not in known:
             log.warning("--disable-plugin %s: no plugin of that name is installed", name)
