@@ -25,51 +25,67 @@ Fields = dict[str, Any]
 
 
 def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:
-    def need(attr: str, width: int) -> str:
-        return hex_id(reader.attr(f"{path}/{attr}"), width)
-
-    def opt(attr: str, parse: Callable[[str], Any]) -> Any:
-        return reader.optional(attrs, path, attr, parse, sysname)
-
-    group = reader.link_name(path, "iommu_group") if "iommu_group" in attrs else None
-    numa = opt("numa_node", parse_int)
-    physfn = reader.link_name(path, "physfn") if "physfn" in attrs else None
-    virtfns = sorted((a for a in attrs if a.startswith("virtfn") and a[6:].isdigit()), key=lambda a: int(a[6:]))
+    # Flat on purpose: no closures or lambdas made per device, the reader's methods bound once.
+    opt, link = reader.optional, reader.link_name
+    group = link(path, "iommu_group") if "iommu_group" in attrs else None
+    numa = opt(attrs, path, "numa_node", parse_int, sysname)
+    physfn = link(path, "physfn") if "physfn" in attrs else None
+    virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isdigit()], key=_virtfn_number)
     header_type, unreachable = _config(reader, path, attrs, sysname)
     if "reset_method" in attrs:
-        reset_methods: tuple[str, ...] | None = tuple((opt("reset_method", str) or "").split())
+        reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
     else:
         reset_methods = None if "reset" in attrs else ()
+    attr = reader.attr
     return {
         "name": device_name("pci", sysname),
         "type": "pci",
         "address": escape_bytes(sysname),
-        "vendor_id": need("vendor", 4),
-        "product_id": need("device", 4),
-        "pci_class": need("class", 6),
-        "subsystem_vendor_id": opt("subsystem_vendor", lambda s: hex_id(s, 4)),
-        "subsystem_product_id": opt("subsystem_device", lambda s: hex_id(s, 4)),
-        "driver": reader.link_name(path, "driver") if "driver" in attrs else None,
+        "vendor_id": hex_id(attr(f"{path}/vendor"), 4),
+        "product_id": hex_id(attr(f"{path}/device"), 4),
+        "pci_class": hex_id(attr(f"{path}/class"), 6),
+        "subsystem_vendor_id": opt(attrs, path, "subsystem_vendor", _hex4, sysname),
+        "subsystem_product_id": opt(attrs, path, "subsystem_device", _hex4, sysname),
+        "driver": link(path, "driver") if "driver" in attrs else None,
         "iommu_group": _group_number(reader, group, sysname),
         "numa_node": None if numa is None or numa < 0 else numa,
-        "boot_vga": opt("boot_vga", lambda s: s == "1") or False,
+        "boot_vga": opt(attrs, path, "boot_vga", _is_one, sysname) or False,
         "reset_methods": reset_methods,
         "header_type": header_type,
         "unreachable": unreachable,
         "vfio_dev": _vfio_dev(reader, path) if "vfio-dev" in attrs else None,
-        "enabled": opt("enable", lambda s: parse_int(s) != 0),
+        "enabled": opt(attrs, path, "enable", _nonzero, sysname),
         "physfn": device_name("pci", physfn) if physfn else None,
-        "virtfns": tuple(device_name("pci", n) for n in (reader.link_name(path, v) for v in virtfns) if n),
-        "sriov_totalvfs": opt("sriov_totalvfs", parse_int),
-        "sriov_numvfs": opt("sriov_numvfs", parse_int),
+        "virtfns": tuple(device_name("pci", n) for n in (link(path, v) for v in virtfns) if n),
+        "sriov_totalvfs": opt(attrs, path, "sriov_totalvfs", parse_int, sysname),
+        "sriov_numvfs": opt(attrs, path, "sriov_numvfs", parse_int, sysname),
         # A VF's link is its PF's: it is read there only.
-        "link_speed": (None, None) if physfn else (opt("current_link_speed", link_speed), opt("max_link_speed", link_speed)),
-        "link_width": (None, None) if physfn else (opt("current_link_width", parse_int), opt("max_link_width", parse_int)),
-        "aer_errors": (opt("aer_dev_correctable", aer_total), opt("aer_dev_nonfatal", aer_total),
-                       opt("aer_dev_fatal", aer_total)),
-        "power_state": opt("power_state", power_state),
+        "link_speed": (None, None) if physfn else (opt(attrs, path, "current_link_speed", link_speed, sysname),
+                                                   opt(attrs, path, "max_link_speed", link_speed, sysname)),
+        "link_width": (None, None) if physfn else (opt(attrs, path, "current_link_width", parse_int, sysname),
+                                                   opt(attrs, path, "max_link_width", parse_int, sysname)),
+        "aer_errors": (opt(attrs, path, "aer_dev_correctable", aer_total, sysname),
+                       opt(attrs, path, "aer_dev_nonfatal", aer_total, sysname),
+                       opt(attrs, path, "aer_dev_fatal", aer_total, sysname)),
+        "power_state": opt(attrs, path, "power_state", power_state, sysname),
         "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
     }
+
+
+def _virtfn_number(link: str) -> int:
+    return int(link[6:])
+
+
+def _hex4(text: str) -> str:
+    return hex_id(text, 4)
+
+
+def _is_one(text: str) -> bool:
+    return text == "1"
+
+
+def _nonzero(text: str) -> bool:
+    return parse_int(text) != 0
 
 
 POWER_STATES = ("D0", "D1", "D2", "D3hot", "D3cold")

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_ATTR_READ = ATTR_LIMIT + 1  # one byte more than an attribute may hold, to tell an oversized one
+
 # What a skipped input is counted as, in passthrough_collect_errors_total{kind}.
 ERROR_KINDS = ("vanished", "unreadable", "symlink_loop", "bad_attribute", "read_error")
 
@@ -129,7 +132,20 @@ class Reader:
         return data
 
     def attr(self, path: str) -> str:
-        return decode_attr(path, self.read_bytes(path, ATTR_LIMIT + 1))
+        # read_bytes inlined: this runs some 20 times per device, and the calls cost a tenth of a read.
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                data = os.read(fd, _ATTR_READ)
+            finally:
+                os.close(fd)
+        except OSError:
+            if self.trace is not None:
+                self.trace.unreadable.add(path)
+            raise
+        if self.trace is not None:
+            self.trace.files[path] = data
+        return decode_attr(path, data)
 
     def text_file(self, path: str, limit: int, quiet: tuple[type[OSError], ...] = ()) -> str | None:
         """A whole text file of procfs (cmdline, a mount table), bounded; None when it cannot be
@@ -176,7 +192,7 @@ class Reader:
             return None
         if self.trace is not None:
             self.trace.links[path] = text
-        return escape_bytes(os.path.basename(text))
+        return escape_bytes(text.rpartition("/")[2])  # os.path.basename, without its calls
 
     def listdir(self, path: str) -> list[str]:
         """Sorted entry names; [] when missing, counted when unreadable."""
