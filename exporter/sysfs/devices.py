@@ -26,27 +26,27 @@ Fields = dict[str, Any]
 
 def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:
     # Flat on purpose: no closures or lambdas made per device, the reader's methods bound once.
-    opt, link = reader.optional, reader.link_name
-    group = link(path, "iommu_group") if "iommu_group" in attrs else None
+    opt, link = reader.optional, reader.link_in
+    group = link(attrs, path, "iommu_group") if "iommu_group" in attrs else None
     numa = opt(attrs, path, "numa_node", parse_int, sysname)
-    physfn = link(path, "physfn") if "physfn" in attrs else None
+    physfn = link(attrs, path, "physfn") if "physfn" in attrs else None
     virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isdigit()], key=_virtfn_number)
     header_type, unreachable = _config(reader, path, attrs, sysname)
     if "reset_method" in attrs:
         reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
     else:
         reset_methods = None if "reset" in attrs else ()
-    attr = reader.attr
+    attr = reader.attr_in
     return {
         "name": device_name("pci", sysname),
         "type": "pci",
         "address": escape_bytes(sysname),
-        "vendor_id": hex_id(attr(f"{path}/vendor"), 4),
-        "product_id": hex_id(attr(f"{path}/device"), 4),
-        "pci_class": hex_id(attr(f"{path}/class"), 6),
+        "vendor_id": hex_id(attr(attrs, path, "vendor"), 4),
+        "product_id": hex_id(attr(attrs, path, "device"), 4),
+        "pci_class": hex_id(attr(attrs, path, "class"), 6),
         "subsystem_vendor_id": opt(attrs, path, "subsystem_vendor", _hex4, sysname),
         "subsystem_product_id": opt(attrs, path, "subsystem_device", _hex4, sysname),
-        "driver": link(path, "driver") if "driver" in attrs else None,
+        "driver": link(attrs, path, "driver") if "driver" in attrs else None,
         "iommu_group": _group_number(reader, group, sysname),
         "numa_node": None if numa is None or numa < 0 else numa,
         "boot_vga": opt(attrs, path, "boot_vga", _is_one, sysname) or False,
@@ -56,7 +56,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "vfio_dev": _vfio_dev(reader, path) if "vfio-dev" in attrs else None,
         "enabled": opt(attrs, path, "enable", _nonzero, sysname),
         "physfn": device_name("pci", physfn) if physfn else None,
-        "virtfns": tuple(device_name("pci", n) for n in (link(path, v) for v in virtfns) if n),
+        "virtfns": tuple(device_name("pci", n) for n in (link(attrs, path, v) for v in virtfns) if n),
         "sriov_totalvfs": opt(attrs, path, "sriov_totalvfs", parse_int, sysname),
         "sriov_numvfs": opt(attrs, path, "sriov_numvfs", parse_int, sysname),
         # A VF's link is its PF's: it is read there only.
@@ -162,7 +162,7 @@ def _config(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> 
     if "config" not in attrs:
         return None, False
     try:
-        header = reader.read_bytes(os.path.join(path, "config"), CONFIG_HEADER)
+        header = reader.read_in(attrs, path, "config", CONFIG_HEADER)
     except OSError as exc:
         reader.count(error_kind(exc))
         log.warning("%s: config unreadable: %s", sysname, exc)
@@ -185,7 +185,7 @@ def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     def opt(attr: str, parse: Callable[[str], Any]) -> Any:
         return reader.optional(attrs, path, attr, parse, sysname)
 
-    driver = reader.link_name(path, "driver") if "driver" in attrs else None
+    driver = reader.link_in(attrs, path, "driver") if "driver" in attrs else None
     name, address = device_name("usb", sysname), escape_bytes(sysname)
     if ":" in sysname:  # an interface: 1-1.2:1.0
         return {"name": name, "type": "usb", "address": address,
@@ -194,8 +194,8 @@ def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "name": name,
         "type": "usb_device",
         "address": address,
-        "vendor_id": hex_id(reader.attr(os.path.join(path, "idVendor")), 4),
-        "product_id": hex_id(reader.attr(os.path.join(path, "idProduct")), 4),
+        "vendor_id": hex_id(reader.attr_in(attrs, path, "idVendor"), 4),
+        "product_id": hex_id(reader.attr_in(attrs, path, "idProduct"), 4),
         "vendor": opt("manufacturer", str),
         "product": opt("product", str),
         "usb_class": opt("bDeviceClass", lambda s: hex_id(s, 2)[2:]),
@@ -240,7 +240,7 @@ def scsi(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fie
         vendor=opt("vendor", str),
         product=opt("model", str),
         scsi_type=opt("type", parse_int),
-        driver=reader.link_name(path, "driver") if "driver" in attrs else None,
+        driver=reader.link_in(attrs, path, "driver") if "driver" in attrs else None,
         block_devices=tuple(map(escape_bytes, reader.listdir(os.path.join(path, "block")))) if "block" in attrs else (),
     )
     return base
