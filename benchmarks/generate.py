@@ -5,8 +5,10 @@ same structure as the fixture hosts and a real /sys. A host is a sequence of blo
 its own root port: SR-IOV NICs (a PF with 64-256 VFs, every VF in its own group), PCIe switches
 with ACS (a group per port and endpoint), chipset groups without ACS (14 functions in one group,
 with a USB tree and SATA disks behind them), USB controllers (root hubs, hubs, devices,
-interfaces, a USB stick with its SCSI LUN) and SCSI HBAs (hosts, targets, LUNs). The last HBA is
-padded with LUNs so that the host has exactly the requested number of devices.
+interfaces, a USB stick with its SCSI LUN) and SCSI HBAs (hosts, targets, LUNs). Every PCI function
+has the health attributes of a current kernel (enable, power state, link speed and width, AER counters
+but on VFs); the host has a root mount and interrupts behind remapping. The last HBA is padded with
+LUNs so that the host has exactly the requested number of devices.
 
     python benchmarks/generate.py 20000 [--out DIR]
 """
@@ -26,13 +28,23 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sysfs_builder import SysfsTree  # noqa: E402
 
-VERSION = 1  # bump when the layout changes: cached trees are keyed by it
+VERSION = 2  # bump when the layout changes: cached trees are keyed by it
 # sysfs lives in memory (kernfs): a tmpfs is the closer model, and a disk-backed tree of 20k devices
 # takes minutes to create. Falls back to benchmarks/.cache (git-ignored).
 SHM = Path("/dev/shm")
 CACHE = SHM / "passthrough-bench" if SHM.is_dir() and os.access(SHM, os.W_OK) else Path(__file__).resolve().parent / ".cache"
 INTEL, MELLANOX, LINUX, LSI, SAMSUNG = 0x8086, 0x15B3, 0x1D6B, 0x1000, 0x144D
 # One block of each kind per cycle; SR-IOV VFs dominate, as on the hosts this is about.
+AER = {  # the kernel's aer_dev_* files: one line per error kind, then the total
+    "aer_dev_correctable": "RxErr 0\nBadTLP 0\nBadDLLP 0\nRollover 0\nTimeout 0\nNonFatalErr 0\n"
+                           "CorrIntErr 0\nHeaderOF 0\nTOTAL_ERR_COR 0",
+    "aer_dev_nonfatal": "Undefined 0\nDLP 0\nSDES 0\nTLP 0\nFCP 0\nCmpltTO 0\nCmpltAbrt 0\nUnxCmplt 0\n"
+                        "RxOF 0\nMalfTLP 0\nECRC 0\nUnsupReq 0\nACSViol 0\nUncorrIntErr 0\nBlockedTLP 0\n"
+                        "AtomicOpBlocked 0\nTLPBlockedErr 0\nPoisonTLPBlocked 0\nTOTAL_ERR_NONFATAL 0",
+    "aer_dev_fatal": "Undefined 0\nDLP 0\nSDES 0\nTLP 0\nFCP 0\nCmpltTO 0\nCmpltAbrt 0\nUnxCmplt 0\n"
+                     "RxOF 0\nMalfTLP 0\nECRC 0\nUnsupReq 0\nACSViol 0\nUncorrIntErr 0\nBlockedTLP 0\n"
+                     "AtomicOpBlocked 0\nTLPBlockedErr 0\nPoisonTLPBlocked 0\nTOTAL_ERR_FATAL 0",
+}
 PATTERN = ("scsi", "sriov", "switch", "chipset", "sriov", "usb", "scsi", "sriov", "switch")
 
 
@@ -71,6 +83,9 @@ class HostBuilder:
         tree.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt")
         tree.module_param("vfio_iommu_type1", "allow_unsafe_interrupts", "N")
         tree.module_param("vfio", "enable_unsafe_noiommu_mode", "N")
+        # Interrupt remapping on (IR- chips), and a root mount, so the host facts cost what they do on a server.
+        tree.interrupts(*(("IR-IO-APIC",) * 24 + ("IR-PCI-MSIX-0000:00:00.0",) * 104))
+        tree.root_mount("8:1", "/dev/sda1")
 
     # --- allocation ----------------------------------------------------------------------
 
@@ -81,7 +96,16 @@ class HostBuilder:
 
     def pci(self, addr: str, vendor: int, device: int, cls: int, **kw) -> Path:
         self.m.add("pci")
-        return self.t.pci(addr, vendor, device, cls, **kw)
+        driver = kw.get("driver")
+        # What every PCIe function of a current kernel has beside its ids: enable (a host driver
+        # enables its device; vfio-pci only while a VM has it open), power state, link attributes
+        # (VFs have them too, the source skips them there) and AER counters (not on these VFs).
+        attrs = {"enable": "1" if driver and not driver.startswith("vfio") else "0", "power_state": "D0",
+                 "current_link_speed": "16.0 GT/s PCIe", "max_link_speed": "16.0 GT/s PCIe",
+                 "current_link_width": "16", "max_link_width": "16"}
+        if kw.get("physfn") is None:
+            attrs.update(AER)
+        return self.t.pci(addr, vendor, device, cls, attrs=attrs, **kw)
 
     def root_port(self, buses: int, group: int | None = None) -> tuple[str, int]:
         """A root port on the current domain's root bus with `buses` buses below it: (address, first bus)."""

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import signal
 import sys
-import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pluggy
 
-from . import __version__, logs
-from .fileutil import atomic_file
+# What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
+# imported inside them: `devices` starts without it.
+from . import jsonout, logs
 from .inspector import Inspector, make_plugin_manager, plugin_table
-from .metrics import MetricOptions
 from .model import KNOWN_TYPES, PASSABLE_TYPES
 from .options import add_plugin_options
 from .query import QueryError, select
 from .settings import ConfigError
 from .snapshot import Snapshot
 from .sources import SOURCES, Source, SourceError
+
+if TYPE_CHECKING:
+    from .metrics import MetricOptions
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     inspector = inspector_from(args)
     rows = plugin_table(inspector.pm)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(jsonout.dumps(rows) + "\n")
         return 0
     table = [("NAME", "DISTRIBUTION", "VERSION", "MODULE")]
     table += [(r["name"], r["distribution"] or "-", r["version"] or "-", r["module"]) for r in rows]
@@ -125,8 +125,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     if args.json:
-        json.dump([snapshot.device_object(n) for n in names], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        # One write of the whole text: json.dump would write every token, one system call each when
+        # stdout is unbuffered (PYTHONUNBUFFERED=1).
+        sys.stdout.write(jsonout.dumps([snapshot.device_object(n) for n in names]) + "\n")
     else:
         for name in names:
             print(name)
@@ -168,6 +169,8 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def metric_options(args: argparse.Namespace) -> MetricOptions:
+    from .metrics import MetricOptions  # prometheus-client: only for the commands that write metrics
+
     types = tuple(t.strip() for t in args.metric_types.split(",") if t.strip())
     unknown = sorted(set(types) - set(KNOWN_TYPES))
     if unknown:  # a typo would silently drop every per-device series
@@ -177,6 +180,9 @@ def metric_options(args: argparse.Namespace) -> MetricOptions:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from . import server, webconfig
     from .refresher import Refresher
 
@@ -226,6 +232,8 @@ def cmd_textfile(args: argparse.Namespace) -> int:
 
 def write_atomically(path: str, data: bytes) -> None:
     """A reader sees the old file or the new one, never a torn one."""
+    from .fileutil import atomic_file
+
     with atomic_file(path) as f:
         f.write(data)
 
@@ -237,8 +245,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     snapshot = judge_once(args, inspector)
     results = check.run_checks(snapshot, inspector.checks())
     if args.json:
-        json.dump(check.render_json(snapshot, results), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(jsonout.dumps(check.render_json(snapshot, results)) + "\n")
     else:
         sys.stdout.write(check.render_text(snapshot, results))
     return check.exit_code(results)
@@ -277,10 +284,24 @@ class CommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+class _VersionAction(argparse.Action):
+    """argparse's version action, with the version read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from . import __version__
+
+        sys.stdout.write(f"passthrough-exporter {__version__}\n")
+        parser.exit()
+
+
 def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentParser:
     """The command line; `pm`'s plugins add their options to every command that judges devices."""
     parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"passthrough-exporter {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show program's version number and exit")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     # Accepted after the command too (`serve --log.level debug`), as exporters are usually run.

@@ -10,7 +10,8 @@ run in pluggy's order: `tryfirst` ones first, `trylast` ones last, otherwise the
 last runs first (entry points in the order the installed distributions list them, then the
 `--plugin` modules in command-line order). The per-device hooks are called by the inspector one implementation at a time, so
 that a plugin that raises is contained; `hookwrapper`/`wrapper` implementations of them are
-refused at load.
+refused at load. The built-in rules also carry a batch form of their per-device hooks
+(`passthrough_exporter.batch`), asked once per refresh in their place in the order.
 
 At start: `passthrough_addoption` (the plugin's command-line options), then
 `passthrough_configure` (their values). Per refresh: `passthrough_verdict` and

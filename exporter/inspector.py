@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs, live
+from .batch import BATCH
 from .facts import Facts
 from .model import KNOWN_TYPES, AffectedSet, Check, Finding, Inventory, Verdict
 from .options import configure
@@ -47,7 +48,8 @@ def make_plugin_manager(
     pm.add_hookspecs(hookspecs)
     for name in disabled:
         pm.set_blocked(name)
-    for ep in _entry_points():
+    entry_points = _entry_points()  # one scan of the installed distributions serves both uses below
+    for ep in entry_points:
         if pm.is_blocked(ep.name):
             continue
         try:  # import first, so a failure names its entry point (pluggy's loader would not)
@@ -64,7 +66,7 @@ def make_plugin_manager(
     for path in plugins:
         _register_module(pm, path)
     _refuse_wrappers(pm)
-    known = {ep.name for ep in _entry_points()} | set(plugins)
+    known = {ep.name for ep in entry_points} | set(plugins)
     for name in disabled:
         if name not in known:
             log.warning("--disable-plugin %s: no plugin of that name is installed", name)
@@ -187,6 +189,8 @@ class Inspector:
         facts = Facts.of(inventory)
         verdict_impls = self._impls("passthrough_verdict")
         affected_impls = self._impls("passthrough_affected")
+        verdict_batches = _batches(verdict_impls, inventory, self.settings, facts)
+        affected_batches = _batches(affected_impls, inventory, self.settings, facts)
         verdicts: dict[str, Verdict] = {}
         affected: dict[str, AffectedSet] = {}
         shared = _SharedSets(inventory, errors)
@@ -194,12 +198,13 @@ class Inspector:
             kwargs = {"device": dev, "inventory": inventory, "settings": self.settings, "facts": facts}
             failed: list[str] = []
             answers = [
-                v for _, v in _call_each(verdict_impls, kwargs, Verdict, errors, failed, dev.name)
+                v for _, v in _call_each(verdict_impls, kwargs, Verdict, errors, failed, dev.name, verdict_batches)
                 if v is not None
             ]
             common: frozenset[str] = frozenset()
             own: set[str] = set()
-            for plugin, answer in _call_each(affected_impls, kwargs, Iterable, errors, failed, dev.name):
+            for plugin, answer in _call_each(affected_impls, kwargs, Iterable, errors, failed, dev.name,
+                                             affected_batches):
                 if answer is None:
                     continue
                 if isinstance(answer, frozenset) and not common:
@@ -289,6 +294,23 @@ class _SharedSets:
         return {n for n in names if devices[n].type in KNOWN_TYPES}
 
 
+def _batches(impls: list[tuple[str, Any, tuple[str, ...]]], inventory: Inventory, settings: Any,
+             facts: Facts) -> list[Mapping[str, Any] | None]:
+    """Each implementation's answers for every device from its batch form (see `batch`), or None:
+    no batch form, or it failed, and the implementation is asked device by device."""
+    out: list[Mapping[str, Any] | None] = []
+    for plugin, function, _ in impls:
+        batch = getattr(function, BATCH, None)
+        answers = None
+        if batch is not None:
+            try:
+                answers = batch(inventory, settings, facts)
+            except Exception:
+                log.exception("plugin %s failed answering for all devices at once; asking device by device", plugin)
+        out.append(answers)
+    return out
+
+
 def _call_each(
     impls: list[tuple[str, Any, tuple[str, ...]]],
     kwargs: dict[str, Any],
@@ -296,14 +318,19 @@ def _call_each(
     errors: Counter[str],
     failed: list[str],
     subject: str,
+    batches: list[Mapping[str, Any] | None] | None = None,
 ) -> list[tuple[str, Any]]:
     """(plugin, answer) for each implementation that answered None or a well-formed `expected`.
 
     Called for every device and hook: arguments go positionally, in the order pluggy read them
-    from the implementation's signature (no dict per call).
+    from the implementation's signature (no dict per call). `batches`, aligned with `impls`:
+    the answers of the implementations that gave them all at once, by device name (`subject`).
     """
     out = []
-    for plugin, function, argnames in impls:
+    for i, (plugin, function, argnames) in enumerate(impls):
+        if batches is not None and (answers := batches[i]) is not None:
+            out.append((plugin, answers.get(subject)))
+            continue
         try:
             result = function(*[kwargs[a] for a in argnames])
         except Exception:

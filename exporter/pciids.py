@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,55 @@ class PciIds:
         return self.vendors.get(v), self.devices.get((v, p))
 
 
-def parse(lines) -> PciIds:
+class _LazyPciIds(PciIds):
+    """The same answers as `parse`, with each vendor's device lines parsed on first question: a
+    command reads 1.3 MB of pci.ids to name the few vendors a host has (5 on a big SR-IOV host).
+
+    Only for a database `_regular` accepted, whose every line has one of the standard shapes.
+    `vendors` and `devices` as attributes parse everything, for any other caller.
+    """
+
+    def __init__(self, section: str) -> None:
+        self._section = section
+        self._names: dict[int, str] = {}
+        self._blocks: dict[int, list[tuple[int, int]]] = {}  # vendor -> (start, end) of its device lines
+        previous: tuple[int, int] | None = None
+        for m in _VENDOR.finditer(section):  # `section` starts with a newline: every line follows one
+            v = int(m.group(1), 16)
+            self._names[v] = m.group(2).strip()  # a vendor listed twice: the last name, as `parse`
+            if previous is not None:
+                self._blocks.setdefault(previous[0], []).append((previous[1], m.start()))
+            previous = (v, m.end())
+        if previous is not None:
+            self._blocks.setdefault(previous[0], []).append((previous[1], len(section)))
+        self._devices: dict[int, dict[int, str]] = {}
+
+    def _vendor_devices(self, v: int) -> dict[int, str]:
+        found = self._devices.get(v)
+        if found is None:
+            found = self._devices[v] = {}
+            for start, end in self._blocks.get(v, ()):
+                for m in _DEVICE.finditer(self._section, start, end):
+                    found[int(m.group(1), 16)] = m.group(2).strip()
+        return found
+
+    def names(self, vendor_id: str | None, product_id: str | None) -> tuple[str | None, str | None]:
+        if vendor_id is None:
+            return None, None
+        v = int(vendor_id, 16)
+        p = int(product_id, 16) if product_id else -1
+        return self._names.get(v), self._vendor_devices(v).get(p)
+
+    @property  # type: ignore[override]
+    def vendors(self) -> dict[int, str]:
+        return dict(self._names)
+
+    @property  # type: ignore[override]
+    def devices(self) -> dict[tuple[int, int], str]:
+        return {(v, p): name for v in self._blocks for p, name in self._vendor_devices(v).items()}
+
+
+def parse(lines: Iterable[str]) -> PciIds:
     vendors: dict[int, str] = {}
     devices: dict[tuple[int, int], str] = {}
     vendor = None
@@ -44,6 +94,25 @@ def parse(lines) -> PciIds:
     return PciIds(vendors, devices)
 
 
+# Each pattern starts with the newline before its line: the regex engine then jumps from newline to
+# newline instead of trying every character of 1.3 MB.
+_VENDOR = re.compile(r"\n([0-9A-Fa-f]{4})([^\n]*)")
+_DEVICE = re.compile(r"\n\t([0-9A-Fa-f]{4})([^\n]*)")
+# A line of any other shape than vendor, device, subsystem (`\t\t...`), comment or blank.
+_IRREGULAR = re.compile(r"\n(?![0-9A-Fa-f]{4}|\t[0-9A-Fa-f]{4}|\t\t|#|[ \t]*(?:\n|\Z))")
+
+
+def _regular(text: str) -> PciIds:
+    """`parse(text.split("\\n"))`, lazily when every line of the vendor list has a standard shape;
+    anything else (hand-edited files, odd whitespace) goes through `parse` itself."""
+    # The class section ("C 03  Display controller") ends the vendor list.
+    end = 0 if text.startswith("C ") else (text.find("\nC ") + 1 or len(text))
+    section = "\n" + text[:end]
+    if _IRREGULAR.search(section):
+        return parse(section[1:].split("\n"))
+    return _LazyPciIds(section)
+
+
 @functools.lru_cache(maxsize=4)
 def load(path: str | None = None) -> PciIds | None:
     """The database at `path`, else the first one found on the usual paths; None if there is none."""
@@ -51,7 +120,7 @@ def load(path: str | None = None) -> PciIds | None:
         if candidate and os.path.exists(candidate):
             try:
                 with open(candidate, encoding="utf-8", errors="replace") as f:
-                    return parse(f)
+                    return _regular(f.read())
             except (OSError, ValueError) as exc:
                 log.warning("cannot read PCI names from %s: %s", candidate, exc)
                 return None

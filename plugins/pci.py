@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
+from ..batch import batched
 from ..facts import Facts
 from ..model import Check, Device, Finding, Inventory, Verdict
 from ..options import OptionParser
@@ -108,8 +109,17 @@ def passthrough_configure(settings: Settings) -> None:
     settings.stash[DENIED] = class_prefixes(settings.getoption("pci_denied_classes") or "")
 
 
+def _verdicts(inventory: Inventory, settings: Settings, facts: Facts) -> dict[str, Verdict | None]:
+    return {d.name: passthrough_verdict(d, settings) for d in inventory if d.type == "pci"}
+
+
+def _affected(inventory: Inventory, settings: Settings, facts: Facts) -> dict[str, frozenset[str] | set[str] | None]:
+    return {d.name: passthrough_affected(d, inventory, facts) for d in inventory if d.type == "pci"}
+
+
 # tryfirst: the type's base rule speaks first, so its reason leads a device's reasons.
 @hookimpl(tryfirst=True)
+@batched(_verdicts)
 def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
     if device.type != "pci":
         return None
@@ -145,6 +155,7 @@ def passthrough_checks() -> list[Check]:
 
 
 @hookimpl
+@batched(_affected)
 def passthrough_affected(device: Device, inventory: Inventory, facts: Facts) -> frozenset[str] | set[str] | None:
     if device.type != "pci":
         return None

@@ -5,11 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
+from ..batch import batched
 from ..model import Device, Inventory, Verdict
+
+SCSI_TYPES = ("scsi_host", "scsi_target", "scsi")
+
+
+def _verdicts(inventory: Inventory, settings: object, facts: object) -> dict[str, Verdict | None]:
+    return {d.name: passthrough_verdict(d) for d in inventory if d.type in SCSI_TYPES}
+
+
+def _affected(inventory: Inventory, settings: object, facts: object) -> dict[str, Iterator[str]]:
+    return {d.name: inventory.descendants(d.name) for d in inventory if d.type in SCSI_TYPES}
 
 
 # tryfirst: the type's base rule speaks first, so its reason leads a device's reasons.
 @hookimpl(tryfirst=True)
+@batched(_verdicts)
 def passthrough_verdict(device: Device) -> Verdict | None:
     if device.type == "scsi":
         return Verdict.allow("SCSI device (LUN)")
@@ -21,7 +33,8 @@ def passthrough_verdict(device: Device) -> Verdict | None:
 
 
 @hookimpl
+@batched(_affected)
 def passthrough_affected(device: Device, inventory: Inventory) -> Iterator[str] | None:
-    if device.type not in ("scsi_host", "scsi_target", "scsi"):
+    if device.type not in SCSI_TYPES:
         return None
     return inventory.descendants(device.name)

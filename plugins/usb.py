@@ -5,13 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
+from ..batch import batched
 from ..model import Device, Inventory, Verdict
 
 HUB_CLASS = "09"
 
 
+USB_TYPES = ("usb_device", "usb")
+
+
+def _verdicts(inventory: Inventory, settings: object, facts: object) -> dict[str, Verdict | None]:
+    return {d.name: passthrough_verdict(d) for d in inventory if d.type in USB_TYPES}
+
+
+def _affected(inventory: Inventory, settings: object, facts: object) -> dict[str, Iterator[str]]:
+    return {d.name: inventory.descendants(d.name) for d in inventory if d.type in USB_TYPES}
+
+
 # tryfirst: the type's base rule speaks first, so its reason leads a device's reasons.
 @hookimpl(tryfirst=True)
+@batched(_verdicts)
 def passthrough_verdict(device: Device) -> Verdict | None:
     if device.type == "usb":
         return Verdict.deny(f"USB interface: pass its device {device.parent} instead")
@@ -25,7 +38,8 @@ def passthrough_verdict(device: Device) -> Verdict | None:
 
 
 @hookimpl
+@batched(_affected)
 def passthrough_affected(device: Device, inventory: Inventory) -> Iterator[str] | None:
-    if device.type not in ("usb_device", "usb"):
+    if device.type not in USB_TYPES:
         return None
     return inventory.descendants(device.name)

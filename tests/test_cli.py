@@ -104,3 +104,21 @@ def test_libvirt_source_without_libvirt_python_is_one_line():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "--source libvirt needs libvirt-python" in out.stderr
+
+
+def test_devices_starts_without_what_only_other_commands_need(desktop):
+    # prometheus-client, the HTTP server's modules, YAML, bcrypt and lxml cost start-up time `devices` never uses.
+    code = ("import sys; from passthrough_exporter.cli import main; "
+            f"rc = main(['devices', '--json', '--path.sysfs', {str(desktop.sys)!r}, '--path.procfs', {str(desktop.proc)!r}]); "
+            "sys.stdout.flush(); "
+            "print(sorted(m for m in ('prometheus_client', 'lxml', 'yaml', 'bcrypt', 'http.server') "
+            "if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+    assert "pci_0000_01_00_0" in out.stdout
+
+
+def test_version_is_read_when_asked():
+    out = subprocess.run([EXE, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("passthrough-exporter ") and out.stderr == ""

@@ -82,7 +82,11 @@ def read_bus(reader: Reader, bus: str) -> list[tuple[str, Fields]]:
     out = []
     for sysname, path in reader.bus_entries(bus):
         try:
-            fields = build(reader, sysname, path, reader.entries(path))
+            attrs = reader.device_dir(path)
+            try:
+                fields = build(reader, sysname, path, attrs)
+            finally:
+                reader.release(attrs)
         except (OSError, ValueError) as exc:
             kind = error_kind(exc)
             log.warning("%s device %s skipped (%s): %s", bus, sysname, kind, exc)

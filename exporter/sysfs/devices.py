@@ -25,55 +25,71 @@ Fields = dict[str, Any]
 
 
 def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:
-    def need(attr: str, width: int) -> str:
-        return hex_id(reader.attr(f"{path}/{attr}"), width)
-
-    def opt(attr: str, parse: Callable[[str], Any]) -> Any:
-        return reader.optional(attrs, path, attr, parse, sysname)
-
-    group = reader.link_name(path, "iommu_group") if "iommu_group" in attrs else None
-    numa = opt("numa_node", parse_int)
-    physfn = reader.link_name(path, "physfn") if "physfn" in attrs else None
-    virtfns = sorted((a for a in attrs if a.startswith("virtfn") and a[6:].isdigit()), key=lambda a: int(a[6:]))
+    # Flat on purpose: no closures or lambdas made per device, the reader's methods bound once.
+    opt, link = reader.optional, reader.link_in
+    group = link(attrs, path, "iommu_group") if "iommu_group" in attrs else None
+    numa = opt(attrs, path, "numa_node", parse_int, sysname)
+    physfn = link(attrs, path, "physfn") if "physfn" in attrs else None
+    virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isdigit()], key=_virtfn_number)
     # The power state first: reading a D3cold device's config space wakes it (the kernel resumes
     # it for the read), so a sleeping device keeps sleeping and its header and link stay unknown.
-    power = opt("power_state", power_state)
+    power = opt(attrs, path, "power_state", power_state, sysname)
     asleep = power == "D3cold"
     header_type, unreachable = (None, False) if asleep else _config(reader, path, attrs, sysname)
     no_link = physfn is not None or asleep  # a VF's link is its PF's
     if "reset_method" in attrs:
-        reset_methods: tuple[str, ...] | None = tuple((opt("reset_method", str) or "").split())
+        reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
     else:
         reset_methods = None if "reset" in attrs else ()
+    attr = reader.attr_in
     return {
         "name": device_name("pci", sysname),
         "type": "pci",
         "address": escape_bytes(sysname),
-        "vendor_id": need("vendor", 4),
-        "product_id": need("device", 4),
-        "pci_class": need("class", 6),
-        "subsystem_vendor_id": opt("subsystem_vendor", lambda s: hex_id(s, 4)),
-        "subsystem_product_id": opt("subsystem_device", lambda s: hex_id(s, 4)),
-        "driver": reader.link_name(path, "driver") if "driver" in attrs else None,
+        "vendor_id": hex_id(attr(attrs, path, "vendor"), 4),
+        "product_id": hex_id(attr(attrs, path, "device"), 4),
+        "pci_class": hex_id(attr(attrs, path, "class"), 6),
+        "subsystem_vendor_id": opt(attrs, path, "subsystem_vendor", _hex4, sysname),
+        "subsystem_product_id": opt(attrs, path, "subsystem_device", _hex4, sysname),
+        "driver": link(attrs, path, "driver") if "driver" in attrs else None,
         "iommu_group": _group_number(reader, group, sysname),
         "numa_node": None if numa is None or numa < 0 else numa,
-        "boot_vga": opt("boot_vga", lambda s: s == "1") or False,
+        "boot_vga": opt(attrs, path, "boot_vga", _is_one, sysname) or False,
         "reset_methods": reset_methods,
         "header_type": header_type,
         "unreachable": unreachable,
         "vfio_dev": _vfio_dev(reader, path) if "vfio-dev" in attrs else None,
-        "enabled": opt("enable", lambda s: parse_int(s) != 0),
+        "enabled": opt(attrs, path, "enable", _nonzero, sysname),
         "physfn": device_name("pci", physfn) if physfn else None,
-        "virtfns": tuple(device_name("pci", n) for n in (reader.link_name(path, v) for v in virtfns) if n),
-        "sriov_totalvfs": opt("sriov_totalvfs", parse_int),
-        "sriov_numvfs": opt("sriov_numvfs", parse_int),
-        "link_speed": (None, None) if no_link else (opt("current_link_speed", link_speed), opt("max_link_speed", link_speed)),
-        "link_width": (None, None) if no_link else (opt("current_link_width", parse_int), opt("max_link_width", parse_int)),
-        "aer_errors": (opt("aer_dev_correctable", aer_total), opt("aer_dev_nonfatal", aer_total),
-                       opt("aer_dev_fatal", aer_total)),
+        "virtfns": tuple(device_name("pci", n) for n in (link(attrs, path, v) for v in virtfns) if n),
+        "sriov_totalvfs": opt(attrs, path, "sriov_totalvfs", parse_int, sysname),
+        "sriov_numvfs": opt(attrs, path, "sriov_numvfs", parse_int, sysname),
+        "link_speed": (None, None) if no_link else (opt(attrs, path, "current_link_speed", link_speed, sysname),
+                                                    opt(attrs, path, "max_link_speed", link_speed, sysname)),
+        "link_width": (None, None) if no_link else (opt(attrs, path, "current_link_width", parse_int, sysname),
+                                                    opt(attrs, path, "max_link_width", parse_int, sysname)),
+        "aer_errors": (opt(attrs, path, "aer_dev_correctable", aer_total, sysname),
+                       opt(attrs, path, "aer_dev_nonfatal", aer_total, sysname),
+                       opt(attrs, path, "aer_dev_fatal", aer_total, sysname)),
         "power_state": power,
         "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
     }
+
+
+def _virtfn_number(link: str) -> int:
+    return int(link[6:])
+
+
+def _hex4(text: str) -> str:
+    return hex_id(text, 4)
+
+
+def _is_one(text: str) -> bool:
+    return text == "1"
+
+
+def _nonzero(text: str) -> bool:
+    return parse_int(text) != 0
 
 
 POWER_STATES = ("D0", "D1", "D2", "D3hot", "D3cold")
@@ -152,7 +168,7 @@ def _config(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> 
     if "config" not in attrs:
         return None, False
     try:
-        header = reader.read_bytes(os.path.join(path, "config"), CONFIG_HEADER)
+        header = reader.read_in(attrs, path, "config", CONFIG_HEADER)
     except OSError as exc:
         reader.count(error_kind(exc))
         log.warning("%s: config unreadable: %s", sysname, exc)
@@ -175,7 +191,7 @@ def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     def opt(attr: str, parse: Callable[[str], Any]) -> Any:
         return reader.optional(attrs, path, attr, parse, sysname)
 
-    driver = reader.link_name(path, "driver") if "driver" in attrs else None
+    driver = reader.link_in(attrs, path, "driver") if "driver" in attrs else None
     name, address = device_name("usb", sysname), escape_bytes(sysname)
     if ":" in sysname:  # an interface: 1-1.2:1.0
         return {"name": name, "type": "usb", "address": address,
@@ -184,8 +200,8 @@ def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "name": name,
         "type": "usb_device",
         "address": address,
-        "vendor_id": hex_id(reader.attr(os.path.join(path, "idVendor")), 4),
-        "product_id": hex_id(reader.attr(os.path.join(path, "idProduct")), 4),
+        "vendor_id": hex_id(reader.attr_in(attrs, path, "idVendor"), 4),
+        "product_id": hex_id(reader.attr_in(attrs, path, "idProduct"), 4),
         "vendor": opt("manufacturer", str),
         "product": opt("product", str),
         "usb_class": opt("bDeviceClass", lambda s: hex_id(s, 2)[2:]),
@@ -230,7 +246,7 @@ def scsi(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fie
         vendor=opt("vendor", str),
         product=opt("model", str),
         scsi_type=opt("type", parse_int),
-        driver=reader.link_name(path, "driver") if "driver" in attrs else None,
+        driver=reader.link_in(attrs, path, "driver") if "driver" in attrs else None,
         block_devices=tuple(map(escape_bytes, reader.listdir(os.path.join(path, "block")))) if "block" in attrs else (),
     )
     return base
