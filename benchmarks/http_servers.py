@@ -24,7 +24,6 @@ import re
 import resource
 import select
 import socket
-import statistics
 import subprocess
 import sys
 import threading

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,17 @@ if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
 from sysfs_builder import SysfsTree  # noqa: E402
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored():
+    """A test that runs cli.main() in-process installs a handler on this test's captured stderr;
+    later tests' log lines (a server thread's, say) would be written to it after it is closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

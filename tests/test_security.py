@@ -1,4 +1,4 @@
-"""Security: methods, hostile requests, escaping, basic-auth timing and where the textfile command writes."""
+"""Security: smuggling and malformed requests, escaping, basic auth (bcrypt calls counted) and textfile writes."""
 
 from __future__ import annotations
 

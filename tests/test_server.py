@@ -421,3 +421,24 @@ def test_device_lists_are_rendered_one_object_at_a_time_to_the_same_bytes():
 
     for objects in ([], [{}], [{"a": [1, {"b": "x\ny"}], "c": None}], [{"k": "é\u2028"}, {"l": []}] * 3):
         assert _json_list(iter(objects)) == _json(objects)
+
+
+def test_probes_reach_healthz_when_basic_auth_is_on(host):
+    """The kubelet has no credentials: /healthz tells it whether the exporter is ready, nothing more."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4))
+    source = SlowSysfs(str(host.sys), str(host.proc))
+    refresher = Refresher(source, Inspector(), 3600)
+    httpd = serve(("127.0.0.1", 0), refresher, WebConfig(users={"alice": hashed}))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+    try:
+        resp, body = get(httpd, "/healthz")
+        assert (resp.status, json.loads(body)) == (503, {"ready": False})
+        refresher.refresh()
+        resp, body = get(httpd, "/healthz")
+        assert (resp.status, json.loads(body)) == (200, {"ready": True})
+        resp, body = get(httpd, "/healthz", headers=auth)
+        assert resp.status == 200 and json.loads(body)["devices"] == len(refresher.current().snapshot.inventory)
+        for path in ("/metrics", "/api/devices", "/api/findings", "/"):
+            assert get(httpd, path)[0].status == 401
+    finally:
+        httpd.shutdown()
