@@ -41,14 +41,22 @@ class Snapshot:
     def device_object(self, name: str, full: bool = False) -> dict[str, Any]:
         """The JSON object of one device, as the CLI and the HTTP API print it: in lists with
         `affected_count`; `full` (the one-device object) adds the sorted `affected` list."""
-        affected = self.affected.get(name) or AffectedSet(name)
+        affected = self.affected.get(name)
+        if affected is None:
+            affected = AffectedSet(name)
+        holder = self.facts.in_use.get(name, _FREE)
         obj = device_object(self.inventory.devices[name], self.verdicts[name], len(affected))
-        holder = self.facts.in_use.get(name)
-        obj.update(in_use=name in self.facts.in_use, held_by=None if holder is None else holder.to_json(),
-                   available=self.states.get(name) == "available")
+        obj["in_use"] = holder is not _FREE
+        obj["held_by"] = None if holder is None or holder is _FREE else holder.to_json()
+        obj["available"] = self.states.get(name) == "available"
         if full:
             obj["affected"] = list(affected.names())
         return obj
+
+
+_FREE = object()  # not in facts.in_use (where None means in use, holder unknown)
+_AER_KINDS = ("correctable", "nonfatal", "fatal")
+
 
 def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[str, Any]:
     obj: dict[str, Any] = {
@@ -71,34 +79,38 @@ def device_object(dev: Device, verdict: Verdict, affected_count: int) -> dict[st
         "assigned_to": dev.assigned_to,
         "assigned_running": dev.assigned_running,
     }
-    if dev.type == "pci":
-        obj.update(
-            subsystem_vendor_id=dev.subsystem_vendor_id,
-            subsystem_product_id=dev.subsystem_product_id,
-            boot_vga=dev.boot_vga,
-            reset_methods=None if dev.reset_methods is None else list(dev.reset_methods),
-            header_type=dev.header_type,
-            physfn=dev.physfn,
-            virtfns=list(dev.virtfns),
-            sriov_totalvfs=dev.sriov_totalvfs,
-            sriov_numvfs=dev.sriov_numvfs,
-            vfio_dev=dev.vfio_dev,
-            unreachable=dev.unreachable,
-            health={
-                "link_speed_gts": {"current": dev.link_speed[0], "max": dev.link_speed[1]},
-                "link_width": {"current": dev.link_width[0], "max": dev.link_width[1]},
-                "aer_errors": dict(zip(("correctable", "nonfatal", "fatal"), dev.aer_errors)),
-                "power_state": dev.power_state,
-            },
-            mdev_types=[{"type": t.type_id, "name": t.name, "device_api": t.device_api,
-                         "available_instances": t.available, "instances": t.instances} for t in dev.mdev_types],
-        )
+    kind = dev.type
+    if kind == "pci":
+        # Item by item rather than update(**...): one object per device of a 20,000-device listing.
+        obj["subsystem_vendor_id"] = dev.subsystem_vendor_id
+        obj["subsystem_product_id"] = dev.subsystem_product_id
+        obj["boot_vga"] = dev.boot_vga
+        obj["reset_methods"] = None if dev.reset_methods is None else list(dev.reset_methods)
+        obj["header_type"] = dev.header_type
+        obj["physfn"] = dev.physfn
+        obj["virtfns"] = list(dev.virtfns)
+        obj["sriov_totalvfs"] = dev.sriov_totalvfs
+        obj["sriov_numvfs"] = dev.sriov_numvfs
+        obj["vfio_dev"] = dev.vfio_dev
+        obj["unreachable"] = dev.unreachable
+        speed, width, aer = dev.link_speed, dev.link_width, dev.aer_errors
+        obj["health"] = {
+            "link_speed_gts": {"current": speed[0], "max": speed[1]},
+            "link_width": {"current": width[0], "max": width[1]},
+            "aer_errors": dict(zip(_AER_KINDS, aer)),
+            "power_state": dev.power_state,
+        }
+        obj["mdev_types"] = [{"type": t.type_id, "name": t.name, "device_api": t.device_api,
+                              "available_instances": t.available, "instances": t.instances} for t in dev.mdev_types]
     else:
         obj["health"] = None  # the kernel keeps link, AER and power state for PCI functions
-    if dev.type in ("usb_device", "usb"):
-        obj.update(usb_class=dev.usb_class, busnum=dev.busnum, devnum=dev.devnum)
-    elif dev.type == "scsi":
-        obj.update(scsi_type=dev.scsi_type, block_devices=list(dev.block_devices))
+    if kind == "usb_device" or kind == "usb":
+        obj["usb_class"] = dev.usb_class
+        obj["busnum"] = dev.busnum
+        obj["devnum"] = dev.devnum
+    elif kind == "scsi":
+        obj["scsi_type"] = dev.scsi_type
+        obj["block_devices"] = list(dev.block_devices)
     if dev.notes:
         obj["notes"] = list(dev.notes)
     return obj
