@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import math
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -16,6 +14,7 @@ import pluggy
 # What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
 # imported inside them: `devices` starts without it.
 from . import jsonout, logs
+from .gcpause import gc_paused
 from .inspector import Inspector, make_plugin_manager, plugin_table
 from .model import KNOWN_TYPES, PASSABLE_TYPES
 from .options import add_plugin_options
@@ -108,18 +107,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """A one-shot command builds a snapshot of millions of objects, then its output: the cyclic
-    collector would trace them all again and again (a tenth of `devices --json` at 20k) and find
-    nothing to free, since a snapshot holds no reference cycles. Reference counting still frees."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def judge_once(args: argparse.Namespace, inspector: Inspector | None = None) -> Snapshot:
@@ -133,7 +120,7 @@ def judge_once(args: argparse.Namespace, inspector: Inspector | None = None) -> 
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    with _no_cyclic_gc():
+    with gc_paused():
         return _devices(args)
 
 
@@ -241,7 +228,7 @@ def cmd_textfile(args: argparse.Namespace) -> int:
     from .metrics import render
 
     options = metric_options(args)
-    with _no_cyclic_gc():
+    with gc_paused():
         snapshot = judge_once(args)
         text = render(snapshot, options)
     try:
@@ -265,7 +252,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from . import check
 
     inspector = inspector_from(args)
-    with _no_cyclic_gc():
+    with gc_paused():
         snapshot = judge_once(args, inspector)
     results = check.run_checks(snapshot, inspector.checks())
     if args.json:

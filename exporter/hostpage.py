@@ -83,7 +83,7 @@ def _page(snap: Snapshot) -> Iterator[str]:
     yield ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
            '<meta name="viewport" content="width=device-width, initial-scale=1">'
            f"<title>passthrough-exporter: {len(inv) - 1} devices</title><style>{CSS}</style></head><body>")
-    yield f"<h1>Device passthrough on this host</h1>"
+    yield "<h1>Device passthrough on this host</h1>"
     yield from _facts(snap)
     yield from _findings(snap)
     yield "<h2>IOMMU groups</h2><div class=\"groups\">"

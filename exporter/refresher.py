@@ -9,18 +9,17 @@ scrape only copies bytes, and a cache of its other response bodies, filled on fi
 from __future__ import annotations
 
 import dataclasses
-import gc
 import gzip
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import logs
 from .bodies import Bodies
+from .gcpause import gc_paused
 from .inspector import Inspector
 from .metrics import MetricOptions, render
 from .snapshot import Snapshot
@@ -41,22 +40,6 @@ class Published:
     bodies: Bodies = field(default_factory=Bodies, compare=False, repr=False)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a refresh allocates its million objects.
-
-    Every few hundred allocations CPython would otherwise trace young objects, and now and then all
-    of them, old snapshot included: a third of a refresh at 20k devices, and a stall for every
-    scrape that lands in a full collection. A snapshot holds no reference cycles, so reference
-    counting frees the old one; the collector resumes afterwards for everything else.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class Refresher:
@@ -94,7 +77,7 @@ class Refresher:
         if not self._refresh_lock.acquire(blocking=False):
             return False
         try:
-            with _gc_paused():
+            with gc_paused():
                 self._refresh()
         finally:
             self._refresh_lock.release()
