@@ -586,8 +586,10 @@ def notes(data: dict) -> list[str]:
         "the seed ran it (d'); * = extrapolated from a sample of devices.",
         "- The machine is shared with other jobs: single runs vary by tens of percent; pairing and medians "
         "keep the ratios steadier than the absolute times, which are only comparable within one run.",
-        "- `RESULTS-baseline.md`: the benchmark of the time on the code before the first performance work "
-        "(commit 36f1c48).",
+        "- `RESULTS-before.md`: this benchmark on commit ef995a7, before the work it measured (JSON "
+        "writer, start-up, pci.ids, reader, batch rules, device objects, collector paused). "
+        "`RESULTS-baseline.md`: an earlier benchmark, with a bare read loop as its floor, on the code "
+        "before the first performance work (commit 36f1c48).",
     ]
     for size in sorted(workers):
         out.append(f"- {size}: the C floor read {workers[size]['c_floor_files']} files per pass.")

@@ -5,11 +5,13 @@ chain of Python generators. The command line prints device lists of 20,000 objec
 this builds the same text with one call per value: strings through the C string encoder,
 containers joined once. Anything but plain str/int/float/bool/None, lists and dicts with str keys
 is handed to `json.dumps` itself (its text re-indented), so the output is the same for any value.
+`write_array` writes a long array in pieces, so neither its objects nor its text are held whole.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _string  # the C function where CPython has it
 
 _INF = float("inf")
@@ -20,6 +22,27 @@ _KEYS_MAX = 4096
 def dumps(value: object) -> str:
     """`json.dumps(value, indent=2)`: the same text."""
     return _encode(value, "\n")
+
+
+def write_array(items: Iterable[object], write: Callable[[str], object], chunk: int = 1 << 20) -> None:
+    """`json.dumps(list(items), indent=2)`, written in pieces of about `chunk` characters: a few
+    writes for 20,000 device objects, and neither all the objects nor the whole text held at once."""
+    first = separator = "[\n  "
+    parts: list[str] = []
+    size = 0
+    for item in items:
+        text = separator + _encode(item, "\n  ")
+        separator = ",\n  "
+        parts.append(text)
+        size += len(text)
+        if size >= chunk:
+            write("".join(parts))
+            parts, size = [], 0
+    if separator is first:  # no item
+        write("[]")
+        return
+    parts.append("\n]")
+    write("".join(parts))
 
 
 def _float(value: float) -> str:

@@ -13,7 +13,7 @@ from helpers import EXE, judge_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passthrough_exporter.jsonout import dumps
+from passthrough_exporter.jsonout import dumps, write_array
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
 values = st.recursive(
@@ -65,3 +65,12 @@ def test_devices_json_prints_the_indented_text(tree):
     assert out.returncode == 0, out.stderr
     expected = json.dumps([snap.device_object(n) for n in snap.inventory.devices], indent=2) + "\n"
     assert out.stdout == expected
+
+
+@given(st.lists(values, max_size=8), st.integers(min_value=1, max_value=200))
+@settings(max_examples=300, deadline=None)
+def test_an_array_written_in_pieces_is_the_same_text(items, chunk):
+    pieces: list[str] = []
+    write_array(iter(items), pieces.append, chunk)
+    assert "".join(pieces) == json.dumps(items, indent=2)
+    assert len(pieces) <= len(items) + 1  # a piece per item at most, never a piece per token
