@@ -20,6 +20,11 @@ MAX_BYTES = 64 * 1024 * 1024
 GZIP_LEVEL = 6
 
 
+def gzipped(data: bytes) -> bytes:
+    """`data` gzipped as every body is (mtime 0: the same bytes every time)."""
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
 @dataclass(slots=True)
 class Body:
     data: bytes
@@ -34,7 +39,7 @@ class Body:
         """The gzipped body, compressed on first use (mtime 0: the same bytes every time)."""
         with self._lock:
             if self.gzipped is None:
-                self.gzipped = gzip.compress(self.data, compresslevel=GZIP_LEVEL, mtime=0)
+                self.gzipped = gzipped(self.data)
             return self.gzipped
 
 

@@ -24,6 +24,11 @@ def dumps(value: object) -> str:
     return _encode(value, "\n")
 
 
+def array_item(value: object) -> str:
+    """`value` as an item of an indented array: its lines two spaces deeper, without the leading two."""
+    return _encode(value, "\n  ")
+
+
 def write_array(items: Iterable[object], write: Callable[[str], object], chunk: int = 1 << 20) -> None:
     """`json.dumps(list(items), indent=2)`, written in pieces of about `chunk` characters: a few
     writes for 20,000 device objects, and neither all the objects nor the whole text held at once."""

@@ -9,7 +9,7 @@ copies bytes); tests check that both give the same bytes.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -95,6 +95,11 @@ METRICS: dict[str, Spec] = {
     "passthrough_collect_errors": Spec("counter", "Bad inputs skipped while reading and judging.", ("kind",)),
     "passthrough_exporter_build_info": Spec("gauge", "The exporter's version.", ("version",)),
 }
+# How the refresh went rather than what it found: the last families, so that they are the text's tail.
+STATUS_METRICS = ("passthrough_source_up", "passthrough_refresh_duration_seconds",
+                  "passthrough_last_refresh_timestamp_seconds", "passthrough_collect_errors",
+                  "passthrough_exporter_build_info")
+assert tuple(METRICS)[-len(STATUS_METRICS):] == STATUS_METRICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +174,37 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
         rows["passthrough_interrupt_remapping_enabled"].append(((), 1 if inv.host.interrupt_remapping else 0))
     rows["passthrough_isolation_weakened"] += [((r,), 1 if facts.weakened[r] else 0) for r in WEAKENED_REASONS]
     rows["passthrough_finding"] += [((f.code, f.severity, f.subject), 1) for f in snap.findings]
-    rows["passthrough_source_up"].append(((snap.source,), 1 if snap.source_up else 0))
-    rows["passthrough_refresh_duration_seconds"].append(((), snap.duration))
-    rows["passthrough_last_refresh_timestamp_seconds"].append(((), snap.finished_at))
-    rows["passthrough_collect_errors"] += [((kind,), snap.errors_total.get(kind, 0))
-                                           for kind in sorted(set(ERROR_KINDS) | set(snap.errors_total))]
-    rows["passthrough_exporter_build_info"].append(((__version__,), 1))
-    return [Family.of(name, r) for name, r in rows.items()]
+    head = [Family.of(name, r) for name, r in rows.items() if name not in STATUS_METRICS]
+    return head + status_families(Status.of(snap))
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """How the last refresh went: what the status families say, and all they need. A failed refresh
+    changes these alone, so the server re-renders them without the snapshot."""
+
+    source: str
+    source_up: bool
+    duration: float  # seconds the last successful refresh took
+    finished_at: float  # unix time it finished
+    errors_total: Mapping[str, int]
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> Status:
+        return cls(snap.source, snap.source_up, snap.duration, snap.finished_at, dict(snap.errors_total))
+
+
+def status_families(st: Status) -> list[Family]:
+    """The families of STATUS_METRICS, in their order: the last of the exposition."""
+    rows: dict[str, list[Row]] = {
+        "passthrough_source_up": [((st.source,), 1 if st.source_up else 0)],
+        "passthrough_refresh_duration_seconds": [((), st.duration)],
+        "passthrough_last_refresh_timestamp_seconds": [((), st.finished_at)],
+        "passthrough_collect_errors": [((kind,), st.errors_total.get(kind, 0))
+                                       for kind in sorted(set(ERROR_KINDS) | set(st.errors_total))],
+        "passthrough_exporter_build_info": [((__version__,), 1)],
+    }
+    return [Family.of(name, rows[name]) for name in STATUS_METRICS]
 
 
 AER_SEVERITIES = ("correctable", "nonfatal", "fatal")
@@ -238,3 +267,8 @@ def render(snapshot: Snapshot, options: MetricOptions | None = None) -> bytes:
     """The text exposition of one snapshot: byte for byte what prometheus-client's generate_latest
     writes for SnapshotCollector, without building a Sample per series (5x faster on big hosts)."""
     return render_families(families(snapshot, options or MetricOptions()))
+
+
+def render_status(status: Status) -> bytes:
+    """The status families alone: the tail of `render`'s text, which a failed refresh replaces."""
+    return render_families(status_families(status))

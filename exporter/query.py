@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .model import KNOWN_TYPES
 from .snapshot import Snapshot
 
@@ -29,6 +31,19 @@ class DeviceNotFound(QueryError):
         super().__init__(f"Node device '{name}' not found")
 
 
+def check_filters(cap: str | None, passthrough: bool, affected_by: str | None, available: bool,
+                  exists: Callable[[str], bool]) -> None:
+    """The filters' own rules, whatever answers them: a known type, `affected_by` alone, on a device
+    that `exists`."""
+    if cap is not None and cap not in KNOWN_TYPES:
+        raise QueryError(f"unknown type {cap!r}; choose from {', '.join(KNOWN_TYPES)}")
+    if affected_by is not None:
+        if cap is not None or passthrough or available:
+            raise ConflictingFilters()
+        if not exists(affected_by):
+            raise DeviceNotFound(affected_by)
+
+
 def select(
     snapshot: Snapshot,
     cap: str | None = None,
@@ -41,13 +56,8 @@ def select(
     `affected_by` answers "what goes with this device" and cannot be combined with the others.
     `available`: eligible devices free to hand out now (see `live`).
     """
-    if cap is not None and cap not in KNOWN_TYPES:
-        raise QueryError(f"unknown type {cap!r}; choose from {', '.join(KNOWN_TYPES)}")
+    check_filters(cap, passthrough, affected_by, available, snapshot.inventory.__contains__)
     if affected_by is not None:
-        if cap is not None or passthrough or available:
-            raise ConflictingFilters()
-        if affected_by not in snapshot.inventory:
-            raise DeviceNotFound(affected_by)
         return list(snapshot.affected[affected_by].names())
     states = snapshot.states
     return [

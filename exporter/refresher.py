@@ -1,27 +1,28 @@
-"""Keeps a judged snapshot fresh in the background, so a scrape never waits on the source.
+"""Keeps what the server hands out fresh in the background, so a scrape never waits on the source.
 
 One refresh at a time: on start, every `interval`, and early when a scrape finds the snapshot
-older than the interval. A failed refresh keeps the previous snapshot and marks the source down.
-Each published snapshot carries its exposition, rendered once (and gzipped once), so serving a
-scrape only copies bytes, and a cache of its other response bodies, filled on first request.
+older than the interval. A refresh reads the source, judges it and renders every body once
+(`renderer.render_served`); the server then only copies bytes. A failed refresh keeps the
+previous bodies and marks the source down. `Refresher` runs the refresh in this process;
+`worker.WorkerRefresher` (what `serve` uses) in a child process, with the same outcome.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import logs
 from .bodies import Bodies
 from .gcpause import gc_paused
 from .inspector import Inspector
-from .metrics import MetricOptions, render
+from .metrics import MetricOptions
+from .renderer import render_served
+from .served import Served
 from .snapshot import Snapshot
 from .sources import Source
 
@@ -30,28 +31,53 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What the server hands out: a snapshot, its exposition and its body cache, replaced as a whole."""
+    """What the server hands out, replaced as a whole: one refresh's bodies and their cache."""
 
-    snapshot: Snapshot
-    metrics: bytes
-    metrics_gzip: bytes
+    served: Served
     ready: bool  # False until the first refresh succeeded
-    # The JSON bodies of this snapshot, rendered on first request; dropped with the snapshot.
+    # The bodies made from `served` on request (device lists by filter, gzipped forms); dropped with it.
     bodies: Bodies = field(default_factory=Bodies, compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    served: Served
+    errors: Mapping[str, int]  # bad inputs skipped in this refresh, by kind
 
 
-class Refresher:
-    def __init__(
-        self,
-        source: Source,
-        inspector: Inspector,
-        interval: float = 60.0,
-        options: MetricOptions | None = None,
-    ) -> None:
-        self.source = source
-        self.inspector = inspector
+@dataclass(frozen=True, slots=True)
+class Failed:
+    kind: str  # source_error | refresh_error
+    why: str
+
+
+def build_once(source: Source, inspector: Inspector, options: MetricOptions, errors_total: Mapping[str, int],
+               started: float | None = None) -> Built | Failed:
+    """One refresh: read, judge, render. `errors_total` are the counts before it; the exposition
+    shows them plus this refresh's. Never raises: a failure is an answer."""
+    started = time.monotonic() if started is None else started
+    try:
+        inventory = source.read()
+    except Exception as exc:  # the source could not be read: the caller keeps the old bodies
+        return Failed("source_error", str(exc))
+    try:
+        snap = inspector.judge(inventory, source=source.name, started=started)
+        totals = Counter(errors_total)
+        totals.update(snap.errors)
+        served = render_served(replace(snap, errors_total=dict(totals)), options)
+    except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
+        log.exception("refresh failed unexpectedly")
+        return Failed("refresh_error", f"{type(exc).__name__}: {exc}")
+    log.info("refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)",
+             len(inventory), source.name, snap.duration, len(snap.findings), sum(snap.errors.values()))
+    return Built(served, dict(snap.errors))
+
+
+class RefreshLoop:
+    """The schedule, the failure rule and the published bodies; `_build` runs one refresh."""
+
+    def __init__(self, source_name: str, interval: float = 60.0, options: MetricOptions | None = None) -> None:
+        self.source_name = source_name
         self.interval = interval
         self.options = options or MetricOptions()
         self._errors_total: Counter[str] = Counter()
@@ -61,16 +87,22 @@ class Refresher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_attempt = time.monotonic()
-        empty = Snapshot.empty(source.name)
-        self._published = self._publish(empty, ready=False)
+        self._published = Published(render_served(Snapshot.empty(source_name), self.options), ready=False)
+
+    def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
+        raise NotImplementedError
 
     def current(self) -> Published:
-        """The last complete snapshot; triggers a background refresh if it is stale."""
+        """The last complete bodies; triggers a background refresh if they are stale."""
         # Measured from the last attempt, not the last success: a source that is down is retried
         # once per interval, not once per scrape.
         if time.monotonic() - self._last_attempt > self.interval:
             self._wake.set()
         return self._published
+
+    @property
+    def errors_total(self) -> Mapping[str, int]:
+        return dict(self._errors_total)
 
     def refresh(self) -> bool:
         """Run one refresh now unless one is already running; True when this call did the work."""
@@ -84,49 +116,26 @@ class Refresher:
         return True
 
     def _refresh(self) -> None:
-        started = self._last_attempt = time.monotonic()
+        self._last_attempt = time.monotonic()
         logs.REPEATS.next_refresh()
-        previous = self._published
-        try:
-            inventory = self.source.read()
-        except Exception as exc:  # the source could not be read: keep the old snapshot
-            self._fail("source_error", previous, str(exc))
+        outcome = self._build(dict(self._errors_total))
+        if isinstance(outcome, Failed):
+            self._fail(outcome.kind, outcome.why)
             return
-        try:
-            snap = self.inspector.judge(inventory, source=self.source.name, started=started)
-            self._count(snap.errors)
-            snap = dataclasses.replace(snap, errors_total=dict(self._errors_total))
-            published = self._publish(snap, ready=True)
-        except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
-            log.exception("refresh failed unexpectedly")
-            self._fail("refresh_error", previous, f"{type(exc).__name__}: {exc}")
-            return
-        self._published = published
+        self._errors_total.update(outcome.errors)
+        self._published = Published(outcome.served, ready=True)
         if self._failing:
-            log.info("refresh from %s works again", self.source.name)
+            log.info("refresh from %s works again", self.source_name)
             self._failing = False
-        log.info("refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)",
-                 len(inventory), self.source.name, snap.duration, len(snap.findings), sum(snap.errors.values()))
 
-    def _fail(self, kind: str, previous: Published, why: str) -> None:
+    def _fail(self, kind: str, why: str) -> None:
         """A failed refresh: counted, the source marked down, the previous devices still served."""
-        self._count({kind: 1})
+        self._errors_total[kind] += 1
         self._failing = True
-        log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source.name, why)
-        down = dataclasses.replace(previous.snapshot, source_up=False, errors_total=dict(self._errors_total))
-        try:
-            self._published = self._publish(down, ready=previous.ready)
-        except Exception:  # cannot happen for a snapshot that rendered before; still, never stay "up"
-            log.exception("cannot render the previous snapshot; serving none")
-            empty = dataclasses.replace(Snapshot.empty(self.source.name), errors_total=dict(self._errors_total))
-            self._published = self._publish(empty, ready=previous.ready)
-
-    def _count(self, errors: Mapping[str, int]) -> None:
-        self._errors_total.update(errors)
-
-    def _publish(self, snap: Snapshot, ready: bool) -> Published:
-        text = render(snap, self.options)
-        return Published(snap, text, gzip.compress(text, compresslevel=6, mtime=0), ready)
+        log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source_name, why)
+        previous = self._published
+        status = replace(previous.served.status, source_up=False, errors_total=dict(self._errors_total))
+        self._published = Published(previous.served.with_status(status), ready=previous.ready)
 
     # --- background thread ---------------------------------------------------------------
 
@@ -140,7 +149,7 @@ class Refresher:
                 self.refresh()
             except Exception as exc:  # a bug must not end the thread: the next interval tries again
                 log.exception("refresh failed unexpectedly; keeping the previous snapshot")
-                self._fail("refresh_error", self._published, f"{type(exc).__name__}: {exc}")
+                self._fail("refresh_error", f"{type(exc).__name__}: {exc}")
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -149,3 +158,16 @@ class Refresher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class Refresher(RefreshLoop):
+    """Refreshes in this process (the one-process form: tests, and programs embedding the exporter)."""
+
+    def __init__(self, source: Source, inspector: Inspector, interval: float = 60.0,
+                 options: MetricOptions | None = None) -> None:
+        self.source = source
+        self.inspector = inspector
+        super().__init__(source.name, interval, options)
+
+    def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
+        return build_once(self.source, self.inspector, self.options, errors_total, self._last_attempt)

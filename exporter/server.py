@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from typing import Any
 from urllib.parse import parse_qs
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
-from . import __version__, hostpage
+from . import __version__, jsonout
 from .connections import Conn, ConnectionPool, connection_bound
-from .query import QueryError, device, select
-from .refresher import Published, Refresher
+from .query import QueryError
+from .refresher import Published, RefreshLoop
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -90,16 +89,7 @@ def _accepts_gzip(header: str) -> bool:
 
 
 def _json(obj: Any) -> bytes:
-    return json.dumps(obj, indent=1).encode() + b"\n"
-
-
-def _json_list(objects: Iterable[Any]) -> bytes:
-    """The bytes of _json(list(objects)), built one object at a time: a 20,000-device listing never
-    holds every device object, nor the text and its encoding, at once."""
-    parts = [(" " + json.dumps(obj, indent=1).replace("\n", "\n ")).encode() for obj in objects]
-    if not parts:
-        return b"[]\n"
-    return b"[\n" + b",\n".join(parts) + b"\n]\n"
+    return (jsonout.dumps(obj) + "\n").encode()
 
 
 def _error_body(message: str) -> bytes:
@@ -142,7 +132,7 @@ class TokenBucket:
 class App:
     """Routes and answers; runs on the event loop thread."""
 
-    def __init__(self, refresher: Refresher, web_config: WebConfig, pool: Callable[[], ConnectionPool]) -> None:
+    def __init__(self, refresher: RefreshLoop, web_config: WebConfig, pool: Callable[[], ConnectionPool]) -> None:
         self.refresher = refresher
         self.web = web_config
         self._pool = pool
@@ -255,17 +245,17 @@ class App:
         if path == "/metrics":
             published = self.refresher.current()
             if gz:
-                return 200, published.metrics_gzip, CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip",
-                                                                          "Vary": "Accept-Encoding"}
-            return 200, published.metrics, CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"}
+                return 200, published.served.metrics_gzip, CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip",
+                                                                                 "Vary": "Accept-Encoding"}
+            return 200, published.served.metrics, CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"}
         if path == "/healthz":
             return self._healthz()
         if path == "/":
             published = self.refresher.current()
             if not published.ready:
                 return 503, NOT_READY_PAGE, HTML, {"Retry-After": "5"}
-            snap = published.snapshot
-            body = await self._body(published, ("page",), lambda: hostpage.render(snap), gz)
+            page = published.served.page
+            body = await self._body(published, ("page",), lambda: page, gz)
             return 200, body, HTML, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
                                      else {"Vary": "Accept-Encoding"})
         if path == "/api/devices" or path.startswith("/api/devices/") or path == "/api/findings":
@@ -279,16 +269,17 @@ class App:
         return 404, _error_body("not found"), JSON, {}
 
     def _api(self, published: Published, path: str, query: str) -> tuple[Hashable, Callable[[], bytes]]:
-        snap = published.snapshot
+        served = published.served
         if path == "/api/findings":
-            return ("findings",), lambda: _json([f.to_json() for f in snap.findings])
+            return ("findings",), lambda: served.findings
+        table = served.table
         if path == "/api/devices":
             params = parse_qs(query, keep_blank_values=True, errors="surrogateescape")
             kwargs = {name: read(params[name][-1], name) for name, read in FILTERS.items() if name in params}
             key = ("devices",) + tuple(sorted(kwargs.items()))
-            return key, lambda: _json_list(snap.device_object(n) for n in select(snap, **kwargs))
+            return key, lambda: table.list_body(table.select(**kwargs))
         name = path[len("/api/devices/"):]
-        return ("device", name), lambda: _json(device(snap, name))
+        return ("device", name), lambda: table.device_body(name)
 
     async def _body(self, published: Published, key: Hashable, render: Callable[[], bytes], gz: bool) -> bytes:
         body = published.bodies.lookup(key, gz)
@@ -299,16 +290,16 @@ class App:
 
     def _healthz(self) -> tuple[int, bytes, str, dict[str, str]]:
         published = self.refresher.current()
-        snap = published.snapshot
-        body = {"ready": published.ready, "source": snap.source, "source_up": snap.source_up,
-                "devices": len(snap.inventory), "last_refresh": snap.finished_at}
+        served = published.served
+        body = {"ready": published.ready, "source": served.status.source, "source_up": served.status.source_up,
+                "devices": served.devices, "last_refresh": served.status.finished_at}
         return (200 if published.ready else 503), _json(body), JSON, {}
 
 
 class ExporterServer:
     """The server on its own event-loop thread; `serve_forever` runs it, `shutdown` stops it."""
 
-    def __init__(self, address: tuple[str, int], refresher: Refresher, web_config: WebConfig,
+    def __init__(self, address: tuple[str, int], refresher: RefreshLoop, web_config: WebConfig,
                  bound: int | None = None, header_timeout: float | None = None) -> None:
         self.refresher = refresher
         self.web_config = web_config
@@ -394,7 +385,7 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return (host or "0.0.0.0", int(port))
 
 
-def serve(address: tuple[str, int], refresher: Refresher, web_config: WebConfig) -> ExporterServer:
+def serve(address: tuple[str, int], refresher: RefreshLoop, web_config: WebConfig) -> ExporterServer:
     """Listen on `address` (an OSError if it cannot) and serve from a background thread."""
     server = ExporterServer(address, refresher, web_config)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()

@@ -303,11 +303,11 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
     try:
         while refreshes < 200 and time.monotonic() < deadline:
             assert refresher.refresh()
-            snap = refresher.current().snapshot
-            assert snap.source_up
-            assert stable <= set(snap.inventory.devices), stable - set(snap.inventory.devices)
-            seen_kinds |= set(snap.errors)
-            vanished += snap.errors.get("vanished", 0)
+            served = refresher.current().served
+            assert served.status.source_up
+            assert stable <= set(served.table.names), stable - set(served.table.names)
+            seen_kinds = {kind for kind, n in served.status.errors_total.items() if n}
+            vanished = served.status.errors_total.get("vanished", 0)
             if refreshes % 10 == 0:
                 status, body = request(httpd, "/metrics")
                 statuses.add(status)
@@ -322,7 +322,7 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
     assert statuses == {200}
     # Losing the race shows up as a vanished entry or attribute, never as anything else.
     assert seen_kinds <= {"vanished"}, seen_kinds
-    totals = collect_errors(refresher.current().metrics.decode())
+    totals = collect_errors(refresher.current().served.metrics.decode())
     assert totals["vanished"] == vanished  # every lost race is in the counter
     assert totals["source_error"] == 0
     # Back in place: the next read is clean and complete again.

@@ -86,18 +86,18 @@ def test_a_refresh_that_fails_after_the_read_marks_the_source_down(tree):
     refresher = Refresher(source, Inspector(), interval=3600)
     refresher.refresh()
     good = refresher.current()
-    assert good.ready and good.snapshot.source_up
+    assert good.ready and good.served.status.source_up
     source.broken = True
     refresher.refresh()
     down = refresher.current()
-    assert not down.snapshot.source_up and down.ready
-    assert down.snapshot.errors_total["refresh_error"] == 1
-    assert set(down.snapshot.inventory.devices) == set(good.snapshot.inventory.devices)  # the old devices
-    assert b'passthrough_source_up{source="sysfs"} 0.0' in down.metrics
-    assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in down.metrics
+    assert not down.served.status.source_up and down.ready
+    assert down.served.status.errors_total["refresh_error"] == 1
+    assert down.served.table.names == good.served.table.names  # the old devices
+    assert b'passthrough_source_up{source="sysfs"} 0.0' in down.served.metrics
+    assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in down.served.metrics
     source.broken = False
     refresher.refresh()
-    assert refresher.current().snapshot.source_up
+    assert refresher.current().served.status.source_up
 
 
 def test_a_recurring_warning_is_logged_when_it_starts(tree):
@@ -120,7 +120,7 @@ def test_a_recurring_warning_is_logged_when_it_starts(tree):
         refresher.refresh()
         refresher.refresh()
         assert stream.getvalue().count("attribute numa_node skipped") == 2  # back: told again, once
-        assert refresher.current().snapshot.errors_total["bad_attribute"] == 5  # but every one counted
+        assert refresher.current().served.status.errors_total["bad_attribute"] == 5  # but every one counted
     finally:
         root.removeHandler(handler)
 

@@ -161,13 +161,13 @@ def test_stale_snapshot_is_refreshed_early_at_scrape(host):
         deadline = time.monotonic() + 5
         while not refresher.current().ready and time.monotonic() < deadline:
             time.sleep(0.02)
-        first = refresher.current().snapshot.finished_at
+        first = refresher.current().served.status.finished_at
         time.sleep(0.5)
         refresher.current()  # stale: wakes the refresher
         deadline = time.monotonic() + 5
-        while refresher.current().snapshot.finished_at == first and time.monotonic() < deadline:
+        while refresher.current().served.status.finished_at == first and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert refresher.current().snapshot.finished_at > first
+        assert refresher.current().served.status.finished_at > first
     finally:
         refresher.stop()
 
@@ -330,7 +330,7 @@ def test_refresher_thread_survives_an_unexpected_error(host):
         while not refresher.current().ready and time.monotonic() < deadline:
             time.sleep(0.02)
         assert refresher.current().ready and len(calls) >= 2
-        assert refresher.current().snapshot.errors_total.get("refresh_error") == 1
+        assert refresher.current().served.status.errors_total.get("refresh_error") == 1
     finally:
         refresher.stop()
 
@@ -416,13 +416,6 @@ def test_parallel_first_requests_share_one_render(host):
         httpd.shutdown()
 
 
-def test_device_lists_are_rendered_one_object_at_a_time_to_the_same_bytes():
-    from passthrough_exporter.server import _json, _json_list
-
-    for objects in ([], [{}], [{"a": [1, {"b": "x\ny"}], "c": None}], [{"k": "é\u2028"}, {"l": []}] * 3):
-        assert _json_list(iter(objects)) == _json(objects)
-
-
 def test_probes_reach_healthz_when_basic_auth_is_on(host):
     """The kubelet has no credentials: /healthz tells it whether the exporter is ready, nothing more."""
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4))
@@ -437,7 +430,7 @@ def test_probes_reach_healthz_when_basic_auth_is_on(host):
         resp, body = get(httpd, "/healthz")
         assert (resp.status, json.loads(body)) == (200, {"ready": True})
         resp, body = get(httpd, "/healthz", headers=auth)
-        assert resp.status == 200 and json.loads(body)["devices"] == len(refresher.current().snapshot.inventory)
+        assert resp.status == 200 and json.loads(body)["devices"] == refresher.current().served.devices
         for path in ("/metrics", "/api/devices", "/api/findings", "/"):
             assert get(httpd, path)[0].status == 401
     finally:
