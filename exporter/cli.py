@@ -193,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from . import server, webconfig
-    from .refresher import Refresher
+    from .worker import WorkerRefresher
 
     try:
         address = server.parse_listen_address(args.listen_address)
@@ -201,18 +201,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, webconfig.WebConfigError) as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return 1
-    # Bad options (policy, plugins, metric types) stop us before the source opens.
-    inspector, options = inspector_from(args), metric_options(args)
-    source = open_source(args)
-    refresher = Refresher(source, inspector, args.refresh_interval, options)
+    # Bad options (policy, plugins, metric types) stop us before the worker starts; a source that
+    # cannot be opened stops it (SourceError, told by main) before we listen.
+    inspector_from(args)
+    options = metric_options(args)
+    refresher = WorkerRefresher(args.argv, args.source, args.refresh_interval, options)
+    refresher.start_worker()
     try:
         httpd = server.serve(address, refresher, web)
     except OSError as exc:
+        refresher.stop()
         print(f"passthrough-exporter: cannot listen on {args.listen_address}: {exc.strerror}", file=sys.stderr)
         return 1
     refresher.start()
     log.info("listening on %s:%d (%s, at most %d connections), source %s, refresh every %gs", address[0],
-             httpd.server_address[1], "https" if web.ssl_context else "http", httpd.bound, source.name,
+             httpd.server_address[1], "https" if web.ssl_context else "http", httpd.bound, args.source,
              args.refresh_interval)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -221,7 +224,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("shutting down")
     httpd.shutdown()
     refresher.stop()
-    source.close()
     return 0
 
 
@@ -401,16 +403,24 @@ def _early_plugin_manager(argv: Sequence[str] | None) -> tuple[pluggy.PluginMana
     return make_plugin_manager(known.plugins, known.disabled_plugins), known.plugins, known.disabled_plugins
 
 
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed arguments, with the plugin manager that added its options, and logging set up.
+    ConfigError when a plugin cannot be loaded; a usage error exits, as argparse does."""
+    pm, _, _ = _early_plugin_manager(argv)
+    args = build_parser(pm).parse_args(argv)
+    args.plugin_manager = pm
+    args.argv = list(argv)  # serve's refresh worker parses the same command line
+    logs.setup(args.log_level)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        pm, _, _ = _early_plugin_manager(argv)
+        args = parse_command_line(argv)
     except ConfigError as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return 1
-    args = build_parser(pm).parse_args(argv)
-    args.plugin_manager = pm
-    logs.setup(args.log_level)
     try:
         return args.func(args)
     except (SourceError, ConfigError) as exc:

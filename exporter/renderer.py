@@ -12,7 +12,7 @@ from .served import DeviceTable, Served
 from .snapshot import Snapshot
 
 EMPTY_TABLE = DeviceTable((), (), b"", b"", b"", array("q"), array("i"), array("q"), array("i"), array("q"),
-                          array("i"))
+                          array("i"), {})
 
 
 def render_served(snap: Snapshot, options: MetricOptions) -> Served:
@@ -50,15 +50,15 @@ def device_table(snap: Snapshot) -> DeviceTable:
             number = shared_ids.get(id(aff.shared))
             if number is None:
                 number = shared_ids[id(aff.shared)] = len(shared_ids)
-                shared_items.extend([index[n] for n in aff.shared])
+                shared_items.extend(sorted([index[n] for n in aff.shared]))  # not the set's order: it varies
                 shared_ends.append(len(shared_items))
             shared_of.append(number)
         if aff is not None and aff.own:
-            own_items.extend([index[n] for n in aff.own])
+            own_items.extend(sorted([index[n] for n in aff.own]))
         own_ends.append(len(own_items))
     return DeviceTable(
         names,
         tuple(dev.type for dev in snap.inventory),
         bytes([verdicts[n].eligible for n in names]),
         bytes([states.get(n) == "available" for n in names]),
-        b"".join(texts), ends, shared_of, shared_ends, shared_items, own_ends, own_items)
+        b"".join(texts), ends, shared_of, shared_ends, shared_items, own_ends, own_items, index)

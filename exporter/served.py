@@ -43,10 +43,7 @@ class DeviceTable:
     shared_items: array  # 'i'
     own_ends: array  # 'q': device i's own extras are own_items[own_ends[i-1]:own_ends[i]]
     own_items: array  # 'i'
-    index: dict[str, int] = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "index", {name: i for i, name in enumerate(self.names)})
+    index: dict[str, int] = field(compare=False, repr=False)  # name -> its position in `names`
 
     def __len__(self) -> int:
         return len(self.names)
@@ -130,5 +127,5 @@ class Served:
          shared_items, own_ends, own_items) = pickle.loads(header)  # noqa: S301 - from our own worker
         metrics, metrics_gzip, findings, page, text = blobs
         table = DeviceTable(names, types, eligible, available, text, ends, shared_of, shared_ends,
-                            shared_items, own_ends, own_items)
+                            shared_items, own_ends, own_items, {name: i for i, name in enumerate(names)})
         return cls(status, devices, metrics, status_at, metrics_gzip, findings, page, table)

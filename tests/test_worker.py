@@ -1,0 +1,170 @@
+"""serve's refresh worker: a real child process, killed, stuck and failing as a real one would be."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import hosts
+import pytest
+from helpers import EXE, free_port
+
+from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.metrics import MetricOptions
+from passthrough_exporter.refresher import Refresher
+from passthrough_exporter.sources import SourceError
+from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.worker import WorkerRefresher
+
+
+def _argv(tree, *extra: str) -> list[str]:
+    return ["serve", "--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc), "--path.pci-ids", "none",
+            *extra]
+
+
+@pytest.fixture
+def worker_refresher(host):
+    refresher = WorkerRefresher(_argv(host), "sysfs", interval=3600)
+    refresher.start_worker()
+    yield refresher
+    refresher.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has left already
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_worker_serves_what_the_process_itself_would(worker_refresher, host):
+    assert worker_refresher._proc.pid != os.getpid()
+    worker_refresher.refresh()
+    got = worker_refresher.current()
+    local = Refresher(SysfsSource(str(host.sys), str(host.proc)), Inspector(), 3600, MetricOptions())
+    local.refresh()
+    want = local.current()
+    assert got.ready and got.served.status.source_up
+    assert got.served.table == want.served.table
+    assert (got.served.findings, got.served.page) == (want.served.findings, want.served.page)
+    # The same exposition up to the status families, whose duration and timestamp differ.
+    assert got.served.metrics[:got.served.status_at] == want.served.metrics[:want.served.status_at]
+    assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in got.served.metrics
+
+
+def test_a_worker_killed_while_idle_is_replaced_at_the_next_refresh(worker_refresher, caplog):
+    worker_refresher.refresh()
+    first = worker_refresher._proc.pid
+    os.kill(first, signal.SIGKILL)
+    worker_refresher._proc.wait(10)
+    worker_refresher.refresh()
+    assert worker_refresher._proc.pid != first
+    assert worker_refresher.current().served.status.source_up
+    assert worker_refresher.errors_total.get("refresh_error", 0) == 0  # no refresh failed
+    assert "the refresh worker had exited (killed by SIGKILL) since the last refresh" in caplog.text
+
+
+KILLER = textwrap.dedent('''
+    """Kills the process it runs in while judging, when the file named by $KILL_MARKER exists."""
+    import os
+    import signal
+
+    from passthrough_exporter import hookimpl
+
+    @hookimpl
+    def passthrough_verdict(device):
+        if os.path.exists(os.environ["KILL_MARKER"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+def test_a_worker_that_dies_in_a_refresh_fails_that_refresh_only(host, tmp_path, monkeypatch):
+    (tmp_path / "killer_rules.py").write_text(KILLER)
+    marker = tmp_path / "kill-now"
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("KILL_MARKER", str(marker))
+    refresher = WorkerRefresher(_argv(host, "--plugin", "killer_rules"), "sysfs", interval=3600)
+    refresher.start_worker()
+    try:
+        refresher.refresh()
+        good = refresher.current()
+        marker.touch()
+        refresher.refresh()
+        down = refresher.current()
+        assert down.ready and not down.served.status.source_up
+        assert down.served.table is good.served.table  # the previous devices, still served
+        assert b'passthrough_source_up{source="sysfs"} 0.0' in down.served.metrics
+        assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in down.served.metrics
+        marker.unlink()
+        refresher.refresh()
+        assert refresher.current().served.status.source_up
+        assert refresher.errors_total["refresh_error"] == 1
+    finally:
+        refresher.stop()
+
+
+def test_a_source_that_cannot_be_read_is_a_source_error(tree):
+    hosts.base(tree)
+    refresher = WorkerRefresher(_argv(tree), "sysfs", interval=3600)
+    refresher.start_worker()
+    try:
+        refresher.refresh()
+        assert refresher.current().served.status.source_up
+        os.rename(tree.sys, tree.sys.with_name("gone"))
+        refresher.refresh()
+        assert not refresher.current().served.status.source_up
+        assert refresher.errors_total == {"source_error": 1}
+    finally:
+        refresher.stop()
+
+
+def test_a_worker_that_cannot_start_says_why(tree):
+    """What the child cannot load (here a plugin only the parent's path had) is the start's error."""
+    hosts.base(tree)
+    refresher = WorkerRefresher(_argv(tree, "--plugin", "no_such_rules_module"), "sysfs", interval=3600)
+    with pytest.raises(SourceError) as err:
+        refresher.start_worker()
+    assert str(err.value) == ("--plugin no_such_rules_module: cannot import module: "
+                              "ModuleNotFoundError: No module named 'no_such_rules_module'")
+    assert refresher._proc.wait(10) == 1
+
+
+def test_the_worker_leaves_with_the_server(host):
+    """Stopped, or killed outright: the child never outlives `serve`."""
+    port = free_port()
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen([EXE, *_argv(host, "--web.listen-address", f"127.0.0.1:{port}")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert len(children) == 1
+            child = int(children[0])
+            assert "passthrough_exporter.worker_process" in Path(f"/proc/{child}/cmdline").read_text()
+            proc.send_signal(how)
+            proc.wait(30)
+            deadline = time.monotonic() + 10
+            while _alive(child) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(child), how
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
