@@ -9,13 +9,18 @@ next refresh starts a new child.
 
 The child is a fresh interpreter (`python -m passthrough_exporter.worker_process FD ARGS...`: not a fork
 of a threaded server) given the command line `serve` got, so it loads the same plugins, options and
-source. It answers each request with one refresh, over a socket pair: a small pickled header, then
-the large buffers as they are. It ends when the server closes its end, or dies.
+source. It answers each request with one refresh, over a socket pair: a small pickled header, and a
+sealed memory file holding the large buffers (the exposition, the page, the device objects), which
+the server maps read-only: nothing is copied through the socket or under the server's interpreter
+lock, and a page of it costs the server memory only once a client asks for it. The child ends
+when the server closes its end, or dies.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import signal
 import socket
 import subprocess
@@ -42,16 +47,18 @@ class WorkerRefresher(RefreshLoop):
         self.argv = list(argv)
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
         super().__init__(source_name, interval, options)
 
     def start_worker(self) -> None:
         """Start the child and wait until it has its source open; SourceError with its words if it cannot."""
         ours, theirs = socket.socketpair()
-        with ours, theirs:
+        with theirs:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "passthrough_exporter.worker_process", str(theirs.fileno()), *self.argv],
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
-            self._conn = Connection(ours.detach())
+        self._sock = ours  # receives the buffers' descriptor
+        self._conn = Connection(os.dup(ours.fileno()))  # the messages
         try:
             hello = self._receive(START_TIMEOUT, "start")
         except (OSError, EOFError, TimeoutError) as exc:
@@ -83,8 +90,8 @@ class WorkerRefresher(RefreshLoop):
             answer = self._receive(REFRESH_TIMEOUT, "finish a refresh")
             if answer[0] == "failed":
                 return Failed(answer[1], answer[2])
-            _, errors, header, count = answer
-            return Built(Served.from_wire(header, [conn.recv_bytes() for _ in range(count)]), errors)
+            _, errors, header, sizes = answer
+            return Built(Served.from_wire(header, self._map_buffers(sizes)), errors)
         except SourceError as exc:
             return Failed("source_error", str(exc))
         except (OSError, EOFError, TimeoutError) as exc:  # the child died or hangs: a new one next time
@@ -94,10 +101,33 @@ class WorkerRefresher(RefreshLoop):
             why = str(exc) if isinstance(exc, TimeoutError) else f"the refresh worker exited ({_exit_text(code)})"
             return Failed("refresh_error", why)
 
+    def _map_buffers(self, sizes: list[int]) -> list[memoryview]:
+        """The buffers of one refresh, mapped read-only from the child's memory file: nothing is
+        copied, and no page costs the server memory until a client asks for it."""
+        assert self._sock is not None
+        _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
+        if len(fds) != 1:
+            raise EOFError("the refresh worker sent no buffers")
+        try:
+            total = sum(sizes)
+            if os.fstat(fds[0]).st_size < total:
+                raise EOFError("the refresh worker's buffers are short")
+            view = memoryview(mmap.mmap(fds[0], total, prot=mmap.PROT_READ) if total else b"")
+        finally:
+            os.close(fds[0])
+        out, start = [], 0
+        for size in sizes:
+            out.append(view[start:start + size])
+            start += size
+        return out
+
     def _stop_worker(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         proc = self._proc
         if proc is not None and proc.poll() is None:
             try:

@@ -2,12 +2,15 @@
 
 Parses the command line `serve` got, opens the same source with the same plugins and options, says
 it is ready, then answers each request on the socket FD with one refresh: a small pickled header,
-then the large buffers as they are.
+then the descriptor of a sealed memory file holding the large buffers, which the server maps.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +29,8 @@ def main(argv: Sequence[str]) -> int:
     # Ctrl-C reaches the whole process group: the server decides, and the child leaves when the
     # server closes the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(int(argv[0]))
+    sock = socket.socket(fileno=int(argv[0]))
+    conn = Connection(os.dup(sock.fileno()))  # messages; `sock` itself passes the buffers' descriptor
     try:
         args = parse_command_line(argv[1:])
         inspector, options = inspector_from(args), metric_options(args)
@@ -51,14 +55,33 @@ def main(argv: Sequence[str]) -> int:
                     conn.send(("failed", outcome.kind, outcome.why))
                     continue
                 header, blobs = outcome.served.to_wire()
-                conn.send(("built", outcome.errors, header, len(blobs)))
-                for blob in blobs:
-                    conn.send_bytes(blob)
+                fd = buffers_file(blobs)
+                try:
+                    conn.send(("built", outcome.errors, header, [len(b) for b in blobs]))
+                    socket.send_fds(sock, [b"\0"], [fd])
+                finally:
+                    os.close(fd)
                 del outcome, header, blobs  # the next refresh is built without this one
     except (BrokenPipeError, ConnectionResetError):  # the server is gone
         return 0
     finally:
         source.close()
+
+
+def buffers_file(blobs: Sequence[bytes]) -> int:
+    """A memory file holding `blobs` one after another, sealed (it can no longer change or shrink,
+    so the server can map it safely): the server maps it instead of copying it through the socket."""
+    fd = os.memfd_create("passthrough-served", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            for blob in blobs:
+                f.write(blob)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_the_worker_serves_what_the_process_itself_would(worker_refresher, host)
     assert (got.served.findings, got.served.page) == (want.served.findings, want.served.page)
     # The same exposition up to the status families, whose duration and timestamp differ.
     assert got.served.metrics[:got.served.status_at] == want.served.metrics[:want.served.status_at]
-    assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in got.served.metrics
+    assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in bytes(got.served.metrics)
 
 
 def test_a_worker_killed_while_idle_is_replaced_at_the_next_refresh(worker_refresher, caplog):
@@ -100,8 +100,8 @@ def test_a_worker_that_dies_in_a_refresh_fails_that_refresh_only(host, tmp_path,
         down = refresher.current()
         assert down.ready and not down.served.status.source_up
         assert down.served.table is good.served.table  # the previous devices, still served
-        assert b'passthrough_source_up{source="sysfs"} 0.0' in down.served.metrics
-        assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in down.served.metrics
+        assert b'passthrough_source_up{source="sysfs"} 0.0' in bytes(down.served.metrics)
+        assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in bytes(down.served.metrics)
         marker.unlink()
         refresher.refresh()
         assert refresher.current().served.status.source_up
