@@ -32,17 +32,14 @@ def device_table(snap: Snapshot) -> DeviceTable:
     names = tuple(snap.inventory.devices)
     index = {name: i for i, name in enumerate(names)}
     verdicts, states, affected = snap.verdicts, snap.states, snap.affected
-    texts: list[bytes] = []
+    text = bytearray()  # one growing buffer: a list of the objects and its join would hold them twice
     ends, shared_of, shared_ends, shared_items = array("q"), array("i"), array("q"), array("i")
     own_ends, own_items = array("q"), array("i")
     shared_ids: dict[int, int] = {}  # id of a shared frozenset (alive in the snapshot) -> its number
-    end = 0
     item = jsonout.array_item
     for name in names:
-        text = item(snap.device_object(name)).encode()
-        texts.append(text)
-        end += len(text)
-        ends.append(end)
+        text += item(snap.device_object(name)).encode()
+        ends.append(len(text))
         aff = affected.get(name)
         if aff is None or not aff.shared:
             shared_of.append(-1)
@@ -61,4 +58,4 @@ def device_table(snap: Snapshot) -> DeviceTable:
         tuple(dev.type for dev in snap.inventory),
         bytes([verdicts[n].eligible for n in names]),
         bytes([states.get(n) == "available" for n in names]),
-        b"".join(texts), ends, shared_of, shared_ends, shared_items, own_ends, own_items, index)
+        text, ends, shared_of, shared_ends, shared_items, own_ends, own_items, index)
