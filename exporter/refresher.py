@@ -119,6 +119,8 @@ class RefreshLoop:
         self._last_attempt = time.monotonic()
         logs.REPEATS.next_refresh()
         outcome = self._build(dict(self._errors_total))
+        if self._stop.is_set():  # stopped meanwhile (the worker's end was closed): nothing to tell
+            return
         if isinstance(outcome, Failed):
             self._fail(outcome.kind, outcome.why)
             return

@@ -18,6 +18,7 @@ when the server closes its end, or dies.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
@@ -95,6 +96,8 @@ class WorkerRefresher(RefreshLoop):
         except SourceError as exc:
             return Failed("source_error", str(exc))
         except (OSError, EOFError, TimeoutError) as exc:  # the child died or hangs: a new one next time
+            if self._stop.is_set():  # stop() closed the socket: it ends the child itself
+                return Failed("refresh_error", "stopped")
             self._stop_worker()
             code = self._proc.returncode if self._proc is not None else None
             self._proc = None  # told here: the next refresh starts another without a second line
@@ -110,6 +113,9 @@ class WorkerRefresher(RefreshLoop):
             raise EOFError("the refresh worker sent no buffers")
         try:
             total = sum(sizes)
+            # Sealed, so it cannot shrink under the mapping (a read past its end would kill the server).
+            if not fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+                raise EOFError("the refresh worker's buffers are not sealed")
             if os.fstat(fds[0]).st_size < total:
                 raise EOFError("the refresh worker's buffers are short")
             view = memoryview(mmap.mmap(fds[0], total, prot=mmap.PROT_READ) if total else b"")
@@ -121,7 +127,7 @@ class WorkerRefresher(RefreshLoop):
             start += size
         return out
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self, grace: float = 5.0) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -131,14 +137,21 @@ class WorkerRefresher(RefreshLoop):
         proc = self._proc
         if proc is not None and proc.poll() is None:
             try:
-                proc.wait(timeout=5)  # it leaves when its end of the socket closes
+                proc.wait(timeout=grace)  # it leaves when its end of the socket closes, between refreshes
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
 
     def stop(self) -> None:
+        """Stop refreshing and end the child, even in the middle of a refresh."""
+        self._stop.set()
+        if self._sock is not None:
+            try:  # wakes the refresher thread if it waits for the child; the child sees the end too
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         super().stop()
-        self._stop_worker()
+        self._stop_worker(grace=1.0)  # then killed: what it was refreshing is not wanted any more
 
 
 def _exit_text(code: int | None) -> str:

@@ -110,6 +110,43 @@ def test_a_worker_that_dies_in_a_refresh_fails_that_refresh_only(host, tmp_path,
         refresher.stop()
 
 
+SLEEPER = textwrap.dedent('''
+    """Takes a minute to judge once the file named by $SLEEP_MARKER exists; says so in $SLEEPING."""
+    import os
+    import time
+    from pathlib import Path
+
+    from passthrough_exporter import hookimpl
+
+    @hookimpl
+    def passthrough_verdict(device):
+        if os.path.exists(os.environ["SLEEP_MARKER"]):
+            Path(os.environ["SLEEPING"]).touch()
+            time.sleep(60)
+''')
+
+
+def test_stopping_in_the_middle_of_a_refresh_ends_the_child_at_once(host, tmp_path, monkeypatch, caplog):
+    (tmp_path / "sleeper_rules.py").write_text(SLEEPER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("SLEEP_MARKER", str(tmp_path / "sleep"))
+    monkeypatch.setenv("SLEEPING", str(tmp_path / "sleeping"))
+    refresher = WorkerRefresher(_argv(host, "--plugin", "sleeper_rules"), "sysfs", interval=3600)
+    refresher.start_worker()
+    child = refresher._proc
+    (tmp_path / "sleep").touch()
+    refresher.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "sleeping").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    refresher.stop()
+    assert time.monotonic() - started < 5  # not the minute the refresh would take
+    assert child.poll() is not None and not refresher._thread.is_alive()
+    assert "failed" not in caplog.text  # stopping is not a failed refresh
+
+
 def test_a_source_that_cannot_be_read_is_a_source_error(tree):
     hosts.base(tree)
     refresher = WorkerRefresher(_argv(tree), "sysfs", interval=3600)
