@@ -109,8 +109,7 @@ class RefreshLoop:
         if not self._refresh_lock.acquire(blocking=False):
             return False
         try:
-            with gc_paused():
-                self._refresh()
+            self._refresh()
         finally:
             self._refresh_lock.release()
         return True
@@ -172,4 +171,5 @@ class Refresher(RefreshLoop):
         super().__init__(source.name, interval, options)
 
     def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
-        return build_once(self.source, self.inspector, self.options, errors_total, self._last_attempt)
+        with gc_paused():
+            return build_once(self.source, self.inspector, self.options, errors_total, self._last_attempt)

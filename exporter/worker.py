@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 
@@ -37,7 +38,26 @@ from .sources import SourceError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0  # seconds for a new child to load its plugins and open its source
-REFRESH_TIMEOUT = 600.0  # a refresh that takes longer is stuck (a hung libvirtd): the child is replaced
+
+
+class _Watchdog:
+    """Kills the child if one exchange with it takes longer than `timeout`: every read then ends."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float) -> None:
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._fire, (proc,))
+        self._timer.daemon = True
+
+    def _fire(self, proc: subprocess.Popen) -> None:
+        self.fired = True
+        proc.kill()
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 class WorkerRefresher(RefreshLoop):
@@ -49,33 +69,42 @@ class WorkerRefresher(RefreshLoop):
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._sock: socket.socket | None = None
+        # The child and its socket: replaced by the refresher thread, shut down by stop().
+        self._state = threading.Lock()
         super().__init__(source_name, interval, options)
+        # A refresh that takes longer is stuck (a hung libvirtd): the child is replaced, the refresh
+        # counted as failed. Generous for a 20,000-device host (seconds), short of hiding for long.
+        self.refresh_timeout = max(60.0, min(600.0, 3 * self.interval))
 
     def start_worker(self) -> None:
         """Start the child and wait until it has its source open; SourceError with its words if it cannot."""
         ours, theirs = socket.socketpair()
         with theirs:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "passthrough_exporter.worker_process", str(theirs.fileno()), *self.argv],
-                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
-        self._sock = ours  # receives the buffers' descriptor
-        self._conn = Connection(os.dup(ours.fileno()))  # the messages
+            # -P: the server's working directory is not put on the child's module path.
+            proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "passthrough_exporter.worker_process", str(theirs.fileno()),
+                 *self.argv], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+        with self._state:
+            self._proc, self._sock, self._conn = proc, ours, Connection(os.dup(ours.fileno()))
+            if self._stop.is_set():  # stop() came first: the hello below ends at once
+                ours.shutdown(socket.SHUT_RDWR)
+        why = None
         try:
-            hello = self._receive(START_TIMEOUT, "start")
-        except (OSError, EOFError, TimeoutError) as exc:
+            with _Watchdog(proc, START_TIMEOUT) as watch:
+                hello = self._conn.recv()
+            if hello[0] != "ready":
+                why = hello[1]
+        except Exception as exc:  # noqa: BLE001 - whatever it was, this child is no good
+            try:
+                code = proc.wait(5) if watch.fired or isinstance(exc, EOFError) else None
+            except subprocess.TimeoutExpired:
+                code = None
+            why = (f"the refresh worker did not start within {START_TIMEOUT:g}s" if watch.fired
+                   else f"the refresh worker did not start ({_exit_text(code) if code is not None else exc})")
+        if why is not None:
             self._stop_worker()
-            raise SourceError(f"the refresh worker did not start: {str(exc) or _exit_text(self._proc.returncode)}"
-                              ) from None
-        if hello[0] != "ready":
-            self._stop_worker()
-            raise SourceError(hello[1])
-
-    def _receive(self, timeout: float, what: str) -> tuple:
-        conn = self._conn
-        assert conn is not None
-        if not conn.poll(timeout):
-            raise TimeoutError(f"the refresh worker did not {what} within {timeout:g}s")
-        return conn.recv()
+            self._proc = None
+            raise SourceError(why)
 
     def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
         try:
@@ -85,56 +114,66 @@ class WorkerRefresher(RefreshLoop):
                                 _exit_text(self._proc.returncode))
                 self._stop_worker()
                 self.start_worker()
-            conn = self._conn
-            assert conn is not None
-            conn.send(("refresh", dict(errors_total)))
-            answer = self._receive(REFRESH_TIMEOUT, "finish a refresh")
-            if answer[0] == "failed":
-                return Failed(answer[1], answer[2])
-            _, errors, header, sizes = answer
-            return Built(Served.from_wire(header, self._map_buffers(sizes)), errors)
         except SourceError as exc:
             return Failed("source_error", str(exc))
-        except (OSError, EOFError, TimeoutError) as exc:  # the child died or hangs: a new one next time
-            if self._stop.is_set():  # stop() closed the socket: it ends the child itself
+        proc, conn = self._proc, self._conn
+        assert proc is not None and conn is not None
+        watch = _Watchdog(proc, self.refresh_timeout)
+        try:
+            with watch:
+                conn.send(("refresh", dict(errors_total)))
+                answer = conn.recv()
+                if answer[0] == "failed":
+                    return Failed(answer[1], answer[2])
+                _, errors, header, sizes = answer
+                return Built(Served.from_wire(header, self._map_buffers(sizes)), errors)
+        except Exception as exc:  # noqa: BLE001 - died, hung, or out of step: never reused
+            if self._stop.is_set():  # stop() shut the socket: it ends the child itself
                 return Failed("refresh_error", "stopped")
             self._stop_worker()
-            code = self._proc.returncode if self._proc is not None else None
             self._proc = None  # told here: the next refresh starts another without a second line
-            why = str(exc) if isinstance(exc, TimeoutError) else f"the refresh worker exited ({_exit_text(code)})"
+            if watch.fired:
+                why = f"the refresh worker did not finish within {self.refresh_timeout:g}s and was killed"
+            elif isinstance(exc, (EOFError, OSError)):
+                why = f"the refresh worker exited ({_exit_text(proc.returncode)})"
+            else:
+                why = f"the refresh worker's answer could not be read: {type(exc).__name__}: {exc}"
             return Failed("refresh_error", why)
 
-    def _map_buffers(self, sizes: list[int]) -> list[memoryview]:
-        """The buffers of one refresh, mapped read-only from the child's memory file: nothing is
-        copied, and no page costs the server memory until a client asks for it."""
+    def _map_buffers(self, sizes: list[int]) -> list[bytes | memoryview]:
+        """The buffers of one refresh, from the child's two sealed memory files. The first (the
+        exposition, its gzip, the findings, the page) is copied out and let go: a client still
+        sending an old exposition then holds those bytes, not a mapping and its descriptor. The
+        second, every device's JSON object, stays mapped read-only with the table: none of its
+        pages costs the server memory until a client asks for device objects."""
         assert self._sock is not None
-        _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
-        if len(fds) != 1:
-            raise EOFError("the refresh worker sent no buffers")
+        _, fds, flags, _ = socket.recv_fds(self._sock, 1, 2)
         try:
-            total = sum(sizes)
-            # Sealed, so it cannot shrink under the mapping (a read past its end would kill the server).
-            if not fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
-                raise EOFError("the refresh worker's buffers are not sealed")
-            if os.fstat(fds[0]).st_size < total:
-                raise EOFError("the refresh worker's buffers are short")
-            view = memoryview(mmap.mmap(fds[0], total, prot=mmap.PROT_READ) if total else b"")
+            if flags & socket.MSG_CTRUNC or len(fds) != 2:
+                raise EOFError("the refresh worker's memory files did not arrive (out of descriptors?)")
+            small, text = _mapped(fds[0], sum(sizes[:-1])), _mapped(fds[1], sizes[-1])
+            if small is None:
+                raise EOFError("the refresh worker sent no exposition")
         finally:
-            os.close(fds[0])
-        out, start = [], 0
-        for size in sizes:
-            out.append(view[start:start + size])
+            for fd in fds:
+                os.close(fd)
+        out: list[bytes | memoryview] = []
+        start = 0
+        for size in sizes[:-1]:
+            out.append(small[start:start + size])
             start += size
+        small.close()
+        out.append(memoryview(text) if text is not None else b"")
         return out
 
     def _stop_worker(self, grace: float = 5.0) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        proc = self._proc
+        with self._state:
+            conn, sock, proc = self._conn, self._sock, self._proc
+            self._conn = self._sock = None
+        if conn is not None:
+            conn.close()
+        if sock is not None:
+            sock.close()
         if proc is not None and proc.poll() is None:
             try:
                 proc.wait(timeout=grace)  # it leaves when its end of the socket closes, between refreshes
@@ -144,14 +183,32 @@ class WorkerRefresher(RefreshLoop):
 
     def stop(self) -> None:
         """Stop refreshing and end the child, even in the middle of a refresh."""
-        self._stop.set()
-        if self._sock is not None:
-            try:  # wakes the refresher thread if it waits for the child; the child sees the end too
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        with self._state:
+            self._stop.set()
+            if self._sock is not None:
+                try:  # wakes the refresher thread if it waits for the child; the child sees the end too
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         super().stop()
-        self._stop_worker(grace=1.0)  # then killed: what it was refreshing is not wanted any more
+        thread = self._thread
+        if thread is not None and thread.is_alive():  # still in an exchange: end it from the child's side
+            proc = self._proc
+            if proc is not None:
+                proc.kill()
+            thread.join(5)
+        if thread is None or not thread.is_alive():  # never close what the thread may still read
+            self._stop_worker(grace=1.0)  # then killed: what it was refreshing is not wanted any more
+
+
+def _mapped(fd: int, size: int) -> mmap.mmap | None:
+    """A read-only mapping of `size` bytes of a sealed memory file (sealed: it cannot shrink under
+    the mapping, where a read past its end would kill the server)."""
+    if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+        raise EOFError("the refresh worker's memory file is not sealed")
+    if os.fstat(fd).st_size < size:
+        raise EOFError("the refresh worker's memory file is short")
+    return mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None  # nothing to map
 
 
 def _exit_text(code: int | None) -> str:

@@ -2,7 +2,7 @@
 
 Parses the command line `serve` got, opens the same source with the same plugins and options, says
 it is ready, then answers each request on the socket FD with one refresh: a small pickled header,
-then the descriptor of a sealed memory file holding the large buffers, which the server maps.
+then the descriptors of two sealed memory files holding the large buffers, which the server maps.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from .sources import SourceError
 
 def main(argv: Sequence[str]) -> int:
     """The child: `FD ARGS...`, FD its end of the socket pair, ARGS the server's command line."""
-    # Ctrl-C reaches the whole process group: the server decides, and the child leaves when the
-    # server closes the socket.
+    # Ctrl-C, and systemd's SIGTERM to the whole unit, reach the child too: the server decides. It
+    # ends the child by closing the socket (then kills it, if it is in the middle of a refresh).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     conn = Connection(os.dup(sock.fileno()))  # messages; `sock` itself passes the buffers' descriptor
     try:
@@ -54,13 +55,23 @@ def main(argv: Sequence[str]) -> int:
                 if isinstance(outcome, Failed):
                     conn.send(("failed", outcome.kind, outcome.why))
                     continue
-                header, blobs = outcome.served.to_wire()
-                fd = buffers_file(blobs)
+                fds: list[int] = []
+                try:
+                    header, blobs = outcome.served.to_wire()
+                    # Two files: the server copies the first out and lets it go, and maps the second.
+                    fds.append(buffers_file(blobs[:-1]))
+                    fds.append(buffers_file(blobs[-1:]))
+                except (OSError, MemoryError) as exc:  # no memory for the files: this refresh fails
+                    for fd in fds:
+                        os.close(fd)
+                    conn.send(("failed", "refresh_error", f"cannot hand the refresh over: {exc}"))
+                    continue
                 try:
                     conn.send(("built", outcome.errors, header, [len(b) for b in blobs]))
-                    socket.send_fds(sock, [b"\0"], [fd])
+                    socket.send_fds(sock, [b"\0"], fds)
                 finally:
-                    os.close(fd)
+                    for fd in fds:
+                        os.close(fd)
                 del outcome, header, blobs  # the next refresh is built without this one
     except (BrokenPipeError, ConnectionResetError):  # the server is gone
         return 0

@@ -147,6 +147,33 @@ def test_stopping_in_the_middle_of_a_refresh_ends_the_child_at_once(host, tmp_pa
     assert "failed" not in caplog.text  # stopping is not a failed refresh
 
 
+def test_a_refresh_that_hangs_is_killed_and_counted(host, tmp_path, monkeypatch):
+    """A hung source (libvirtd not answering, say) must not keep an old answer up as if it were fresh."""
+    (tmp_path / "sleeper_rules.py").write_text(SLEEPER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("SLEEP_MARKER", str(tmp_path / "sleep"))
+    monkeypatch.setenv("SLEEPING", str(tmp_path / "sleeping"))
+    refresher = WorkerRefresher(_argv(host, "--plugin", "sleeper_rules"), "sysfs", interval=3600)
+    assert refresher.refresh_timeout == 600  # three intervals, at most ten minutes
+    refresher.refresh_timeout = 1.0
+    refresher.start_worker()
+    try:
+        refresher.refresh()
+        first = refresher._proc
+        (tmp_path / "sleep").touch()
+        started = time.monotonic()
+        refresher.refresh()
+        assert time.monotonic() - started < 8
+        assert first.poll() == -signal.SIGKILL
+        assert not refresher.current().served.status.source_up
+        assert refresher.errors_total == {"refresh_error": 1}
+        (tmp_path / "sleep").unlink()
+        refresher.refresh()  # a new child
+        assert refresher._proc is not first and refresher.current().served.status.source_up
+    finally:
+        refresher.stop()
+
+
 def test_a_source_that_cannot_be_read_is_a_source_error(tree):
     hosts.base(tree)
     refresher = WorkerRefresher(_argv(tree), "sysfs", interval=3600)
@@ -170,7 +197,7 @@ def test_a_worker_that_cannot_start_says_why(tree):
         refresher.start_worker()
     assert str(err.value) == ("--plugin no_such_rules_module: cannot import module: "
                               "ModuleNotFoundError: No module named 'no_such_rules_module'")
-    assert refresher._proc.wait(10) == 1
+    assert refresher._proc is None  # waited for and forgotten: the next refresh tries a new one
 
 
 def test_the_worker_leaves_with_the_server(host):
