@@ -59,6 +59,31 @@ def test_the_worker_serves_what_the_process_itself_would(worker_refresher, host)
     assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in bytes(got.served.metrics)
 
 
+def test_the_worker_reads_libvirt_as_the_process_itself_would(tree, tmp_path):
+    """libvirt's test driver, opened in the child: the same devices, assignments and bodies."""
+    pytest.importorskip("libvirt")
+    import libvirt_host
+
+    from passthrough_exporter.sources.libvirt import LibvirtSource
+
+    hosts.workstation(tree)
+    uri = libvirt_host.write_host(tree, tmp_path / "host.xml", domains=(
+        libvirt_host.domain("win11", libvirt_host.pci_hostdev("0000:01:00.0")),))
+    refresher = WorkerRefresher(_argv(tree, "--source", "libvirt", "--libvirt.uri", uri), "libvirt", interval=3600)
+    refresher.start_worker()
+    try:
+        refresher.refresh()
+        got = refresher.current().served
+    finally:
+        refresher.stop()
+    local = Refresher(LibvirtSource(uri, str(tree.sys), str(tree.proc)), Inspector(), 3600)
+    local.refresh()
+    assert got.status.source == "libvirt" and got.status.source_up
+    assert got.table == local.current().served.table
+    assert b'passthrough_device_assigned{device="pci_0000_01_00_0",domain="win11",running="true"} 1.0' \
+        in bytes(got.metrics)
+
+
 def test_a_worker_killed_while_idle_is_replaced_at_the_next_refresh(worker_refresher, caplog):
     worker_refresher.refresh()
     first = worker_refresher._proc.pid
