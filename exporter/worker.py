@@ -142,28 +142,28 @@ class WorkerRefresher(RefreshLoop):
 
     def _map_buffers(self, sizes: list[int]) -> list[bytes | memoryview]:
         """The buffers of one refresh, from the child's two sealed memory files. The first (the
-        exposition, its gzip, the findings, the page) is copied out and let go: a client still
-        sending an old exposition then holds those bytes, not a mapping and its descriptor. The
-        second, every device's JSON object, stays mapped read-only with the table: none of its
-        pages costs the server memory until a client asks for device objects."""
+        exposition, its gzip, the findings, the page) is read out with pread, which copies without
+        the interpreter lock, and let go: a client still sending an old exposition holds bytes, not
+        a mapping and its descriptor. The second, every device's JSON object, stays mapped
+        read-only with the table: none of its pages costs the server memory until a client asks."""
         assert self._sock is not None
         _, fds, flags, _ = socket.recv_fds(self._sock, 1, 2)
         try:
             if flags & socket.MSG_CTRUNC or len(fds) != 2:
                 raise EOFError("the refresh worker's memory files did not arrive (out of descriptors?)")
-            small, text = _mapped(fds[0], sum(sizes[:-1])), _mapped(fds[1], sizes[-1])
-            if small is None:
-                raise EOFError("the refresh worker sent no exposition")
+            _check_sealed(fds[0], sum(sizes[:-1]))
+            _check_sealed(fds[1], sizes[-1])
+            out: list[bytes | memoryview] = []
+            offset = 0
+            for size in sizes[:-1]:
+                out.append(os.pread(fds[0], size, offset))
+                if len(out[-1]) != size:
+                    raise EOFError("the refresh worker's memory file is short")
+                offset += size
+            out.append(memoryview(mmap.mmap(fds[1], sizes[-1], prot=mmap.PROT_READ)) if sizes[-1] else b"")
         finally:
             for fd in fds:
                 os.close(fd)
-        out: list[bytes | memoryview] = []
-        start = 0
-        for size in sizes[:-1]:
-            out.append(small[start:start + size])
-            start += size
-        small.close()
-        out.append(memoryview(text) if text is not None else b"")
         return out
 
     def _stop_worker(self, grace: float = 5.0) -> None:
@@ -201,14 +201,13 @@ class WorkerRefresher(RefreshLoop):
             self._stop_worker(grace=1.0)  # then killed: what it was refreshing is not wanted any more
 
 
-def _mapped(fd: int, size: int) -> mmap.mmap | None:
-    """A read-only mapping of `size` bytes of a sealed memory file (sealed: it cannot shrink under
-    the mapping, where a read past its end would kill the server)."""
+def _check_sealed(fd: int, size: int) -> None:
+    """A memory file that holds `size` bytes and can no longer shrink (under a mapping, a read past
+    its end would kill the server)."""
     if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
         raise EOFError("the refresh worker's memory file is not sealed")
     if os.fstat(fd).st_size < size:
         raise EOFError("the refresh worker's memory file is short")
-    return mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None  # nothing to map
 
 
 def _exit_text(code: int | None) -> str:
