@@ -4,7 +4,9 @@ A `Served` is made from a judged snapshot (`renderer.render_served`), in this pr
 refresh worker, and is all the HTTP server needs: the exposition, the host page, the findings, and a
 `DeviceTable` that answers every documented device query by stitching prerendered JSON objects. It
 holds a few large buffers and arrays rather than a million small objects, so it crosses from the
-worker as a few memory copies (`to_wire`/`from_wire`) and costs the server bytes, not objects.
+worker as a small header and a few buffers (`to_wire`/`from_wire`) and costs the server bytes, not
+objects. A buffer may be `bytes` or a read-only memoryview of a mapped file: both slice, join,
+compress and send alike.
 """
 
 from __future__ import annotations

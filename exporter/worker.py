@@ -9,11 +9,12 @@ next refresh starts a new child.
 
 The child is a fresh interpreter (`python -m passthrough_exporter.worker_process FD ARGS...`: not a fork
 of a threaded server) given the command line `serve` got, so it loads the same plugins, options and
-source. It answers each request with one refresh, over a socket pair: a small pickled header, and a
-sealed memory file holding the large buffers (the exposition, the page, the device objects), which
-the server maps read-only: nothing is copied through the socket or under the server's interpreter
-lock, and a page of it costs the server memory only once a client asks for it. The child ends
-when the server closes its end, or dies.
+source. It answers each request with one refresh, over a socket pair: a small pickled header, and
+two sealed memory files holding the large buffers. The server reads the first (the exposition, its
+gzip, the findings, the page) with pread, a copy made without its interpreter lock, and maps the
+second (every device's JSON object) read-only: a page of it costs the server memory only once a
+client asks for device objects. Any error while talking to the child ends that child; a watchdog
+bounds every exchange. The child ends when the server closes its end, or dies.
 """
 
 from __future__ import annotations
