@@ -206,7 +206,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     inspector_from(args)
     options = metric_options(args)
     refresher = WorkerRefresher(args.argv, args.source, args.refresh_interval, options)
-    refresher.start_worker()
+    try:
+        refresher.start_worker()
+    except OSError as exc:  # no descriptor or process left for it
+        print(f"passthrough-exporter: cannot start the refresh worker: {exc}", file=sys.stderr)
+        return 1
     try:
         httpd = server.serve(address, refresher, web)
     except OSError as exc:

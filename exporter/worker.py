@@ -42,15 +42,21 @@ START_TIMEOUT = 120.0  # seconds for a new child to load its plugins and open it
 
 
 class _Watchdog:
-    """Kills the child if one exchange with it takes longer than `timeout`: every read then ends."""
+    """Kills the child if one exchange with it takes longer than `timeout`: every read then ends.
+    Never once the exchange is over, however late the timer's thread runs."""
 
     def __init__(self, proc: subprocess.Popen, timeout: float) -> None:
         self.fired = False
+        self._done = False
+        self._lock = threading.Lock()
         self._timer = threading.Timer(timeout, self._fire, (proc,))
         self._timer.daemon = True
 
     def _fire(self, proc: subprocess.Popen) -> None:
-        self.fired = True
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
         proc.kill()
 
     def __enter__(self) -> _Watchdog:
@@ -58,6 +64,8 @@ class _Watchdog:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done = True
         self._timer.cancel()
 
 
@@ -79,7 +87,7 @@ class WorkerRefresher(RefreshLoop):
 
     def start_worker(self) -> None:
         """Start the child and wait until it has its source open; SourceError with its words if it cannot."""
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket.socketpair()  # OSError (out of descriptors, processes) is the caller's
         with theirs:
             # -P: the server's working directory is not put on the child's module path.
             proc = subprocess.Popen(
@@ -90,18 +98,14 @@ class WorkerRefresher(RefreshLoop):
             if self._stop.is_set():  # stop() came first: the hello below ends at once
                 ours.shutdown(socket.SHUT_RDWR)
         why = None
+        watch = _Watchdog(proc, START_TIMEOUT)
         try:
-            with _Watchdog(proc, START_TIMEOUT) as watch:
+            with watch:
                 hello = self._conn.recv()
             if hello[0] != "ready":
                 why = hello[1]
         except Exception as exc:  # noqa: BLE001 - whatever it was, this child is no good
-            try:
-                code = proc.wait(5) if watch.fired or isinstance(exc, EOFError) else None
-            except subprocess.TimeoutExpired:
-                code = None
-            why = (f"the refresh worker did not start within {START_TIMEOUT:g}s" if watch.fired
-                   else f"the refresh worker did not start ({_exit_text(code) if code is not None else exc})")
+            why = "the refresh worker did not start: " + _why(exc, proc, watch, START_TIMEOUT)
         if why is not None:
             self._stop_worker()
             self._proc = None
@@ -117,6 +121,9 @@ class WorkerRefresher(RefreshLoop):
                 self.start_worker()
         except SourceError as exc:
             return Failed("source_error", str(exc))
+        except OSError as exc:  # no descriptor or process left for it
+            self._proc = None
+            return Failed("refresh_error", f"cannot start the refresh worker: {exc}")
         proc, conn = self._proc, self._conn
         assert proc is not None and conn is not None
         watch = _Watchdog(proc, self.refresh_timeout)
@@ -127,18 +134,14 @@ class WorkerRefresher(RefreshLoop):
                 if answer[0] == "failed":
                     return Failed(answer[1], answer[2])
                 _, errors, header, sizes = answer
-                return Built(Served.from_wire(header, self._map_buffers(sizes)), errors)
+                buffers = self._map_buffers(sizes)
+            return Built(Served.from_wire(header, buffers), errors)
         except Exception as exc:  # noqa: BLE001 - died, hung, or out of step: never reused
             if self._stop.is_set():  # stop() shut the socket: it ends the child itself
                 return Failed("refresh_error", "stopped")
+            why = _why(exc, proc, watch, self.refresh_timeout)
             self._stop_worker()
             self._proc = None  # told here: the next refresh starts another without a second line
-            if watch.fired:
-                why = f"the refresh worker did not finish within {self.refresh_timeout:g}s and was killed"
-            elif isinstance(exc, (EOFError, OSError)):
-                why = f"the refresh worker exited ({_exit_text(proc.returncode)})"
-            else:
-                why = f"the refresh worker's answer could not be read: {type(exc).__name__}: {exc}"
             return Failed("refresh_error", why)
 
     def _map_buffers(self, sizes: list[int]) -> list[bytes | memoryview]:
@@ -151,7 +154,8 @@ class WorkerRefresher(RefreshLoop):
         _, fds, flags, _ = socket.recv_fds(self._sock, 1, 2)
         try:
             if flags & socket.MSG_CTRUNC or len(fds) != 2:
-                raise EOFError("the refresh worker's memory files did not arrive (out of descriptors?)")
+                # Our buffer has room for both: what truncates them is the server's descriptor limit.
+                raise EOFError("the refresh worker's memory files did not arrive: Too many open files")
             _check_sealed(fds[0], sum(sizes[:-1]))
             _check_sealed(fds[1], sizes[-1])
             out: list[bytes | memoryview] = []
@@ -209,6 +213,18 @@ def _check_sealed(fd: int, size: int) -> None:
         raise EOFError("the refresh worker's memory file is not sealed")
     if os.fstat(fd).st_size < size:
         raise EOFError("the refresh worker's memory file is short")
+
+
+def _why(exc: Exception, proc: subprocess.Popen, watch: _Watchdog, timeout: float) -> str:
+    """What went wrong in an exchange with the child, in its own words where it has some."""
+    if watch.fired:
+        return f"the refresh worker did not finish within {timeout:g}s and was killed"
+    if isinstance(exc, EOFError) and not str(exc):  # the child's end closed: it is exiting
+        try:
+            return f"the refresh worker exited ({_exit_text(proc.wait(2))})"
+        except subprocess.TimeoutExpired:
+            pass
+    return f"the refresh worker's answer could not be read: {type(exc).__name__}: {exc}"
 
 
 def _exit_text(code: int | None) -> str:

@@ -199,6 +199,43 @@ def test_a_refresh_that_hangs_is_killed_and_counted(host, tmp_path, monkeypatch)
         refresher.stop()
 
 
+def test_a_late_watchdog_never_kills_a_child_whose_answer_is_in(worker_refresher, monkeypatch):
+    """The timer's thread may run after the answer arrived: the healthy child must live on."""
+    import passthrough_exporter.served as served
+
+    from_wire = served.Served.from_wire
+
+    def slow_from_wire(header, blobs):  # the server's own work, after the exchange
+        time.sleep(1.5)
+        return from_wire(header, blobs)
+
+    monkeypatch.setattr(served.Served, "from_wire", staticmethod(slow_from_wire))
+    worker_refresher.refresh_timeout = 1.0
+    worker_refresher.refresh()
+    time.sleep(0.5)
+    assert worker_refresher._proc.poll() is None
+    assert worker_refresher.current().served.status.source_up and worker_refresher.errors_total == {}
+
+
+def test_out_of_descriptors_is_a_failed_refresh_with_its_reason(worker_refresher, caplog):
+    """The memory files cannot arrive when the server has no descriptor left: the log says so."""
+    import resource
+
+    worker_refresher.refresh()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
+    try:
+        worker_refresher.refresh()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not worker_refresher.current().served.status.source_up
+    assert worker_refresher.errors_total == {"refresh_error": 1}
+    assert "Too many open files" in caplog.text and "exited" not in caplog.text
+    worker_refresher.refresh()
+    assert worker_refresher.current().served.status.source_up
+
+
 def test_a_source_that_cannot_be_read_is_a_source_error(tree):
     hosts.base(tree)
     refresher = WorkerRefresher(_argv(tree), "sysfs", interval=3600)
