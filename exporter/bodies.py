@@ -1,8 +1,9 @@
-"""Response bodies of one snapshot, each rendered (and gzipped) at most once while it is served.
+"""Response bodies of one refresh, each made (and gzipped) at most once while it is served.
 
-A body that depends only on the snapshot and the documented query parameters is the same bytes
-for every client, so the first request renders it and the others share it: a client costs bytes
-sent, not work or memory. The cache belongs to one published snapshot and goes with it; it is
+A body that depends only on the refresh and the documented query parameters is the same bytes
+for every client, so the first request makes it (a device list stitched from the refresh's device
+objects, a gzipped form) and the others share it: a client costs bytes sent, not work or memory.
+The cache belongs to one published refresh and goes with it; it is
 bounded in entries and in bytes (least recently used first out), so clients asking for every
 device name or filter combination cannot grow it without limit.
 """

@@ -1,14 +1,14 @@
-"""The HTTP server: /metrics, the JSON API, /healthz and the host page, served from the last snapshot.
+"""The HTTP server: /metrics, the JSON API, /healthz and the host page, served from the last refresh.
 
 HTTP/1.1 is parsed by aiohttp (llhttp, strict: duplicate or malformed Content-Length, folded
 headers and bad request lines are answered 400 with a status line, and the connection closed); the
 event loop runs in one thread, so an idle connection costs a descriptor and a few kilobytes, not a
 thread. Connections are bounded and have a header deadline (connections.py).
 
-Only GET and HEAD. Every answer comes from the published snapshot, so no request waits on the
-source, and every body that depends only on the snapshot and the documented query parameters is
-rendered once per snapshot (bodies.py), off the event loop, then sent in slices as the client
-takes them: a slow or greedy client costs bytes sent, not work or memory. Basic-auth checks run
+Only GET and HEAD. Every answer comes from the published refresh (`Served`: its bodies rendered
+once, by the refresh), so no request waits on the source; a device list for a filter is stitched
+from the refresh's device objects once per refresh and filter (bodies.py), off the event loop, then
+sent in slices as the client takes them: a slow or greedy client costs bytes sent, not work or memory. Basic-auth checks run
 on a few threads, bounded in number and queue, and verified credentials are remembered.
 """
 
