@@ -87,14 +87,24 @@ class WorkerRefresher(RefreshLoop):
 
     def start_worker(self) -> None:
         """Start the child and wait until it has its source open; SourceError with its words if it cannot."""
-        ours, theirs = socket.socketpair()  # OSError (out of descriptors, processes) is the caller's
-        with theirs:
-            # -P: the server's working directory is not put on the child's module path.
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "passthrough_exporter.worker_process", str(theirs.fileno()),
-                 *self.argv], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+        # OSError (out of descriptors or processes) is the caller's, with nothing left open.
+        ours, theirs = socket.socketpair()
+        try:
+            with theirs:
+                conn = Connection(os.dup(ours.fileno()))  # the messages; `ours` passes the files
+                try:
+                    # -P: the server's working directory is not put on the child's module path.
+                    proc = subprocess.Popen(
+                        [sys.executable, "-P", "-m", "passthrough_exporter.worker_process", str(theirs.fileno()),
+                         *self.argv], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+                except BaseException:
+                    conn.close()
+                    raise
+        except BaseException:
+            ours.close()
+            raise
         with self._state:
-            self._proc, self._sock, self._conn = proc, ours, Connection(os.dup(ours.fileno()))
+            self._proc, self._sock, self._conn = proc, ours, conn
             if self._stop.is_set():  # stop() came first: the hello below ends at once
                 ours.shutdown(socket.SHUT_RDWR)
         why = None
