@@ -66,9 +66,3 @@ def select(
         if (cap is None or dev.type == cap) and (not passthrough or snapshot.verdicts[dev.name].eligible)
         and (not available or states.get(dev.name) == "available")
     ]
-
-
-def device(snapshot: Snapshot, name: str) -> dict:
-    if name not in snapshot.inventory:
-        raise DeviceNotFound(name)
-    return snapshot.device_object(name, full=True)
