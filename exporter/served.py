@@ -51,19 +51,20 @@ class DeviceTable:
         return len(self.names)
 
     @staticmethod
-    def _run(ends: array, items: array, i: int) -> array:
-        return items[ends[i - 1] if i else 0:ends[i]]
+    def _span(ends: array, i: int) -> slice:
+        """Where run i lies, in a layout where run i ends at ends[i] and starts where run i-1 ended."""
+        return slice(ends[i - 1] if i else 0, ends[i])
 
     def affected(self, i: int) -> list[int]:
         """The indexes of what goes with device i, in name order, i itself excluded."""
         s = self.shared_of[i]
-        found = set(self._run(self.shared_ends, self.shared_items, s)) if s >= 0 else set()
-        found.update(self._run(self.own_ends, self.own_items, i))
+        found = set(self.shared_items[self._span(self.shared_ends, s)]) if s >= 0 else set()
+        found.update(self.own_items[self._span(self.own_ends, i)])
         found.discard(i)
         return sorted(found)
 
     def object_text(self, i: int) -> memoryview:
-        return memoryview(self.text)[self.ends[i - 1] if i else 0:self.ends[i]]
+        return memoryview(self.text)[self._span(self.ends, i)]
 
     def select(self, cap: str | None = None, passthrough: bool = False, affected_by: str | None = None,
                available: bool = False) -> list[int]:

@@ -2,7 +2,8 @@
 
 Parses the command line `serve` got, opens the same source with the same plugins and options, says
 it is ready, then answers each request on the socket FD with one refresh: a small pickled header,
-then the descriptors of two sealed memory files holding the large buffers, which the server maps.
+then the descriptors of two sealed memory files holding the large buffers: the server reads the
+first out (the exposition, its gzip, the findings, the page) and maps the second (the device objects).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def buffers_file(blobs: Sequence[bytes]) -> int:
-    """A memory file holding `blobs` one after another, sealed (it can no longer change or shrink,
-    so the server can map it safely): the server maps it instead of copying it through the socket."""
+    """A memory file holding `blobs` one after another, sealed (it can no longer change or shrink, so
+    the server can map it safely): it reaches the server as a descriptor, not through the socket."""
     fd = os.memfd_create("passthrough-served", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         with open(fd, "wb", closefd=False) as f:
