@@ -18,7 +18,7 @@ from .gcpause import gc_paused
 from .inspector import Inspector, make_plugin_manager, plugin_table
 from .model import KNOWN_TYPES, PASSABLE_TYPES
 from .options import add_plugin_options
-from .query import QueryError, select
+from .query import QueryError, check_filters, select
 from .settings import ConfigError
 from .snapshot import Snapshot
 from .sources import SOURCES, Source, SourceError
@@ -125,8 +125,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    snapshot = judge_once(args)
-    try:
+    try:  # filters that conflict are told before the host is read
+        check_filters(args.cap, args.passthrough, args.affected_by, args.available, lambda name: True)
+        snapshot = judge_once(args)
         names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by,
                        available=args.available)
     except QueryError as exc:
@@ -144,6 +145,7 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 DEFAULT_LISTEN = ":9839"
+CHECK_UNKNOWN = 3  # `check` could not check: the monitoring-plugin convention's UNKNOWN
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
@@ -293,13 +295,22 @@ def add_capture_command(sub: argparse._SubParsersAction, common: argparse.Argume
 
 
 class CommandParser(argparse.ArgumentParser):
-    """A command's parser: an option it does not know is its error, shown with its own usage."""
+    """A command's parser: an option it does not know is its error, shown with its own usage, and
+    exits with the command's own code for "could not run" (`check`: 3, as monitoring plugins do)."""
+
+    def __init__(self, *args, usage_exit: int = 2, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_exit = usage_exit
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
 class _VersionAction(argparse.Action):
@@ -376,9 +387,13 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     chk = sub.add_parser(
         "check", parents=[common],
         help="validate the host for safe device passthrough (like virt-host-validate)",
-        description="One line per check, PASS, WARN or FAIL, with the findings behind it and how to fix them.\n"
-        "Exit code: 0 all checks pass, 1 warnings, 2 failures.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One line per check, PASS, WARN or FAIL, with the findings behind it and how to fix them.",
+        epilog="Exit codes, as monitoring plugins (Nagios, Icinga) use them:\n"
+        "  0  every check passes\n"
+        "  1  a warning\n"
+        "  2  a critical finding (a check FAILs)\n"
+        "  3  could not check: bad flags, a source that cannot be read, a bad policy file or plugin",
+        formatter_class=argparse.RawDescriptionHelpFormatter, usage_exit=CHECK_UNKNOWN,
     )
     chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")
     add_source_options(chk, pm)
@@ -418,18 +433,32 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word of a command line, before it is parsed (the only option before it that
+    takes a value is --log.level)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log.level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown).
+    failed = CHECK_UNKNOWN if _command(argv) == "check" else 1
     try:
         args = parse_command_line(argv)
     except ConfigError as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
-        return 1
+        return failed
     try:
         return args.func(args)
     except (SourceError, ConfigError) as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
-        return 1
+        return failed
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `... | head`: the reader left, nothing more to say

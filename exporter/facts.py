@@ -75,6 +75,9 @@ class Facts:
     group_reach: Mapping[int, frozenset[str]]
     # Devices a VM or another user-space driver has open now -> who (None: in use, holder not seen)
     in_use: Mapping[str, Holder | None]
+    # The source could not tell which PCI function holds the root filesystem (procfs unreadable,
+    # `/` not on a block device traced to one): `root_device_unknown`, and storage is not available.
+    root_unknown: bool = False
 
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
@@ -91,6 +94,7 @@ class Facts:
             layout_hash=group_layout_hash(inventory),
             group_reach=MappingProxyType(group_reach(inventory)),
             in_use=MappingProxyType(in_use(inventory)),
+            root_unknown=not roots and any(d.type == "pci" for d in inventory),
         )
 
     @property

@@ -53,31 +53,6 @@ def render(snap: Snapshot) -> bytes:
     return "".join(_page(snap)).encode("utf-8", "backslashreplace")
 
 
-class _Blockers:
-    """Why an eligible device is blocked: a device it takes along that is in use or assigned, or its
-    mediated devices. Looked up once per shared set (a whole IOMMU group), not per member."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
-        inv = snap.inventory
-        self.busy = set(snap.facts.in_use) | {d.name for d in inv if d.assigned_to}
-        self._shared: dict[int, str | None] = {}
-
-    def why(self, dev: Device) -> str:
-        if any(t.instances for t in dev.mdev_types) or any(
-                self.snap.inventory.devices[c].type == "mdev" for c in self.snap.inventory.children.get(dev.name, ())):
-            return "mediated devices are carved out of it"
-        along = self.snap.affected[dev.name]
-        key = id(along.shared)
-        if key not in self._shared:
-            self._shared[key] = min((n for n in along.shared if n in self.busy), default=None)
-        hit = self._shared[key] or min((n for n in along.own if n in self.busy), default=None)
-        if hit is None:
-            return ""
-        what = "in use" if hit in self.snap.facts.in_use else "assigned"
-        return f"{hit}, which goes with it, is {what}"
-
-
 def _page(snap: Snapshot) -> Iterator[str]:
     inv = snap.inventory
     yield ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -138,7 +113,7 @@ def _findings(snap: Snapshot) -> Iterator[str]:
                    '<a href="/api/findings">/api/findings</a></div>')
 
 
-def _state(snap: Snapshot, dev: Device, blockers: _Blockers | None = None) -> tuple[str, str]:
+def _state(snap: Snapshot, dev: Device) -> tuple[str, str]:
     """(css class, words) of a device's state."""
     if dev.unreachable:
         return "unreachable", "unreachable: it fell off the bus"
@@ -153,13 +128,13 @@ def _state(snap: Snapshot, dev: Device, blockers: _Blockers | None = None) -> tu
     if state == "ineligible":
         reasons = "; ".join(snap.verdicts[dev.name].reasons)
         return state, f"not eligible: {reasons}"
-    if state == "blocked" and blockers is not None and (why := blockers.why(dev)):
+    if state == "blocked" and (why := snap.blocked_by.get(dev.name)):
         return state, f"blocked: {why}"
     return state, STATE_WORDS[state]
 
 
-def _device(snap: Snapshot, dev: Device, blockers: _Blockers) -> str:
-    cls, words = _state(snap, dev, blockers)
+def _device(snap: Snapshot, dev: Device) -> str:
+    cls, words = _state(snap, dev)
     what = " ".join(x for x in (dev.vendor, dev.product) if x) or f"{dev.vendor_id or ''} {dev.product_id or ''}".strip()
     driver = f" · driver {escape(dev.driver)}" if dev.driver else " · no driver"
     return (f'<div class="dev {cls}"><a class="name" href="/api/devices/{quote(dev.name)}">{escape(dev.name)}</a>'
@@ -197,7 +172,6 @@ def _vfs(snap: Snapshot, pf: Device) -> str:
 
 def _groups(snap: Snapshot) -> Iterator[str]:
     inv, facts = snap.inventory, snap.facts
-    blockers = _Blockers(snap)
     vf_groups = {inv.devices[n].iommu_group for n in inv.devices if inv.devices[n].physfn in inv.devices}
     for number, st in facts.groups.items():
         members = [inv.devices[n] for n in st.devices]
@@ -209,19 +183,19 @@ def _groups(snap: Snapshot) -> Iterator[str]:
         for dev in members:
             if dev.physfn in inv.devices:  # under its PF
                 continue
-            yield _device(snap, dev, blockers) + _vfs(snap, dev)
+            yield _device(snap, dev) + _vfs(snap, dev)
         yield "</section>"
     loose = [d for d in inv if d.type == "pci" and d.iommu_group is None and d.physfn not in inv.devices]
     if loose:
         yield '<section class="group"><h3>No IOMMU group <span class="why">· the kernel has no IOMMU groups for these</span></h3>'
         for dev in loose:
-            yield _device(snap, dev, blockers) + _vfs(snap, dev)
+            yield _device(snap, dev) + _vfs(snap, dev)
         yield "</section>"
     others = [d for d in inv if d.type in ("usb_device", "scsi") and not _under_pci(inv, d)]
     if others:
         yield '<section class="group"><h3>Other devices <span class="why">· not below a listed PCI function</span></h3>'
         for dev in others:
-            yield _device(snap, dev, blockers)
+            yield _device(snap, dev)
         yield "</section>"
 
 

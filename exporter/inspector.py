@@ -225,13 +225,15 @@ class Inspector:
             verdicts[dev.name] = _combine(answers, failed)
             affected[dev.name] = AffectedSet(dev.name, common, frozenset(own) if own else _NONE)
         findings = self._findings(inventory, verdicts, facts, errors)
+        now = live.states(inventory, facts, verdicts, affected)
         counts = dict(errors)
         return Snapshot(
             inventory=inventory,
             facts=facts,
             verdicts=verdicts,
             affected=affected,
-            states=live.states(inventory, facts, verdicts, affected),
+            states=now.states,
+            blocked_by=now.blocked_by,
             findings=findings,
             source=source,
             source_up=True,
@@ -259,7 +261,7 @@ class Inspector:
             except Exception:  # an iterator that raises halfway through: keep what came before
                 log.exception("plugin %s failed while listing findings", plugin)
                 errors["plugin_error"] += 1
-        return tuple(sorted(found.values(), key=lambda f: (f.code, f.subject)))
+        return tuple(sorted(found.values(), key=Finding.order))
 
 
 _NONE: frozenset[str] = frozenset()

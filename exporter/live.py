@@ -1,46 +1,116 @@
-"""What is true now, per device: in use, assigned, not eligible, available or blocked.
+"""What is true now, per device: in use, assigned, not eligible, available or blocked, and why blocked.
 
 One state per device, in this order of precedence (as `passthrough_pool_devices` counts them):
 `in_use` (a VM or another user-space driver has it open), else `assigned` (a libvirt domain is
-configured with it), else `ineligible`, else `available` when nothing it would take along is in
-use or assigned and no mediated device is carved out of it, else `blocked`. Host drivers are not
-"in use": handing the device out unbinds them, and the affected set says what the host loses.
+configured with it), else `ineligible`, else `available` when nothing blocks it, else `blocked`.
+Host drivers are not "in use": handing the device out unbinds them, and the affected set says what
+the host loses.
+
+This is the one availability rule: the JSON `available` and `blocked_by`, the metrics, the pools,
+`devices --available` and the host page all read what `states` returns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from .facts import Facts
 from .model import AffectedSet, Inventory, Verdict
 
 STATES = ("available", "in_use", "assigned", "blocked", "ineligible")
+MASS_STORAGE = "0x01"  # PCI base class of SATA, SAS, RAID, NVMe and virtio-blk controllers
+USB_MASS_STORAGE = "08"  # bInterfaceClass of USB disks and flash drives
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    states: Mapping[str, str]  # device -> one of STATES
+    blocked_by: Mapping[str, str]  # blocked device -> why, in words
+
+
+def host_blocker(inventory: Inventory, facts: Facts) -> str | None:
+    """Why VFIO cannot assign any PCI function on this host now, or None when it can.
+
+    The kernel's rule: VFIO needs IOMMU groups, and refuses a device without interrupt remapping
+    unless unsafe interrupts are allowed. Remapping that cannot be told is not held against it
+    (`interrupt_remapping_unknown` says so instead).
+    """
+    host = inventory.host
+    if not host.iommu_groups_present:
+        return "the IOMMU is off: VFIO cannot assign devices on this host"
+    if host.interrupt_remapping is False and not facts.weakened["unsafe_interrupts"]:
+        return "interrupt remapping is off: VFIO refuses to assign devices on this host"
+    return None
 
 
 def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
-           affected: Mapping[str, AffectedSet]) -> Mapping[str, str]:
+           affected: Mapping[str, AffectedSet]) -> Live:
     busy = set(facts.in_use)
     busy.update(d.name for d in inventory if d.assigned_to)
     # Mediated devices carved out of a function: libvirt lists them as children, sysfs per type.
     carved = {d.parent for d in inventory if d.type == "mdev" and d.parent}
     carved.update(d.name for d in inventory if any(t.instances for t in d.mdev_types))
-    shared_busy: dict[int, bool] = {}  # id(shared set) -> it holds a busy device: once per group
+    no_vfio = host_blocker(inventory, facts)
+    storage = may_hold_root(inventory) if facts.root_unknown else frozenset()
+    shared_busy: dict[int, str | None] = {}  # id(shared set) -> a busy device in it: once per group
     out: dict[str, str] = {}
+    why: dict[str, str] = {}
     for dev in inventory:
         name = dev.name
         if name in facts.in_use:
             out[name] = "in_use"
-        elif dev.assigned_to:
+            continue
+        if dev.assigned_to:
             out[name] = "assigned"
-        elif not verdicts[name].eligible:
+            continue
+        if not verdicts[name].eligible:
             out[name] = "ineligible"
+            continue
+        reason = None
+        if dev.type == "pci" and no_vfio is not None:
+            reason = no_vfio
+        elif name in carved:
+            reason = "mediated devices are carved out of it"
         else:
             along = affected[name]
             key = id(along.shared)
-            hit = shared_busy.get(key)  # the device itself is not busy here: it would be in_use/assigned
-            if hit is None:
-                hit = shared_busy[key] = not busy.isdisjoint(along.shared)
-            blocked = hit or not busy.isdisjoint(along.own) or name in carved
-            out[name] = "blocked" if blocked else "available"
-    return MappingProxyType(out)
+            if key not in shared_busy:  # the device itself is not busy here: it would be in_use/assigned
+                shared_busy[key] = min((n for n in along.shared if n in busy), default=None)
+            hit = shared_busy[key] or min((n for n in along.own if n in busy), default=None)
+            if hit is not None:
+                what = "in use" if hit in facts.in_use else "assigned"
+                reason = f"{hit}, which goes with it, is {what}"
+            elif name in storage:
+                reason = "the root filesystem's device is unknown: cannot tell whether this device holds it"
+        if reason is None:
+            out[name] = "available"
+        else:
+            out[name] = "blocked"
+            why[name] = reason
+    return Live(MappingProxyType(out), MappingProxyType(why))
+
+
+def may_hold_root(inventory: Inventory) -> frozenset[str]:
+    """What may hold the root filesystem when the source cannot tell which device does: every
+    mass-storage controller and the other functions of its IOMMU group (passing one takes it along),
+    SCSI LUNs, and USB devices with a mass-storage interface. A USB keyboard below such a group's
+    xHCI is forwarded alone and stays available."""
+    out: set[str] = set()
+    groups: set[int] = set()
+    for dev in inventory:
+        if dev.type == "pci" and (dev.pci_class or "").lower().startswith(MASS_STORAGE):
+            if dev.iommu_group is None:
+                functions: tuple[str, ...] = (dev.name,)
+            elif dev.iommu_group in groups:  # once per group: a group may hold thousands of them
+                continue
+            else:
+                groups.add(dev.iommu_group)
+                functions = inventory.groups[dev.iommu_group]
+            out.update(functions)
+        elif dev.type == "scsi":
+            out.add(dev.name)
+        elif dev.type == "usb" and dev.usb_class == USB_MASS_STORAGE and dev.parent:
+            out.add(dev.parent)
+    return frozenset(out)

@@ -196,10 +196,12 @@ class Status:
 
 def status_families(st: Status) -> list[Family]:
     """The families of STATUS_METRICS, in their order: the last of the exposition."""
+    # No refresh has succeeded yet: no duration or time to tell (a timestamp of 0 would read as stale).
+    ever = st.finished_at > 0
     rows: dict[str, list[Row]] = {
         "passthrough_source_up": [((st.source,), 1 if st.source_up else 0)],
-        "passthrough_refresh_duration_seconds": [((), st.duration)],
-        "passthrough_last_refresh_timestamp_seconds": [((), st.finished_at)],
+        "passthrough_refresh_duration_seconds": [((), st.duration)] if ever else [],
+        "passthrough_last_refresh_timestamp_seconds": [((), st.finished_at)] if ever else [],
         "passthrough_collect_errors": [((kind,), st.errors_total.get(kind, 0))
                                        for kind in sorted(set(ERROR_KINDS) | set(st.errors_total))],
         "passthrough_exporter_build_info": [((__version__,), 1)],

@@ -158,6 +158,12 @@ class Verdict:
 
 
 SEVERITIES = ("info", "warning", "critical")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, str], ...]:
+    """Sorts digit runs as numbers: group:2 before group:10, pci_0000_00_02_0 before pci_0000_00_10_0."""
+    return tuple((int(part), "") if i % 2 else (0, part) for i, part in enumerate(_DIGITS.split(text)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,10 @@ class Finding:
                 raise TypeError(f"Finding.{name} must be a string, not {type(getattr(self, name)).__name__}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+    def order(self) -> tuple[int, str, tuple[tuple[int, str], ...]]:
+        """Where it is listed: critical first, then by code, then by subject in natural order."""
+        return (-SEVERITIES.index(self.severity), self.code, natural_key(self.subject))
 
     def to_json(self) -> dict[str, Any]:
         """The finding as `/api/findings` and `check --json` print it."""

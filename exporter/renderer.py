@@ -17,12 +17,13 @@ EMPTY_TABLE = DeviceTable((), (), b"", b"", b"", array("q"), array("i"), array("
 
 def render_served(snap: Snapshot, options: MetricOptions) -> Served:
     status = Status.of(snap)
-    metrics = render(snap, options)
     tail = render_status(status)
+    # Before the first good refresh (Snapshot.empty: nothing judged) only the status families are
+    # served: a placeholder host fact (IOMMU off, an empty group layout) would fire alerts.
+    judged = bool(snap.verdicts)
+    metrics = render(snap, options) if judged else tail
     assert metrics.endswith(tail), "the status families must close the exposition"
     findings = (jsonout.dumps([f.to_json() for f in snap.findings]) + "\n").encode()
-    # Before the first refresh (Snapshot.empty: nothing judged) only the exposition is served.
-    judged = bool(snap.verdicts)
     return Served(status, len(snap.inventory), metrics, len(metrics) - len(tail),
                   gzipped(metrics), findings,
                   hostpage.render(snap) if judged else b"", device_table(snap) if judged else EMPTY_TABLE)

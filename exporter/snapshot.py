@@ -22,6 +22,7 @@ class Snapshot:
     affected: Mapping[str, AffectedSet]
     # device -> in_use | assigned | ineligible | available | blocked (see `live`)
     states: Mapping[str, str] = field(default_factory=dict)
+    blocked_by: Mapping[str, str] = field(default_factory=dict)  # blocked device -> why, in words
     findings: tuple[Finding, ...] = ()
     source: str = "sysfs"
     source_up: bool = True
@@ -49,6 +50,7 @@ class Snapshot:
         obj["in_use"] = holder is not _FREE
         obj["held_by"] = None if holder is None or holder is _FREE else holder.to_json()
         obj["available"] = self.states.get(name) == "available"
+        obj["blocked_by"] = self.blocked_by.get(name)
         if full:
             obj["affected"] = list(affected.names())
         return obj

@@ -56,7 +56,8 @@ FIXES = {
     "root_device": "none needed: it stays on the host; never bind it to vfio-pci",
     "group_root_device": "do not pass devices of this group; move them (or the root disk) to a slot with "
     "its own IOMMU group",
-    "root_device_unknown": "find by hand which devices carry the root filesystem (NIC for NFS/iSCSI root, "
+    "root_device_unknown": "give the exporter the host's /proc (--path.procfs; in a container, mount it "
+    "at /host/proc), or find by hand which devices carry the root filesystem (NIC for NFS/iSCSI root, "
     "RAID adapter ...) and keep them on the host",
     "boot_vga": "make another GPU primary in firmware, or free it from the host console "
     "(video=efifb:off, no framebuffer driver) and give the VM a ROM file",
@@ -78,7 +79,7 @@ CODES: dict[str, str] = {
     "no_flr": "warning",
     "no_reset": "warning",
     "root_device": "info",
-    "root_device_unknown": "info",
+    "root_device_unknown": "warning",
     "group_root_device": "info",  # warning when other endpoints share the group
     "boot_vga": "warning",
     "group_boot_vga": "info",  # warning when other endpoints share the group
@@ -271,17 +272,16 @@ def _shared_group(inventory: Inventory, statuses: Mapping[int, GroupStatus], dev
 
 
 def _root(inventory: Inventory, statuses: Mapping[int, GroupStatus], facts: Facts) -> Iterator[Finding]:
-    roots = inventory.host.root_devices
-    if roots is None:
+    if facts.root_unknown:
+        if inventory.host.root_devices is None:
+            why = "the mount table (<procfs>/1/mountinfo) cannot be read"
+        else:
+            why = "the root filesystem is not on a block device traced to a PCI function (network, overlay or unusual storage)"
+        yield _finding("root_device_unknown", HOST, (
+            f"{why}: storage controllers, disks and their IOMMU groups are not offered as available, "
+            "since any of them may hold it"))
         return
-    pcis = facts.root_functions
-    if not pcis:
-        if any(d.type == "pci" for d in inventory):
-            yield _finding("root_device_unknown", HOST, (
-                "the root filesystem is not on a block device traced to a PCI function "
-                "(network, overlay or unusual storage): check by hand which devices the host needs"))
-        return
-    for name in pcis:
+    for name in facts.root_functions:
         yield _finding("root_device", name, (
             f"{name} holds the root filesystem ({_disks(inventory)}): not eligible, the host needs it"))
         yield from _shared_group(inventory, statuses, inventory.devices[name], "group_root_device", "the root filesystem")

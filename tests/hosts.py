@@ -128,15 +128,18 @@ def nvme_lvm_root(t: SysfsTree) -> None:
 
 
 def clean_host(t: SysfsTree) -> None:
-    """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR: nothing to report."""
+    """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR, `/` on an NVMe disk alone in
+    its group: nothing to report but where the root filesystem is (info)."""
     base(t)
     t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus")
+    nvme_lvm_root(t)
 
 
 def busy_host(tree: SysfsTree) -> SysfsTree:
     """GPU + audio (group 2) on vfio-pci held by a QEMU process through /dev/vfio/2; a USB mouse
-    claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see."""
+    claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see; `/` on an NVMe disk."""
     base(tree)
+    nvme_lvm_root(tree)
     tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
     tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2,
              enable=1, reset_method="flr")

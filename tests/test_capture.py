@@ -208,9 +208,10 @@ def test_refuses_to_overwrite_without_force(tree, tmp_path):
 
 def test_clear_errors(tmp_path):
     out = capture(tmp_path / "nope", tmp_path, tmp_path / "x.tar.gz")
-    assert out.returncode == 1 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "is not a sysfs: it does not exist" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "x.tar.gz").exists()
-    out = capture(tmp_path, tmp_path, tmp_path / "missing-dir" / "x.tar.gz")
+    (tmp_path / "sys" / "devices").mkdir(parents=True)
+    out = capture(tmp_path / "sys", tmp_path, tmp_path / "missing-dir" / "x.tar.gz")
     assert out.returncode == 1 and "cannot write in" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -38,7 +38,8 @@ def test_clean_host_passes_with_exit_0(tree):
     ]
     assert set(lines.values()) == {"PASS"}
     assert "fix:" not in out.stdout
-    assert re.search(r"^note: IOMMU group layout: 2 groups, hash [0-9a-f]{12}$", out.stdout, re.M)
+    assert "info root_device [pci_0000_3d_00_0]" in out.stdout
+    assert re.search(r"^note: IOMMU group layout: 4 groups, hash [0-9a-f]{12}$", out.stdout, re.M)
 
 
 def test_iommu_off_and_root_disk_warn_with_exit_1(tree):
@@ -97,7 +98,7 @@ def test_json_report(tree):
 
 def test_bad_source_is_a_clear_error(tmp_path):
     out = subprocess.run([EXE, "check", "--path.sysfs", str(tmp_path / "nope")], capture_output=True, text=True)
-    assert out.returncode == 1 and "is not a directory" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 3 and "is not a sysfs: it does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
 # --- this machine ----------------------------------------------------------------------------

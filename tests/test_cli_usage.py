@@ -33,20 +33,23 @@ def test_every_known_cap_is_accepted(tree, known):
     assert out.stdout == ("computer\n" if known == "system" else "")
 
 
-@pytest.mark.parametrize("argv, typo", [
-    (["devices", "--passthru"], "--passthru"),
-    (["devices", "--json", "--afected-by", "pci_0000_00_00_0"], "--afected-by pci_0000_00_00_0"),
-    (["serve", "--web.listen-adress", "127.0.0.1:9839"], "--web.listen-adress 127.0.0.1:9839"),
-    (["check", "--jsn"], "--jsn"),
-    (["textfile", "out.prom", "--metric.skip-vfs"], "--metric.skip-vfs"),
-    (["plugins", "--policy", "x.toml", "--disabel-plugin", "pci"], "--disabel-plugin pci"),
+@pytest.mark.parametrize("argv, typo, code", [
+    (["devices", "--passthru"], "--passthru", 2),
+    (["devices", "--json", "--afected-by", "pci_0000_00_00_0"], "--afected-by pci_0000_00_00_0", 2),
+    (["serve", "--web.listen-adress", "127.0.0.1:9839"], "--web.listen-adress 127.0.0.1:9839", 2),
+    # check is a monitoring plugin: 2 means critical there, so "could not check" is 3 (UNKNOWN)
+    (["check", "--jsn"], "--jsn", 3),
+    (["--log.level", "warn", "check", "--jsn"], "--jsn", 3),
+    (["textfile", "out.prom", "--metric.skip-vfs"], "--metric.skip-vfs", 2),
+    (["plugins", "--policy", "x.toml", "--disabel-plugin", "pci"], "--disabel-plugin pci", 2),
 ])
-def test_misspelled_option_shows_the_commands_usage(argv, typo):
+def test_misspelled_option_shows_the_commands_usage(argv, typo, code):
     out = cli(*argv)
-    assert out.returncode == 2 and out.stdout == ""
+    command = next(a for a in argv if not a.startswith("-") and a != "warn")
+    assert out.returncode == code and out.stdout == ""
     lines = out.stderr.splitlines()
-    assert lines[0].startswith(f"usage: passthrough-exporter {argv[0]} ")
-    assert lines[-1] == f"passthrough-exporter {argv[0]}: error: unrecognized arguments: {typo}"
+    assert lines[0].startswith(f"usage: passthrough-exporter {command} ")
+    assert lines[-1] == f"passthrough-exporter {command}: error: unrecognized arguments: {typo}"
 
 
 def test_misspelled_top_level_option_shows_the_top_level_usage():

@@ -40,9 +40,10 @@ class SysfsSource:
 
     def read(self, trace: Trace | None = None) -> Inventory:
         """Read every device once; `trace`, when given, records every path the read touched."""
-        if not os.path.isdir(self.sysfs):
-            raise SourceError(f"sysfs root {self.sysfs} is not a directory")
+        found_dirs = check_sysfs(self.sysfs)
         reader = Reader(self.sysfs, self.procfs, trace)
+        if trace is not None:  # so that a capture of a host without devices reads as a sysfs too
+            trace.dirs.update(found_dirs)
         found: list[tuple[str, Fields]] = []  # (canonical directory, fields)
         for bus in ("pci", "usb", "scsi"):
             found += read_bus(reader, bus)
@@ -74,6 +75,19 @@ class SysfsSource:
 
     def close(self) -> None:
         pass
+
+
+def check_sysfs(path: str) -> list[str]:
+    """Its devices/ and bus/ directories; SourceError unless `path` has one: an empty or wrong
+    directory (a container started without the host's /sys) must never read as a healthy host without
+    devices. A real sysfs without PCI (a microVM) is a host with no PCI devices; a partial capture
+    (only bus/ or only devices/) is read for what it holds."""
+    found = [p for p in (os.path.join(path, "devices"), os.path.join(path, "bus")) if os.path.isdir(p)]
+    if not found:
+        what = "does not exist" if not os.path.exists(path) else "has neither devices/ nor bus/"
+        raise SourceError(f"--path.sysfs {path} is not a sysfs: it {what} (in a container, mount the host's "
+                          "/sys there, e.g. -v /sys:/host/sys:ro)")
+    return found
 
 
 def read_bus(reader: Reader, bus: str) -> list[tuple[str, Fields]]:

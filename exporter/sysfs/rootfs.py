@@ -114,6 +114,8 @@ def root_block_dirs(reader: Reader) -> list[str] | None:
         if text is not None:
             break
     if text is None or path is None:
+        log.warning("cannot read %s/1/mountinfo: the root filesystem's device is unknown, so no storage "
+                    "device is offered as available (root_device_unknown)", reader.procfs)
         return None
     found = _root_line(text)
     if found is None:
