@@ -43,7 +43,7 @@ AER_NONFATAL = AER_FATAL.replace("Data Link Protocol 1", "Data Link Protocol 0")
 
 def gpu_host(tree):
     """A GPU that trained x4 of x16 at 8 of 16 GT/s, one fatal and five non-fatal errors, in D0;
-    a second GPU asleep in D3cold with a healthy x16 link; a vGPU card with two types, one in use."""
+    a second GPU asleep in D3cold with a 16 GT/s x16 link; a vGPU card with two types, one in use."""
     hosts.base(tree)
     tree.pci("0000:01:00.0", NVIDIA, 0x2204, 0x030000, driver="vfio-pci", group=2, reset_method="flr", attrs={
         "current_link_speed": "8.0 GT/s PCIe", "max_link_speed": "16.0 GT/s PCIe",
@@ -66,8 +66,10 @@ def test_link_aer_and_power_are_read_in_the_kernels_format(tree):
     assert gpu.link_speed == (8.0, 16.0) and gpu.link_width == (4, 16)
     assert gpu.aer_errors == (3, 5, 1) and gpu.power_state == "D0"
     asleep = snap.inventory.devices["pci_0000_02_00_0"]
-    # Asleep in D3cold: neither its config space nor its link is read, which would wake it.
-    assert asleep.link_speed == (None, None) and asleep.header_type is None and asleep.power_state == "D3cold"
+    # Asleep in D3cold: neither its config space nor its current link is read, which would wake it;
+    # its maximum speed is the kernel's cached copy, read.
+    assert asleep.link_speed == (None, 16.0) and asleep.link_width == (None, None)
+    assert asleep.header_type is None and asleep.power_state == "D3cold"
     assert asleep.aer_errors == (None,) * 3
     assert snap.inventory.devices["pci_0000_41_00_0"].link_speed == (8.0, 8.0)
     health = snap.device_object(gpu.name)["health"]
@@ -104,6 +106,7 @@ def test_health_and_capacity_metrics(tree):
     ):
         assert line in text, line
     assert 'passthrough_pcie_link_speed_gts{device="pci_0000_02_00_0",kind="current"}' not in text  # asleep
+    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_02_00_0",kind="max"} 16.0' in text
     # Two GPUs of one model on no NUMA node: both on vfio-pci and free; the vGPU card is carved up.
     assert ('passthrough_pool_devices{numa_node="",product="",product_id="0x2204",state="available",type="pci",'
             'vendor_id="0x10de"} 2.0') in text
