@@ -3,11 +3,16 @@ sysfs-bus-pci, sysfs-bus-pci-devices-aer_stats, sysfs-bus-vfio-mdev), worked out
 
 from __future__ import annotations
 
+import os
+
 import hosts
 from helpers import judge_tree
 from hosts import INTEL, NVIDIA
+from sysfs_builder import SysfsTree
 
 from passthrough_exporter.metrics import MetricOptions, render
+from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.sysfs import Trace
 
 AER_CORRECTABLE = """Receiver Error 2
 Bad TLP 0
@@ -145,3 +150,93 @@ def test_garbage_health_attributes_are_counted_not_fatal(tree):
     dev = snap.inventory.devices["pci_0000_01_00_0"]
     assert dev.link_speed == (None, None) and dev.aer_errors == (None, None, None) and dev.power_state is None
     assert snap.verdicts[dev.name].eligible
+
+
+def downtrained(snap) -> list:
+    return [f for f in snap.findings if f.code == "link_downtrained"]
+
+
+def test_a_link_is_judged_against_its_slot_once_per_physical_link(tree):
+    """Both cards trained x8 of x16. The first sits in a slot wired x8: the narrower of x16 and x8 is
+    x8, which it has. The second's slot is x16: x8 is below it, one finding on function 0 only, though
+    both its functions report the same link. An idle link's lower speed is never a finding."""
+    hosts.slot_widths(tree)
+    SysfsTree.write(tree.pci_path("0000:01:00.0") / "current_link_speed", "2.5 GT/s PCIe")
+    SysfsTree.write(tree.pci_path("0000:01:00.0") / "max_link_speed", "16.0 GT/s PCIe")
+    snap = judge_tree(tree)
+    assert dict(snap.inventory.errors) == {}
+    assert snap.inventory.devices["pci_0000_00_03_0"].link_width == (8, 16)  # bridges are read, never judged
+    found = downtrained(snap)
+    assert [(f.severity, f.subject) for f in found] == [("warning", "pci_0000_02_00_0")]
+    assert found[0].message == ("pci_0000_02_00_0 (0000:02:00.0) trained its PCIe link at x8 of x16: "
+                                "it runs with a fraction of its bandwidth")
+    text = render(snap).decode()
+    assert text.count('passthrough_finding{code="link_downtrained"') == 1
+    assert 'passthrough_finding{code="link_downtrained",severity="warning",subject="pci_0000_02_00_0"} 1.0' in text
+    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_01_00_0",kind="current"} 2.5' in text
+
+
+def test_the_slot_width_is_named_when_it_limits(tree):
+    """05:00.0, a x16 card in a slot wired x8, trained x4: below the slot's x8. 06:00.0's root port
+    has no link attributes: the card's own x4 is the measure. 07:00.1 is the only function present
+    of its card, so it is the lowest and speaks for the link."""
+    hosts.base(tree)
+    tree.pci("0000:00:1c.0", INTEL, 0x1D10, 0x060400, driver="pcieport", group=5, reset_method=None, link_width=(4, 8))
+    tree.pci("0000:05:00.0", NVIDIA, 0x2204, 0x030000, parent="0000:00:1c.0", group=6, link_width=(4, 16))
+    tree.pci("0000:00:1d.0", INTEL, 0x1D12, 0x060400, driver="pcieport", group=7, reset_method=None)
+    tree.pci("0000:06:00.0", INTEL, 0x1533, 0x020000, parent="0000:00:1d.0", group=8, link_width=(2, 4))
+    tree.pci("0000:00:1e.0", INTEL, 0x1D14, 0x060400, driver="pcieport", group=9, reset_method=None, link_width=(1, 4))
+    tree.pci("0000:07:00.1", INTEL, 0x1533, 0x020000, parent="0000:00:1e.0", group=10, link_width=(1, 4))
+    messages = {f.subject: f.message for f in downtrained(judge_tree(tree))}
+    assert messages == {
+        "pci_0000_05_00_0": "pci_0000_05_00_0 (0000:05:00.0) trained its PCIe link at x4 of x8 (the slot's width; "
+                            "the card supports x16): it runs with a fraction of its bandwidth",
+        "pci_0000_06_00_0": "pci_0000_06_00_0 (0000:06:00.0) trained its PCIe link at x2 of x4: "
+                            "it runs with a fraction of its bandwidth",
+        "pci_0000_07_00_1": "pci_0000_07_00_1 (0000:07:00.1) trained its PCIe link at x1 of x4: "
+                            "it runs with a fraction of its bandwidth",
+    }
+
+
+def test_a_d3cold_device_is_not_woken_but_its_cached_max_speed_is_read(tree):
+    """Every link file is there, with values that would be read were the device awake: only
+    max_link_speed (the kernel's cached copy) and power_state are read; config space, the current
+    link and max_link_width (a config read) are not touched."""
+    hosts.base(tree)
+    path = tree.pci("0000:01:00.0", NVIDIA, 0x2204, 0x030000, driver="vfio-pci", group=2, reset_method="flr",
+                    power_state="D3cold", link_width=(16, 16),
+                    attrs={"current_link_speed": "16.0 GT/s PCIe", "max_link_speed": "32.0 GT/s PCIe"})
+    trace = Trace()
+    inv = SysfsSource(str(tree.sys), str(tree.proc)).read(trace)
+    dev = inv.devices["pci_0000_01_00_0"]
+    assert dev.link_speed == (None, 32.0) and dev.link_width == (None, None)
+    assert dev.header_type is None and dev.power_state == "D3cold" and dict(inv.errors) == {}
+    real = os.path.realpath(path)
+    touched = {os.path.basename(p) for p in trace.files if os.path.dirname(p) == real}
+    assert {"max_link_speed", "power_state"} <= touched
+    assert not touched & {"config", "current_link_speed", "current_link_width", "max_link_width"}
+    snap = judge_tree(tree)
+    assert snap.device_object(dev.name)["health"]["link_speed_gts"] == {"current": None, "max": 32.0}
+    assert snap.device_object(dev.name)["health"]["link_width"] == {"current": None, "max": None}
+    text = render(snap).decode()
+    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_01_00_0",kind="max"} 32.0' in text
+    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_01_00_0",kind="current"}' not in text
+    assert 'passthrough_pcie_link_width{device="pci_0000_01_00_0"' not in text
+    assert not downtrained(snap)
+
+
+def test_unknown_and_error_power_states_are_kept_as_they_are(tree):
+    """The ABI's "error" (the kernel could not read the state) and "unknown" are states, told apart
+    from a device without the file: in the JSON and as the one power-state series of the device."""
+    hosts.base(tree)
+    tree.pci("0000:00:02.0", INTEL, 0x3E92, 0x030000, driver="i915", group=1, power_state="error")
+    tree.pci("0000:00:14.0", INTEL, 0xA36D, 0x0C0330, driver="xhci_hcd", group=3, power_state="unknown")
+    tree.pci("0000:00:16.0", INTEL, 0xA360, 0x078000, driver="mei_me", group=4)  # no power_state file
+    snap = judge_tree(tree)
+    assert dict(snap.inventory.errors) == {}
+    states = {n: snap.device_object(n)["health"]["power_state"]
+              for n in ("pci_0000_00_02_0", "pci_0000_00_14_0", "pci_0000_00_16_0")}
+    assert states == {"pci_0000_00_02_0": "error", "pci_0000_00_14_0": "unknown", "pci_0000_00_16_0": None}
+    series = [line for line in render(snap).decode().splitlines() if line.startswith("passthrough_device_power_state{")]
+    assert series == ['passthrough_device_power_state{device="pci_0000_00_02_0",state="error"} 1.0',
+                      'passthrough_device_power_state{device="pci_0000_00_14_0",state="unknown"} 1.0']
