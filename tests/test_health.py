@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import hosts
+import pytest
 from helpers import judge_tree
 from hosts import INTEL, NVIDIA
 from sysfs_builder import SysfsTree
@@ -13,6 +14,8 @@ from sysfs_builder import SysfsTree
 from passthrough_exporter.metrics import MetricOptions, render
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.sysfs import Trace
+from passthrough_exporter.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
+from passthrough_exporter.sysfs.devices import aer_total, link_speed, power_state
 
 AER_CORRECTABLE = """Receiver Error 2
 Bad TLP 0
@@ -240,3 +243,29 @@ def test_unknown_and_error_power_states_are_kept_as_they_are(tree):
     series = [line for line in render(snap).decode().splitlines() if line.startswith("passthrough_device_power_state{")]
     assert series == ['passthrough_device_power_state{device="pci_0000_00_02_0",state="error"} 1.0',
                       'passthrough_device_power_state{device="pci_0000_00_14_0",state="unknown"} 1.0']
+
+
+@pytest.mark.parametrize("parse, text, expected", [
+    (link_width, "32", 32), (link_width, "1", 1), (link_width, "0", None), (link_width, "255", None),
+    (link_width, "33", BadAttribute), (link_width, "-4", BadAttribute), (link_width, "x16", BadAttribute),
+    (numa_node, "-1", None), (numa_node, "1023", 1023), (numa_node, "-2", BadAttribute),
+    (numa_node, "1024", BadAttribute),
+    (sriov_count, "65535", 65535), (sriov_count, "65536", BadAttribute), (sriov_count, "-1", BadAttribute),
+    (parse_int, str(2**63 - 1), 2**63 - 1), (parse_int, str(2**63), BadAttribute), (parse_int, "-1", BadAttribute),
+    (parse_int, "+5", BadAttribute), (parse_int, "1_000", BadAttribute), (parse_int, "\u0663", BadAttribute),
+    (link_speed, "64.0 GT/s PCIe", 64.0), (link_speed, "2.5 GT/s", 2.5), (link_speed, "Unknown", None),
+    (link_speed, "0 GT/s PCIe", BadAttribute), (link_speed, "1000.5 GT/s", BadAttribute),
+    (link_speed, "1e3 GT/s", BadAttribute), (link_speed, "-8.0 GT/s", BadAttribute),
+    (link_speed, "infinity GT/s", BadAttribute), (link_speed, "NaN GT/s", BadAttribute),
+    (aer_total, f"TOTAL_ERR_COR {2**63}", BadAttribute), (aer_total, "TOTAL_ERR_COR -3", BadAttribute),
+    (power_state, "error", "error"), (power_state, "unknown", "unknown"), (power_state, "D3cold", "D3cold"),
+    (power_state, "Unknown", BadAttribute),
+])
+def test_numbers_are_bounded_where_they_are_parsed(parse, text, expected):
+    """The kernel's "no value" spellings (a link that is down reads width 0, an unknown maximum 255,
+    no NUMA node -1) are unknown; anything out of range is garbage."""
+    if expected is BadAttribute:
+        with pytest.raises(BadAttribute):
+            parse(text)
+    else:
+        assert parse(text) == expected
