@@ -29,7 +29,8 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     opt, link = reader.optional, reader.link_in
     group = link(attrs, path, "iommu_group") if "iommu_group" in attrs else None
     physfn = link(attrs, path, "physfn") if "physfn" in attrs else None
-    virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isdigit()], key=_virtfn_number)
+    virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isascii() and a[6:].isdigit()],
+                     key=_virtfn_number)
     # The power state first: reading a D3cold device's config space wakes it (the kernel resumes
     # it for the read), so a sleeping device keeps sleeping and its header and current link stay
     # unknown. max_link_speed is read: the kernel answers it from a cached copy ("PCI: Store all PCIe
