@@ -6,10 +6,11 @@ the kernel does not give is unknown, never a finding.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..model import Check, Finding, Inventory
+from ..model import Check, Device, Finding, Inventory
 
 FIXES = {
     "link_downtrained": "reseat the card or move it to a slot wired for its full width, and check the "
@@ -17,6 +18,8 @@ FIXES = {
     "pcie_fatal_errors": "look at the kernel log (`journalctl -k | grep -i aer`) for the failing link, check "
     "power, seating and firmware; replace the card or the riser if the errors come back after a reboot",
 }
+
+_FUNCTION = re.compile(r"([0-9a-f]{4,}:[0-9a-f]{2}:[0-9a-f]{2})\.([0-7])")  # domain:bus:device.function
 
 
 @hookimpl
@@ -26,16 +29,51 @@ def passthrough_checks() -> list[Check]:
 
 @hookimpl
 def passthrough_findings(inventory: Inventory) -> Iterator[Finding]:
-    for dev in inventory:
-        if dev.type != "pci":
-            continue
-        current, widest = dev.link_width
-        if dev.header_type == 0 and current is not None and widest is not None and current < widest:
-            yield Finding("link_downtrained", "warning", dev.name,
-                          f"{dev.name} ({dev.address}) trained its PCIe link at x{current} of x{widest}: "
-                          "it runs with a fraction of its bandwidth", FIXES["link_downtrained"])
+    pci = [d for d in inventory if d.type == "pci"]
+    below = {d.name: limit for d in pci if (limit := _trained_below(d, inventory)) is not None}
+    speakers = _link_speakers(pci) if below else set()  # the address scan only when a link is down
+    for dev in pci:
+        limit = below.get(dev.name)
+        if limit is not None and dev.name in speakers:
+            yield _downtrained(dev, limit)
         fatal = dev.aer_errors[2]
         if fatal:
             yield Finding("pcie_fatal_errors", "critical", dev.name,
                           f"{dev.name} ({dev.address}) reported {fatal} fatal PCIe error(s) since boot (AER): "
                           "the link or the device failed", FIXES["pcie_fatal_errors"])
+
+
+def _trained_below(dev: Device, inventory: Inventory) -> int | None:
+    """The width an endpoint's link should have trained at, when it trained narrower; else None.
+
+    That width is the narrower of the device's own maximum and its upstream port's (the parent
+    bridge's) maximum: a x16 card in a slot wired x8 trains x8 and is healthy. Without a known
+    upstream maximum the device's own is the measure. Speed is never judged: idle links slow down.
+    """
+    current, widest = dev.link_width
+    if dev.header_type != 0 or current is None or widest is None:
+        return None
+    upstream = inventory.devices.get(dev.parent) if dev.parent else None
+    slot = upstream.link_width[1] if upstream is not None and upstream.type == "pci" else None
+    limit = widest if slot is None else min(widest, slot)
+    return limit if current < limit else None
+
+
+def _downtrained(dev: Device, limit: int) -> Finding:
+    current, widest = dev.link_width
+    of = f"x{limit}" if limit == widest else f"x{limit} (the slot's width; the card supports x{widest})"
+    return Finding("link_downtrained", "warning", dev.name,
+                   f"{dev.name} ({dev.address}) trained its PCIe link at x{current} of {of}: "
+                   "it runs with a fraction of its bandwidth", FIXES["link_downtrained"])
+
+
+def _link_speakers(pci: list[Device]) -> set[str]:
+    """The one function per physical link that reports on it. Every function of a multi-function
+    device (one domain:bus:device) shares its link, so the lowest function present speaks for it."""
+    lowest: dict[str, tuple[str, str]] = {}  # domain:bus:device -> (function, name)
+    for dev in pci:
+        m = _FUNCTION.fullmatch(dev.address or "")
+        key, function = (m.group(1), m.group(2)) if m else (dev.name, "")
+        if key not in lowest or function < lowest[key][0]:
+            lowest[key] = (function, dev.name)
+    return {name for _, name in lowest.values()}

@@ -154,3 +154,18 @@ def busy_host(tree: SysfsTree) -> SysfsTree:
                                            "-m", "8192"], {3: "/dev/vfio/vfio", 4: "/dev/vfio/2", 5: "/dev/null"})
     tree.process(4300, "bash", ["bash"], {0: "/dev/pts/0"})
     return tree
+
+
+def slot_widths(t: SysfsTree) -> None:
+    """Two two-function x16 cards, each below a root port of its own, both trained x8:
+    01:00.0/.1 in a slot wired x8 (root port 00:01.0 has x8 at most): healthy, the slot's full width;
+    02:00.0/.1 in an x16 slot (root port 00:03.0, x16 at most): downtrained, half its width."""
+    base(t)
+    t.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None, link_width=(8, 8))
+    t.pci("0000:00:03.0", INTEL, 0x1905, 0x060400, driver="pcieport", group=3, reset_method=None,
+          link_width=(8, 16))  # a downstream port reports the trained width of the link below it too
+    for port, bus, group in (("0000:00:01.0", "01", 2), ("0000:00:03.0", "02", 4)):
+        t.pci(f"0000:{bus}:00.0", NVIDIA, 0x2204, 0x030000, parent=port, driver="vfio-pci", group=group,
+              reset_method="flr", link_width=(8, 16))
+        t.pci(f"0000:{bus}:00.1", NVIDIA, 0x1AEF, 0x040300, parent=port, driver="vfio-pci", group=group,
+              reset_method="flr", link_width=(8, 16))

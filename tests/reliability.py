@@ -91,4 +91,13 @@ def scrape_tree(tree: SysfsTree) -> Scrape:
     with served(tree) as httpd:
         m_status, metrics = request(httpd, "/metrics")
         d_status, devices = request(httpd, "/api/devices")
-    return Scrape(m_status, metrics.decode(), d_status, json.loads(devices))
+    return Scrape(m_status, metrics.decode(), d_status, strict_json(devices))
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as a strict parser reads it: NaN and the infinities are no JSON, and fail here."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -142,9 +142,12 @@ class SysfsTree:
         vfio_dev: str | None = None,
         enable: int | None = None,
         unreachable: bool = False,
+        link_width: tuple[int, int] | None = None,
+        power_state: str | None = None,
         attrs: dict[str, str | bytes] | None = None,
     ) -> Path:
-        """A PCI function; `parent` is the address of the bridge above it (None: a root bus)."""
+        """A PCI function; `parent` is the address of the bridge above it (None: a root bus).
+        `link_width`: (current_link_width, max_link_width), as a bridge or an endpoint has them."""
         if parent is None:
             domain_bus = addr.rsplit(":", 1)[0]
             base = self.sys / "devices" / f"pci{domain_bus}"
@@ -171,6 +174,11 @@ class SysfsTree:
             (path / "vfio-dev" / vfio_dev).mkdir(parents=True)
         if enable is not None:
             self.write(path / "enable", str(enable))
+        if link_width is not None:
+            self.write(path / "current_link_width", str(link_width[0]))
+            self.write(path / "max_link_width", str(link_width[1]))
+        if power_state is not None:
+            self.write(path / "power_state", power_state)
         for name, value in (attrs or {}).items():  # anything else, in the kernel's own format
             self.write(path / name, value)
         if boot_vga is not None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import hosts
 import pytest
-from reliability import collect_errors, inspector, request, scrape_tree, serve_quick
+from helpers import EXE
+from reliability import collect_errors, inspector, request, scrape_tree, serve_quick, strict_json
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter.model import Device, Inventory
@@ -156,6 +157,76 @@ def test_garbage_attribute_is_skipped_and_counted(host: SysfsTree, case: str) ->
     else:
         assert_intact(before, after, gone=set(), changed={name: {field: None}})
     check_served(host, {kind: 1}, {name} if skipped else set())
+
+
+# --- numbers out of range: NaN, the infinities, 400 digits ------------------------------------------
+
+NIC = "0000:00:19.0"
+HUGE = "1" * 400  # a "count" no int64 holds and no float converts: it once failed every refresh
+# attribute -> (its text with {} for the number, the Device field it fills, the index in a tuple field)
+NUMERIC = {
+    "current_link_speed": ("{} GT/s PCIe", "link_speed", 0),
+    "aer_dev_fatal": ("Data Link Protocol 0\nTOTAL_ERR_FATAL {}", "aer_errors", 2),
+    "current_link_width": ("{}", "link_width", 0),
+    "numa_node": ("{}", "numa_node", None),
+    "sriov_numvfs": ("{}", "sriov_numvfs", None),
+}
+
+
+def nic_host(t: SysfsTree) -> SysfsTree:
+    """The desktop and an SR-IOV NIC with every numeric attribute at a good value."""
+    desktop(t)
+    t.pci(NIC, 0x8086, 0x1572, 0x020000, driver="i40e", group=7, numa_node=0, sriov_totalvfs=8, link_width=(8, 8),
+          power_state="D0", attrs={"current_link_speed": "8.0 GT/s PCIe", "max_link_speed": "8.0 GT/s PCIe",
+                                   "aer_dev_fatal": NUMERIC["aer_dev_fatal"][0].format(0)})
+    return t
+
+
+@pytest.mark.parametrize("number", ["nan", "inf", HUGE], ids=["nan", "inf", "400 digits"])
+@pytest.mark.parametrize("attr", list(NUMERIC))
+def test_a_number_out_of_range_empties_its_field_only(tree: SysfsTree, attr: str, number: str) -> None:
+    """The field is empty and counted as bad_attribute; every other field and device reads as
+    before; a refresh through the real server succeeds and /api/devices is strict JSON."""
+    host = nic_host(tree)
+    before = read(host)
+    nic = before.devices["pci_0000_00_19_0"]
+    assert (nic.link_speed, nic.link_width, nic.aer_errors) == ((8.0, 8.0), (8, 8), (None, None, 0))
+    assert (nic.numa_node, nic.sriov_totalvfs, nic.sriov_numvfs, nic.power_state) == (0, 8, 0, "D0")
+    text, field, index = NUMERIC[attr]
+    SysfsTree.write(host.pci_path(NIC) / attr, text.format(number))
+    after = read(host)
+    assert dict(after.errors) == {"bad_attribute": 1}
+    value = getattr(nic, field)
+    emptied = None if index is None else (*value[:index], None, *value[index + 1:])
+    assert_intact(before, after, gone=set(), changed={nic.name: {field: emptied}})
+    s = scrape_tree(host)  # /api/devices parsed strictly
+    assert s.metrics_status == 200 and s.devices_status == 200 and s.errors == {"bad_attribute": 1}
+    assert 'passthrough_source_up{source="sysfs"} 1.0' in s.metrics
+    assert set(s.names) == set(before.devices)
+
+
+def test_numbers_out_of_range_through_the_commands(tree: SysfsTree, tmp_path: Path) -> None:
+    """All five at once: `devices --json` prints strict JSON, `textfile` writes its file and exits 0
+    without a traceback, each bad number counted once."""
+    host = nic_host(tree)
+    for (attr, (text, _, _)), number in zip(NUMERIC.items(), ["nan", "inf", HUGE, "-inf", HUGE]):
+        SysfsTree.write(host.pci_path(NIC) / attr, text.format(number))
+    paths = ["--path.sysfs", str(host.sys), "--path.procfs", str(host.proc)]
+    out = subprocess.run([EXE, "devices", "--json", *paths], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    devices = {d["name"]: d for d in strict_json(out.stdout)}
+    nic = devices["pci_0000_00_19_0"]
+    assert nic["health"]["link_speed_gts"] == {"current": None, "max": 8.0}
+    assert nic["health"]["link_width"] == {"current": None, "max": 8}
+    assert nic["health"]["aer_errors"] == {"correctable": None, "nonfatal": None, "fatal": None}
+    assert (nic["numa_node"], nic["sriov_totalvfs"], nic["sriov_numvfs"]) == (None, 8, None)
+    assert nic["health"]["power_state"] == "D0" and nic["driver"] == "i40e"
+    assert set(devices) == set(read(host).devices)
+    prom = tmp_path / "passthrough.prom"
+    out = subprocess.run([EXE, "textfile", str(prom), *paths], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert {k: v for k, v in collect_errors(prom.read_text()).items() if v} == {"bad_attribute": 5}
+    assert 'passthrough_pcie_link_speed_gts{device="pci_0000_00_19_0",kind="max"} 8.0' in prom.read_text()
 
 
 # --- symlinks: dangling, looping, pointing at the wrong thing -------------------------------------

@@ -133,6 +133,21 @@ def test_garbage_fields_leave_them_empty():
     assert (dev.type, dev.pci_class, dev.address, dev.vendor_id) == ("pci", None, None, None)
 
 
+def test_numbers_go_through_the_sysfs_bounds_and_are_counted():
+    """libvirt copies numa_node, the group and sriov_totalvfs from sysfs: the same parsers, the same
+    bounds, each garbage number one bad_attribute; NUMA node -1 is no node, not garbage."""
+    counted: list[str] = []
+    dev = node_device(DEVICE.format(
+        "<iommuGroup number='" + "9" * 400 + "'/><numa node='nan'/>"
+        "<capability type='virt_functions' maxCount='inf'/>"), counted.append).device
+    assert (dev.iommu_group, dev.numa_node, dev.sriov_totalvfs) == (None, None, None)
+    assert counted == ["bad_attribute"] * 3
+    counted.clear()
+    dev = node_device(DEVICE.format("<iommuGroup number='12'/><numa node='-1'/>"
+                                    "<capability type='virt_functions' maxCount='64'/>"), counted.append).device
+    assert (dev.iommu_group, dev.numa_node, dev.sriov_totalvfs, counted) == (12, None, 64, [])
+
+
 def test_domain_hostdevs_skip_what_is_not_a_host_device():
     name, refs = domain_hostdevs(
         "<domain><name>vm</name><devices>"

@@ -8,6 +8,9 @@ device without raising.
 
 from __future__ import annotations
 
+import json
+import math
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability import inspector
@@ -15,6 +18,8 @@ from reliability import inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import COMPUTER, Device, Inventory
 from passthrough_exporter.snapshot import Snapshot
+from passthrough_exporter.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
+from passthrough_exporter.sysfs.devices import aer_total, link_speed
 
 TYPES = ("pci", "usb_device", "usb", "scsi_host", "scsi_target", "scsi")
 # Every type a built-in plugin answers for: the device's descendants always go along.
@@ -118,3 +123,30 @@ def test_no_input_makes_the_inspector_raise(devices: list[Device]) -> None:
         if dev.type == "pci" and dev.iommu_group is not None:
             for peer in inv.group_peers(dev.name):
                 assert peer in snap.affected[dev.name] and dev.name in snap.affected[peer]
+
+
+# What a sysfs numeric attribute could hold: numbers of any size and sign, the float spellings
+# Python accepts (nan, inf, 1e9, 1_0), other scripts' digits, and anything at all.
+numeric_text = (st.integers().map(str) | st.integers(-(10**400), 10**400).map(str)
+                | st.floats().map(repr) | st.sampled_from(["nan", "inf", "-inf", "Infinity", "1e9", "1_0", "+1",
+                                                          " 1", "\u0663", "0", "255", "-1", "Unknown"])
+                | st.text(max_size=12))
+NUMBER_PARSERS = {  # parser -> the range a value it returns lies in
+    parse_int: (0, 2**63 - 1), sriov_count: (0, 65535), numa_node: (0, 1023), link_width: (1, 32),
+    aer_total: (0, 2**63 - 1), link_speed: (0.0, 1000.0),
+}
+
+
+@PROPERTY_SETTINGS
+@given(numeric_text, st.sampled_from(["", "{} GT/s PCIe", "TOTAL_ERR_FATAL {}"]))
+def test_a_parsed_number_is_in_range_or_refused(number: str, template: str) -> None:
+    text = template.format(number) if template else number
+    for parse, (low, high) in NUMBER_PARSERS.items():
+        try:
+            value = parse(text)
+        except BadAttribute:
+            continue
+        if value is None:  # the kernel's own "no value" spellings
+            continue
+        assert low <= value <= high and math.isfinite(float(value)), (parse.__name__, text, value)
+        json.dumps(value, allow_nan=False)

@@ -121,7 +121,7 @@ class LibvirtSource:
         def count(kind: str) -> None:
             errors[kind] += 1
 
-        nodes = _each_xml(conn.listAllDevices(0), lambda xml, _: node_device(xml),
+        nodes = _each_xml(conn.listAllDevices(0), lambda xml, _: node_device(xml, count),
                           libvirt.VIR_ERR_NO_NODE_DEVICE, "node device", count)
         devices = _attach_storage(nodes)
         host: HostFacts | None = None

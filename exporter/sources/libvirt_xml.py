@@ -7,13 +7,21 @@ files), so no entities, no DTDs, no network, and a size bound before lxml sees a
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lxml import etree
 
 from ..model import COMPUTER, Device, device_name
-from ..sysfs.attrs import BadAttribute, hex_id
+from ..sysfs.attrs import BadAttribute, hex_id, numa_node, parse_int, sriov_count
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Count = Callable[[str], None]
 
 MAX_XML_BYTES = 1 << 20  # a node device is a few KiB; VPD-heavy NICs stay far below this
 
@@ -68,6 +76,20 @@ def _int(text: str | None, base: int = 10) -> int | None:
         return None
 
 
+def _attr(text: str | None, parse: Callable[[str], T], what: str, count: Count | None) -> T | None:
+    """A number libvirt copied from sysfs, parsed by the sysfs source's own function (same bounds):
+    missing -> None; garbage -> None, logged and counted as `bad_attribute`, like a sysfs attribute."""
+    if text is None:
+        return None
+    try:
+        return parse(text.strip())
+    except BadAttribute as exc:
+        log.warning("%s skipped (bad_attribute): %s", what, exc)
+        if count is not None:
+            count("bad_attribute")
+        return None
+
+
 def _hex_id(el: etree._Element | None, width: int) -> str | None:
     if el is None or el.get("id") is None:
         return None
@@ -114,8 +136,9 @@ def usb_address(name: str, interface: bool) -> str | None:
     return f"{bus}-{'.'.join(ports)}"
 
 
-def node_device(text: str | bytes) -> NodeDevice:
-    """One `<device>` document. Unknown capability types become plain devices of that type."""
+def node_device(text: str | bytes, count: Count | None = None) -> NodeDevice:
+    """One `<device>` document. Unknown capability types become plain devices of that type.
+    `count(kind)` is told of each garbage number left out (`bad_attribute`)."""
     root = parse(text)
     if root.tag != "device":
         raise BadXML(f"root element is <{root.tag}>, not <device>")
@@ -134,9 +157,9 @@ def node_device(text: str | bytes) -> NodeDevice:
     base = dict(name=name, type=kind, parent=parent, driver=_text(root.find("driver/name")))
     path = _text(root.find("path"))
     if kind == "pci":
-        return NodeDevice(_pci(cap, base), path)
+        return NodeDevice(_pci(cap, base, count), path)
     if kind in ("usb_device", "usb"):
-        return NodeDevice(_usb(cap, base, path), path)
+        return NodeDevice(_usb(cap, base, path, count), path)
     if kind == "scsi_host":
         host = _int(_text(cap.find("host")))
         return NodeDevice(Device(**base, address=None if host is None else f"host{host}"), path)
@@ -158,7 +181,7 @@ def node_device(text: str | bytes) -> NodeDevice:
     return NodeDevice(Device(**base), path)  # net, drm, mdev, css, ...: kept so the tree stays whole
 
 
-def _pci(cap: etree._Element, base: dict) -> Device:
+def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
     parts = [_int(_text(cap.find(k)), 0) for k in ("domain", "bus", "slot", "function")]
     address = pci_address(*parts)
     notes = () if address else ("PCI address missing or out of range in libvirt's XML",)
@@ -174,18 +197,21 @@ def _pci(cap: etree._Element, base: dict) -> Device:
         header = 1
     elif cap.find("capability[@type='cardbus-bridge']") is not None:
         header = 2
-    numa_node = _int(numa.get("node")) if numa is not None else None
+    name = base["name"]
+    group_number = _attr(group.get("number") if group is not None else None, parse_int, f"{name}: iommuGroup", count)
+    node = _attr(numa.get("node") if numa is not None else None, numa_node, f"{name}: numa node", count)
+    total_vfs = _attr(vfs_cap.get("maxCount") if vfs_cap is not None else None, sriov_count, f"{name}: maxCount", count)
     return Device(
         **base,
         address=address,
         **_ids(cap),
         pci_class=None if cls is None or cls > 0xFFFFFF else f"0x{cls:06x}",
-        iommu_group=_int(group.get("number")) if group is not None else None,
-        numa_node=numa_node if numa_node is not None and numa_node >= 0 else None,
+        iommu_group=group_number,
+        numa_node=node,
         header_type=header,
         physfn=device_name("pci", pf) if pf else None,
         virtfns=tuple(device_name("pci", a) for a in vfs),
-        sriov_totalvfs=_int(vfs_cap.get("maxCount")) if vfs_cap is not None else None,
+        sriov_totalvfs=total_vfs,
         sriov_numvfs=len(vfs) if vfs_cap is not None else None,
         notes=notes,
     )
@@ -198,7 +224,7 @@ def _ids(cap: etree._Element) -> dict[str, str | None]:
             "vendor": _text(vendor), "product": _text(product)}
 
 
-def _usb(cap: etree._Element, base: dict, path: str | None) -> Device:
+def _usb(cap: etree._Element, base: dict, path: str | None, count: Count | None) -> Device:
     interface = base["type"] == "usb"
     # <path> names the sysfs directory exactly; the name is the fallback (udev-style names only).
     address = path.rstrip("/").rsplit("/", 1)[-1] if path else usb_address(base["name"], interface)
@@ -209,8 +235,8 @@ def _usb(cap: etree._Element, base: dict, path: str | None) -> Device:
         **base,
         address=address,
         **_ids(cap),
-        busnum=_int(_text(cap.find("bus"))),
-        devnum=_int(_text(cap.find("device"))),
+        busnum=_attr(_text(cap.find("bus")), parse_int, f"{base['name']}: bus", count),
+        devnum=_attr(_text(cap.find("device")), parse_int, f"{base['name']}: device", count),
     )
 
 

@@ -6,6 +6,8 @@ value is spelled the same wherever it comes from.
 
 from __future__ import annotations
 
+import re
+
 ATTR_LIMIT = 4096  # bytes; sysfs text attributes fit in a page, anything longer is garbage
 
 
@@ -45,8 +47,64 @@ def hex_id(text: str, width: int) -> str:
     return f"0x{int(digits, 16):0{width}x}"
 
 
+# The largest count kept. The kernel's counters are u64, yet one counting a billion events a second
+# takes 292 years to pass 2**63: anything bigger is garbage, not a count. It is also the largest
+# integer an int64 holds (JSON readers in Go or Java, exporters' int fields) and converts to a
+# finite float for the exposition, where a 400-digit "count" raised OverflowError in every refresh.
+COUNT_MAX = 2**63 - 1
+SRIOV_MAX = 0xFFFF  # TotalVFs and NumVFs are 16-bit registers of the SR-IOV capability
+NUMA_NODES = 1 << 10  # MAX_NUMNODES: CONFIG_NODES_SHIFT is at most 10 on every architecture
+WIDTH_MAX = 32  # lanes: x32 is the widest link the PCIe spec defines
+SPEED_MAX = 1000.0  # GT/s: PCIe 7.0 runs 128; a four-digit speed is garbage
+
+_DECIMAL_FRACTION = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")  # float() also takes "nan", "inf", "1e9"
+
+
+def bounded_int(text: str, low: int, high: int) -> int:
+    """A decimal integer as the kernel prints it (%d, %u, %llu), within low..high; else BadAttribute.
+
+    The one check of every numeric attribute: a value out of range empties its field only, where it
+    once reached the JSON and the exposition and failed them.
+    """
+    digits = text[1:] if text[:1] == "-" else text
+    # ASCII digits only (int() also takes "1_000", " +5" and "٣"); 20 of them hold any 64-bit number.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
+        raise BadAttribute(f"not a number: {text[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise BadAttribute(f"out of range {low}..{high}: {text[:40]!r}")
+    return value
+
+
+def bounded_float(text: str, high: float) -> float:
+    """A positive decimal fraction (16.0, 2.5, 8) no greater than `high`; never NaN or infinite."""
+    if _DECIMAL_FRACTION.fullmatch(text) is None:
+        raise BadAttribute(f"not a decimal number: {text[:40]!r}")
+    value = float(text)
+    if not 0.0 < value <= high:
+        raise BadAttribute(f"out of range 0..{high:g}: {text[:40]!r}")
+    return value
+
+
 def parse_int(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise BadAttribute(f"not a number: {text[:40]!r}") from None
+    """A count or a number (a group, a bus, instances): 0..COUNT_MAX."""
+    return bounded_int(text, 0, COUNT_MAX)
+
+
+def sriov_count(text: str) -> int:
+    """sriov_totalvfs, sriov_numvfs: 0..65535."""
+    return bounded_int(text, 0, SRIOV_MAX)
+
+
+def numa_node(text: str) -> int | None:
+    """A NUMA node number; -1 (NUMA_NO_NODE: the platform names none) is None."""
+    node = bounded_int(text, -1, NUMA_NODES - 1)
+    return None if node == -1 else node
+
+
+def link_width(text: str) -> int | None:
+    """Lanes, 1..32. The kernel's own "no value" spellings are unknown, not garbage: 0 (a link that
+    is down: an empty hot-plug slot's port) and 255 (PCIE_LNK_WIDTH_UNKNOWN: no link capability)."""
+    if text == "0" or text == "255":
+        return None
+    return bounded_int(text, 1, WIDTH_MAX)

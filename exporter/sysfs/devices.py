@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ..model import MdevType, device_name
-from .attrs import BadAttribute, escape_bytes, hex_id, parse_int
+from .attrs import SPEED_MAX, BadAttribute, bounded_float, escape_bytes, hex_id, link_width, numa_node, parse_int, sriov_count
 from .files import Reader, error_kind
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,19 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     # Flat on purpose: no closures or lambdas made per device, the reader's methods bound once.
     opt, link = reader.optional, reader.link_in
     group = link(attrs, path, "iommu_group") if "iommu_group" in attrs else None
-    numa = opt(attrs, path, "numa_node", parse_int, sysname)
     physfn = link(attrs, path, "physfn") if "physfn" in attrs else None
-    virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isdigit()], key=_virtfn_number)
+    virtfns = sorted([a for a in attrs if a[:6] == "virtfn" and a[6:].isascii() and a[6:].isdigit()],
+                     key=_virtfn_number)
     # The power state first: reading a D3cold device's config space wakes it (the kernel resumes
-    # it for the read), so a sleeping device keeps sleeping and its header and link stay unknown.
+    # it for the read), so a sleeping device keeps sleeping and its header and current link stay
+    # unknown. max_link_speed is read: the kernel answers it from a cached copy ("PCI: Store all PCIe
+    # Supported Link Speeds") without touching the device. max_link_width is not: it reads LNKCAP from
+    # config space, which resumes the device since "PCI/sysfs: Ensure devices are powered for config
+    # reads" and gave bogus values before it.
     power = opt(attrs, path, "power_state", power_state, sysname)
     asleep = power == "D3cold"
     header_type, unreachable = (None, False) if asleep else _config(reader, path, attrs, sysname)
-    no_link = physfn is not None or asleep  # a VF's link is its PF's
+    no_link = physfn is not None  # a VF's link is its PF's
     if "reset_method" in attrs:
         reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
     else:
@@ -53,7 +57,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "subsystem_product_id": opt(attrs, path, "subsystem_device", _hex4, sysname),
         "driver": link(attrs, path, "driver") if "driver" in attrs else None,
         "iommu_group": _group_number(reader, group, sysname),
-        "numa_node": None if numa is None or numa < 0 else numa,
+        "numa_node": opt(attrs, path, "numa_node", numa_node, sysname),
         "boot_vga": opt(attrs, path, "boot_vga", _is_one, sysname) or False,
         "reset_methods": reset_methods,
         "header_type": header_type,
@@ -62,12 +66,14 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "enabled": opt(attrs, path, "enable", _nonzero, sysname),
         "physfn": device_name("pci", physfn) if physfn else None,
         "virtfns": tuple(device_name("pci", n) for n in (link(attrs, path, v) for v in virtfns) if n),
-        "sriov_totalvfs": opt(attrs, path, "sriov_totalvfs", parse_int, sysname),
-        "sriov_numvfs": opt(attrs, path, "sriov_numvfs", parse_int, sysname),
-        "link_speed": (None, None) if no_link else (opt(attrs, path, "current_link_speed", link_speed, sysname),
-                                                    opt(attrs, path, "max_link_speed", link_speed, sysname)),
-        "link_width": (None, None) if no_link else (opt(attrs, path, "current_link_width", parse_int, sysname),
-                                                    opt(attrs, path, "max_link_width", parse_int, sysname)),
+        "sriov_totalvfs": opt(attrs, path, "sriov_totalvfs", sriov_count, sysname),
+        "sriov_numvfs": opt(attrs, path, "sriov_numvfs", sriov_count, sysname),
+        "link_speed": (None, None) if no_link else (
+            None if asleep else opt(attrs, path, "current_link_speed", link_speed, sysname),
+            opt(attrs, path, "max_link_speed", link_speed, sysname)),
+        "link_width": (None, None) if no_link or asleep else (
+            opt(attrs, path, "current_link_width", link_width, sysname),
+            opt(attrs, path, "max_link_width", link_width, sysname)),
         "aer_errors": (opt(attrs, path, "aer_dev_correctable", aer_total, sysname),
                        opt(attrs, path, "aer_dev_nonfatal", aer_total, sysname),
                        opt(attrs, path, "aer_dev_fatal", aer_total, sysname)),
@@ -92,7 +98,10 @@ def _nonzero(text: str) -> bool:
     return parse_int(text) != 0
 
 
-POWER_STATES = ("D0", "D1", "D2", "D3hot", "D3cold")
+# Documentation/ABI/testing/sysfs-bus-pci, power_state: "unknown", "error" (the kernel could not
+# read the state), "D0", "D1", "D2", "D3hot", "D3cold"; each kept as it is, so a state that cannot be
+# read is told from a device without the file.
+POWER_STATES = ("D0", "D1", "D2", "D3hot", "D3cold", "unknown", "error")
 
 
 def link_speed(text: str) -> float | None:
@@ -102,10 +111,7 @@ def link_speed(text: str) -> float | None:
     number, _, unit = text.partition(" ")
     if not unit.startswith("GT/s"):
         raise BadAttribute(f"not a link speed: {text[:40]!r}")
-    try:
-        return float(number)
-    except ValueError:
-        raise BadAttribute(f"not a link speed: {text[:40]!r}") from None
+    return bounded_float(number, SPEED_MAX)
 
 
 def aer_total(text: str) -> int:
@@ -116,12 +122,9 @@ def aer_total(text: str) -> int:
     raise BadAttribute(f"no TOTAL_ERR_ line: {text[:40]!r}")
 
 
-def power_state(text: str) -> str | None:
-    """D0 ... D3cold; the kernel's 'unknown' and 'error' are no state."""
+def power_state(text: str) -> str:
     if text in POWER_STATES:
         return text
-    if text in ("unknown", "error"):
-        return None
     raise BadAttribute(f"not a power state: {text[:40]!r}")
 
 
