@@ -13,11 +13,44 @@ import hosts
 import pytest
 from helpers import EXE, judge_tree
 from hosts import INTEL, NVIDIA
+from sysfs_builder import char_number
 
 from passthrough_exporter.metrics import render
 from passthrough_exporter.sysfs.procs import qemu_guest_name, scan_holders
 
 MELLANOX = 0x15B3
+# This machine's own character devices, which real and fake processes hold in these tests.
+CHAR_DEVICES = ("/dev/full", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/null")
+
+
+def number_of(device: str) -> tuple[int, int]:
+    rdev = os.stat(device).st_rdev
+    return os.major(rdev), os.minor(rdev)
+
+
+def unheld_char_device() -> str:
+    """One of CHAR_DEVICES no process of this machine holds open for writing now: the scan names
+    the first holder it finds, so a test's own holder must be the only one."""
+    present = [d for d in CHAR_DEVICES if os.path.exists(d)]
+    held = scan_holders("/proc", {number_of(d) for d in present}) or {}
+    for device in present:
+        if number_of(device) not in held:
+            return device
+    pytest.skip(f"every one of {present} is held open for writing by some process")
+
+
+def holder_process(device: str, ready: Path, *argv: str, mode: int = os.O_WRONLY) -> subprocess.Popen:
+    """A child that opens `device` with `mode`, touches `ready`, and waits (at most 60 s)."""
+    return subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time, pathlib; fd = os.open(sys.argv[1], int(sys.argv[2])); "
+        "pathlib.Path(sys.argv[3]).write_text('x'); time.sleep(60)"), device, str(mode), str(ready), *argv])
+
+
+def wait_for(ready: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not ready.exists():
+        assert time.monotonic() < deadline, f"{ready} never appeared"
+        time.sleep(0.02)
 
 
 def found(snap) -> dict[str, list[tuple[str, str]]]:
@@ -184,14 +217,22 @@ def test_available_on_the_command_line(tree):
 
 
 def test_a_cdev_and_a_usbfs_node_name_their_devices(tree):
+    """The VFIO cdev's number (vfio-dev/vfio3/dev) and the USB device's (dev) are /dev/full's and
+    /dev/random's here: the QEMU holding those two real devices holds the NIC VF and the stick."""
     hosts.base(tree)
-    tree.pci("0000:3b:00.2", MELLANOX, 0x101E, 0x020000, driver="mlx5_vfio_pci", group=21, vfio_dev="vfio3")
+    tree.pci("0000:3b:00.2", MELLANOX, 0x101E, 0x020000, driver="mlx5_vfio_pci", group=21, vfio_dev="vfio3",
+             cdev=char_number("/dev/full"))
     hosts.usb_tree(tree)
-    tree.process(77, "qemu-kvm", ["qemu-kvm", "-name", "db1"], {9: "/dev/vfio/devices/vfio3",
-                                                                  10: "/dev/bus/usb/001/004"})
+    tree.write(tree.sys / "bus" / "usb" / "devices" / "1-1.4" / "dev", char_number("/dev/random"))
+    tree.write(tree.sys / "bus" / "usb" / "devices" / "1-1.2" / "dev", "189:2")  # the mouse: nobody holds it
+    tree.process(77, "qemu-kvm", ["qemu-kvm", "-name", "db1"], {9: "/dev/full", 10: "/dev/random"})
     snap = judge_tree(tree)
+    assert snap.inventory.devices["pci_0000_3b_00_2"].char_dev == number_of("/dev/full")
+    assert snap.inventory.devices["usb_1_1_2"].char_dev == (189, 2)
     for name in ("pci_0000_3b_00_2", "usb_1_1_4"):
         assert snap.device_object(name)["held_by"] == {"vm": "db1", "pid": 77, "process": "qemu-kvm"}
+    assert set(snap.facts.in_use) == {"pci_0000_3b_00_2", "usb_1_1_4"}
+    assert snap.states["usb_1_1_2"] == "available"
 
 
 def test_the_scan_can_be_switched_off(tree):
@@ -216,28 +257,22 @@ def test_qemu_guest_names(argv, name):
     assert qemu_guest_name(argv) == name
 
 
-def test_a_real_process_holding_a_node_is_found_through_the_real_proc(tmp_path):
-    """A child opens a file standing in for /dev/vfio/12; the scan of this machine's /proc finds it."""
-    devfs = tmp_path / "dev"
-    (devfs / "vfio").mkdir(parents=True)
-    node = devfs / "vfio" / "12"
-    node.write_text("")
+def test_a_real_process_holding_a_device_is_found_through_the_real_proc(tmp_path):
+    """A child opens a real character device for writing; the scan of this machine's /proc finds it
+    by the device's number, and names the VM from its -name."""
+    device = unheld_char_device()
     ready = tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pathlib; f = open(sys.argv[1]); pathlib.Path(sys.argv[2]).write_text('x'); "
-        "time.sleep(30)"), str(node), str(ready)])
+    child = holder_process(device, ready, "-name", "guest=legit-vm")
     try:
-        deadline = time.monotonic() + 10
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        holders = scan_holders("/proc", devfs=str(devfs))
-        assert holders is not None and holders["/dev/vfio/12"].pid == child.pid
-        assert holders["/dev/vfio/12"].process == Path(sys.executable).name[:15]
-        assert holders["/dev/vfio/12"].vm is None
+        wait_for(ready)
+        holders = scan_holders("/proc", {number_of(device)})
+        assert holders is not None and holders[number_of(device)].pid == child.pid
+        assert holders[number_of(device)].process == Path(sys.executable).name[:15]
+        assert holders[number_of(device)].vm == "legit-vm"
     finally:
         child.kill()
         child.wait(10)
-    assert os.path.exists(node)
+    assert number_of(device) not in (scan_holders("/proc", {number_of(device)}) or {})  # let go: held no more
 
 
 def test_a_vf_whose_config_reads_ffff_ids_is_not_unreachable(tree):
@@ -264,7 +299,8 @@ def test_a_held_group_marks_its_endpoints_not_its_bridges(tree):
     hosts.base(tree)
     tree.pci("0000:00:1c.0", INTEL, 0xA110, 0x060400, driver="pcieport", group=5, reset_method=None)
     tree.pci("0000:02:00.0", INTEL, 0x15BC, 0x020000, parent="0000:00:1c.0", driver="vfio-pci", group=5)
-    tree.process(90, "qemu-kvm", ["qemu-kvm", "-name", "router"], {7: "/dev/vfio/5"})
+    tree.vfio_group(5, char_number("/dev/zero"))
+    tree.process(90, "qemu-kvm", ["qemu-kvm", "-name", "router"], {7: "/dev/zero"})
     snap = judge_tree(tree)
     assert set(snap.facts.in_use) == {"pci_0000_02_00_0"}
     assert snap.facts.in_use["pci_0000_02_00_0"].vm == "router"
