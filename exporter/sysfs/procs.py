@@ -78,7 +78,7 @@ def _held_device(procfs: str, pid: str, fd: str, wanted: Collection[tuple[int, i
     """The wanted character device that open file `fd` of `pid` is, when it is open for writing."""
     link = f"{procfs}/{pid}/fd/{fd}"
     try:
-        if not os.readlink(link).startswith("/dev/"):  # sockets, pipes, files: never stat'ed
+        if not os.readlink(link).startswith("/dev/"):  # sockets, pipes, files: a stat could hang on NFS
             return None
         st = os.stat(link)  # the opened file itself, whatever its name
     except OSError:  # closed meanwhile, or a dangling link in a copy
