@@ -137,9 +137,11 @@ def in_use(inventory: Inventory) -> dict[str, Holder | None]:
 
     Evidence anyone can read: VFIO enables a PCI function only while user space has it open
     (`enable` non-zero on a VFIO driver); a USB device one of whose interfaces is bound to usbfs
-    was claimed by a program. Where processes could be read, the device node a process holds names
-    it: /dev/vfio/<group> (every function of the group), /dev/vfio/devices/vfio<N>, or
-    /dev/bus/usb/<bus>/<dev>. A device in use marks the VFIO members of its group in use too.
+    was claimed by a program. Where processes could be read, the character device a process holds
+    open for writing names it, matched by device number, never by the name it was opened under:
+    a VFIO group's (`class/vfio/<N>/dev`: every endpoint of the group), a VFIO cdev's
+    (`vfio-dev/vfio<N>/dev`) or a USB device's (`dev`). A device in use marks the VFIO members of
+    its group in use too.
     """
     out: dict[str, Holder | None] = {}
     for dev in inventory:
@@ -147,13 +149,17 @@ def in_use(inventory: Inventory) -> dict[str, Holder | None]:
             out[dev.name] = None
         elif dev.type == "usb" and dev.driver == "usbfs" and dev.parent in inventory.devices:
             out[dev.parent] = None
-    holders = inventory.host.holders or {}
+    holders = inventory.host.holders
     if holders:
-        by_cdev = {d.vfio_dev: d.name for d in inventory if d.vfio_dev}
-        by_usb = {(d.busnum, d.devnum): d.name for d in inventory if d.type == "usb_device" and d.busnum}
-        for node, holder in holders.items():
-            for name in _held(node, inventory, by_cdev, by_usb):
-                out[name] = holder
+        for number, node in inventory.host.vfio_groups.items():
+            holder = holders.get(node)
+            if holder is not None:
+                for name in inventory.groups.get(number, ()):
+                    if not is_bridge(inventory.devices[name]):  # bridges are not handed out
+                        out[name] = holder
+        for dev in inventory:
+            if dev.char_dev is not None and (holder := holders.get(dev.char_dev)) is not None:
+                out[dev.name] = holder
     # A device in use marks the VFIO members of its group in use too: once per group, not per member.
     by_group: dict[int, Holder | None] = {}
     for name, holder in out.items():
@@ -166,26 +172,6 @@ def in_use(inventory: Inventory) -> dict[str, Holder | None]:
             if out.get(peer) is None and on_vfio(inventory.devices[peer]):
                 out[peer] = holder if holder is not None else out.get(peer)
     return out
-
-
-def _number(text: str) -> bool:
-    """Decimal ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
-def _held(node: str, inventory: Inventory, by_cdev: Mapping[str, str],
-          by_usb: Mapping[tuple[int | None, int | None], str]) -> tuple[str, ...]:
-    """The devices a held device node stands for."""
-    parts = node.split("/")  # ["", "dev", "vfio", "12"] ...
-    if parts[2] == "vfio" and len(parts) == 4 and _number(parts[3]):
-        members = inventory.groups.get(int(parts[3]), ())
-        return tuple(n for n in members if not is_bridge(inventory.devices[n]))  # bridges are not handed out
-    if parts[2] == "vfio" and len(parts) == 5 and parts[3] == "devices":
-        return (by_cdev[parts[4]],) if parts[4] in by_cdev else ()
-    if parts[2] == "bus" and len(parts) == 6 and _number(parts[4]) and _number(parts[5]):
-        name = by_usb.get((int(parts[4]), int(parts[5])))
-        return (name,) if name else ()
-    return ()
 
 
 def _flag(params: Mapping[str, str], key: str) -> bool:

@@ -67,6 +67,9 @@ class Device:
     power_state: str | None = None  # D0, D1, D2, D3hot, D3cold
     mdev_types: tuple[MdevType, ...] = ()
     vfio_dev: str | None = None  # "vfio3": the kernel's VFIO device node (vfio-dev/), when it has one
+    # (major, minor) of the device's own character device: PCI `vfio-dev/vfio<N>/dev` (its VFIO
+    # cdev), USB device `dev` (its usbfs node). What a holder's open file must be to hold it.
+    char_dev: tuple[int, int] | None = None
     enabled: bool | None = None  # PCI `enable`: the device is enabled (VFIO: a user-space driver has it open)
     unreachable: bool = False  # PCI config space reads all ones: the device fell off the bus
     # Every libvirt domain configured with the device: (name, running), running ones first.
@@ -115,9 +118,12 @@ class HostFacts:
     # Interrupt remapping, from the interrupt chips in <procfs>/interrupts: None when unknown.
     interrupt_remapping: bool | None = None
     acpi_iommu_tables: tuple[str, ...] = ()  # DMAR (Intel) / IVRS (AMD): the firmware describes an IOMMU
-    # Device node (/dev/vfio/12, /dev/vfio/devices/vfio3, /dev/bus/usb/001/004) -> the process that
-    # has it open. None: the processes were not scanned (switched off, or nothing readable).
-    holders: Mapping[str, Holder] | None = None
+    # IOMMU group -> (major, minor) of its VFIO group character device, `<sysfs>/class/vfio/<N>/dev`.
+    vfio_groups: Mapping[int, tuple[int, int]] = field(default_factory=lambda: MappingProxyType({}))
+    # (major, minor) of a group's or a device's character device (`vfio_groups`, Device.char_dev)
+    # -> the process that has it open for writing. None: the processes were not scanned (switched
+    # off, or nothing readable).
+    holders: Mapping[tuple[int, int], Holder] | None = None
     # libvirt: (domain, what its <hostdev> names) for host devices this host does not have.
     missing_hostdevs: tuple[tuple[str, str], ...] = ()
 

@@ -5,7 +5,7 @@ Each function adds its devices to a SysfsTree; a host may combine several.
 
 from __future__ import annotations
 
-from sysfs_builder import SysfsTree
+from sysfs_builder import SysfsTree, char_number
 
 INTEL, NVIDIA, LINUX, SAMSUNG = 0x8086, 0x10DE, 0x1D6B, 0x144D
 
@@ -136,8 +136,11 @@ def clean_host(t: SysfsTree) -> None:
 
 
 def busy_host(tree: SysfsTree) -> SysfsTree:
-    """GPU + audio (group 2) on vfio-pci held by a QEMU process through /dev/vfio/2; a USB mouse
-    claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see; `/` on an NVMe disk."""
+    """GPU + audio (group 2) on vfio-pci held by a QEMU process through group 2's VFIO node; a USB
+    mouse claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see; `/` on an NVMe disk.
+
+    The fake procfs cannot hold a real /dev/vfio/2: group 2's node number is /dev/zero's, and the
+    QEMU holds /dev/zero. Groups 7 and 8 have nodes of numbers no process here can hold."""
     base(tree)
     nvme_lvm_root(tree)
     tree.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
@@ -150,8 +153,11 @@ def busy_host(tree: SysfsTree) -> SysfsTree:
     usb_tree(tree)
     (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve().joinpath("driver").unlink()
     tree._driver("usb", (tree.sys / "bus" / "usb" / "devices" / "1-1.2:1.0").resolve(), "usbfs")
+    tree.vfio_group(2, char_number("/dev/zero"))
+    tree.vfio_group(7, "511:7")
+    tree.vfio_group(8, "511:8")
     tree.process(4242, "qemu-system-x86", ["/usr/bin/qemu-system-x86_64", "-name", "guest=win11,debug-threads=on",
-                                           "-m", "8192"], {3: "/dev/vfio/vfio", 4: "/dev/vfio/2", 5: "/dev/null"})
+                                           "-m", "8192"], {3: "/dev/vfio/vfio", 4: "/dev/zero", 5: "/dev/null"})
     tree.process(4300, "bash", ["bash"], {0: "/dev/pts/0"})
     return tree
 

@@ -7,8 +7,19 @@ groups are links too, so the source under test sees the same structure as on a r
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
+
+
+READ_WRITE = 0o2100002  # O_CLOEXEC | O_LARGEFILE | O_RDWR: fdinfo's flags for a device QEMU holds (x86-64)
+
+
+def char_number(path: str) -> str:
+    """"MAJ:MIN" of one of this machine's character devices (/dev/null ...), read now."""
+    st = os.stat(path)
+    assert stat.S_ISCHR(st.st_mode), path
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
 class SysfsTree:
@@ -64,14 +75,29 @@ class SysfsTree:
     def acpi_table(self, name: str) -> None:
         self.write(self.sys / "firmware" / "acpi" / "tables" / name, b"")
 
-    def process(self, pid: int, comm: str, argv: list[str], fds: dict[int, str]) -> None:
-        """A process under /proc: its comm, NUL-separated cmdline and fd/ links to `fds` targets."""
+    def process(self, pid: int, comm: str, argv: list[str], fds: dict[int, str],
+                flags: dict[int, int] | None = None) -> None:
+        """A process under /proc: its comm, NUL-separated cmdline, fd/ links to `fds` targets and
+        fdinfo/ with each one's open flags (`flags`, else read-write as QEMU opens its devices).
+
+        A fake fd link is a plain symlink: its text is the path it stats to. Point it at one of
+        this machine's real character devices (`char_number` gives its number for a `dev` file)."""
         base = self.proc / str(pid)
         self.write(base / "comm", comm)
         self.write(base / "cmdline", b"\0".join(a.encode() for a in argv) + b"\0")
         (base / "fd").mkdir(parents=True, exist_ok=True)
         for fd, target in fds.items():
             os.symlink(target, base / "fd" / str(fd))
+            mode = (flags or {}).get(fd, READ_WRITE)
+            self.write(base / "fdinfo" / str(fd), f"pos:\t0\nflags:\t0{mode:o}\nmnt_id:\t24")
+
+    def vfio_group(self, number: int, dev: str) -> Path:
+        """VFIO's group node for IOMMU group `number`: class/vfio/<N> -> devices/virtual/vfio/<N>,
+        whose `dev` is `dev` ("MAJ:MIN")."""
+        path = self.sys / "devices" / "virtual" / "vfio" / str(number)
+        self.write(path / "dev", dev)
+        self.link(self.sys / "class" / "vfio" / str(number), path)
+        return path
 
     def iommu_unit(self, name: str) -> None:
         (self.sys / "class" / "iommu" / name).mkdir(parents=True, exist_ok=True)
@@ -140,6 +166,7 @@ class SysfsTree:
         sriov_totalvfs: int | None = None,
         physfn: str | None = None,
         vfio_dev: str | None = None,
+        cdev: str | None = None,
         enable: int | None = None,
         unreachable: bool = False,
         link_width: tuple[int, int] | None = None,
@@ -147,7 +174,8 @@ class SysfsTree:
         attrs: dict[str, str | bytes] | None = None,
     ) -> Path:
         """A PCI function; `parent` is the address of the bridge above it (None: a root bus).
-        `link_width`: (current_link_width, max_link_width), as a bridge or an endpoint has them."""
+        `link_width`: (current_link_width, max_link_width), as a bridge or an endpoint has them.
+        `cdev`: the "MAJ:MIN" of its VFIO device node (`vfio-dev/<vfio_dev>/dev`)."""
         if parent is None:
             domain_bus = addr.rsplit(":", 1)[0]
             base = self.sys / "devices" / f"pci{domain_bus}"
@@ -172,6 +200,8 @@ class SysfsTree:
         self.write(path / "config", config)
         if vfio_dev is not None:
             (path / "vfio-dev" / vfio_dev).mkdir(parents=True)
+            if cdev is not None:
+                self.write(path / "vfio-dev" / vfio_dev / "dev", cdev)
         if enable is not None:
             self.write(path / "enable", str(enable))
         if link_width is not None:
@@ -233,9 +263,13 @@ class SysfsTree:
         busnum: int = 1,
         devnum: int = 1,
         driver: str = "usb",
+        dev: str | None = None,
     ) -> Path:
+        """`dev`: the "MAJ:MIN" of its usbfs node, as the kernel's `dev` attribute."""
         path = parent / sysname
         path.mkdir(parents=True)
+        if dev is not None:
+            self.write(path / "dev", dev)
         self.write(path / "idVendor", f"{vendor:04x}")
         self.write(path / "idProduct", f"{product:04x}")
         self.write(path / "bDeviceClass", f"{device_class:02x}")

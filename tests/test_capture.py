@@ -90,6 +90,18 @@ def sata_root(t: SysfsTree) -> None:
     t.root_mount("8:2", "/dev/sda2")
 
 
+def vfio_nodes(t: SysfsTree) -> None:
+    """Device numbers a holder is matched by: group 4's VFIO node, a VF's VFIO cdev, a USB stick's
+    node, and a group whose `dev` is garbage (left unknown, counted, the same after the trip)."""
+    hosts.base(t)
+    t.pci("0000:01:00.0", 0x10DE, 0x2484, 0x030000, driver="vfio-pci", group=4, vfio_dev="vfio0", cdev="511:0")
+    t.pci("0000:02:00.0", 0x10DE, 0x2484, 0x030000, driver="vfio-pci", group=6)
+    t.vfio_group(4, "510:4")
+    t.vfio_group(6, "no number")
+    hosts.usb_tree(t)
+    t.write(t.sys / "bus" / "usb" / "devices" / "1-1.4" / "dev", "189:3")
+
+
 def no_groups(t: SysfsTree) -> None:
     hosts.base(t)
     hosts.desktop_gpu(t, groups=False)
@@ -103,6 +115,7 @@ HOSTS = {
     "chipset_switch": hosts.chipset_switch,
     "sriov_and_orphan_vf": lambda t: (hosts.sriov_nic(t), hosts.orphan_vf(t)),
     "usb_tree": hosts.usb_tree,
+    "vfio_nodes": vfio_nodes,
     "sata_disks": hosts.sata_disks,
     "sata_root": sata_root,
     "nvme_lvm_root": hosts.nvme_lvm_root,
@@ -177,6 +190,22 @@ def test_only_what_the_source_reads(tree, tmp_path):
     assert "sys/module/vfio_pci/parameters/disable_vga" in names
     assert not [n for n in names if "kvm" in n or "/drivers/" in n or n.startswith("sys/kernel/iommu_groups/2/")]
     assert {n for n in names if n.startswith("proc/")} == {"proc/cmdline", "proc/interrupts"}
+
+
+def test_device_numbers_travel(tree, tmp_path):
+    """The `dev` files holders are matched by are in the archive, read back to the same numbers;
+    no process's fd/ or fdinfo/ is, even with a process holding one of the devices."""
+    vfio_nodes(tree)
+    tree.process(4242, "qemu-kvm", ["qemu-kvm", "-name", "db1"], {3: "/dev/null"})
+    archive, copy = round_trip(tmp_path, tree.sys, tree.proc)
+    names = set(members(archive))
+    assert {"sys/devices/virtual/vfio/4/dev", "sys/devices/pci0000:01/0000:01:00.0/vfio-dev/vfio0/dev",
+            "sys/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1.4/dev"} <= names
+    assert members(archive)["sys/class/vfio/4"].issym()
+    assert {n for n in names if n.startswith("proc/")} == {"proc/cmdline", "proc/interrupts"}
+    inv = SysfsSource(str(copy / "sys"), str(copy / "proc")).read()
+    assert inv.host.vfio_groups == {4: (510, 4)} and dict(inv.errors) == {"bad_attribute": 1}
+    assert inv.devices["pci_0000_01_00_0"].char_dev == (511, 0) and inv.devices["usb_1_1_4"].char_dev == (189, 3)
 
 
 def test_archive_names_and_links_stay_inside(tree, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import hosts
@@ -11,16 +12,21 @@ import pytest
 libvirt = pytest.importorskip("libvirt", reason="the [libvirt] extra (libvirt-python) is not installed")
 
 from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host  # noqa: E402
-from sysfs_builder import SysfsTree  # noqa: E402
+from sysfs_builder import SysfsTree, char_number  # noqa: E402
 
 from passthrough_exporter import cli  # noqa: E402
 from passthrough_exporter.inspector import Inspector  # noqa: E402
 from passthrough_exporter.metrics import render  # noqa: E402
-from passthrough_exporter.model import KNOWN_TYPES  # noqa: E402
+from passthrough_exporter.model import KNOWN_TYPES, Holder  # noqa: E402
 from passthrough_exporter.snapshot import Snapshot  # noqa: E402
 from passthrough_exporter.sources import SourceError  # noqa: E402
 from passthrough_exporter.sources.libvirt import LibvirtSource  # noqa: E402
 from passthrough_exporter.sources.sysfs import SysfsSource  # noqa: E402
+
+
+def number_of(device: str) -> tuple[int, int]:
+    rdev = os.stat(device).st_rdev
+    return os.major(rdev), os.minor(rdev)
 
 
 def _no_groups(t: SysfsTree) -> None:
@@ -139,6 +145,31 @@ def test_sysfs_of_another_machine_is_not_used(tree, tmp_path):
     assert inv.devices["pci_0000_01_00_0"].driver is None
     assert inv.devices["pci_0000_01_00_0"].notes == ()
     assert inv.host.cmdline == ""  # host facts not taken from a sysfs that matched nothing
+
+
+def test_holders_by_device_number_in_both_sources(tree, tmp_path):
+    """The libvirt source's fill scans holders by the same rule as the sysfs source: the QEMU that
+    holds group 2's node (/dev/zero's number in this fixture) holds the GPU and its audio, the one
+    holding the mouse's node (/dev/random's) the mouse; a process holding the storage stick's node
+    (/dev/full's) read-only, and a name /dev/vfio/8 that is no device, hold nothing."""
+    hosts.busy_host(tree)
+    tree.write(tree.sys / "bus" / "usb" / "devices" / "1-1.4" / "dev", char_number("/dev/full"))
+    tree.write(tree.sys / "bus" / "usb" / "devices" / "1-1.2" / "dev", char_number("/dev/random"))
+    tree.process(4100, "spoof", ["spoof", "-name", "guest=prod-db-01"], {3: "/dev/full", 4: "/dev/vfio/8"},
+                 flags={3: 0o2100000})
+    tree.process(4243, "qemu-kvm", ["qemu-kvm", "-name", "desk"], {3: "/dev/random"})
+    by_sysfs, by_libvirt = _both(tree, tmp_path)
+    win11 = {"vm": "win11", "pid": 4242, "process": "qemu-system-x86"}
+    for snap in (by_sysfs, by_libvirt):
+        assert snap.inventory.host.holders == {number_of("/dev/zero"): Holder(4242, "qemu-system-x86", "win11"),
+                                               number_of("/dev/random"): Holder(4243, "qemu-kvm", "desk")}
+        assert snap.device_object("pci_0000_01_00_0")["held_by"] == win11
+        assert snap.device_object("pci_0000_01_00_1")["held_by"] == win11
+        assert snap.device_object("usb_1_1_2")["held_by"] == {"vm": "desk", "pid": 4243, "process": "qemu-kvm"}
+        assert snap.device_object("usb_1_1_4")["in_use"] is False
+        assert snap.inventory.devices["usb_1_1_4"].char_dev == number_of("/dev/full")
+    assert by_libvirt.inventory.host == by_sysfs.inventory.host
+    assert dict(by_libvirt.facts.in_use) == dict(by_sysfs.facts.in_use)
 
 
 def test_remote_uri_never_reads_local_sysfs():

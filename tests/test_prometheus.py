@@ -14,7 +14,7 @@ from pathlib import Path
 import hosts
 import pytest
 import yaml
-from sysfs_builder import SysfsTree
+from sysfs_builder import SysfsTree, char_number
 from helpers import EXE
 from helpers import free_port
 
@@ -50,7 +50,8 @@ def unsafe_host(tree: SysfsTree) -> None:
     tree.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 intel_iommu=on pcie_acs_override=downstream,multifunction")
     tree.interrupts("IO-APIC", "PCI-MSI")  # no remapping
     # A QEMU holds the GPU's group; a second GPU fell off the bus.
-    tree.process(4242, "qemu-system-x86", ["qemu-system-x86_64", "-name", "guest=win11"], {4: "/dev/vfio/2"})
+    tree.vfio_group(2, char_number("/dev/zero"))  # a fake procfs holds a real device: /dev/zero stands in
+    tree.process(4242, "qemu-system-x86", ["qemu-system-x86_64", "-name", "guest=win11"], {4: "/dev/zero"})
     tree.pci("0000:02:00.0", 0x10DE, 0x2204, 0x030000, driver="nvidia", group=9, unreachable=True)
     # A vGPU card with one instance carved out: blocked, so the free counts stay as they were.
     tree.pci("0000:41:00.0", 0x10DE, 0x1EB8, 0x030200, driver="nvidia", group=10, reset_method="flr")
@@ -178,7 +179,7 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
     assert by_instance('count by (instance) (passthrough_finding{code="no_interrupt_remapping"})') == {
         targets["unsafe"]: "1"}
     in_use = query(api, "passthrough_device_in_use == 1")
-    # The QEMU process holds /dev/vfio/2, which stands for every function of group 2.
+    # The QEMU process holds group 2's VFIO node, which stands for every function of group 2.
     assert sorted((r["metric"]["device"], r["metric"]["vm"]) for r in in_use) == [
         ("pci_0000_01_00_0", "win11"), ("pci_0000_01_00_1", "win11")]
     assert by_instance('count by (instance) (passthrough_finding{code="device_unreachable"})') == {

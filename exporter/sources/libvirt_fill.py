@@ -16,7 +16,7 @@ from ..model import Device, HostFacts
 from ..sysfs import Reader
 from ..sysfs.devices import READERS, Fields
 from ..sysfs.host import host_facts
-from ..sysfs.procs import scan_holders
+from ..sysfs.procs import scan_holders, wanted_numbers
 from ..sysfs.rootfs import root_devices
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class SysfsFiller:
             if roots is not None:
                 host = replace(host, root_devices=roots[0], root_disks=roots[1])
             if self.scan_processes:
-                host = replace(host, holders=scan_holders(self.procfs))
+                host = replace(host, holders=scan_holders(self.procfs, wanted_numbers(out, host)))
         errors.update(reader.errors)
         return out, host
 

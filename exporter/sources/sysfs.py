@@ -18,7 +18,7 @@ from ..pciids import PciIds
 from ..sysfs import Reader, Trace, error_kind
 from ..sysfs.devices import READERS, Fields, usb_name_parent
 from ..sysfs.host import host_facts
-from ..sysfs.procs import scan_holders
+from ..sysfs.procs import scan_holders, wanted_numbers
 from ..sysfs.rootfs import listed_ancestors, root_devices
 from . import SOURCES, SourceError
 
@@ -69,7 +69,7 @@ class SysfsSource:
         if roots is not None:
             host = replace(host, root_devices=roots[0], root_disks=roots[1])
         if self.scan_processes and trace is None:  # a capture holds no other process's files
-            host = replace(host, holders=scan_holders(self.procfs))
+            host = replace(host, holders=scan_holders(self.procfs, wanted_numbers(devices, host)))
         log.debug("read %d devices from %s", len(devices), self.sysfs)
         return Inventory(devices, host, reader.errors)
 

@@ -9,10 +9,10 @@
 The sysfs source, the libvirt source's fill and the capture command all read through it.
 """
 
-from .attrs import ATTR_LIMIT, BadAttribute, decode_attr, escape_bytes, hex_id, parse_int
+from .attrs import ATTR_LIMIT, BadAttribute, decode_attr, dev_number, escape_bytes, hex_id, parse_int
 from .files import ERROR_KINDS, Reader, Trace, error_kind, read_bytes
 
 __all__ = [
-    "ATTR_LIMIT", "BadAttribute", "decode_attr", "escape_bytes", "hex_id", "parse_int",
+    "ATTR_LIMIT", "BadAttribute", "decode_attr", "dev_number", "escape_bytes", "hex_id", "parse_int",
     "ERROR_KINDS", "Reader", "Trace", "error_kind", "read_bytes",
 ]

@@ -108,3 +108,20 @@ def link_width(text: str) -> int | None:
     if text == "0" or text == "255":
         return None
     return bounded_int(text, 1, WIDTH_MAX)
+
+
+MAX_MAJOR, MAX_MINOR = (1 << 12) - 1, (1 << 20) - 1  # the kernel's dev_t: 12 bits of major, 20 of minor
+
+
+def dev_number(text: str) -> tuple[int, int]:
+    """A `dev` attribute, `MAJ:MIN` in decimal -> (major, minor); else BadAttribute.
+
+    Major 0 is no device (the kernel gives it to none, and anyone may create a 0:0 overlay whiteout).
+    """
+    major, sep, minor = text.partition(":")
+    if not sep or not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()):
+        raise BadAttribute(f"not a device number: {text[:40]!r}")
+    number = (int(major), int(minor))
+    if not 0 < number[0] <= MAX_MAJOR or number[1] > MAX_MINOR:
+        raise BadAttribute(f"not a device number: {text[:40]!r}")
+    return number

@@ -14,7 +14,8 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ..model import MdevType, device_name
-from .attrs import SPEED_MAX, BadAttribute, bounded_float, escape_bytes, hex_id, link_width, numa_node, parse_int, sriov_count
+from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width,
+                    numa_node, parse_int, sriov_count)
 from .files import Reader, error_kind
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
     else:
         reset_methods = None if "reset" in attrs else ()
+    vfio_dev = _vfio_dev(reader, path) if "vfio-dev" in attrs else None
     attr = reader.attr_in
     return {
         "name": device_name("pci", sysname),
@@ -62,7 +64,8 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "reset_methods": reset_methods,
         "header_type": header_type,
         "unreachable": unreachable,
-        "vfio_dev": _vfio_dev(reader, path) if "vfio-dev" in attrs else None,
+        "vfio_dev": vfio_dev,
+        "char_dev": char_dev(reader, f"{path}/vfio-dev/{vfio_dev}", sysname) if vfio_dev else None,
         "enabled": opt(attrs, path, "enable", _nonzero, sysname),
         "physfn": device_name("pci", physfn) if physfn else None,
         "virtfns": tuple(device_name("pci", n) for n in (link(attrs, path, v) for v in virtfns) if n),
@@ -190,6 +193,16 @@ def _vfio_dev(reader: Reader, path: str) -> str | None:
     return next((n for n in reader.listdir(os.path.join(path, "vfio-dev")) if n.startswith("vfio")), None)
 
 
+def char_dev(reader: Reader, dirpath: str, what: str) -> tuple[int, int] | None:
+    """The `dev` attribute (MAJ:MIN) of a device directory that may lack one: missing or gone ->
+    None; garbage -> None, counted. Listed first, so an old capture without it reads as before."""
+    try:
+        attrs = reader.entries(dirpath)
+    except OSError:
+        return None  # the node went away with its device: nothing to hold
+    return reader.optional(attrs, dirpath, "dev", dev_number, what)
+
+
 def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fields:
     def opt(attr: str, parse: Callable[[str], Any]) -> Any:
         return reader.optional(attrs, path, attr, parse, sysname)
@@ -210,6 +223,7 @@ def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "usb_class": opt("bDeviceClass", lambda s: hex_id(s, 2)[2:]),
         "busnum": opt("busnum", parse_int),
         "devnum": opt("devnum", parse_int),
+        "char_dev": opt("dev", dev_number),
         "driver": driver,
     }
 

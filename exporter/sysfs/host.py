@@ -7,6 +7,7 @@ import os
 from types import MappingProxyType
 
 from ..model import HostFacts
+from .devices import char_dev
 from .files import Reader
 
 MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci", "iommufd")  # iommufd: the VFIO device nodes' backend
@@ -35,7 +36,24 @@ def host_facts(reader: Reader) -> HostFacts:
         module_params=MappingProxyType(params),
         interrupt_remapping=interrupt_remapping(interrupts, cmdline),
         acpi_iommu_tables=tuple(t for t in IOMMU_TABLES if t in tables),
+        vfio_groups=MappingProxyType(vfio_groups(reader)),
     )
+
+
+def vfio_groups(reader: Reader) -> dict[int, tuple[int, int]]:
+    """IOMMU group -> (major, minor) of its VFIO group node, from `<sysfs>/class/vfio/<N>/dev`
+    (`noiommu-<N>` in VFIO's no-IOMMU mode). Groups without a readable number are left out."""
+    out = {}
+    base = os.path.join(reader.sysfs, "class", "vfio")
+    for name in reader.listdir(base):
+        digits = name.removeprefix("noiommu-")
+        if not (digits.isascii() and digits.isdigit()):
+            continue
+        # class/vfio/<N> links to devices/virtual/vfio/<N>: resolved, so a capture keeps the link.
+        number = char_dev(reader, reader.resolve(os.path.join(base, name)), f"vfio group {name}")
+        if number is not None:
+            out.setdefault(int(digits), number)
+    return out
 
 
 def interrupt_remapping(interrupts: str | None, cmdline: str) -> bool | None:
