@@ -38,12 +38,14 @@ def tree(tmp_path: Path) -> SysfsTree:
 
 @pytest.fixture
 def host(tree: SysfsTree) -> SysfsTree:
-    """The desktop most tests serve: host bridge, a GPU with its audio function, a USB tree."""
+    """The desktop most tests serve: host bridge, a GPU with its audio function, a USB tree, `/` on an
+    NVMe disk (a known root device: nothing else is held back for it)."""
     import hosts
 
     hosts.base(tree)
     hosts.desktop_gpu(tree)
     hosts.usb_tree(tree)
+    hosts.nvme_lvm_root(tree)
     return tree
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import bcrypt
-import hosts
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reliability import inspector, request, serve_quick, served
@@ -273,7 +272,6 @@ def test_a_password_over_72_bytes_never_matches_and_costs_no_bcrypt() -> None:
 
 def test_a_password_over_72_bytes_is_401_over_http(host: SysfsTree, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    hosts.nvme_lvm_root(host)  # a known root device: no warning about it either
     cfg = WebConfig(users={"alice": bcrypt.hashpw(b"ok", bcrypt.gensalt(rounds=4))})
     refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     refresher.refresh()
