@@ -261,3 +261,26 @@ def test_every_code_is_catalogued_and_documented(tree):
     readme = README.read_text()
     for code in CODES:
         assert f"| `{code}` |" in readme, f"{code} missing from README's findings table"
+
+
+def test_findings_are_listed_critical_first_then_by_code_then_subject_in_natural_order(tree):
+    """Groups 2, 10, 101 and 1009 each hold two NICs (group_multi_device, info); group 10's are split
+    between vfio-pci and the host (group_mixed, critical); GPUs on 0000:00:02.0 and 0000:00:10.0 have no
+    FLR (warning). As text, group:10 sorts before group:2 and group:1009 before group:101."""
+    hosts.base(tree)
+    hosts.nvme_lvm_root(tree)
+    for n, group in enumerate((1009, 101, 10, 2)):
+        for fn in (0, 1):
+            tree.pci(f"0000:{0x40 + n:02x}:00.{fn}", 0x8086, 0x1521, 0x020000, group=group, reset_method="flr",
+                     driver="vfio-pci" if (group, fn) == (10, 0) else "igb")
+    for slot in ("02", "10"):
+        tree.pci(f"0000:00:{slot}.0", 0x10DE, 0x2484, 0x030000, driver="nvidia", group=200 + int(slot),
+                 reset_method="bus")
+    order = [(f.severity, f.code, f.subject) for f in judge_tree(tree).findings
+             if f.code in ("group_mixed", "no_flr", "group_multi_device")]
+    assert order == [
+        ("critical", "group_mixed", "group:10"),
+        ("warning", "no_flr", "pci_0000_00_02_0"), ("warning", "no_flr", "pci_0000_00_10_0"),
+        ("info", "group_multi_device", "group:2"), ("info", "group_multi_device", "group:10"),
+        ("info", "group_multi_device", "group:101"), ("info", "group_multi_device", "group:1009"),
+    ]
