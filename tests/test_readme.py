@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
+import hosts
 from helpers import EXE
 
 TOP = Path(__file__).resolve().parents[1]
@@ -25,21 +27,54 @@ def test_the_readme_starts_with_two_commands_and_ci_runs_the_second():
     assert run[-1] == tests
 
 
-def test_the_json_sample_is_what_the_code_prints(tree, tmp_path):
-    """The sample's host bridge (8086:0d57, class 0x060000, no IOMMU, no driver) as a fixture, with
-    the vendor's line from pci.ids: the first lines of the output are the README's, byte for byte."""
-    command = "$ passthrough-exporter devices --json --cap pci | head -20\n"
-    sample = README.split(command, 1)[1].split("```", 1)[0]
-    assert len(sample.splitlines()) == 20
-    t = tree
-    t.pci("0000:00:00.0", 0x8086, 0x0D57, 0x060000, reset_method=None)
+def sessions() -> list[tuple[str, str]]:
+    """Every `$ command` of the README's code blocks with the output printed under it."""
+    out = []
+    for block in re.findall(r"^```\n(\$ .*?)^```$", README, re.M | re.S):
+        for session in re.split(r"^(?=\$ )", block, flags=re.M):
+            if session:
+                command, _, output = session.partition("\n")
+                out.append((command[2:], output))
+    return out
+
+
+def run_session(command: str, previous_exit: int, paths: list[str]) -> tuple[str, int]:
+    """`passthrough-exporter ARGS [| head -N | grep -e TEXT ...]` with `paths` after the command word,
+    or `echo $?`: what a shell would print, and the exit status."""
+    if command == "echo $?":
+        return f"{previous_exit}\n", 0
+    words = shlex.split(command)
+    pipe = words.index("|") if "|" in words else len(words)
+    assert words[0] == "passthrough-exporter", command
+    out = subprocess.run([EXE, words[1], *paths, *words[2:pipe]], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines(keepends=True)
+    filter_words = words[pipe + 1:]
+    if filter_words[:1] == ["head"]:
+        lines = lines[:int(filter_words[1].removeprefix("-"))]
+    elif filter_words[:1] == ["grep"]:
+        needles = [w for i, w in enumerate(filter_words) if i and filter_words[i - 1] == "-e"]
+        lines = [line for line in lines if any(n in line for n in needles)]
+    else:
+        assert not filter_words, f"the README pipes into something this test does not run: {command}"
+    return "".join(lines), out.returncode
+
+
+def test_the_samples_are_what_the_commands_print(tree, tmp_path):
+    """The README's samples were taken on a small VM; `hosts.small_vm` is that machine as a fixture
+    (pci.ids with the one vendor line the samples show). Every sample is what the command prints
+    there, byte for byte, exit status included."""
+    hosts.small_vm(tree)
     ids = tmp_path / "pci.ids"
     ids.write_text("8086  Intel Corporation\n\t1234  Some other device\n")
-    out = subprocess.run([EXE, "devices", "--json", "--cap", "pci", "--path.pci-ids", str(ids),
-                          "--path.sysfs", str(t.sys), "--path.procfs", str(t.proc)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "".join(out.stdout.splitlines(keepends=True)[:20]) == sample
+    paths = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc), "--path.pci-ids", str(ids)]
+    found = sessions()
+    commands = [c for c, _ in found]
+    assert "passthrough-exporter check" in commands and "echo $?" in commands  # the samples are still there
+    assert "passthrough-exporter devices --available" in commands
+    previous = 0
+    for command, expected in found:
+        got, previous = run_session(command, previous, paths)
+        assert got == expected, command
 
 
 def test_the_readme_names_the_lowest_supported_python_of_pyproject():
