@@ -196,8 +196,9 @@ def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
     if facts.weakened["unsafe_interrupts"]:
         return
     if host.interrupt_remapping is None:
-        # Never a silent PASS: without the interrupt chips nothing says VFIO will accept devices.
-        if host.iommu_groups_present:
+        # Never a silent PASS: without the interrupt chips nothing says VFIO will accept devices,
+        # on a host without IOMMU groups either (turning the IOMMU on would not be the whole fix).
+        if host.iommu_groups_present or any(d.type == "pci" for d in inventory):
             yield _finding("interrupt_remapping_unknown", HOST, (
                 "interrupt remapping cannot be told (no readable /proc/interrupts, or no x86 interrupt chip in "
                 "it): VFIO refuses to assign devices without it"))

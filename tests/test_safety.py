@@ -284,3 +284,13 @@ def test_findings_are_listed_critical_first_then_by_code_then_subject_in_natural
         ("info", "group_multi_device", "group:2"), ("info", "group_multi_device", "group:10"),
         ("info", "group_multi_device", "group:101"), ("info", "group_multi_device", "group:1009"),
     ]
+
+
+def test_remapping_that_cannot_be_told_never_passes_even_without_groups(tree):
+    """The small VM without IOMMU groups and without a readable /proc/interrupts: the remapping line
+    must not pass on no evidence (it did, because the IOMMU line already warned)."""
+    hosts.small_vm(tree)
+    (tree.proc / "interrupts").unlink()
+    f = found(judge_tree(tree))
+    assert [s[:2] for s in f["interrupt_remapping_unknown"]] == [("warning", "host")]
+    assert "no_interrupt_remapping" not in f and "iommu_off_firmware" in f
