@@ -116,21 +116,22 @@ def _facts(snap: Snapshot) -> Iterator[str]:
     host, facts = snap.inventory.host, snap.facts
     weakened = [r.replace("_", " ") for r, on in facts.weakened.items() if on]
     counts = Counter(snap.states.values())
-    yield '<div class="facts">'
+    items = []
     if snap.source_up and len(snap.inventory) > 1 and (blocker := host_blocker(snap.inventory, facts)):
         # The blocker reads "<cause>: <consequence>"; the bar leads with the consequence.
         cause = blocker.partition(":")[0]
-        yield f'<span class="bad"><strong>VFIO cannot assign</strong>: {escape(cause)}</span>'
-    yield f"<span><strong>IOMMU</strong>: {_yes_no(host.iommu_groups_present, 'on', 'off')}</span>"
-    yield f"<span><strong>Interrupt remapping</strong>: {_yes_no(host.interrupt_remapping, 'on', 'off')}</span>"
-    yield ("<span><strong>Isolation weakened</strong>: "
-           + (f'<span class="bad">{escape(", ".join(weakened))}</span>' if weakened else '<span class="ok">no</span>')
-           + "</span>")
-    yield (f"<span><strong>Source</strong>: {escape(snap.source)} "
-           f"{_yes_no(snap.source_up, 'up', 'down (showing the last good read)')}</span>")
-    yield (f"<span><strong>Devices</strong>: {counts['available']} available, {counts['in_use']} in use, "
-           f"{counts['assigned']} assigned, {counts['blocked']} blocked</span>")
-    yield "</div>"
+        items.append(f'<span class="bad"><strong>VFIO cannot assign</strong>: {escape(cause)}</span>')
+    items.append(f"<span><strong>IOMMU</strong>: {_yes_no(host.iommu_groups_present, 'on', 'off')}</span>")
+    items.append(f"<span><strong>Interrupt remapping</strong>: {_yes_no(host.interrupt_remapping, 'on', 'off')}</span>")
+    items.append("<span><strong>Isolation weakened</strong>: "
+                 + (f'<span class="bad">{escape(", ".join(weakened))}</span>' if weakened else '<span class="ok">no</span>')
+                 + "</span>")
+    items.append(f"<span><strong>Source</strong>: {escape(snap.source)} "
+                 f"{_yes_no(snap.source_up, 'up', 'down (showing the last good read)')}</span>")
+    items.append(f"<span><strong>Devices</strong>: {counts['available']} available, {counts['in_use']} in use, "
+                 f"{counts['assigned']} assigned, {counts['blocked']} blocked</span>")
+    # Spaces between the items: the flex layout ignores them, a terminal browser needs them.
+    yield '<div class="facts">' + " ".join(items) + "</div>"
 
 
 def _findings(ctx: _Context) -> Iterator[str]:
