@@ -117,7 +117,7 @@ def _facts(snap: Snapshot) -> Iterator[str]:
     weakened = [r.replace("_", " ") for r, on in facts.weakened.items() if on]
     counts = Counter(snap.states.values())
     items = []
-    if snap.source_up and len(snap.inventory) > 1 and (blocker := host_blocker(snap.inventory, facts)):
+    if len(snap.inventory) > 1 and (blocker := host_blocker(snap.inventory, facts)):  # more than the root
         # The blocker reads "<cause>: <consequence>"; the bar leads with the consequence.
         cause = blocker.partition(":")[0]
         items.append(f'<span class="bad"><strong>VFIO cannot assign</strong>: {escape(cause)}</span>')
