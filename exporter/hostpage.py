@@ -123,9 +123,8 @@ def _facts(snap: Snapshot) -> Iterator[str]:
         items.append(f'<span class="bad"><strong>VFIO cannot assign</strong>: {escape(cause)}</span>')
     items.append(f"<span><strong>IOMMU</strong>: {_yes_no(host.iommu_groups_present, 'on', 'off')}</span>")
     items.append(f"<span><strong>Interrupt remapping</strong>: {_yes_no(host.interrupt_remapping, 'on', 'off')}</span>")
-    items.append("<span><strong>Isolation weakened</strong>: "
-                 + (f'<span class="bad">{escape(", ".join(weakened))}</span>' if weakened else '<span class="ok">no</span>')
-                 + "</span>")
+    shown = f'<span class="bad">{escape(", ".join(weakened))}</span>' if weakened else '<span class="ok">no</span>'
+    items.append(f"<span><strong>Isolation weakened</strong>: {shown}</span>")
     items.append(f"<span><strong>Source</strong>: {escape(snap.source)} "
                  f"{_yes_no(snap.source_up, 'up', 'down (showing the last good read)')}</span>")
     items.append(f"<span><strong>Devices</strong>: {counts['available']} available, {counts['in_use']} in use, "
@@ -194,7 +193,8 @@ def _anchor(name: str) -> str:
 
 
 def _flags(ctx: _Context, subject: str) -> tuple[str, str]:
-    """(css class of the worst, the subject's own findings in words by severity: "warning: no FLR")."""
+    """(" " + css class of the worst, the subject's own findings in words by severity: "warning: no FLR"),
+    or two empty strings when it has none."""
     mine = ctx.own.get(subject)
     if not mine:
         return "", ""
@@ -205,7 +205,7 @@ def _flags(ctx: _Context, subject: str) -> tuple[str, str]:
             title = escape(" / ".join(f.message for f in mine if f.severity == sev))
             words.append(f'<span class="sev {sev}" title="{title}">{sev}: '
                          f'{escape(", ".join(label(c) for c in codes))}</span>')
-    return _worst(mine), f'<span class="flags">{"".join(words)}</span>'
+    return " " + _worst(mine), f'<span class="flags">{"".join(words)}</span>'
 
 
 def _state(snap: Snapshot, dev: Device) -> tuple[str, str]:
@@ -233,7 +233,7 @@ def _device(ctx: _Context, dev: Device) -> str:
     sev, flags = _flags(ctx, dev.name)
     what = " ".join(x for x in (dev.vendor, dev.product) if x) or f"{dev.vendor_id or ''} {dev.product_id or ''}".strip()
     driver = f" · driver {escape(dev.driver)}" if dev.driver else " · no driver"
-    return (f'<div class="dev {cls} {sev}" id="{_anchor(dev.name)}">'
+    return (f'<div class="dev {cls}{sev}" id="{_anchor(dev.name)}">'
             f'<a class="name" href="/api/devices/{quote(dev.name)}">{escape(dev.name)}</a>'
             f" {escape(what)}<span class=\"why\">{driver}</span><br>"
             f'<span class="state">{escape(words)}</span>{" " + flags if flags else ""}{_below(ctx, dev)}</div>')
@@ -268,7 +268,7 @@ def _vfs(ctx: _Context, pf: Device) -> str:
     lines = []
     for vf, (cls, words) in zip(vfs, states):
         sev, flags = _flags(ctx, vf.name)
-        lines.append(f'<div class="dev {cls} {sev}" id="{_anchor(vf.name)}">'
+        lines.append(f'<div class="dev {cls}{sev}" id="{_anchor(vf.name)}">'
                      f'<a class="name" href="/api/devices/{quote(vf.name)}">{escape(vf.name)}</a> '
                      f'<span class="state">{escape(words)}</span>'
                      f"{' · group ' + str(vf.iommu_group) if vf.iommu_group is not None else ''}"
@@ -301,7 +301,7 @@ def _groups(ctx: _Context) -> Iterator[str]:
             continue
         members = [inv.devices[n] for n in st.devices]
         sev, flags = _flags(ctx, f"group:{number}")
-        yield (f'<section class="group {sev}" id="group-{number}"><h3>IOMMU group {number}'
+        yield (f'<section class="group{sev}" id="group-{number}"><h3>IOMMU group {number}'
                f'{" " + flags if flags else ""} <span class="why">· {len(members)} '
                f"function{'s' if len(members) != 1 else ''} · {escape(_viability(ctx, st))}</span></h3>")
         for dev in members:
