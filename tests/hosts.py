@@ -191,3 +191,24 @@ def slot_widths(t: SysfsTree) -> None:
               reset_method="flr", link_width=(8, 16))
         t.pci(f"0000:{bus}:00.1", NVIDIA, 0x1AEF, 0x040300, parent=port, driver="vfio-pci", group=group,
               reset_method="flr", link_width=(8, 16))
+
+
+def split_gpu(t: SysfsTree) -> None:
+    """The GPU 01:00.0 handed to vfio-pci while its HDMI audio 01:00.1 stays on snd_hda_intel, both in
+    group 2 (a critical `group_mixed`); no VM has them open, so both are available. Each resets by the
+    bus only (`no_flr`). Remapping on, `/` on an NVMe disk of its own (group 12)."""
+    base(t)
+    t.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
+    t.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, parent="0000:00:01.0", driver="vfio-pci", group=2,
+          reset_method="bus")
+    t.pci("0000:01:00.1", NVIDIA, 0x228B, 0x040300, parent="0000:00:01.0", driver="snd_hda_intel", group=2,
+          reset_method="bus")
+    t.interrupts("IR-IO-APIC", "IR-PCI-MSI")
+    nvme_lvm_root(t)
+
+
+def resetless_nics(t: SysfsTree) -> None:
+    """Nine NICs on vfio-pci, 0000:20:00.0 to 0000:28:00.0, each alone in groups 40 to 48, none with a
+    reset method (`no_reset` nine times, one fix)."""
+    for i in range(9):
+        t.pci(f"0000:{0x20 + i:02x}:00.0", INTEL, 0x1533, 0x020000, driver="vfio-pci", group=40 + i, reset_method="")
