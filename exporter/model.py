@@ -164,12 +164,14 @@ class Verdict:
 
 
 SEVERITIES = ("info", "warning", "critical")
-_DIGITS = re.compile(r"(\d+)")
+_NUMBERED = re.compile(r"([a-z]+:)([0-9]{1,18})")  # group:12 (device names are fixed-width hex: text order)
 
 
-def natural_key(text: str) -> tuple[tuple[int, str], ...]:
-    """Sorts digit runs as numbers: group:2 before group:10, pci_0000_00_02_0 before pci_0000_00_10_0."""
-    return tuple((int(part), "") if i % 2 else (0, part) for i, part in enumerate(_DIGITS.split(text)))
+def natural_key(text: str) -> tuple[str, int]:
+    """group:2 before group:10 and group:101 before group:1009; every other subject in text order
+    (pci_0000_00_02_0 before pci_0000_00_10_0 before pci_0000_1a_00_0: fixed-width hex)."""
+    m = _NUMBERED.fullmatch(text)
+    return (m.group(1), int(m.group(2))) if m else (text, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +192,7 @@ class Finding:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
 
-    def order(self) -> tuple[int, str, tuple[tuple[int, str], ...]]:
+    def order(self) -> tuple[int, str, tuple[str, int]]:
         """Where it is listed: critical first, then by code, then by subject in natural order."""
         return (-SEVERITIES.index(self.severity), self.code, natural_key(self.subject))
 

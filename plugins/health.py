@@ -6,7 +6,6 @@ the kernel does not give is unknown, never a finding.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from .. import hookimpl
@@ -19,9 +18,6 @@ FIXES = {
     "power, seating and firmware; replace the card or the riser if the errors come back after a reboot",
 }
 
-_FUNCTION = re.compile(r"([0-9a-f]{4,}:[0-9a-f]{2}:[0-9a-f]{2})\.([0-7])")  # domain:bus:device.function
-
-
 @hookimpl
 def passthrough_checks() -> list[Check]:
     return [Check("PCIe links at full width, no fatal PCIe errors", ("link_downtrained", "pcie_fatal_errors"))]
@@ -31,7 +27,9 @@ def passthrough_checks() -> list[Check]:
 def passthrough_findings(inventory: Inventory) -> Iterator[Finding]:
     pci = [d for d in inventory if d.type == "pci"]
     below = {d.name: limit for d in pci if (limit := _trained_below(d, inventory)) is not None}
-    speakers = _link_speakers(pci) if below else set()  # the address scan only when a link is down
+    # Among the functions whose link could be judged: a function 0 asleep (D3cold, link unknown)
+    # must not silence function 1's downtrained link.
+    speakers = _link_speakers([d for d in pci if _judged(d)]) if below else set()
     for dev in pci:
         limit = below.get(dev.name)
         if limit is not None and dev.name in speakers:
@@ -50,13 +48,18 @@ def _trained_below(dev: Device, inventory: Inventory) -> int | None:
     bridge's) maximum: a x16 card in a slot wired x8 trains x8 and is healthy. Without a known
     upstream maximum the device's own is the measure. Speed is never judged: idle links slow down.
     """
-    current, widest = dev.link_width
-    if dev.header_type != 0 or current is None or widest is None:
+    if not _judged(dev):
         return None
+    current, widest = dev.link_width
     upstream = inventory.devices.get(dev.parent) if dev.parent else None
     slot = upstream.link_width[1] if upstream is not None and upstream.type == "pci" else None
     limit = widest if slot is None else min(widest, slot)
     return limit if current < limit else None
+
+
+def _judged(dev: Device) -> bool:
+    """An endpoint whose link the kernel described: both widths known."""
+    return dev.header_type == 0 and None not in dev.link_width
 
 
 def _downtrained(dev: Device, limit: int) -> Finding:
@@ -72,8 +75,9 @@ def _link_speakers(pci: list[Device]) -> set[str]:
     device (one domain:bus:device) shares its link, so the lowest function present speaks for it."""
     lowest: dict[str, tuple[str, str]] = {}  # domain:bus:device -> (function, name)
     for dev in pci:
-        m = _FUNCTION.fullmatch(dev.address or "")
-        key, function = (m.group(1), m.group(2)) if m else (dev.name, "")
+        key, dot, function = (dev.address or "").rpartition(".")  # 0000:01:00.1
+        if not dot:
+            key, function = dev.name, ""
         if key not in lowest or function < lowest[key][0]:
             lowest[key] = (function, dev.name)
     return {name for _, name in lowest.values()}

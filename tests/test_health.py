@@ -269,3 +269,11 @@ def test_numbers_are_bounded_where_they_are_parsed(parse, text, expected):
             parse(text)
     else:
         assert parse(text) == expected
+
+
+def test_an_asleep_function_0_does_not_silence_the_link_of_function_1(tree):
+    """The second slot_widths card (x16 slot, trained x8) with function 0 in D3cold: its link is not
+    read, so function 1, the lowest function whose link is known, reports the one finding."""
+    hosts.slot_widths(tree)
+    SysfsTree.write(tree.pci_path("0000:02:00.0") / "power_state", "D3cold")
+    assert [f.subject for f in downtrained(judge_tree(tree))] == ["pci_0000_02_00_1"]

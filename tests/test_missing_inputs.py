@@ -29,12 +29,22 @@ def test_an_empty_or_wrong_sysfs_is_an_error_for_every_command(tmp_path):
         assert out.returncode == code, (command, out.stderr)
         assert out.stdout == "" and "Traceback" not in out.stderr
         assert out.stderr.splitlines()[-1] == (
-            f"passthrough-exporter: --path.sysfs {empty} is not a sysfs: it has neither devices/ nor bus/ (in a "
+            f"passthrough-exporter: --path.sysfs {empty} is not a sysfs: it has no devices/ directory (in a "
             "container, mount the host's /sys there, e.g. -v /sys:/host/sys:ro)")
     assert not (tmp_path / "out.prom").exists()
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert run("check", "--path.sysfs", str(a_file)).returncode == 3
+    # procfs given for sysfs (the two paths swapped): it has bus/, but its bus/pci/devices is a file.
+    out = run("check", "--path.sysfs", "/proc", "--path.procfs", "/sys")
+    assert out.returncode == 3 and "--path.sysfs /proc is not a sysfs" in out.stderr and out.stdout == ""
+
+
+def test_a_partial_capture_with_one_bus_is_a_sysfs(tmp_path):
+    """Only bus/usb/devices (a capture of the USB tree alone): read for what it holds."""
+    (tmp_path / "sys" / "bus" / "usb" / "devices").mkdir(parents=True)
+    out = run("devices", "--path.sysfs", str(tmp_path / "sys"), "--path.procfs", str(tmp_path))
+    assert (out.returncode, out.stdout) == (0, "computer\n")
 
 
 def test_a_sysfs_without_pci_is_a_host_without_pci(tmp_path):

@@ -294,3 +294,12 @@ def test_remapping_that_cannot_be_told_never_passes_even_without_groups(tree):
     f = found(judge_tree(tree))
     assert [s[:2] for s in f["interrupt_remapping_unknown"]] == [("warning", "host")]
     assert "no_interrupt_remapping" not in f and "iommu_off_firmware" in f
+
+
+def test_device_names_keep_their_hex_order():
+    """Bus numbers are fixed-width hex: 0x1a and 0x9f come after 0x10 (as text), not before it."""
+    from passthrough_exporter.model import natural_key
+
+    names = ["pci_0000_9f_00_0", "pci_0000_10_00_0", "pci_0000_1a_00_0", "pci_0000_00_02_0", "group:10", "group:9"]
+    assert sorted(names, key=natural_key) == ["group:9", "group:10", "pci_0000_00_02_0", "pci_0000_10_00_0",
+                                              "pci_0000_1a_00_0", "pci_0000_9f_00_0"]

@@ -78,13 +78,22 @@ class SysfsSource:
 
 
 def check_sysfs(path: str) -> list[str]:
-    """Its devices/ and bus/ directories; SourceError unless `path` has one: an empty or wrong
-    directory (a container started without the host's /sys) must never read as a healthy host without
-    devices. A real sysfs without PCI (a microVM) is a host with no PCI devices; a partial capture
-    (only bus/ or only devices/) is read for what it holds."""
-    found = [p for p in (os.path.join(path, "devices"), os.path.join(path, "bus")) if os.path.isdir(p)]
+    """The directories that make `path` a sysfs; SourceError when there are none.
+
+    A sysfs has a `devices/` directory, or (a partial capture) a bus with a `devices/` directory:
+    `bus/usb/devices/`. An empty or wrong directory (a container started without the host's /sys,
+    or /proc given for /sys, whose `bus/pci/devices` is a file) must never read as a healthy host
+    without devices. A real sysfs without PCI (a microVM) is a host with no PCI devices.
+    """
+    found = [os.path.join(path, "devices")]
+    if not os.path.isdir(found[0]):
+        try:
+            buses = sorted(os.listdir(os.path.join(path, "bus")))
+        except OSError:
+            buses = []
+        found = [d for d in (os.path.join(path, "bus", b, "devices") for b in buses) if os.path.isdir(d)]
     if not found:
-        what = "does not exist" if not os.path.exists(path) else "has neither devices/ nor bus/"
+        what = "does not exist" if not os.path.exists(path) else "has no devices/ directory"
         raise SourceError(f"--path.sysfs {path} is not a sysfs: it {what} (in a container, mount the host's "
                           "/sys there, e.g. -v /sys:/host/sys:ro)")
     return found
