@@ -12,7 +12,8 @@ This is the one availability rule: the JSON `available` and `blocked_by`, the me
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -53,8 +54,10 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
     carved = {d.parent for d in inventory if d.type == "mdev" and d.parent}
     carved.update(d.name for d in inventory if any(t.instances for t in d.mdev_types))
     no_vfio = host_blocker(inventory, facts)
+    no_iommu = inventory.host.noiommu_groups
     storage = may_hold_root(inventory) if facts.root_unknown else frozenset()
-    shared_busy: dict[int, str | None] = {}  # id(shared set) -> a busy device in it: once per group
+    busy_in: dict[int, tuple[str, ...]] = {}  # id(shared set) -> its first matches: once per group
+    storage_in: dict[int, tuple[str, ...]] = {}
     out: dict[str, str] = {}
     why: dict[str, str] = {}
     for dev in inventory:
@@ -69,21 +72,19 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             out[name] = "ineligible"
             continue
         reason = None
+        along = affected[name]
         if dev.type == "pci" and no_vfio is not None:
             reason = no_vfio
+        elif dev.type == "pci" and dev.iommu_group is None:
+            reason = "no IOMMU group: the IOMMU does not cover it, so VFIO cannot assign it"
+        elif dev.type == "pci" and dev.iommu_group in no_iommu:
+            reason = "its group is VFIO's no-IOMMU group (unsafe no-IOMMU mode): VFIO cannot assign it to a VM"
         elif name in carved:
             reason = "mediated devices are carved out of it"
-        else:
-            along = affected[name]
-            key = id(along.shared)
-            if key not in shared_busy:  # the device itself is not busy here: it would be in_use/assigned
-                shared_busy[key] = min((n for n in along.shared if n in busy), default=None)
-            hit = shared_busy[key] or min((n for n in along.own if n in busy), default=None)
-            if hit is not None:
-                what = "in use" if hit in facts.in_use else "assigned"
-                reason = f"{hit}, which goes with it, is {what}"
-            elif name in storage:
-                reason = "the root filesystem's device is unknown: cannot tell whether this device holds it"
+        elif (hit := _first_in(along, busy, busy_in)) is not None:
+            reason = f"{hit}, which goes with it, is {'in use' if hit in facts.in_use else 'assigned'}"
+        elif name in storage or _first_in(along, storage, storage_in) is not None:
+            reason = "the root filesystem's device is unknown: cannot tell whether this device, or one that goes with it, holds it"
         if reason is None:
             out[name] = "available"
         else:
@@ -92,23 +93,29 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
     return Live(MappingProxyType(out), MappingProxyType(why))
 
 
+def _first_in(along: AffectedSet, names: AbstractSet[str], cache: dict[int, tuple[str, ...]]) -> str | None:
+    """A device of `names` that goes along with `along.device` (never the device itself). The shared
+    part (a whole IOMMU group, maybe thousands of functions) is searched once for all its members:
+    its two first matches are kept, so each member finds one that is not itself."""
+    if not names:
+        return None
+    key = id(along.shared)
+    first = cache.get(key)
+    if first is None:
+        first = cache[key] = tuple(heapq.nsmallest(2, (n for n in along.shared if n in names)))
+    hit = next((n for n in first if n != along.device), None)
+    return hit if hit is not None else min((n for n in along.own if n in names), default=None)
+
+
 def may_hold_root(inventory: Inventory) -> frozenset[str]:
-    """What may hold the root filesystem when the source cannot tell which device does: every
-    mass-storage controller and the other functions of its IOMMU group (passing one takes it along),
-    SCSI LUNs, and USB devices with a mass-storage interface. A USB keyboard below such a group's
-    xHCI is forwarded alone and stays available."""
+    """What may hold the root filesystem when the source cannot tell which device does: mass-storage
+    controllers, SCSI LUNs and USB devices with a mass-storage interface. A device that takes one
+    along (its IOMMU group partner, the xHCI above a USB stick) is blocked through its affected set;
+    a USB keyboard is forwarded alone and stays available."""
     out: set[str] = set()
-    groups: set[int] = set()
     for dev in inventory:
         if dev.type == "pci" and (dev.pci_class or "").lower().startswith(MASS_STORAGE):
-            if dev.iommu_group is None:
-                functions: tuple[str, ...] = (dev.name,)
-            elif dev.iommu_group in groups:  # once per group: a group may hold thousands of them
-                continue
-            else:
-                groups.add(dev.iommu_group)
-                functions = inventory.groups[dev.iommu_group]
-            out.update(functions)
+            out.add(dev.name)
         elif dev.type == "scsi":
             out.add(dev.name)
         elif dev.type == "usb" and dev.usb_class == USB_MASS_STORAGE and dev.parent:

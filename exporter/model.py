@@ -106,9 +106,10 @@ class Holder:
 class HostFacts:
     """What the host says about its IOMMU and isolation, beside the devices."""
 
-    iommu_groups_present: bool = False
+    iommu_groups_present: bool = False  # groups backed by an IOMMU (not VFIO's no-IOMMU ones)
+    noiommu_groups: frozenset[int] = frozenset()  # kernel/iommu_groups/<N>/name is vfio-noiommu
     iommu_units: tuple[str, ...] = ()  # /sys/class/iommu entries: dmar0, ivhd0 ...
-    cmdline: str = ""
+    cmdline: str | None = ""  # None: <procfs>/cmdline could not be read
     # "module.parameter" -> value, e.g. "vfio_iommu_type1.allow_unsafe_interrupts" -> "N"
     module_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Devices behind the root filesystem: the PCI function(s) and any listed device between them
@@ -130,7 +131,7 @@ class HostFacts:
     def cmdline_params(self) -> dict[str, str]:
         """The kernel command line as key -> value (flags map to "")."""
         out: dict[str, str] = {}
-        for word in self.cmdline.split():
+        for word in (self.cmdline or "").split():
             if word == "--":  # the rest belongs to init
                 break
             key, _, value = word.partition("=")

@@ -19,7 +19,7 @@ IOMMU_PARAMS = ("intel_iommu", "amd_iommu", "iommu")
 # The lines of the `check` report, in order, and the codes each covers.
 CHECKS = (
     Check("IOMMU enabled in firmware and kernel", ("iommu_off_firmware", "iommu_off_kernel")),
-    Check("No ACS override on the kernel command line", ("acs_override",)),
+    Check("No ACS override on the kernel command line", ("acs_override", "kernel_cmdline_unknown")),
     Check("VFIO requires interrupt remapping",
           ("unsafe_interrupts", "no_interrupt_remapping", "interrupt_remapping_unknown")),
     Check("VFIO no-IOMMU mode off", ("unsafe_noiommu",)),
@@ -40,6 +40,8 @@ FIXES = {
     "the card to a slot behind an ACS-capable root port",
     "unsafe_interrupts": "remove allow_unsafe_interrupts=1 from the vfio_iommu_type1 options in "
     "/etc/modprobe.d and enable interrupt remapping (x2APIC/IR) in firmware",
+    "kernel_cmdline_unknown": "make <procfs>/cmdline readable to the exporter (mount the host's /proc), or "
+    "check by hand that /proc/cmdline has no pcie_acs_override= and no intremap=off",
     "unsafe_noiommu": "remove enable_unsafe_noiommu_mode=1 from the vfio options and enable the IOMMU instead",
     "interrupt_remapping_unknown": "make <procfs>/interrupts readable to the exporter (mount the host's /proc), "
     "or check by hand that `grep IR- /proc/interrupts` lists remapped interrupt chips",
@@ -69,6 +71,7 @@ CODES: dict[str, str] = {
     "iommu_off_firmware": "warning",
     "iommu_off_kernel": "warning",
     "acs_override": "critical",
+    "kernel_cmdline_unknown": "warning",
     "unsafe_interrupts": "critical",
     "unsafe_noiommu": "critical",
     "no_interrupt_remapping": "warning",  # critical when a device is already on a VFIO driver
@@ -153,6 +156,7 @@ def _reset_warning(device: Device) -> str | None:
 @hookimpl
 def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict], facts: Facts) -> Iterator[Finding]:
     yield from _iommu(inventory)
+    yield from _cmdline(inventory)
     yield from _weakened(facts)
     yield from _interrupts(inventory, facts)
     statuses = facts.groups
@@ -188,6 +192,14 @@ def _iommu(inventory: Inventory) -> Iterator[Finding]:
             "the IOMMU (VT-d/AMD-Vi) is off in firmware or missing; VFIO cannot assign devices"))
 
 
+def _cmdline(inventory: Inventory) -> Iterator[Finding]:
+    """An unreadable kernel command line is no evidence that pcie_acs_override is absent."""
+    if inventory.host.cmdline is None and any(d.type == "pci" for d in inventory):
+        yield _finding("kernel_cmdline_unknown", HOST, (
+            "the kernel command line (<procfs>/cmdline) cannot be read: pcie_acs_override= and intremap=off "
+            "cannot be ruled out"))
+
+
 def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
     """Without interrupt remapping VFIO refuses every assignment, unless unsafe interrupts are
     allowed (which `unsafe_interrupts` reports instead). Said on a host without IOMMU groups too,
@@ -198,14 +210,14 @@ def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
     if host.interrupt_remapping is None:
         # Never a silent PASS: without the interrupt chips nothing says VFIO will accept devices,
         # on a host without IOMMU groups either (turning the IOMMU on would not be the whole fix).
-        if host.iommu_groups_present or any(d.type == "pci" for d in inventory):
+        if any(d.type == "pci" for d in inventory):
             yield _finding("interrupt_remapping_unknown", HOST, (
                 "interrupt remapping cannot be told (no readable /proc/interrupts, or no x86 interrupt chip in "
                 "it): VFIO refuses to assign devices without it"))
         return
     if host.interrupt_remapping:
         return
-    why = ("intremap=off on the kernel command line" if "intremap=off" in host.cmdline.split()
+    why = ("intremap=off on the kernel command line" if "intremap=off" in (host.cmdline or "").split()
            else "no IR- interrupt chip in /proc/interrupts")
     if not host.iommu_groups_present:  # the IOMMU is off too (reported above): both need fixing
         if any(d.type == "pci" for d in inventory):

@@ -96,3 +96,35 @@ def test_remapping_unknown_is_not_held_against_the_device(tree):
     assert snap.inventory.host.interrupt_remapping is None
     assert snap.states["pci_0000_00_19_0"] == "available"
     assert "interrupt_remapping_unknown" in {f.code for f in snap.findings}
+
+
+def test_a_function_without_a_group_or_in_a_no_iommu_group_is_not_available(tree):
+    """IOMMU on with remapping. The iGPU 00:02.0 has no group (intel_iommu=igfx_off leaves it out);
+    the NIC 00:19.0 sits in group 9, which VFIO made in its no-IOMMU mode (name vfio-noiommu); the NIC
+    00:1f.6 in a real group 7 stays available."""
+    hosts.base(tree)
+    hosts.nvme_lvm_root(tree)
+    tree.pci("0000:00:02.0", 0x8086, 0x3E92, 0x030000, driver="i915", reset_method="flr")
+    tree.pci("0000:00:19.0", 0x8086, 0x15BC, 0x020000, driver="vfio-pci", group=9, reset_method="flr")
+    tree.write(tree.sys / "kernel" / "iommu_groups" / "9" / "name", "vfio-noiommu")
+    tree.pci("0000:00:1f.6", 0x8086, 0x15BC, 0x020000, driver="e1000e", group=7, reset_method="flr")
+    snap = judge_tree(tree)
+    assert snap.inventory.host.noiommu_groups == frozenset({9}) and snap.inventory.host.iommu_groups_present
+    assert snap.blocked_by["pci_0000_00_02_0"].startswith("no IOMMU group: ")
+    assert snap.blocked_by["pci_0000_00_19_0"].startswith("its group is VFIO's no-IOMMU group")
+    assert snap.states["pci_0000_00_1f_6"] == "available"
+
+
+def test_only_no_iommu_groups_is_an_iommu_that_is_off(tree):
+    """intel_iommu=off with enable_unsafe_noiommu_mode=Y: the only group is VFIO's no-IOMMU group. The
+    IOMMU is off (metric 0, iommu_off_kernel), unsafe_noiommu is critical, and nothing is available."""
+    tree.cmdline("BOOT_IMAGE=/vmlinuz intel_iommu=off")
+    tree.module_param("vfio", "enable_unsafe_noiommu_mode", "Y")
+    tree.pci("0000:00:19.0", 0x8086, 0x15BC, 0x020000, driver="vfio-pci", group=0, reset_method="flr")
+    tree.write(tree.sys / "kernel" / "iommu_groups" / "0" / "name", "vfio-noiommu")
+    snap = judge_tree(tree)
+    assert not snap.inventory.host.iommu_groups_present
+    assert snap.blocked_by["pci_0000_00_19_0"] == IOMMU_OFF
+    codes = {(f.code, f.severity) for f in snap.findings}
+    assert {("iommu_off_kernel", "warning"), ("unsafe_noiommu", "critical")} <= codes
+    assert "passthrough_iommu_enabled 0.0" in render(snap).decode()

@@ -303,3 +303,21 @@ def test_device_names_keep_their_hex_order():
     names = ["pci_0000_9f_00_0", "pci_0000_10_00_0", "pci_0000_1a_00_0", "pci_0000_00_02_0", "group:10", "group:9"]
     assert sorted(names, key=natural_key) == ["group:9", "group:10", "pci_0000_00_02_0", "pci_0000_10_00_0",
                                               "pci_0000_1a_00_0", "pci_0000_9f_00_0"]
+
+
+def test_root_unknown_blocks_what_takes_a_disk_along(tree):
+    """usb_tree with no mount table: the stick 1-1.4 (mass storage) may hold `/`, so the xHCI 00:14.0
+    above it (passing it takes the stick along) is blocked too; the mouse, forwarded alone, is not."""
+    hosts.usb_tree(tree)
+    snap = judge_tree(tree)
+    assert snap.states["usb_1_1_4"] == "blocked" and snap.states["pci_0000_00_14_0"] == "blocked"
+    assert "one that goes with it" in snap.blocked_by["pci_0000_00_14_0"]
+    assert snap.states["usb_1_1_2"] == "available"
+
+
+def test_an_unreadable_kernel_command_line_does_not_pass_the_acs_line(tree):
+    hosts.clean_host(tree)
+    (tree.proc / "cmdline").unlink()
+    f = found(judge_tree(tree))
+    assert [s[:2] for s in f["kernel_cmdline_unknown"]] == [("warning", "host")]
+    assert "acs_override" not in f

@@ -26,11 +26,14 @@ def host_facts(reader: Reader) -> HostFacts:
             value = reader.optional({param}, pdir, param, str, f"module {module}")
             if value is not None:
                 params[f"{module}.{param}"] = value
-    cmdline = (reader.text_file(os.path.join(reader.procfs, "cmdline"), CMDLINE_LIMIT) or "").strip()
+    cmdline = reader.text_file(os.path.join(reader.procfs, "cmdline"), CMDLINE_LIMIT)
+    cmdline = cmdline.strip() if cmdline is not None else None
     interrupts = reader.text_file(os.path.join(reader.procfs, "interrupts"), INTERRUPTS_LIMIT)
     tables = reader.listdir(os.path.join(reader.sysfs, "firmware", "acpi", "tables"))
+    groups, noiommu = iommu_groups(reader)
     return HostFacts(
-        iommu_groups_present=bool(reader.listdir(os.path.join(reader.sysfs, "kernel", "iommu_groups"))),
+        iommu_groups_present=any(g not in noiommu for g in groups),
+        noiommu_groups=noiommu,
         iommu_units=tuple(reader.listdir(os.path.join(reader.sysfs, "class", "iommu"))),
         cmdline=cmdline,
         module_params=MappingProxyType(params),
@@ -38,6 +41,22 @@ def host_facts(reader: Reader) -> HostFacts:
         acpi_iommu_tables=tuple(t for t in IOMMU_TABLES if t in tables),
         vfio_groups=MappingProxyType(vfio_groups(reader)),
     )
+
+
+def iommu_groups(reader: Reader) -> tuple[list[int], frozenset[int]]:
+    """The IOMMU groups' numbers, and those VFIO made in its unsafe no-IOMMU mode (named
+    `vfio-noiommu` in `kernel/iommu_groups/<N>/name`): no IOMMU stands behind those."""
+    base = os.path.join(reader.sysfs, "kernel", "iommu_groups")
+    groups, noiommu = [], set()
+    for entry in reader.listdir(base):
+        if not (entry.isascii() and entry.isdigit()):
+            continue
+        groups.append(int(entry))
+        # One open per group; most groups have no name file (missing is quiet, not an error).
+        name = reader.text_file(os.path.join(base, entry, "name"), 64)
+        if name is not None and name.strip() == "vfio-noiommu":
+            noiommu.add(int(entry))
+    return groups, frozenset(noiommu)
 
 
 def vfio_groups(reader: Reader) -> dict[int, tuple[int, int]]:
@@ -56,14 +75,14 @@ def vfio_groups(reader: Reader) -> dict[int, tuple[int, int]]:
     return out
 
 
-def interrupt_remapping(interrupts: str | None, cmdline: str) -> bool | None:
+def interrupt_remapping(interrupts: str | None, cmdline: str | None) -> bool | None:
     """Whether the kernel remaps interrupts, from the chips its interrupts are routed through.
 
     On: a chip named "IR-..." (IR-IO-APIC, IR-PCI-MSI, IR-PCI-MSIX-0000:01:00.0 ...). Off:
     `intremap=off`, or x86 chips without the prefix. Unknown (None): no readable table, or no x86
     chip at all (another architecture, where MSI isolation has other names: say nothing wrong).
     """
-    if "intremap=off" in cmdline.split():
+    if "intremap=off" in (cmdline or "").split():
         return False
     if interrupts is None:
         return None
