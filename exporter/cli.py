@@ -327,9 +327,10 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentParser:
-    """The command line; `pm`'s plugins add their options to every command that judges devices."""
-    parser = argparse.ArgumentParser(prog="passthrough-exporter", description=DESCRIPTION)
+def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) -> argparse.ArgumentParser:
+    """The command line; `pm`'s plugins add their options to every command that judges devices.
+    `usage_exit`: what a usage error before the command's own options exits with."""
+    parser = CommandParser(prog="passthrough-exporter", description=DESCRIPTION, usage_exit=usage_exit)
     parser.add_argument("--version", action=_VersionAction, help="show program's version number and exit")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
@@ -412,45 +413,39 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     return parser
 
 
-def _early_plugin_manager(argv: Sequence[str] | None) -> tuple[pluggy.PluginManager, list[str], list[str]]:
-    """The plugins, loaded before the command line is parsed so their options can be on it (as
-    pytest loads its plugins before parsing): only --plugin and --disable-plugin are read first."""
+def _early_args(argv: Sequence[str]) -> argparse.Namespace:
+    """What is read before the command line is parsed: the command word (its exit codes depend on
+    it) and --plugin and --disable-plugin (the plugins add options to the parser, as pytest loads
+    its plugins before parsing). --log.level is known here only so that its value is not taken for
+    the command."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--plugin", dest="plugins", action="append", default=[])
     early.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=[])
-    known, _ = early.parse_known_args(argv)
-    return make_plugin_manager(known.plugins, known.disabled_plugins), known.plugins, known.disabled_plugins
+    early.add_argument("--log.level", dest="log_level")
+    early.add_argument("command", nargs="?")
+    return early.parse_known_args(argv)[0]
 
 
-def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Namespace:
     """The parsed arguments, with the plugin manager that added its options, and logging set up.
-    ConfigError when a plugin cannot be loaded; a usage error exits, as argparse does."""
-    pm, _, _ = _early_plugin_manager(argv)
-    args = build_parser(pm).parse_args(argv)
+    ConfigError when a plugin cannot be loaded; a usage error exits with `usage_exit`."""
+    early = _early_args(argv)
+    pm = make_plugin_manager(early.plugins, early.disabled_plugins)
+    args = build_parser(pm, usage_exit).parse_args(argv)
     args.plugin_manager = pm
     args.argv = list(argv)  # serve's refresh worker parses the same command line
     logs.setup(args.log_level)
     return args
 
 
-def _command(argv: Sequence[str]) -> str | None:
-    """The command word of a command line, before it is parsed (the only option before it that
-    takes a value is --log.level)."""
-    words = iter(argv)
-    for word in words:
-        if word == "--log.level":
-            next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown).
-    failed = CHECK_UNKNOWN if _command(argv) == "check" else 1
+    # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown),
+    # for a usage error too (2 would read as critical).
+    check = _early_args(argv).command == "check"
+    failed = CHECK_UNKNOWN if check else 1
     try:
-        args = parse_command_line(argv)
+        args = parse_command_line(argv, usage_exit=CHECK_UNKNOWN if check else 2)
     except ConfigError as exc:
         print(f"passthrough-exporter: {exc}", file=sys.stderr)
         return failed

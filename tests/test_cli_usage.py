@@ -56,3 +56,17 @@ def test_misspelled_top_level_option_shows_the_top_level_usage():
     out = cli("--log.levl", "debug", "devices")
     assert out.returncode == 2
     assert out.stderr.startswith("usage: passthrough-exporter [-h]")
+
+
+@pytest.mark.parametrize("argv", [["--jsn", "check"], ["--log.level", "bogus", "check"]])
+def test_a_usage_error_before_the_word_check_is_still_checks_unknown(argv):
+    """Nagios reads 2 as critical: a usage error of `check`, wherever it is on the line, is 3."""
+    out = cli(*argv)
+    assert out.returncode == 3 and out.stdout == ""
+    assert out.stderr.startswith("usage: passthrough-exporter [-h]")
+    assert out.stderr.splitlines()[-1].startswith("passthrough-exporter: error: ")
+
+
+def test_a_plugin_that_cannot_load_makes_check_unknown():
+    out = cli("--plugin", "os", "check")  # before the word, as --plugin may be
+    assert out.returncode == 3 and "the module has no @hookimpl" in out.stderr
