@@ -69,6 +69,41 @@ def test_anonymous_device_number_falls_back_to_the_mount_source(tree):
     assert read(tree).host.root_devices == ("pci_0000_3d_00_0",)
 
 
+def sata_and_nvme(tree):
+    """sda2 on the AHCI 00:17.0 (LUN 0:0:0:0) and nvme0n1p3 on the NVMe 3d:00.0: two disks for a
+    filesystem that spans both."""
+    hosts.sata_disks(tree)
+    hosts.nvme_lvm_root(tree)
+    lun = tree.pci_path("0000:00:17.0") / "ata1" / "host0" / "target0:0:0" / "0:0:0:0"
+    sda2 = tree.partition(tree.block("sda", parent=lun, dev="8:0"), "sda2", dev="8:2", number=2)
+    return sda2, (tree.sys / "class" / "block" / "nvme0n1p3").resolve()
+
+
+def test_a_btrfs_over_two_disks_names_both_controllers(tree):
+    """btrfs RAID1 mounted by /dev/sda2 (anonymous number 0:35); /sys/fs/btrfs/<fsid>/devices links
+    to both members: both controllers hold `/`."""
+    sda2, nvme_p3 = sata_and_nvme(tree)
+    for member in (sda2, nvme_p3):
+        tree.link(tree.sys / "fs" / "btrfs" / "5c2f0a9e-fsid" / "devices" / member.name, member)
+    tree.root_mount("0:35", "/dev/sda2", fstype="btrfs")
+    host = read(tree).host
+    assert host.root_devices == ("pci_0000_00_17_0", "pci_0000_3d_00_0", "scsi_0_0_0_0", "scsi_host0",
+                                 "scsi_target0_0_0")
+    assert sorted(host.root_disks) == ["nvme0n1p3", "sda2"]
+
+
+def test_a_bcachefs_names_every_member_in_its_source(tree):
+    sata_and_nvme(tree)
+    tree.root_mount("0:36", "/dev/sda2:/dev/nvme0n1p3", fstype="bcachefs")
+    host = read(tree).host
+    assert "pci_0000_00_17_0" in host.root_devices and "pci_0000_3d_00_0" in host.root_devices
+    # A member this sysfs does not know: which disks hold `/` cannot be told, none is traced.
+    tree.root_mount("0:36", "/dev/sda2:/dev/sdz9", fstype="bcachefs")
+    snap = judge_tree(tree)
+    assert snap.inventory.host.root_devices == () and snap.facts.root_unknown
+    assert snap.states["pci_0000_00_17_0"] == "blocked" and snap.states["pci_0000_3d_00_0"] == "blocked"
+
+
 def test_root_not_on_a_block_device_is_known_empty(tree):
     hosts.virtio_root(tree)
     tree.root_mount("0:31", "overlay", fstype="overlay")

@@ -16,7 +16,7 @@ from typing import TypeVar
 from lxml import etree
 
 from ..model import COMPUTER, Device, device_name
-from ..sysfs.attrs import BadAttribute, hex_id, numa_node, parse_int, sriov_count
+from ..sysfs.attrs import BadAttribute, bounded_int, hex_id, numa_node, parse_int, sriov_count
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,14 @@ def _int(text: str | None, base: int = 10) -> int | None:
         return int(text.strip(), base)
     except ValueError:
         return None
+
+
+def _pci_class(text: str) -> str:
+    return hex_id(text, 6)  # 0x010802; a sign or a seventh digit is garbage, never a class
+
+
+def _usb_class(text: str) -> str:
+    return f"{bounded_int(text, 0, 0xFF):02x}"
 
 
 def _attr(text: str | None, parse: Callable[[str], T], what: str, count: Count | None) -> T | None:
@@ -185,7 +193,7 @@ def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
     parts = [_int(_text(cap.find(k)), 0) for k in ("domain", "bus", "slot", "function")]
     address = pci_address(*parts)
     notes = () if address else ("PCI address missing or out of range in libvirt's XML",)
-    cls = _int(_text(cap.find("class")), 16)
+    cls = _attr(_text(cap.find("class")), _pci_class, "class", count)
     group = cap.find("iommuGroup")
     numa = cap.find("numa")
     physfn = cap.find("capability[@type='phys_function']/address")
@@ -205,7 +213,7 @@ def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
         **base,
         address=address,
         **_ids(cap),
-        pci_class=None if cls is None or cls > 0xFFFFFF else f"0x{cls:06x}",
+        pci_class=cls,
         iommu_group=group_number,
         numa_node=node,
         header_type=header,
@@ -229,8 +237,8 @@ def _usb(cap: etree._Element, base: dict, path: str | None, count: Count | None)
     # <path> names the sysfs directory exactly; the name is the fallback (udev-style names only).
     address = path.rstrip("/").rsplit("/", 1)[-1] if path else usb_address(base["name"], interface)
     if interface:
-        cls = _int(_text(cap.find("class")))  # libvirt prints bInterfaceClass in decimal
-        return Device(**base, address=address, usb_class=None if cls is None or cls > 0xFF else f"{cls:02x}")
+        cls = _attr(_text(cap.find("class")), _usb_class, "class", count)  # libvirt prints it in decimal
+        return Device(**base, address=address, usb_class=cls)
     return Device(
         **base,
         address=address,

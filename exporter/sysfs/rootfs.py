@@ -36,11 +36,11 @@ def _unescape(field: str) -> str:
 def root_mount(mountinfo: str) -> tuple[str, str] | None:
     """(major:minor, mount source) of the mount on `/` that is visible (the last one), or None."""
     found = _root_line(mountinfo)
-    return found[1] if found else None
+    return found[1][:2] if found else None
 
 
-def _root_line(mountinfo: str) -> tuple[str, tuple[str, str]] | None:
-    """The mountinfo line of the visible mount on `/`, and what `root_mount` makes of it."""
+def _root_line(mountinfo: str) -> tuple[str, tuple[str, str, str]] | None:
+    """The mountinfo line of the visible mount on `/`, and its (major:minor, source, fstype)."""
     found = None
     for line in mountinfo.splitlines():
         fields = line.split()
@@ -51,7 +51,8 @@ def _root_line(mountinfo: str) -> tuple[str, tuple[str, str]] | None:
         except ValueError:
             continue
         source = _unescape(fields[sep + 2]) if len(fields) > sep + 2 else ""
-        found = (line, (fields[2], source))
+        fstype = fields[sep + 1] if len(fields) > sep + 1 else ""
+        found = (line, (fields[2], source, fstype))
     return found
 
 
@@ -114,34 +115,52 @@ def root_block_dirs(reader: Reader) -> list[str] | None:
         if text is not None:
             break
     if text is None or path is None:
-        log.warning("cannot read %s/1/mountinfo: the root filesystem's device is unknown, so no storage "
-                    "device is offered as available (root_device_unknown)", reader.procfs)
+        log.warning("cannot read %s/1/mountinfo nor self/mountinfo: the root filesystem's device is unknown "
+                    "(root_device_unknown)", reader.procfs)
         return None
     found = _root_line(text)
     if found is None:
         log.warning("%s has no mount on /", path)
         reader.count("bad_attribute")
         return []
-    line, (number, source) = found
+    line, (number, source, fstype) = found
     if reader.trace is not None:  # only the root mount's line: the rest of the mount table is not ours to copy
         reader.trace.files[path] = (line + "\n").encode()
-    start = None
+    starts: list[str | None] = []  # the block directories `/` is mounted from
     if not number.startswith("0:"):
         link = os.path.join(reader.sysfs, "dev", "block", number)
         if os.path.exists(link):
-            start = reader.resolve(link)
-    if start is None:
-        start = _block_dir_for_source(reader, source)
-    if start is None:
-        log.info("root filesystem (%s, %s) is not on a block device of %s", number, source, reader.sysfs)
+            starts.append(reader.resolve(link))
+    if not starts:  # bcachefs names every member: /dev/sda2:/dev/nvme0n1p2
+        parts = source.split(":") if fstype == "bcachefs" else [source]
+        starts = [_block_dir_for_source(reader, part) for part in parts]
+    if None in starts:  # a member not found is as unknown as all of them: none is traced then
+        log.info("root filesystem (%s, %s) is not on block devices of %s", number, source, reader.sysfs)
         return []
+    if fstype == "btrfs":  # a btrfs spanning several disks mounts by one of them: the others hold `/` too
+        starts += _btrfs_members(reader, starts[0])
     out: list[str] = []
-    try:
-        _backing(reader, start, 0, set(), out)
-    except OSError as exc:
-        log.warning("cannot follow the root block device %s: %s", start, exc)
-        reader.count(error_kind(exc))
+    seen: set[str] = set()
+    for start in dict.fromkeys(s for s in starts if s):
+        try:
+            _backing(reader, start, 0, seen, out)
+        except OSError as exc:
+            log.warning("cannot follow the root block device %s: %s", start, exc)
+            reader.count(error_kind(exc))
     return out
+
+
+def _btrfs_members(reader: Reader, block: str) -> list[str]:
+    """The other devices of the btrfs that `block` belongs to: `<sysfs>/fs/btrfs/<fsid>/devices/`
+    links to each member's block directory."""
+    base = os.path.join(reader.sysfs, "fs", "btrfs")
+    name = os.path.basename(block)
+    for fsid in reader.listdir(base):
+        devices = os.path.join(base, fsid, "devices")
+        members = reader.listdir(devices)
+        if name in members:
+            return [reader.resolve(os.path.join(devices, m)) for m in members if m != name]
+    return []
 
 
 def listed_ancestors(path: str, names: Mapping[str, str], root: str) -> Iterator[str]:
