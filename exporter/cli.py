@@ -166,6 +166,20 @@ def duration(text: str) -> float:
     return value
 
 
+# Each refresh reads every device's attributes from sysfs, scans /proc and runs in a child process:
+# more often than once a second it would keep a core busy for no fresher answer.
+MIN_REFRESH_INTERVAL = 1.0
+
+
+def refresh_interval(text: str) -> float:
+    """A duration of at least MIN_REFRESH_INTERVAL."""
+    value = duration(text)
+    if value < MIN_REFRESH_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too short: at least {MIN_REFRESH_INTERVAL:g}s (each refresh reads all of sysfs)")
+    return value
+
+
 def add_metric_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("metrics")
     group.add_argument(
@@ -233,8 +247,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_unless_prom(path: str) -> None:
+    # node_exporter's textfile collector reads only *.prom: any other name is written and never scraped.
+    if path != "-" and not path.endswith(".prom"):
+        log.warning("%s does not end in .prom: node_exporter's textfile collector reads only *.prom files", path)
+
+
 def cmd_textfile(args: argparse.Namespace) -> int:
     from .metrics import render
+
+    warn_unless_prom(args.path)
 
     options = metric_options(args)
     with gc_paused():
@@ -299,6 +321,9 @@ class CommandParser(argparse.ArgumentParser):
     exits with the command's own code for "could not run" (`check`: 3, as monitoring plugins do)."""
 
     def __init__(self, *args, usage_exit: int = 2, **kwargs) -> None:
+        # No abbreviations (`--pass` for `--passthrough`): a flag a plugin or a later version adds
+        # would silently change what a shortened flag in a script or unit means.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.usage_exit = usage_exit
 
@@ -335,7 +360,7 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     # Accepted after the command too (`serve --log.level debug`), as exporters are usually run.
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS, choices=list(logs.LEVELS),
                         help="debug, info, warn or error (default: info)")
 
@@ -370,8 +395,8 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
                      help="address to listen on (default: %(default)s)")
     web.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth, in the Prometheus exporter-toolkit web-config format")
-    serve.add_argument("--refresh-interval", type=duration, default=60.0, metavar="DURATION",
-                       help="how often devices are re-read, e.g. 30s, 5m (default: 60s)")
+    serve.add_argument("--refresh-interval", type=refresh_interval, default=60.0, metavar="DURATION",
+                       help="how often devices are re-read, e.g. 30s, 5m; at least 1s (default: 60s)")
     add_source_options(serve, pm)
     add_metric_options(serve)
     serve.set_defaults(func=cmd_serve)
@@ -418,7 +443,7 @@ def _early_args(argv: Sequence[str]) -> argparse.Namespace:
     it) and --plugin and --disable-plugin (the plugins add options to the parser, as pytest loads
     its plugins before parsing). --log.level is known here only so that its value is not taken for
     the command."""
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--plugin", dest="plugins", action="append", default=[])
     early.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=[])
     early.add_argument("--log.level", dest="log_level")

@@ -66,10 +66,13 @@ def make_plugin_manager(
     for path in plugins:
         _register_module(pm, path)
     _refuse_wrappers(pm)
+    # A name nothing provides is an error, not a warning: a typo (`--disable-plugin polcy`) would
+    # leave on the very plugin the operator meant to switch off.
     known = {ep.name for ep in entry_points} | set(plugins)
     for name in disabled:
         if name not in known:
-            log.warning("--disable-plugin %s: no plugin of that name is installed", name)
+            raise ConfigError(f"--disable-plugin {name}: no plugin of that name is installed; "
+                              f"installed: {', '.join(sorted(known)) or 'none'}")
     if not pm.get_plugins():
         log.warning("no rule plugins loaded from entry-point group %s: is the package installed?", ENTRY_POINT_GROUP)
     return pm

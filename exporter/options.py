@@ -46,7 +46,7 @@ def add_plugin_options(pm: pluggy.PluginManager, parser: argparse.ArgumentParser
 
 def defaults(pm: pluggy.PluginManager) -> dict[str, Any]:
     """Every plugin option's default value, by dest (argparse applies each option's `type`)."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # as every command's parser
     dests = add_plugin_options(pm, parser)
     namespace = parser.parse_args([])
     return {d: getattr(namespace, d) for d in dests}

@@ -85,8 +85,9 @@ def passthrough_addoption(parser: OptionParser) -> None:
     parser.addoption(
         "--pci.denied-classes", dest="pci_denied_classes", metavar="LIST",
         default=",".join(DEFAULT_DENIED_CLASSES),
-        help="comma-separated PCI class prefixes never eligible: base class (0x06) or base class and "
-        "subclass (0x0604) (default: %(default)s)",
+        help="comma-separated PCI class prefixes never eligible: base class (0x06), base class and "
+        "subclass (0x0604) or the full class (0x060400). The list replaces the default one: to add a "
+        "class, repeat the defaults (%(default)s,0x03), or deny it in a --policy file (default: %(default)s)",
     )
 
 
@@ -98,9 +99,14 @@ def class_prefixes(text: str) -> tuple[str, ...]:
             continue
         digits = item.lower().removeprefix("0x")
         try:
-            out.append(hex_id(item, min(len(digits), 6) or 1))  # keeps the prefix's own length
+            prefix = hex_id(item, min(len(digits), 6) or 1)  # keeps the prefix's own length
         except BadAttribute:
             raise ConfigError(f"--pci.denied-classes: {item!r} is not a hex class prefix like 0x06 or 0x0604") from None
+        # Whole bytes only, as the policy file's `class`: 0x3 would match no device (0x3xxxxx), not 0x03.
+        if len(digits) not in (2, 4, 6):
+            raise ConfigError(f"--pci.denied-classes: {item!r} is not a class prefix: give 2 hex digits (base "
+                              "class, 0x03), 4 (and subclass, 0x0300) or 6 (and programming interface, 0x030000)")
+        out.append(prefix)
     return tuple(out)
 
 
