@@ -77,6 +77,32 @@ def test_unit_security_exposure_is_low(tmp_path):
     assert float(m.group(1)) <= 2.0
 
 
+def ptrace_drop_in() -> str:
+    """The drop-in the README gives for naming VMs (its one ini block)."""
+    (block,) = re.findall(r"^```ini\n(.*?)^```$", (ROOT / "README.md").read_text(), re.M | re.S)
+    return block
+
+
+def test_unit_names_no_vm_and_the_readme_says_so():
+    """ProtectProc=invisible without CAP_SYS_PTRACE: the holder scan cannot read QEMU's fd links."""
+    s = unit_settings()
+    assert s["ProtectProc"] == ["invisible"]
+    assert "CAP_SYS_PTRACE" not in " ".join(s["CapabilityBoundingSet"] + s["AmbientCapabilities"])
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "**Under this unit no VM is named**: `held_by` is null" in readme
+    unit_comments = [line.removeprefix("#").strip() for line in UNIT.read_text().splitlines() if line.startswith("#")]
+    for line in ptrace_drop_in().splitlines():  # the unit's comment gives the same drop-in
+        assert line in unit_comments
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_with_the_ptrace_drop_in_passes_systemd_analyze_verify(tmp_path):
+    copy = _verified_copy(tmp_path)
+    copy.write_text(copy.read_text() + "\n" + ptrace_drop_in())
+    out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+
+
 # --- Kubernetes ------------------------------------------------------------------------------
 
 def k8s(name: str) -> dict:

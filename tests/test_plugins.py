@@ -129,10 +129,21 @@ def test_disable_a_built_in_plugin(host):
     assert [n for n in listing.stdout.splitlines() if not n.startswith("pci_")] == []
 
 
-def test_disable_unknown_plugin_warns(host):
-    out = run(host, "--disable-plugin", "nosuch")
-    assert out.returncode == 0
-    assert "--disable-plugin nosuch: no plugin of that name is installed" in out.stderr
+@pytest.mark.parametrize("command, code", [("devices", 1), ("check", 3), ("plugins", 1)])
+def test_disable_unknown_plugin_is_an_error_naming_the_installed_ones(host, command, code):
+    """A misspelled name would leave on the plugin the operator meant to switch off."""
+    out = run(host if command != "plugins" else None, "--disable-plugin", "nosuch", command=command)
+    assert out.returncode == code and out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("passthrough-exporter: --disable-plugin nosuch: no plugin of that name is installed; "
+                           "installed: ")
+    installed = line.rpartition("installed: ")[2].split(", ")
+    assert {"pci", "usb", "scsi", "safety", "policy"} <= set(installed) and installed == sorted(installed)
+
+
+def test_disable_unknown_plugin_is_refused_by_the_library_too():
+    with pytest.raises(ConfigError, match="--disable-plugin polcy: no plugin of that name is installed"):
+        make_plugin_manager(disabled=("polcy",))
 
 
 SITE_RULES = '''
