@@ -71,7 +71,7 @@ def test_setup_makes_the_venv_with_usr_bin_python3_not_the_first_python3_on_path
 @debian_python
 def test_setup_prints_only_to_stderr_and_warns_of_a_venv_made_elsewhere(tmp_path):
     out = run_setup(tmp_path, venv={
-        "pyvenv.cfg": "home = /root/.pyenv/versions/3.11.7/bin\n",
+        "pyvenv.cfg": "home = /opt/another-python/bin\n",
         "bin/python": "#!/bin/sh\n",
         "bin/pip": "#!/bin/sh\necho 'Successfully installed passthrough-exporter-0.1.0'\n",
         "bin/passthrough-exporter": "#!/bin/sh\necho 'passthrough-exporter 0.1.0'\n",
@@ -79,7 +79,7 @@ def test_setup_prints_only_to_stderr_and_warns_of_a_venv_made_elsewhere(tmp_path
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""  # `.ci/setup && passthrough-exporter devices`: stdout is the device list alone
     assert "Successfully installed passthrough-exporter-0.1.0" in out.stderr
-    assert ("==> warning: .venv was not made with /usr/bin/python3 (/root/.pyenv/versions/3.11.7/bin); remove "
+    assert ("==> warning: .venv was not made with /usr/bin/python3 (/opt/another-python/bin); remove "
             ".venv and run this again to remake it") in out.stderr
     assert out.stderr.rstrip().endswith("==> set up: .venv/bin/passthrough-exporter 0.1.0")
     assert not (tmp_path / "marks").exists()
