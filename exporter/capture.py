@@ -23,7 +23,7 @@ from typing import BinaryIO
 from .fileutil import RefusedPath, atomic_file, preflight
 from .sources import SourceError
 from .sources.sysfs import SysfsSource
-from .sysfs import ATTR_LIMIT, Trace, read_bytes
+from .sysfs import ATTR_LIMIT, Trace, read_opened
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,14 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
         for n in names:
             p.add(p.name(os.path.join(path, n)), Entry("dir", rank=_LISTED), path)
     for path, data in trace.files.items():
-        p.add(p.name(path), Entry("file", data=data, rank=_FILE), path)
+        # The bytes go under the file the read opened, never under a link's name, and only if that
+        # file is in the tree: a link to /etc/shadow is archived as a link (below), not as its bytes.
+        real = trace.opened.get(path)
+        name = p.real_name(real) if real is not None else None
+        if name is None:
+            log.warning("capture: %s leads outside the sysfs and procfs roots; its content is left out", path)
+            continue
+        p.add(name, Entry("file", data=data, rank=_FILE), path)
     for path, text in trace.links.items():
         p.link(path, os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(path)), text)), text)
     for path, real in trace.resolved.items():
@@ -131,9 +138,13 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
             if _bus_of(path) == "usb" and ":" not in os.path.basename(path):
                 serial = os.path.join(real, "serial")
                 try:
-                    p.add(p.name(serial), Entry("file", data=read_bytes(serial, ATTR_LIMIT), rank=_FILE), serial)
+                    data, opened = read_opened(serial, ATTR_LIMIT)
                 except OSError:
-                    pass  # most devices have none
+                    continue  # most devices have none
+                if os.path.islink(serial) or opened is None:
+                    log.warning("capture: %s is not a file of the tree; left out", serial)
+                    continue
+                p.add(p.real_name(opened), Entry("file", data=data, rank=_FILE), serial)
     return p.complete()
 
 

@@ -282,3 +282,73 @@ def test_capture_output_dash_is_standard_output(tree, tmp_path):
     assert summary.startswith("wrote standard output: ") and summary.split()[-3] == str(len(out.stdout))
     copy = tar_unpack.unpack(archive, tmp_path / "unpacked")
     assert (copy / "sys" / "devices").is_dir()
+
+
+# --- capture: a link is archived as a link, never with its target's bytes; logs quote no content ----
+
+def _devices(sysfs: Path, procfs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, "devices", "--json", "--path.sysfs", str(sysfs), "--path.procfs", str(procfs)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_capture_archives_a_link_out_of_the_tree_as_a_link_and_quotes_nothing(host, tmp_path):
+    outside = tmp_path / "elsewhere" / "secret"  # beside the tree, not in it
+    outside.parent.mkdir()
+    outside.write_text("SECRET-TOKEN\n")
+    outside.chmod(0o600)
+    audio, gpu = host.pci_path("0000:01:00.1"), host.pci_path("0000:01:00.0")
+    (audio / "vendor").unlink()
+    (audio / "vendor").symlink_to(outside)  # an identity attribute: the device is skipped
+    (gpu / "numa_node").unlink()
+    (gpu / "numa_node").symlink_to(outside)  # an optional one: left empty, with a warning
+    (gpu / "power_state").write_text("INTREE-GARBAGE\n")  # garbage inside the tree: warned, not quoted
+    (gpu / "subsystem_vendor").unlink()
+    (gpu / "subsystem_vendor").symlink_to("vendor")  # a link inside the tree: kept as that link
+
+    original = _devices(host.sys, host.proc)
+    assert original.returncode == 0, original.stderr
+    assert "pci_0000_01_00_1" not in original.stdout and "skipped" in original.stderr
+    archive = tmp_path / "host.tar.gz"
+    out = _capture(host, archive)
+    assert out.returncode == 0, out.stderr
+    for stderr in (original.stderr, out.stderr.decode()):
+        assert "SECRET-TOKEN" not in stderr and "INTREE-GARBAGE" not in stderr
+    assert "not a 4-digit hex number (12 characters)" in original.stderr
+
+    import gzip
+    assert b"SECRET-TOKEN" not in gzip.decompress(archive.read_bytes())  # no member, name or header
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    rel = lambda p: "sys/" + str(p.relative_to(host.sys))  # noqa: E731
+    vendor = members[rel(audio / "vendor")]
+    assert vendor.issym() and vendor.linkname == "secret"  # points nowhere in the archive
+    assert members[rel(gpu / "numa_node")].issym()
+    sub = members[rel(gpu / "subsystem_vendor")]
+    assert sub.issym() and sub.linkname == "vendor" and members[rel(gpu / "vendor")].isfile()
+
+    copy = tar_unpack.unpack(archive, tmp_path / "unpacked")
+    again = _devices(copy / "sys", copy / "proc")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == original.stdout  # the same devices, the same fields
+    assert "SECRET-TOKEN" not in again.stderr
+
+
+def test_capture_never_archives_bytes_read_through_a_link_it_cannot_place(tree, tmp_path):
+    """A link in the tree to a file outside it, even one the trace only learns about by reading:
+    the plan keeps the bytes only under the file the read opened, if that is in the tree."""
+    from passthrough_exporter.capture import plan
+    from passthrough_exporter.sysfs import Reader, Trace
+
+    hosts.base(tree)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("SECRET-TOKEN\n")
+    inside = tree.pci_path("0000:00:00.0")
+    (inside / "label").symlink_to(secret_file)
+    trace = Trace()
+    reader = Reader(str(tree.sys), str(tree.proc), trace)
+    assert reader.attr(str(inside / "label")) == "SECRET-TOKEN" and reader.attr(str(inside / "vendor")) == "0x8086"
+    entries = plan(str(tree.sys), str(tree.proc), trace)
+    assert not any(b"SECRET-TOKEN" in e.data for e in entries.values())
+    name = "sys/" + str((inside / "label").relative_to(tree.sys))
+    assert entries[name].kind == "link" and entries[name].target == "secret"
+    assert entries["sys/" + str((inside / "vendor").relative_to(tree.sys))].data.strip() == b"0x8086"
