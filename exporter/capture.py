@@ -14,14 +14,16 @@ import io
 import logging
 import os
 import posixpath
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from .fileutil import atomic_file
+from .fileutil import RefusedPath, atomic_file, preflight
 from .sources import SourceError
 from .sources.sysfs import SysfsSource
-from .sysfs import ATTR_LIMIT, Trace, read_bytes
+from .sysfs import ATTR_LIMIT, Trace, read_opened
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,14 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
         for n in names:
             p.add(p.name(os.path.join(path, n)), Entry("dir", rank=_LISTED), path)
     for path, data in trace.files.items():
-        p.add(p.name(path), Entry("file", data=data, rank=_FILE), path)
+        # The bytes go under the file the read opened, never under a link's name, and only if that
+        # file is in the tree: a link to /etc/shadow is archived as a link (below), not as its bytes.
+        real = trace.opened.get(path)
+        name = p.real_name(real) if real is not None else None
+        if name is None:
+            log.warning("capture: %s leads outside the sysfs and procfs roots; its content is left out", path)
+            continue
+        p.add(name, Entry("file", data=data, rank=_FILE), path)
     for path, text in trace.links.items():
         p.link(path, os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(path)), text)), text)
     for path, real in trace.resolved.items():
@@ -129,9 +138,13 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
             if _bus_of(path) == "usb" and ":" not in os.path.basename(path):
                 serial = os.path.join(real, "serial")
                 try:
-                    p.add(p.name(serial), Entry("file", data=read_bytes(serial, ATTR_LIMIT), rank=_FILE), serial)
+                    data, opened = read_opened(serial, ATTR_LIMIT)
                 except OSError:
-                    pass  # most devices have none
+                    continue  # most devices have none
+                if os.path.islink(serial) or opened is None:
+                    log.warning("capture: %s is not a file of the tree; left out", serial)
+                    continue
+                p.add(p.real_name(opened), Entry("file", data=data, rank=_FILE), serial)
     return p.complete()
 
 
@@ -141,23 +154,57 @@ def _bus_of(entry_path: str) -> str:
 
 
 def write_archive(entries: dict[str, Entry], output: str, *, force: bool = False) -> Summary:
-    """Write `entries` as tar.gz to `output` atomically: a temp file beside it, then a rename."""
+    """Write `entries` as tar.gz to `output` atomically: a temp file beside it, then a rename that
+    replaces nothing but a regular file (and that only with `force`). `-` is standard output."""
     now = int(time.time())
     try:
-        with atomic_file(output, overwrite=force, mode=None) as raw:
-            # filename="": keep the temp file's name out of the gzip header.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=now) as gz:
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    for name, e in entries.items():
-                        tar.addfile(*_member(name, e, now))
-            gz_end = raw.tell()
-    except FileExistsError:
-        raise CaptureError(f"{output} exists; use --force to overwrite it") from None
+        if output == "-":
+            out = _Counted(sys.stdout.buffer)
+            _write_tar_gz(entries, out, now)
+            sys.stdout.buffer.flush()
+            gz_end = out.size
+        else:
+            with atomic_file(output, overwrite=force, mode=None) as raw:
+                _write_tar_gz(entries, raw, now)
+                gz_end = raw.tell()
     except OSError as exc:
-        raise CaptureError(f"cannot write in {os.path.dirname(os.path.abspath(output))}: {exc.strerror}") from None
+        raise _cannot_write(output, exc) from None
     kinds = [e.kind for e in entries.values()]
     return Summary(kinds.count("file"), kinds.count("link"), kinds.count("dir"),
                    sum(len(e.data) for e in entries.values()), gz_end)
+
+
+def _write_tar_gz(entries: dict[str, Entry], raw: BinaryIO | _Counted, now: int) -> None:
+    # filename="": keep the temp file's name out of the gzip header.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=now) as gz:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, e in entries.items():
+                tar.addfile(*_member(name, e, now))
+
+
+class _Counted:
+    """A binary stream that cannot tell() (a pipe), with the bytes written to it counted."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.size = stream, 0
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _cannot_write(output: str, exc: OSError) -> CaptureError:
+    if isinstance(exc, FileExistsError):
+        return CaptureError(f"{output} exists; use --force to overwrite it")
+    if isinstance(exc, RefusedPath):
+        return CaptureError(f"cannot write {output}: {exc.strerror}")
+    if output == "-":
+        return CaptureError(f"cannot write to standard output: {exc.strerror}")
+    return CaptureError(f"cannot write in {os.path.dirname(os.path.abspath(output))}: {exc.strerror}")
 
 
 def _member(name: str, e: Entry, mtime: int) -> tuple[tarfile.TarInfo, io.BytesIO | None]:
@@ -176,10 +223,11 @@ def _member(name: str, e: Entry, mtime: int) -> tuple[tarfile.TarInfo, io.BytesI
 
 def capture(sysfs: str, procfs: str, output: str, *, force: bool = False, include_serials: bool = False) -> Summary:
     """Capture what the sysfs source reads from `sysfs`/`procfs` into the tar.gz `output`."""
-    if os.path.isdir(output):
-        raise CaptureError(f"{output} is a directory; give a file name such as host.tar.gz")
-    if not force and os.path.lexists(output):
-        raise CaptureError(f"{output} exists; use --force to overwrite it")
+    if output != "-":
+        try:  # refused before the read, not after it
+            preflight(output, overwrite=force)
+        except OSError as exc:
+            raise _cannot_write(output, exc) from None
     trace = Trace()
     SysfsSource(sysfs, procfs).read(trace)
     entries = plan(sysfs, procfs, trace, include_serials=include_serials)

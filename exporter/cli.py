@@ -254,11 +254,17 @@ def warn_unless_prom(path: str) -> None:
 
 
 def cmd_textfile(args: argparse.Namespace) -> int:
+    from .fileutil import preflight
     from .metrics import render
 
     warn_unless_prom(args.path)
-
     options = metric_options(args)
+    try:
+        if args.path != "-":
+            preflight(args.path)  # a target that would be refused is refused before the read
+    except OSError as exc:
+        print(f"passthrough-exporter: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+        return 1
     with gc_paused():
         snapshot = judge_once(args)
         text = render(snapshot, options)
@@ -267,14 +273,18 @@ def cmd_textfile(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"passthrough-exporter: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
         return 1
-    log.info("wrote %d devices to %s", len(snapshot.inventory), args.path)
+    log.info("wrote %d devices to %s", len(snapshot.inventory), "standard output" if args.path == "-" else args.path)
     return 0
 
 
 def write_atomically(path: str, data: bytes) -> None:
-    """A reader sees the old file or the new one, never a torn one."""
+    """A reader sees the old file or the new one, never a torn one; `-` is standard output."""
     from .fileutil import atomic_file
 
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
     with atomic_file(path) as f:
         f.write(data)
 
@@ -297,7 +307,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
 
     summary = capture(args.sysfs, args.procfs, args.output, force=args.force, include_serials=args.include_serials)
-    print(summary.line(args.output))
+    # With the archive on standard output, the summary goes beside it on standard error.
+    print(summary.line("standard output" if args.output == "-" else args.output),
+          file=sys.stderr if args.output == "-" else sys.stdout)
     return 0
 
 
@@ -309,8 +321,8 @@ def add_capture_command(sub: argparse._SubParsersAction, common: argparse.Argume
         "only up to the 64-byte header, no USB serial numbers) into a tar.gz. Unpacked, "
         "--path.sysfs DIR/sys --path.procfs DIR/proc reads the same devices.",
     )
-    snap.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz", help="archive to write")
-    snap.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    snap.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz", help="archive to write (- for standard output)")
+    snap.add_argument("--force", action="store_true", help="overwrite FILE if it is a regular file")
     snap.add_argument("--include-serials", action="store_true", help="also capture USB devices' serial numbers")
     add_path_options(snap)
     snap.set_defaults(func=cmd_capture)
@@ -403,9 +415,10 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
 
     textfile = sub.add_parser(
         "textfile", parents=[common], help="write the metrics once for node_exporter's textfile collector",
-        description="Write the metrics once to PATH, atomically (temp file + rename).",
+        description="Write the metrics once to PATH, atomically (temp file + rename), replacing a regular "
+        "file only; - writes them to standard output.",
     )
-    textfile.add_argument("path", metavar="PATH", help="e.g. /var/lib/node_exporter/textfile/passthrough.prom")
+    textfile.add_argument("path", metavar="PATH", help="e.g. /var/lib/node_exporter/textfile/passthrough.prom, or -")
     add_source_options(textfile, pm)
     add_metric_options(textfile)
     textfile.set_defaults(func=cmd_textfile)

@@ -397,13 +397,20 @@ def test_textfile_writes_only_its_target(host: SysfsTree, tmp_path: Path) -> Non
     sentinel = watched / "elsewhere" / "precious"
     sentinel.write_text("keep me\n")
     target = watched / "out" / "passthrough.prom"
-    target.symlink_to(sentinel)  # a planted link: replaced, never written through
+    target.symlink_to(sentinel)  # a planted link: refused, neither written through nor replaced
     (watched / "out" / "other.prom").write_text("another collector's file\n")
     env = {**os.environ, "HOME": str(watched / "home"), "TMPDIR": str(watched / "tmp"),
            "PYTHONDONTWRITEBYTECODE": "1"}
     before, sys_before = _state(watched), _state(host.root)
-    out = subprocess.run([EXE, "textfile", str(target), "--path.sysfs", str(host.sys), "--path.procfs",
-                          str(host.proc)], capture_output=True, text=True, timeout=60, cwd=watched / "cwd", env=env)
+    textfile = [EXE, "textfile", str(target), "--path.sysfs", str(host.sys), "--path.procfs", str(host.proc)]
+    out = subprocess.run(textfile, capture_output=True, text=True, timeout=60, cwd=watched / "cwd", env=env)
+    assert out.returncode == 1
+    assert out.stderr == f"passthrough-exporter: cannot write {target}: it is a symlink, not replaced; give a regular file's name\n"
+    assert _state(watched) == before and sentinel.read_text() == "keep me\n"
+
+    target.unlink()
+    before = _state(watched)
+    out = subprocess.run(textfile, capture_output=True, text=True, timeout=60, cwd=watched / "cwd", env=env)
     assert out.returncode == 0, out.stderr
     after = _state(watched)
     changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}

@@ -10,9 +10,9 @@ The sysfs source, the libvirt source's fill and the capture command all read thr
 """
 
 from .attrs import ATTR_LIMIT, BadAttribute, decode_attr, dev_number, escape_bytes, hex_id, parse_int
-from .files import ERROR_KINDS, Reader, Trace, error_kind, read_bytes
+from .files import ERROR_KINDS, Reader, Trace, error_kind, read_bytes, read_opened
 
 __all__ = [
     "ATTR_LIMIT", "BadAttribute", "decode_attr", "dev_number", "escape_bytes", "hex_id", "parse_int",
-    "ERROR_KINDS", "Reader", "Trace", "error_kind", "read_bytes",
+    "ERROR_KINDS", "Reader", "Trace", "error_kind", "read_bytes", "read_opened",
 ]

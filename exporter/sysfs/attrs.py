@@ -12,7 +12,18 @@ ATTR_LIMIT = 4096  # bytes; sysfs text attributes fit in a page, anything longer
 
 
 class BadAttribute(ValueError):
-    """An attribute whose content is not what the kernel writes there."""
+    """An attribute whose content is not what the kernel writes there.
+
+    The message says what is wrong and never quotes the content: a hostile tree can put any file's
+    bytes behind an attribute's name (a link to a key), and warnings end up in logs and bug reports.
+    """
+
+
+def shape(text: str) -> str:
+    """What a bad value looks like without quoting it: its length."""
+    if not text:
+        return "empty"
+    return f"{len(text)} character{'s' if len(text) != 1 else ''}"
 
 
 def escape_bytes(text: str) -> str:
@@ -43,7 +54,7 @@ def hex_id(text: str, width: int) -> str:
     """'0x8086' / '8086' / '0X8086' -> '0x8086', zero-padded to `width` digits; else BadAttribute."""
     digits = text.strip().lower().removeprefix("0x")
     if not digits or len(digits) > width or digits.strip("0123456789abcdef"):  # strip: a C loop, not a genexpr
-        raise BadAttribute(f"not a {width}-digit hex number: {text[:40]!r}")
+        raise BadAttribute(f"not a {width}-digit hex number ({shape(text)})")
     return f"0x{int(digits, 16):0{width}x}"
 
 
@@ -69,20 +80,20 @@ def bounded_int(text: str, low: int, high: int) -> int:
     digits = text[1:] if text[:1] == "-" else text
     # ASCII digits only (int() also takes "1_000", " +5" and "٣"); 20 of them hold any 64-bit number.
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
-        raise BadAttribute(f"not a number: {text[:40]!r}")
+        raise BadAttribute(f"not a number ({shape(text)})")
     value = int(text)
     if not low <= value <= high:
-        raise BadAttribute(f"out of range {low}..{high}: {text[:40]!r}")
+        raise BadAttribute(f"out of range {low}..{high} ({'above' if value > high else 'below'})")
     return value
 
 
 def bounded_float(text: str, high: float) -> float:
     """A positive decimal fraction (16.0, 2.5, 8) no greater than `high`; never NaN or infinite."""
     if _DECIMAL_FRACTION.fullmatch(text) is None:
-        raise BadAttribute(f"not a decimal number: {text[:40]!r}")
+        raise BadAttribute(f"not a decimal number ({shape(text)})")
     value = float(text)
     if not 0.0 < value <= high:
-        raise BadAttribute(f"out of range 0..{high:g}: {text[:40]!r}")
+        raise BadAttribute(f"out of range 0..{high:g} ({'above' if value > high else 'not positive'})")
     return value
 
 
@@ -120,8 +131,8 @@ def dev_number(text: str) -> tuple[int, int]:
     """
     major, sep, minor = text.partition(":")
     if not sep or not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()):
-        raise BadAttribute(f"not a device number: {text[:40]!r}")
+        raise BadAttribute(f"not a device number MAJ:MIN ({shape(text)})")
     number = (int(major), int(minor))
     if not 0 < number[0] <= MAX_MAJOR or number[1] > MAX_MINOR:
-        raise BadAttribute(f"not a device number: {text[:40]!r}")
+        raise BadAttribute(f"not a device number: major 1..{MAX_MAJOR}, minor 0..{MAX_MINOR} expected")
     return number

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..model import MdevType, device_name
 from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width,
-                    numa_node, parse_int, sriov_count)
+                    numa_node, parse_int, shape, sriov_count)
 from .files import Reader, error_kind
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def link_speed(text: str) -> float | None:
         return None
     number, _, unit = text.partition(" ")
     if not unit.startswith("GT/s"):
-        raise BadAttribute(f"not a link speed: {text[:40]!r}")
+        raise BadAttribute(f"not a link speed like '16.0 GT/s PCIe' ({shape(text)})")
     return bounded_float(number, SPEED_MAX)
 
 
@@ -122,13 +122,13 @@ def aer_total(text: str) -> int:
     for line in text.splitlines():
         if line.startswith("TOTAL_ERR_"):
             return parse_int(line.rsplit(None, 1)[-1])
-    raise BadAttribute(f"no TOTAL_ERR_ line: {text[:40]!r}")
+    raise BadAttribute(f"no TOTAL_ERR_ line ({shape(text)})")
 
 
 def power_state(text: str) -> str:
     if text in POWER_STATES:
         return text
-    raise BadAttribute(f"not a power state: {text[:40]!r}")
+    raise BadAttribute(f"not a power state ({shape(text)})")
 
 
 def _mdev_types(reader: Reader, path: str, sysname: str) -> tuple[MdevType, ...]:

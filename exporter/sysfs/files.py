@@ -59,17 +59,48 @@ def read_all(path: str, limit: int) -> bytes:
     """Up to `limit` bytes of a file that may come in several reads (procfs tables), non-blocking."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        chunks: list[bytes] = []
-        size = 0
-        while size < limit:
-            chunk = os.read(fd, min(1 << 16, limit - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        return _read_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, min(1 << 16, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_opened(path: str, limit: int, *, whole: bool = False) -> tuple[bytes, str | None]:
+    """`read_bytes` (`read_all` if `whole`), with the canonical path of the file the read opened;
+    None when it cannot be told. A capture archives bytes under that path only: `path` itself may be
+    a link to anywhere (a hostile tree's `vendor` -> /etc/shadow), and may change after the read."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        data = _read_fd(fd, limit) if whole else os.read(fd, limit)
+        return data, _opened_path(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _opened_path(fd: int, path: str) -> str | None:
+    st = os.fstat(fd)
+    if st.st_nlink == 0:
+        return None  # removed since: not a file of the tree
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: the path's canonical form, if it still names the file we read
+        real = os.path.realpath(path)
+    try:
+        again = os.stat(real)
+    except OSError:
+        return None
+    return real if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino) else None
 
 
 @dataclass
@@ -83,6 +114,7 @@ class Trace:
     dirs: set[str] = field(default_factory=set)  # device directories listed for their attributes
     present: set[str] = field(default_factory=set)  # entries tested for existence
     unreadable: set[str] = field(default_factory=set)  # present, but reading failed
+    opened: dict[str, str | None] = field(default_factory=dict)  # path read -> the file it opened
 
 
 class _TracedEntries:
@@ -130,30 +162,34 @@ class Reader:
         self.errors[kind] += 1
 
     def read_bytes(self, path: str, limit: int) -> bytes:
-        try:
-            data = read_bytes(path, limit)
-        except OSError:
-            if self.trace is not None:
-                self.trace.unreadable.add(path)
-            raise
         if self.trace is not None:
-            self.trace.files[path] = data
+            return self._traced(path, limit)
+        return read_bytes(path, limit)
+
+    def _traced(self, path: str, limit: int, whole: bool = False) -> bytes:
+        """A read recorded with the file it opened, and the link's text when `path` is a link."""
+        assert self.trace is not None
+        try:
+            data, self.trace.opened[path] = read_opened(path, limit, whole=whole)
+        except OSError:
+            self.trace.unreadable.add(path)
+            raise
+        self.trace.files[path] = data
+        try:
+            self.trace.links[path] = os.readlink(path)  # archived as a link, never its target's bytes
+        except OSError:
+            pass  # not a link: the usual case
         return data
 
     def attr(self, path: str) -> str:
-        # read_bytes inlined: this runs some 20 times per device, and the calls cost a tenth of a read.
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-            try:
-                data = os.read(fd, _ATTR_READ)
-            finally:
-                os.close(fd)
-        except OSError:
-            if self.trace is not None:
-                self.trace.unreadable.add(path)
-            raise
         if self.trace is not None:
-            self.trace.files[path] = data
+            return decode_attr(path, self._traced(path, _ATTR_READ))
+        # read_bytes inlined: this runs some 20 times per device, and the calls cost a tenth of a read.
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            data = os.read(fd, _ATTR_READ)
+        finally:
+            os.close(fd)
         return decode_attr(path, data)
 
     def text_file(self, path: str, limit: int, quiet: tuple[type[OSError], ...] = ()) -> str | None:
@@ -161,15 +197,13 @@ class Reader:
         read: counted and logged, unless it is missing or fails with one of the `quiet` errors.
         The trace records it whole: callers that keep less overwrite `trace.files[path]`."""
         try:
-            data = read_all(path, limit)
+            data = read_all(path, limit) if self.trace is None else self._traced(path, limit, whole=True)
         except (FileNotFoundError, *quiet):
             return None
         except OSError as exc:
             log.warning("cannot read %s (%s): %s", path, error_kind(exc), exc)
             self.count(error_kind(exc))
             return None
-        if self.trace is not None:
-            self.trace.files[path] = data
         return data.decode("utf-8", "backslashreplace")
 
     def entries(self, path: str) -> Collection[str]:

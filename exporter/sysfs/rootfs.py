@@ -135,7 +135,9 @@ def root_block_dirs(reader: Reader) -> list[str] | None:
         parts = source.split(":") if fstype == "bcachefs" else [source]
         starts = [_block_dir_for_source(reader, part) for part in parts]
     if None in starts:  # a member not found is as unknown as all of them: none is traced then
-        log.info("root filesystem (%s, %s) is not on block devices of %s", number, source, reader.sysfs)
+        # Nothing of mountinfo is quoted: no log line quotes a file's content (a network mount's source
+        # may name a user).
+        log.info("the root filesystem is not on block devices of %s", reader.sysfs)
         return []
     if fstype == "btrfs":  # a btrfs spanning several disks mounts by one of them: the others hold `/` too
         starts += _btrfs_members(reader, starts[0])
