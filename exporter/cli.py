@@ -134,7 +134,7 @@ def _devices(args: argparse.Namespace) -> int:
         names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by,
                        available=args.available)
     except QueryError as exc:
-        print(exc, file=sys.stderr)
+        print(visible(str(exc)), file=sys.stderr)  # it may quote the name asked for
         return exc.exit_code
     if args.json:
         # Pieces of a megabyte: json.dump would write every token, one system call each when stdout
