@@ -14,6 +14,7 @@ from typing import Any
 
 from .model import Check, Finding
 from .snapshot import Snapshot
+from .textsafe import visible
 
 STATUS_BY_SEVERITY = {"critical": "FAIL", "warning": "WARN", "info": "PASS"}
 EXIT_CODES = {"PASS": 0, "WARN": 1, "FAIL": 2}
@@ -76,7 +77,8 @@ def render_text(snapshot: Snapshot, results: list[CheckResult]) -> str:
         for hint in dict.fromkeys(f.fix for f in r.findings if f.severity != "info" and f.fix):
             lines.append(f"    fix: {hint}")
     lines += [f"note: {n}" for n in _notes(snapshot)]
-    return "\n".join(lines) + "\n"
+    # Line by line: a VM name or a plugin's message carrying a newline or ESC stays inside its line.
+    return "\n".join(map(visible, lines)) + "\n"
 
 
 def render_json(snapshot: Snapshot, results: list[CheckResult]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import pluggy
 # What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
 # imported inside them: `devices` starts without it.
 from . import jsonout, logs
+from .deadline import DEFAULT as DEFAULT_TIMEOUT
+from .deadline import Deadline
 from .gcpause import gc_paused
 from .inspector import Inspector, make_plugin_manager, plugin_table
 from .model import KNOWN_TYPES, PASSABLE_TYPES
@@ -22,6 +24,7 @@ from .query import QueryError, check_filters, select
 from .settings import ConfigError
 from .snapshot import Snapshot
 from .sources import SOURCES, Source, SourceError
+from .textsafe import visible
 
 if TYPE_CHECKING:
     from .metrics import MetricOptions
@@ -101,9 +104,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     table += [(r["name"], r["distribution"] or "-", r["version"] or "-", r["module"]) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+        print(visible("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]))
     for line in inspector.report_header():
-        print(line)
+        print(visible(line))
     return 0
 
 
@@ -131,7 +134,7 @@ def _devices(args: argparse.Namespace) -> int:
         names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by,
                        available=args.available)
     except QueryError as exc:
-        print(exc, file=sys.stderr)
+        print(visible(str(exc)), file=sys.stderr)  # it may quote the name asked for
         return exc.exit_code
     if args.json:
         # Pieces of a megabyte: json.dump would write every token, one system call each when stdout
@@ -140,12 +143,13 @@ def _devices(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         for name in names:
-            print(name)
+            print(visible(name))
     return 0
 
 
 DEFAULT_LISTEN = ":9839"
 CHECK_UNKNOWN = 3  # `check` could not check: the monitoring-plugin convention's UNKNOWN
+ONE_SHOT = ("devices", "textfile", "check", "plugins", "capture")  # the commands with a --timeout
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
@@ -178,6 +182,13 @@ def refresh_interval(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"{text!r} is too short: at least {MIN_REFRESH_INTERVAL:g}s (each refresh reads all of sysfs)")
     return value
+
+
+def add_timeout_option(parser: argparse.ArgumentParser) -> None:
+    """A one-shot command's deadline; `main` reads it before the plugins load (see `deadline`)."""
+    parser.add_argument("--timeout", type=duration, default=DEFAULT_TIMEOUT, metavar="DURATION",
+                        help="give up with an error after this long, whatever a source or plugin does, "
+                        "e.g. 30s, 5m (default: 2m)")
 
 
 def add_metric_options(parser: argparse.ArgumentParser) -> None:
@@ -325,6 +336,7 @@ def add_capture_command(sub: argparse._SubParsersAction, common: argparse.Argume
     snap.add_argument("--force", action="store_true", help="overwrite FILE if it is a regular file")
     snap.add_argument("--include-serials", action="store_true", help="also capture USB devices' serial numbers")
     add_path_options(snap)
+    add_timeout_option(snap)
     snap.set_defaults(func=cmd_capture)
 
 
@@ -395,6 +407,7 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
     devices.add_argument("--affected-by", metavar="NAME", help="the devices that go along when NAME is passed through (not combinable with --cap/--passthrough)")
     devices.add_argument("--json", action="store_true", help="print device objects as a JSON array")
     add_source_options(devices, pm)
+    add_timeout_option(devices)
     devices.set_defaults(func=cmd_devices)
 
     serve = sub.add_parser(
@@ -421,6 +434,7 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
     textfile.add_argument("path", metavar="PATH", help="e.g. /var/lib/node_exporter/textfile/passthrough.prom, or -")
     add_source_options(textfile, pm)
     add_metric_options(textfile)
+    add_timeout_option(textfile)
     textfile.set_defaults(func=cmd_textfile)
 
     chk = sub.add_parser(
@@ -431,11 +445,13 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
         "  0  every check passes\n"
         "  1  a warning\n"
         "  2  a critical finding (a check FAILs)\n"
-        "  3  could not check: bad flags, a source that cannot be read, a bad policy file or plugin",
+        "  3  could not check: bad flags, a source that cannot be read, a bad policy file or plugin,\n"
+        "     or not done within --timeout",
         formatter_class=argparse.RawDescriptionHelpFormatter, usage_exit=CHECK_UNKNOWN,
     )
     chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")
     add_source_options(chk, pm)
+    add_timeout_option(chk)
     chk.set_defaults(func=cmd_check)
 
     plugins = sub.add_parser(
@@ -445,6 +461,7 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
     )
     plugins.add_argument("--json", action="store_true", help="print plugin objects as a JSON array")
     add_rule_options(plugins, pm)
+    add_timeout_option(plugins)
     plugins.set_defaults(func=cmd_plugins)
 
     add_capture_command(sub, common)
@@ -460,8 +477,17 @@ def _early_args(argv: Sequence[str]) -> argparse.Namespace:
     early.add_argument("--plugin", dest="plugins", action="append", default=[])
     early.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=[])
     early.add_argument("--log.level", dest="log_level")
+    early.add_argument("--timeout")
     early.add_argument("command", nargs="?")
     return early.parse_known_args(argv)[0]
+
+
+def _early_timeout(text: str | None) -> float:
+    """--timeout's seconds, before parsing; a bad value is the parser's to report, moments later."""
+    try:
+        return DEFAULT_TIMEOUT if text is None else duration(text)
+    except argparse.ArgumentTypeError:
+        return DEFAULT_TIMEOUT
 
 
 def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Namespace:
@@ -478,19 +504,30 @@ def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    early = _early_args(argv)
     # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown),
     # for a usage error too (2 would read as critical).
-    check = _early_args(argv).command == "check"
+    check = early.command == "check"
     failed = CHECK_UNKNOWN if check else 1
+    if early.command not in ONE_SHOT:
+        return _run(argv, check, failed)
+    # Started before the plugins are imported: a plugin that hangs at import is a plugin that hangs.
+    seconds = _early_timeout(early.timeout)
+    with Deadline(seconds, failed, f"passthrough-exporter: {early.command} did not finish within {seconds:g}s "
+                  "(--timeout): a source or a plugin did not answer"):
+        return _run(argv, check, failed)
+
+
+def _run(argv: list[str], check: bool, failed: int) -> int:
     try:
         args = parse_command_line(argv, usage_exit=CHECK_UNKNOWN if check else 2)
     except ConfigError as exc:
-        print(f"passthrough-exporter: {exc}", file=sys.stderr)
+        print(f"passthrough-exporter: {visible(str(exc))}", file=sys.stderr)
         return failed
     try:
         return args.func(args)
     except (SourceError, ConfigError) as exc:
-        print(f"passthrough-exporter: {exc}", file=sys.stderr)
+        print(f"passthrough-exporter: {visible(str(exc))}", file=sys.stderr)
         return failed
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.utils import floatToGoString
 
+from .textsafe import visible
+
 if TYPE_CHECKING:
     from .metrics import Family
 
@@ -21,9 +23,11 @@ _VALUES = {0: "0.0", 1: "1.0"}  # the common values, preformatted
 
 
 def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
+    """A label value: control characters written out (`visible`: a newline too, so no `\\n` is
+    left to escape), then the format's own escapes. SnapshotCollector does the same."""
+    if value.isprintable() and "\\" not in value and '"' not in value:
+        return value
+    return visible(value).replace("\\", r"\\").replace('"', r"\"")
 
 
 def _value(v: float) -> str:

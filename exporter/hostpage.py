@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape as _html_escape
 from urllib.parse import quote
 
 from . import __version__
@@ -26,6 +26,7 @@ from .facts import GroupStatus
 from .live import host_blocker
 from .model import COMPUTER, Device, Finding, Inventory, natural_key
 from .snapshot import Snapshot
+from .textsafe import visible
 
 STATE_WORDS = {"available": "available", "in_use": "in use", "assigned": "assigned", "blocked": "blocked",
                "ineligible": "not eligible", "unreachable": "unreachable"}
@@ -66,6 +67,11 @@ h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.15em;margin:1em 0 .4em}
 details{margin:.2em 0 .2em 1em}summary{cursor:pointer}
 .finding,.group,.dev,.facts,summary{overflow-wrap:anywhere}
 """
+
+
+def escape(text: str) -> str:
+    """HTML-escaped, control characters written out: the page shows them, a copy-paste sends none."""
+    return _html_escape(visible(text))
 
 
 def render(snap: Snapshot) -> bytes:

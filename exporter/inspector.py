@@ -2,7 +2,8 @@
 
 Each hook implementation is called on its own, in pluggy's order, so a plugin that raises or
 answers garbage is contained: its error is logged and counted, the others still rule, and the
-device carries a warning naming the plugin that failed.
+device carries a warning naming the plugin that failed. "Raises" includes SystemExit (a plugin's
+`sys.exit()` ends nothing) and any other BaseException but KeyboardInterrupt, the operator's.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def make_plugin_manager(
             continue
         try:  # import first, so a failure names its entry point (pluggy's loader would not)
             ep.load()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             raise ConfigError(
                 f"plugin {ep.name!r} ({ep.value}) failed to load: {_one_line(exc)}; "
                 f"skip it with --disable-plugin {ep.name}"
@@ -91,7 +94,9 @@ def _register_module(pm: pluggy.PluginManager, path: str) -> None:
         return
     try:
         module = importlib.import_module(path)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         raise ConfigError(f"--plugin {path}: cannot import module: {_one_line(exc)}") from None
     try:
         pm.register(module, name=path)
@@ -217,7 +222,9 @@ class Inspector:
                     # Names read before an iterator fails are kept: over-reporting what goes along
                     # is the safe side; the device still gets the failed-plugin warning.
                     own.update(answer)
-                except Exception:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
                     log.exception("plugin %s failed while listing affected devices of %s", plugin, dev.name)
                     errors["plugin_error"] += 1
                     failed.append(plugin)
@@ -261,7 +268,9 @@ class Inspector:
                     else:
                         log.warning("plugin %s returned a non-Finding: %r", plugin, f)
                         errors["plugin_error"] += 1
-            except Exception:  # an iterator that raises halfway through: keep what came before
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # an iterator that raises halfway through: keep what came before
                 log.exception("plugin %s failed while listing findings", plugin)
                 errors["plugin_error"] += 1
         return tuple(sorted(found.values(), key=Finding.order))
@@ -310,7 +319,9 @@ def _batches(impls: list[tuple[str, Any, tuple[str, ...]]], inventory: Inventory
         if batch is not None:
             try:
                 answers = batch(inventory, settings, facts)
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
                 log.exception("plugin %s failed answering for all devices at once; asking device by device", plugin)
         out.append(answers)
     return out
@@ -338,7 +349,9 @@ def _call_each(
             continue
         try:
             result = function(*[kwargs[a] for a in argnames])
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
             log.exception("plugin %s failed on %s", plugin, subject)
             errors["plugin_error"] += 1
             failed.append(plugin)

@@ -6,11 +6,16 @@ import logging
 import sys
 import time
 
+from .textsafe import visible
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 
 
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\t\\'):
+    # Control characters written out (a VM name's ESC never reaches a terminal), line by line: a
+    # traceback's newlines stay the format's own \n.
+    value = "\n".join(map(visible, value.split("\n")))
+    if value and not any(c in value for c in ' "=\n\\'):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 

@@ -21,6 +21,7 @@ from .facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
 from .snapshot import Snapshot
 from .sources import error_kinds
+from .textsafe import visible
 
 # The core's own error kinds (the inventory's, the inspector's, the refresher's) and every source's.
 # Initialised to 0 so that rate() and alerts see a series before the first error.
@@ -261,7 +262,7 @@ class SnapshotCollector(Collector):
             cls = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
             metric = cls(fam.name, fam.documentation, labels=list(fam.labels))
             for values, value in fam.rows:  # a family without labels has one row, or none (unknown)
-                metric.add_metric(list(values), value)
+                metric.add_metric([visible(v) for v in values], value)  # as `render` writes them
             yield metric
 
 

@@ -250,12 +250,22 @@ class Check:
 class Inventory:
     """Every device of one read, with the indexes the questions need.
 
-    Built once; never changed afterwards. A declared parent that does not exist, a device
+    Built once; never changed afterwards: its mappings are read-only views, and its attributes
+    cannot be reassigned (every plugin is handed the same inventory; one that swapped a part would
+    change what the others judge). A declared parent that does not exist, a device
     that is its own parent or a parent cycle leaves the device in place but unlinked from the
     tree (logged and counted in `errors`), so walking the tree always terminates.
     """
 
     __slots__ = ("devices", "host", "children", "groups", "errors")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if hasattr(self, name):  # set once, by __init__
+            raise AttributeError(f"Inventory.{name} cannot be reassigned: an inventory is read-only")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Inventory.{name} cannot be deleted: an inventory is read-only")
 
     def __init__(
         self,

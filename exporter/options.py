@@ -72,8 +72,8 @@ def configure(
         name = pm.get_name(impl.plugin) or repr(impl.plugin)
         try:
             impl.function(settings=settings) if "settings" in impl.argnames else impl.function()
-        except ConfigError:
+        except (ConfigError, KeyboardInterrupt):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: a plugin does not end the exporter
             raise ConfigError(f"plugin {name} failed to configure: {type(exc).__name__}: {exc}") from None
     return settings

@@ -11,9 +11,13 @@ import os
 import re
 from collections.abc import Iterable
 
+from .inputs import read_operator_file
+from .settings import ConfigError
+
 log = logging.getLogger(__name__)
 
 SEARCH_PATH = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
+MAX_SIZE = 16 << 20  # Debian's pci.ids is 1.4 MB; read whole, a file 10x its size is not one
 
 
 class PciIds:
@@ -115,13 +119,30 @@ def _regular(text: str) -> PciIds:
 
 @functools.lru_cache(maxsize=4)
 def load(path: str | None = None) -> PciIds | None:
-    """The database at `path`, else the first one found on the usual paths; None if there is none."""
-    for candidate in (path,) if path else SEARCH_PATH:
-        if candidate and os.path.exists(candidate):
+    """The database at `path`, else the first one found on the usual paths; None if there is none.
+
+    A file the operator named (`--path.pci-ids`) that is missing, not a regular file or larger
+    than MAX_SIZE is their mistake: ConfigError. The system's own is a convenience: without a
+    usable one, a warning and devices named by their numbers.
+    """
+    if path:
+        return _read(path)
+    for candidate in SEARCH_PATH:
+        if os.path.exists(candidate):
             try:
-                with open(candidate, encoding="utf-8", errors="replace") as f:
-                    return _regular(f.read())
-            except (OSError, ValueError) as exc:
-                log.warning("cannot read PCI names from %s: %s", candidate, exc)
+                return _read(candidate)
+            except ConfigError as exc:
+                log.warning("%s; devices are named by their numbers", exc)
                 return None
+    log.warning("no pci.ids found (%s): devices are named by their numbers; install pci.ids or hwdata, "
+                "or pass --path.pci-ids none", ", ".join(SEARCH_PATH))
     return None
+
+
+def _read(path: str) -> PciIds:
+    text = read_operator_file(path, MAX_SIZE, "pci.ids file").decode("utf-8", "replace")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() reads text
+    try:
+        return _regular(text)
+    except ValueError as exc:  # a vendor line without a hex id: not a pci.ids
+        raise ConfigError(f"{path}: not a pci.ids file: {exc}") from None

@@ -39,4 +39,5 @@ def test_escaping_and_odd_values_match():
                     findings=(Finding("x", "warning", odd, "m"),), errors_total={"vanished": 3, "new\\kind": 1},
                     duration=0.123456789, finished_at=1_700_000_000.25)
     assert render(snap) == reference(snap)
-    assert b'driver="a\\"b\\\\c\\nd \xc3\xa9"' in render(snap)
+    # The newline is a control character: written out (\x0a), then the backslashes escaped.
+    assert b'driver="a\\"b\\\\c\\\\x0ad \xc3\xa9"' in render(snap)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from passthrough_exporter import pciids
 from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.settings import ConfigError
 from passthrough_exporter.sources.sysfs import SysfsSource
 
 SAMPLE = """\
@@ -38,7 +39,8 @@ def test_names_from_pci_ids(tree, tmp_path):
     inv = SysfsSource(str(tree.sys), str(tree.proc), ids).read()
     assert inv.devices["pci_0000_01_00_1"].product == "GA104 High Definition Audio Controller"
     assert Inspector().judge(inv).device_object("pci_0000_01_00_0")["vendor"] == "NVIDIA Corporation"
-    assert pciids.load(str(tmp_path / "missing.ids")) is None
+    with pytest.raises(ConfigError, match=r"missing.ids: cannot read pci.ids file: No such file"):
+        pciids.load(str(tmp_path / "missing.ids"))  # named by the operator: their mistake
 
 
 def _by_lines(text: str) -> pciids.PciIds | None:

@@ -295,6 +295,89 @@ def test_non_findings_are_dropped_and_counted():
     assert [f.code for f in snap.findings if f.code not in builtin] == ["ok"] and snap.errors["plugin_error"] == 1
 
 
+class Halt(BaseException):
+    """Not an Exception: what a plugin's own control flow might raise."""
+
+
+class Exits:
+    """sys.exit() and other BaseExceptions from every hook, on the GPU only where asked per device."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    @hookimpl
+    def passthrough_verdict(self, device):
+        if device.name == GPU.name:
+            raise self.exc
+
+    @hookimpl
+    def passthrough_affected(self, device):
+        if device.name == GPU.name:
+            raise self.exc
+
+    @hookimpl
+    def passthrough_findings(self):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), SystemExit("bye"), Halt()], ids=["exit-3", "exit-text", "base"])
+def test_a_plugin_that_exits_is_contained(exc, caplog):
+    snap = judge_with(Exits(exc))
+    gpu, audio = snap.verdicts[GPU.name], snap.verdicts[AUDIO.name]
+    assert gpu.eligible and gpu.reasons == ("PCI endpoint (display controller)",)
+    assert gpu.warnings == ("plugin bad failed on this device; its rule was skipped",)
+    assert audio.eligible and audio.warnings == ()  # the other device: judged, untouched
+    assert snap.affected[GPU.name] == (AUDIO.name,)  # the built-in PCI rule still answered
+    assert snap.errors["plugin_error"] == 3  # the GPU's verdict and affected set, the findings
+    assert "plugin bad failed on pci_0000_01_00_0" in caplog.text
+
+
+def test_ctrl_c_in_a_plugin_still_stops_the_command():
+    with pytest.raises(KeyboardInterrupt):
+        judge_with(Exits(KeyboardInterrupt()))
+
+
+class Reassigns:
+    """Tries to change what the plugins after it see."""
+
+    @hookimpl(tryfirst=True)
+    def passthrough_verdict(self, device, inventory):
+        inventory.devices = {}
+
+    @hookimpl
+    def passthrough_findings(self, inventory):
+        del inventory.groups
+
+
+def test_a_plugin_cannot_reassign_the_inventory(caplog):
+    snap = judge_with(Reassigns())
+    assert snap.inventory is INV and set(INV.devices) == {"computer", GPU.name, AUDIO.name}
+    assert INV.groups == {2: (GPU.name, AUDIO.name)}
+    assert snap.verdicts[GPU.name].eligible and snap.verdicts[AUDIO.name].eligible  # judged all the same
+    assert snap.errors["plugin_error"] == len(INV) + 1
+    assert "AttributeError: Inventory.devices cannot be reassigned: an inventory is read-only" in caplog.text
+    with pytest.raises(AttributeError, match="read-only"):
+        INV.host = None
+    with pytest.raises(AttributeError):
+        INV.extra = 1  # no new attribute either
+
+
+def test_a_plugin_that_exits_leaves_the_listing_whole(host, tmp_path):
+    (tmp_path / "exiting.py").write_text(textwrap.dedent('''
+        import sys
+        from passthrough_exporter import hookimpl
+
+        @hookimpl
+        def passthrough_verdict(device):
+            if device.type == "usb_device":
+                sys.exit(0)
+    '''))
+    objs = objects(run(host, "--json", "--plugin", "exiting", env={**os.environ, "PYTHONPATH": str(tmp_path)}))
+    assert objs["usb_1_1_2"]["eligible"] is True
+    assert objs["usb_1_1_2"]["warnings"] == ["plugin exiting failed on this device; its rule was skipped"]
+    assert not any("exiting" in w for o in objs.values() if o["type"] != "usb_device" for w in o["warnings"])
+
+
 def test_entry_point_that_fails_to_import_names_itself(monkeypatch):
     class EP:
         name, value = "vendorpack", "vendorpack.rules"

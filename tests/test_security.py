@@ -200,12 +200,15 @@ def test_label_values_and_json_are_escaped(host: SysfsTree) -> None:
         _, missing = request(httpd, '/api/devices/a%22%0A%5C%3Cb%3E')
     assert status == 200
     text = body.decode()
-    assert 'driver="evil\\"drv\\\\x\\nnext_metric{a=\\"b\\"} 1"' in text  # one escaped label value
+    # One label value: the newline written out (\x0a, as every control character in a label), then
+    # the exposition's escapes.
+    assert 'driver="evil\\"drv\\\\x\\\\x0anext_metric{a=\\"b\\"} 1"' in text
     assert not any(line.startswith("next_metric") for line in text.splitlines())  # no injected line
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert "next_metric" not in families
     info = [s for s in families["passthrough_device_info"].samples if s.labels["device"] == "pci_0000_01_00_0"]
-    assert info[0].labels["driver"] == EVIL_DRIVER  # round-trips exactly through a Prometheus parser
+    # Through a Prometheus parser: the text exactly, the newline as its visible escape.
+    assert info[0].labels["driver"] == EVIL_DRIVER.replace("\n", "\\x0a")
 
     by_name = {d["name"]: d for d in json.loads(devices)}
     assert by_name["pci_0000_01_00_0"]["driver"] == EVIL_DRIVER

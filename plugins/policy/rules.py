@@ -32,12 +32,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import translate
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from ...inputs import read_operator_file
 from ...model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
 from ...settings import ConfigError
 from ...sysfs.attrs import BadAttribute, hex_id
@@ -49,6 +50,16 @@ SELECTORS = ("vendor_id", "product_id", "class", "address", "driver", "type", "n
 RULE_KEYS = ("action", "reason", *SELECTORS)
 EXPECT_KEYS = ("address", *FIELDS)
 TABLES = ("rule", "expect")
+
+# Bounds on what the operator's file may ask for, checked before it costs anything. A policy is a
+# few kilobytes; tomllib's time and memory grow with the square of a dotted key's parts (80 KB of
+# `a.a.a...` take 6 GB), and every refresh tests each device against every rule.
+MAX_FILE_SIZE = 1 << 20
+MAX_TABLES = 4096  # of each kind, [[rule]] and [[expect]]
+MAX_KEY_PARTS = 16  # a policy's keys have one part; a key of more is refused before tomllib sees it
+_KEY_PART = r"""[ \t]*(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')[ \t]*"""
+# A line (where every TOML key/value statement starts) that begins with a key of too many parts.
+_DEEP_KEY = re.compile(rf"^{_KEY_PART}(?:\.{_KEY_PART}){{{MAX_KEY_PARTS}}}", re.MULTILINE)
 
 _HEX = re.compile(r"(?:0x)?([0-9a-f]+)")
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -71,7 +82,10 @@ class Rule:
     line: int | None = None
 
     def matches(self, device: Device, inventory: Inventory) -> bool:
-        return all(test(device, inventory) for test in self.tests)
+        for test in self.tests:  # a loop, not all(<generator>): this runs rules x devices times
+            if not test(device, inventory):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +111,19 @@ class Policy:
 def load(path: str | Path) -> Policy:
     """Read and check a policy file; raise PolicyError naming the file, line and reason."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read policy file: {exc.strerror or exc}") from None
+        text = read_operator_file(str(path), MAX_FILE_SIZE, "policy file").decode("utf-8")
+    except ConfigError as exc:
+        raise PolicyError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     return parse(text, str(path))
 
 
 def parse(text: str, path: str = "<policy>") -> Policy:
+    deep = _DEEP_KEY.search(text)
+    if deep:
+        line = text.count("\n", 0, deep.start()) + 1
+        raise PolicyError(f"{path}:{line}: a key of more than {MAX_KEY_PARTS} dotted parts; policy keys have one")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -114,6 +132,8 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         if m:
             raise PolicyError(f"{path}:{m.group(1)}:{m.group(2)}: {msg[:m.start()]}") from None
         raise PolicyError(f"{path}: {msg}") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep: tomllib recurses
+        raise PolicyError(f"{path}: arrays or inline tables nested too deeply") from None
     lines = _Lines(text, path)
     for key in doc:
         if key not in ("unmatched", *TABLES):
@@ -129,6 +149,10 @@ def parse(text: str, path: str = "<policy>") -> Policy:
     raw_expects = doc.get("expect", [])
     if not isinstance(raw_expects, list) or not all(isinstance(e, dict) for e in raw_expects):
         raise lines.error("expected devices are written as [[expect]] tables", key="expect")
+    for table, raw in (("rule", raw_rules), ("expect", raw_expects)):
+        if len(raw) > MAX_TABLES:
+            raise PolicyError(f"{path}: {len(raw)} [[{table}]] tables; at most {MAX_TABLES} are read "
+                              "(every refresh tests each device against each one)")
     rules = tuple(_rule(i, raw, lines) for i, raw in enumerate(raw_rules))
     expectations: dict[str, tuple[int, Expectation]] = {}  # address -> (index, expectation)
     for i, raw in enumerate(raw_expects):
@@ -285,17 +309,25 @@ def _class(value: Any) -> tuple[Any, Match]:
 def _glob(get: Callable[[Device, Inventory], str | None], lower: bool = True) -> Callable[[Any], tuple[Any, Match]]:
     def build(value: Any) -> tuple[Any, Match]:
         pats = tuple(p.lower() if lower else p for p in _values(value, str, "a string or glob"))
+        # Compiled here, once: fnmatch compiles on each call through a cache of 32,768 patterns,
+        # which thousands of rules would churn. Plain values are a set lookup.
+        exact = frozenset(p for p in pats if not _GLOB_CHARS.search(p))
+        globs = [translate(p) for p in pats if p not in exact]
+        match = re.compile("|".join(globs)).match if globs else None
 
         def test(d: Device, inv: Inventory) -> bool:
             got = get(d, inv)
             if got is None:
                 return False
             got = got.lower() if lower else got
-            return any(fnmatchcase(got, p) for p in pats)
+            return got in exact or (match is not None and match(got) is not None)
 
         return pats, test
 
     return build
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _type(value: Any) -> tuple[Any, Match]:
