@@ -166,15 +166,24 @@ class Inspector:
     def checks(self) -> list[Check]:
         """The lines of the `check` report, as the plugins name them, in hook order."""
         out: list[Check] = []
-        for answer in self.pm.hook.passthrough_checks(settings=self.settings):
-            out += [c for c in answer if isinstance(c, Check)]
+        # Contained like every hook: a plugin that fails here loses its lines (its findings still
+        # show, under a check of their own), never the report.
+        for _, answer in _call_each(self._impls("passthrough_checks"), {"settings": self.settings}, Iterable,
+                                    Counter(), [], "the check list"):
+            out += [c for c in answer or () if isinstance(c, Check)]
         return out
 
     def report_header(self) -> list[str]:
         """What the plugins say about their configuration, for the `plugins` command."""
         out: list[str] = []
-        for answer in self.pm.hook.passthrough_report_header(settings=self.settings):
-            out += [answer] if isinstance(answer, str) else [str(line) for line in answer]
+        for plugin, function, argnames in self._impls("passthrough_report_header"):
+            try:
+                answer = function(*[{"settings": self.settings}[a] for a in argnames])
+                out += [answer] if isinstance(answer, str) else [str(line) for line in answer or ()]
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.exception("plugin %s failed telling its configuration", plugin)
         return out
 
     def _impls(self, hook_name: str) -> list[tuple[str, Any, tuple[str, ...]]]:

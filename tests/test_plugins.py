@@ -498,3 +498,23 @@ def test_a_wrapper_module_on_the_command_line_is_one_line(host, tmp_path):
     out = run(host, "--plugin", "wrapmod", env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
     assert out.stderr.startswith("passthrough-exporter: plugin wrapmod: passthrough_verdict is a hook wrapper")
+
+
+def test_a_plugin_failing_to_name_its_checks_costs_its_lines_not_the_report(tree, tmp_path):
+    """passthrough_checks and passthrough_report_header raise: `check` still reports (exit by the
+    findings, not a traceback's 1) and `plugins` still lists."""
+    (tmp_path / "brokenlines.py").write_text(
+        "from passthrough_exporter import hookimpl\n"
+        "@hookimpl\n"
+        "def passthrough_checks():\n    raise RuntimeError('no lines today')\n"
+        "@hookimpl\n"
+        "def passthrough_report_header():\n    raise SystemExit(9)\n")
+    hosts.clean_host(tree)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([EXE, "check", "--plugin", "brokenlines", "--path.sysfs", str(tree.sys),
+                          "--path.procfs", str(tree.proc)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr  # the clean host: every line passes
+    assert "IOMMU enabled in firmware and kernel" in out.stdout and "no lines today" in out.stderr
+    out = subprocess.run([EXE, "plugins", "--plugin", "brokenlines"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0 and "brokenlines" in out.stdout
