@@ -68,7 +68,7 @@ def main(argv: Sequence[str]) -> int:
                     conn.send(("failed", "refresh_error", f"cannot hand the refresh over: {exc}"))
                     continue
                 try:
-                    conn.send(("built", outcome.errors, header, [len(b) for b in blobs]))
+                    conn.send(("built", outcome.errors, outcome.findings, header, [len(b) for b in blobs]))
                     socket.send_fds(sock, [b"\0"], fds)
                 finally:
                     for fd in fds:
