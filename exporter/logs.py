@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["err"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=True)
+        return json.dumps(line, ensure_ascii=True, separators=(",", ":"))
 
 
 class RepeatFilter(logging.Filter):
