@@ -203,6 +203,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import server, webconfig
     from .worker import WorkerRefresher
 
+    # Handlers only queue the signal: the work is done on this thread once serving. A SIGHUP during
+    # start-up (`systemctl reload` right after start) waits for it rather than ending the process;
+    # SIGTERM and SIGINT keep their default until then, so a stuck start can still be stopped.
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    signal.signal(signal.SIGHUP, lambda signum, _frame: signals.put(signum))
     try:
         addresses = [server.parse_listen_address(a) for a in args.listen_addresses or [DEFAULT_LISTEN]]
         telemetry_path = check_telemetry_path(args.telemetry_path)
@@ -230,9 +235,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("listening on %s (%s, at most %d connections), metrics at %s, source %s, refresh every %gs",
              ", ".join(server.format_address(*a[:2]) for a in httpd.server_addresses),
              "https" if web.ssl_context else "http", httpd.bound, telemetry_path, args.source, args.refresh_interval)
-    # Handlers only queue the signal: the work is done here, on the main thread, between signals.
-    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: signals.put(signum))
     while (signum := signals.get()) == signal.SIGHUP:
         reload(args, httpd, refresher)
