@@ -393,7 +393,7 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
     common.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS, choices=list(logs.LEVELS),
                         help="debug, info, warn or error (default: info)")
     common.add_argument("--log.format", dest="log_format", default=argparse.SUPPRESS, choices=list(logs.FORMATS),
-                        help="logfmt or json, one object a line (default: logfmt)")
+                        help="logfmt, or json (an object a line) (default: logfmt)")
 
     devices = sub.add_parser(
         "devices", parents=[common],
@@ -419,7 +419,7 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
     serve = sub.add_parser(
         "serve", parents=[common], help="run the Prometheus exporter", log_errors=True,
         description="Serve /metrics, /api/devices, /api/findings and /healthz from a snapshot refreshed "
-        "in the background.",
+        "in the background. SIGHUP reloads the web config and the policy; SIGTERM or SIGINT stops it.",
     )
     web = serve.add_argument_group("web")
     web.add_argument("--web.listen-address", dest="listen_addresses", action="append", metavar="[HOST]:PORT",
