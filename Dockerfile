@@ -3,6 +3,7 @@
 # read-only at /host/sys.
 #
 #   docker build -t passthrough-exporter .                     # or: podman build --format docker ...
+#     [--build-arg REVISION=$(git rev-parse HEAD)]             # the commit, for --version and build_info
 #   docker run -d --name passthrough-exporter -p 9839:9839 \
 #     -v /sys:/host/sys:ro --read-only --cap-drop ALL --security-opt no-new-privileges \
 #     passthrough-exporter
@@ -21,13 +22,15 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS build
 # Only set when the build is given one (--build-arg PIP_INDEX_URL=...); pip reads it from the environment.
 ARG PIP_INDEX_URL
+# The commit built (.git stays out of the build context): recorded beside the package by setup.py.
+ARG REVISION=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
         apt-get update \
      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv; \
     fi
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY exporter/ exporter/
 COPY plugins/ plugins/
 # Every dependency is a pure-Python or manylinux wheel (lxml, bcrypt, pyyaml): nothing compiles, so
@@ -37,7 +40,7 @@ COPY plugins/ plugins/
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
  && python3 -m venv /opt/passthrough-exporter \
- && /opt/passthrough-exporter/bin/pip install --only-binary lxml,bcrypt,pyyaml . \
+ && PASSTHROUGH_EXPORTER_REVISION="$REVISION" /opt/passthrough-exporter/bin/pip install --only-binary lxml,bcrypt,pyyaml . \
  && /opt/passthrough-exporter/bin/pip uninstall -y pip setuptools \
  && /opt/passthrough-exporter/bin/passthrough-exporter --version
 

@@ -11,7 +11,9 @@ device name or filter combination cannot grow it without limit.
 from __future__ import annotations
 
 import gzip
+import struct
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -24,6 +26,37 @@ GZIP_LEVEL = 6
 def gzipped(data: bytes) -> bytes:
     """`data` gzipped as every body is (mtime 0: the same bytes every time)."""
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+# A gzip member's header: deflate, no name, mtime 0, unknown OS (the same bytes every time).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_EMPTY_LAST_BLOCK = b"\x03\x00"  # an empty final deflate block, byte-aligned after a sync flush
+
+
+def _deflate() -> zlib._Compress:
+    return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate: no zlib wrapper
+
+
+def gzipped_open(data: bytes | memoryview) -> bytes:
+    """`data` gzipped so that more can be joined to it without compressing it again (`gzip_append`):
+    its deflate stream is flushed to a byte boundary and closed by an empty final block."""
+    c = _deflate()
+    stream = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    last = c.flush()
+    assert last == _EMPTY_LAST_BLOCK, last
+    return b"".join([_GZIP_HEADER, stream, last, struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)])
+
+
+def gzip_append(member: bytes | memoryview, extra: bytes) -> list[bytes | memoryview]:
+    """The parts of one gzip member holding `member`'s data (made by `gzipped_open`) then `extra`:
+    `member` up to its empty final block, as it is, then `extra` compressed and the new trailer.
+    Only `extra` is compressed; the checksum continues from the one in `member`'s trailer."""
+    view = memoryview(member)
+    assert bytes(view[-10:-8]) == _EMPTY_LAST_BLOCK, "not made by gzipped_open"
+    crc, size = struct.unpack("<II", view[-8:])
+    c = _deflate()
+    tail = c.compress(extra) + c.flush()
+    return [view[:-10], tail + struct.pack("<II", zlib.crc32(extra, crc), (size + len(extra)) & 0xFFFFFFFF)]
 
 
 @dataclass(slots=True)

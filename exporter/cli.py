@@ -28,6 +28,8 @@ from .textsafe import visible
 
 if TYPE_CHECKING:
     from .metrics import MetricOptions
+    from .server import ExporterServer
+    from .worker import WorkerRefresher
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
                        help="PCIe link, AER error and power state series per PCI function (default: on)")
 
 
-def metric_options(args: argparse.Namespace) -> MetricOptions:
+def metric_options(args: argparse.Namespace, telemetry_path: str | None = None) -> MetricOptions:
     from .metrics import MetricOptions  # prometheus-client: only for the commands that write metrics
 
     types = tuple(t.strip() for t in args.metric_types.split(",") if t.strip())
@@ -212,47 +214,57 @@ def metric_options(args: argparse.Namespace) -> MetricOptions:
     if unknown:  # a typo would silently drop every per-device series
         raise ConfigError(f"--metrics.device-types: unknown type {', '.join(unknown)}; "
                           f"choose from {', '.join(KNOWN_TYPES)}")
-    return MetricOptions(device_types=types, include_vfs=not args.skip_vfs, include_health=args.metric_health)
+    path = telemetry_path or getattr(args, "telemetry_path", None) or "/metrics"
+    return MetricOptions(device_types=types, include_vfs=not args.skip_vfs, include_health=args.metric_health,
+                         telemetry_path=path)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT. Start-up errors are log lines (in --log.format), like every
+    other line `serve` writes; SIGHUP reloads the web config and the policy."""
+    import queue
     import signal
-    import threading
 
     from . import server, webconfig
     from .worker import WorkerRefresher
 
+    # Handlers only queue the signal: the work is done on this thread once serving. A SIGHUP during
+    # start-up (`systemctl reload` right after start) waits for it rather than ending the process;
+    # SIGTERM and SIGINT keep their default until then, so a stuck start can still be stopped.
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    signal.signal(signal.SIGHUP, lambda signum, _frame: signals.put(signum))
     try:
-        address = server.parse_listen_address(args.listen_address)
+        addresses = [server.parse_listen_address(a) for a in args.listen_addresses or [DEFAULT_LISTEN]]
+        telemetry_path = check_telemetry_path(args.telemetry_path)
         web = webconfig.load(args.web_config) if args.web_config else webconfig.WebConfig()
     except (ValueError, webconfig.WebConfigError) as exc:
-        print(f"passthrough-exporter: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
     # Bad options (policy, plugins, metric types) stop us before the worker starts; a source that
     # cannot be opened stops it (SourceError, told by main) before we listen.
     inspector_from(args)
-    options = metric_options(args)
+    options = metric_options(args, telemetry_path)
     refresher = WorkerRefresher(args.argv, args.source, args.refresh_interval, options)
     try:
         refresher.start_worker()
     except OSError as exc:  # no descriptor or process left for it
-        print(f"passthrough-exporter: cannot start the refresh worker: {exc}", file=sys.stderr)
+        log.error("cannot start the refresh worker: %s", exc)
         return 1
     try:
-        httpd = server.serve(address, refresher, web)
-    except OSError as exc:
+        httpd = server.serve(addresses, refresher, web, telemetry_path=telemetry_path)
+    except OSError as exc:  # server.ListenError: which address, and why
         refresher.stop()
-        print(f"passthrough-exporter: cannot listen on {args.listen_address}: {exc.strerror}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
     refresher.start()
-    log.info("listening on %s:%d (%s, at most %d connections), source %s, refresh every %gs", address[0],
-             httpd.server_address[1], "https" if web.ssl_context else "http", httpd.bound, args.source,
-             args.refresh_interval)
-    stop = threading.Event()
+    log.info("listening on %s (%s, at most %d connections), metrics at %s, source %s, refresh every %gs",
+             ", ".join(server.format_address(*a[:2]) for a in httpd.server_addresses),
+             "https" if web.ssl_context else "http", httpd.bound, telemetry_path, args.source, args.refresh_interval)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("shutting down")
+        signal.signal(sig, lambda signum, _frame: signals.put(signum))
+    while (signum := signals.get()) == signal.SIGHUP:
+        reload(args, httpd, refresher)
+    log.info("shutting down (%s)", signal.Signals(signum).name)
     httpd.shutdown()
     refresher.stop()
     return 0
@@ -262,6 +274,33 @@ def warn_unless_prom(path: str) -> None:
     # node_exporter's textfile collector reads only *.prom: any other name is written and never scraped.
     if path != "-" and not path.endswith(".prom"):
         log.warning("%s does not end in .prom: node_exporter's textfile collector reads only *.prom files", path)
+
+
+def reload(args: argparse.Namespace, httpd: ExporterServer, refresher: WorkerRefresher) -> None:
+    """SIGHUP, as Prometheus takes it: the web config read again now (a bad file keeps the one in
+    force), and the policy and plugin options by a new refresh worker (one that cannot start keeps
+    the old worker). Neither stops `serve`."""
+    from . import webconfig
+
+    log.info("SIGHUP: reloading the web config and the policy")
+    if args.web_config:
+        try:
+            web = webconfig.load(args.web_config)
+        except webconfig.WebConfigError as exc:
+            log.error("cannot reload the web config, keeping the one in force: %s", exc)
+        else:
+            httpd.use_web_config(web)
+            log.info("reloaded the web config from %s (%s)", args.web_config, "https" if web.ssl_context else "http")
+    refresher.reload()
+
+
+def check_telemetry_path(path: str) -> str:
+    """The path /metrics is served at: absolute, and none of the other paths."""
+    if not path.startswith("/") or "?" in path or "#" in path:
+        raise ValueError(f"--web.telemetry-path {path!r}: expected a path such as /metrics")
+    if path in ("/", "/healthz", "/api") or path.startswith("/api/"):
+        raise ValueError(f"--web.telemetry-path {path!r}: that path serves something else")
+    return path
 
 
 def cmd_textfile(args: argparse.Namespace) -> int:
@@ -344,12 +383,13 @@ class CommandParser(argparse.ArgumentParser):
     """A command's parser: an option it does not know is its error, shown with its own usage, and
     exits with the command's own code for "could not run" (`check`: 3, as monitoring plugins do)."""
 
-    def __init__(self, *args, usage_exit: int = 2, **kwargs) -> None:
+    def __init__(self, *args, usage_exit: int = 2, log_errors: bool = False, **kwargs) -> None:
         # No abbreviations (`--pass` for `--passthrough`): a flag a plugin or a later version adds
         # would silently change what a shortened flag in a script or unit means.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.usage_exit = usage_exit
+        self.log_errors = log_errors  # `serve`: a usage error is a log line, in --log.format, like all it writes
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
@@ -358,6 +398,9 @@ class CommandParser(argparse.ArgumentParser):
         return namespace, extras
 
     def error(self, message: str):  # type: ignore[override]
+        if self.log_errors:
+            log.error("%s (see %s --help)", message, self.prog)
+            self.exit(self.usage_exit)
         self.print_usage(sys.stderr)
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
@@ -370,23 +413,36 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
-        from . import __version__
+        import platform
 
-        sys.stdout.write(f"passthrough-exporter {__version__}\n")
+        from . import __version__
+        from .buildinfo import revision
+
+        # The first line as Prometheus's programs give it; the second says what it runs on.
+        sys.stdout.write(f"passthrough-exporter {__version__} (revision: {revision()})\n"
+                         f"  python: {platform.python_implementation()} {platform.python_version()}, "
+                         f"platform: {sys.platform}/{platform.machine()}\n")
         parser.exit()
 
 
-def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) -> argparse.ArgumentParser:
+def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
+                 log_errors: bool = False) -> argparse.ArgumentParser:
     """The command line; `pm`'s plugins add their options to every command that judges devices.
-    `usage_exit`: what a usage error before the command's own options exits with."""
-    parser = CommandParser(prog="passthrough-exporter", description=DESCRIPTION, usage_exit=usage_exit)
+    `usage_exit`: what a usage error before the command's own options exits with; `log_errors`:
+    whether such an error is a log line (the command is `serve`)."""
+    parser = CommandParser(prog="passthrough-exporter", description=DESCRIPTION, usage_exit=usage_exit,
+                           log_errors=log_errors)
     parser.add_argument("--version", action=_VersionAction, help="show program's version number and exit")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(logs.LEVELS), help="(default: info)")
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=list(logs.FORMATS),
+                        help="(default: logfmt)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     # Accepted after the command too (`serve --log.level debug`), as exporters are usually run.
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS, choices=list(logs.LEVELS),
                         help="debug, info, warn or error (default: info)")
+    common.add_argument("--log.format", dest="log_format", default=argparse.SUPPRESS, choices=list(logs.FORMATS),
+                        help="logfmt, or json (an object a line) (default: logfmt)")
 
     devices = sub.add_parser(
         "devices", parents=[common],
@@ -411,13 +467,16 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
     devices.set_defaults(func=cmd_devices)
 
     serve = sub.add_parser(
-        "serve", parents=[common], help="run the Prometheus exporter",
+        "serve", parents=[common], help="run the Prometheus exporter", log_errors=True,
         description="Serve /metrics, /api/devices, /api/findings and /healthz from a snapshot refreshed "
-        "in the background.",
+        "in the background. SIGHUP reloads the web config and the policy; SIGTERM or SIGINT stops it.",
     )
     web = serve.add_argument_group("web")
-    web.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN, metavar="[HOST]:PORT",
-                     help="address to listen on (default: %(default)s)")
+    web.add_argument("--web.listen-address", dest="listen_addresses", action="append", metavar="[HOST]:PORT",
+                     help=f"address to listen on, repeatable; :PORT is every address, IPv6 and IPv4 "
+                     f"(default: {DEFAULT_LISTEN})")
+    web.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", metavar="PATH",
+                     help="path the metrics are served at (default: %(default)s)")
     web.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth, in the Prometheus exporter-toolkit web-config format")
     serve.add_argument("--refresh-interval", type=refresh_interval, default=60.0, metavar="DURATION",
@@ -471,12 +530,14 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2) ->
 def _early_args(argv: Sequence[str]) -> argparse.Namespace:
     """What is read before the command line is parsed: the command word (its exit codes depend on
     it) and --plugin and --disable-plugin (the plugins add options to the parser, as pytest loads
-    its plugins before parsing). --log.level is known here only so that its value is not taken for
-    the command."""
+    its plugins before parsing), --timeout (the deadline starts before the plugins load), and
+    --log.level and --log.format, so that logging is set up before parsing (a usage error of `serve`
+    is a log line) and their values are not taken for the command."""
     early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--plugin", dest="plugins", action="append", default=[])
     early.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=[])
     early.add_argument("--log.level", dest="log_level")
+    early.add_argument("--log.format", dest="log_format")
     early.add_argument("--timeout")
     early.add_argument("command", nargs="?")
     return early.parse_known_args(argv)[0]
@@ -495,10 +556,10 @@ def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Nam
     ConfigError when a plugin cannot be loaded; a usage error exits with `usage_exit`."""
     early = _early_args(argv)
     pm = make_plugin_manager(early.plugins, early.disabled_plugins)
-    args = build_parser(pm, usage_exit).parse_args(argv)
+    args = build_parser(pm, usage_exit, log_errors=early.command == "serve").parse_args(argv)
     args.plugin_manager = pm
     args.argv = list(argv)  # serve's refresh worker parses the same command line
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     return args
 
 
@@ -509,28 +570,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     # for a usage error too (2 would read as critical).
     check = early.command == "check"
     failed = CHECK_UNKNOWN if check else 1
+    # Logging from the first line on, as far as the flags can be read before parsing: a usage error
+    # of `serve` is already a line in its format.
+    logs.setup(early.log_level if early.log_level in logs.LEVELS else "info",
+               early.log_format if early.log_format in logs.FORMATS else "logfmt")
+    serving = early.command == "serve"
     if early.command not in ONE_SHOT:
-        return _run(argv, check, failed)
+        return _run(argv, check, failed, serving)
     # Started before the plugins are imported: a plugin that hangs at import is a plugin that hangs.
     seconds = _early_timeout(early.timeout)
     with Deadline(seconds, failed, f"passthrough-exporter: {early.command} did not finish within {seconds:g}s "
                   "(--timeout): a source or a plugin did not answer"):
-        return _run(argv, check, failed)
+        return _run(argv, check, failed, serving)
 
 
-def _run(argv: list[str], check: bool, failed: int) -> int:
+def _run(argv: list[str], check: bool, failed: int, serving: bool) -> int:
     try:
         args = parse_command_line(argv, usage_exit=CHECK_UNKNOWN if check else 2)
     except ConfigError as exc:
-        print(f"passthrough-exporter: {visible(str(exc))}", file=sys.stderr)
+        _failed(serving, exc)
         return failed
     try:
         return args.func(args)
     except (SourceError, ConfigError) as exc:
-        print(f"passthrough-exporter: {visible(str(exc))}", file=sys.stderr)
+        _failed(serving, exc)
         return failed
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `... | head`: the reader left, nothing more to say
         sys.stderr.close()
         return 0
+    except Exception:
+        if not serving:
+            raise
+        log.exception("serve failed")  # a log line too, traceback in `err`, where a log pipeline expects it
+        return 1
+
+
+def _failed(serving: bool, exc: Exception) -> None:
+    """Why a command could not run. `serve` writes log lines only (a service's log is read by
+    machines, in --log.format); a one-shot command says it in one plain line, for the person or
+    the cron mail reading it."""
+    if serving:
+        log.error("%s", exc)
+    else:
+        print(f"passthrough-exporter: {visible(str(exc))}", file=sys.stderr)

@@ -26,7 +26,7 @@ import resource
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,45 @@ ACCEPT_RETRY = 0.1  # pause after a failed accept: the listening socket stays re
 # Errors of accept(2) that mean this process (or the system) is out of a resource, not that one
 # client went away.
 RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+# What Go's net/http answers plain HTTP sent to its TLS port with, byte for byte, and the first five
+# bytes it takes for HTTP rather than a TLS record (tlsRecordHeaderLooksLikeHTTP).
+PLAIN_HTTP_TO_TLS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
+PEEK_RETRY = 0.05  # seconds between looks at a first record that has not fully arrived
+CLOSE_GRACE = 0.5  # seconds to wait for a client's end after answering and closing ours
+
+
+async def _speaks_plain_http(client: socket.socket) -> bool:
+    """Whether the first five bytes on a connection to the TLS port are an HTTP request's, looked
+    at without taking them (the TLS handshake reads them next). The header deadline bounds the wait."""
+    while True:
+        await ConnectionPool._readable(client)
+        try:
+            head = client.recv(len(HTTP_STARTS[0]), socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not head or len(head) == len(HTTP_STARTS[0]):
+            return head in HTTP_STARTS
+        await asyncio.sleep(PEEK_RETRY)  # part of it so far: the rest is on its way, or the deadline comes
+
+
+async def _answer_and_close(client: socket.socket, answer: bytes) -> None:
+    """Send `answer`, then close so that the client reads it: our side first, then, after the
+    client's end (or CLOSE_GRACE), the socket; closing with its request unread would reset the
+    connection and could throw the answer away."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(client, answer)
+        client.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(CLOSE_GRACE):
+            while await loop.sock_recv(client, 65536):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        client.close()
 
 
 def connection_bound() -> int:
@@ -147,14 +186,15 @@ class Guard(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Accepts on `sock` and hands each connection to a protocol made by `factory`."""
+    """Accepts on each of `socks` and hands each connection to a protocol made by `factory`; the
+    bound and the deadlines cover the connections of every listening socket together."""
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+    def __init__(self, socks: Sequence[socket.socket], factory: Callable[[], asyncio.Protocol],
                  ssl_context: ssl.SSLContext | None = None,
                  accept_peer: Callable[[asyncio.Transport], bool] = lambda t: True,
                  bound: int | None = None, header_timeout: float = HEADER_TIMEOUT,
                  send_stall: float = SEND_STALL) -> None:
-        self.sock = sock
+        self.socks = list(socks)
         self.factory = factory
         self.ssl_context = ssl_context
         self.accept_peer = accept_peer
@@ -169,8 +209,9 @@ class ConnectionPool:
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self.sock.setblocking(False)
-        self._tasks = [asyncio.create_task(self._accept_loop(), name="accept"),
+        for sock in self.socks:
+            sock.setblocking(False)
+        self._tasks = [*(asyncio.create_task(self._accept_loop(sock), name="accept") for sock in self.socks),
                        asyncio.create_task(self._sweep_loop(), name="sweep")]
 
     async def close(self) -> None:
@@ -179,7 +220,8 @@ class ConnectionPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for conn in list(self.conns):
             conn.abort()
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
     def forget(self, conn: Conn) -> None:
         conn.closed = True
@@ -187,13 +229,13 @@ class ConnectionPool:
 
     # --- accepting -------------------------------------------------------------------------------
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         failures = 0  # accepts failed in a row for want of a descriptor
         made_room = False  # a connection was closed for the one being accepted
         while True:
             try:
-                client, peer = await loop.sock_accept(self.sock)
+                client, peer = await loop.sock_accept(sock)
             except OSError as exc:
                 if exc.errno not in RESOURCE_ERRNOS:  # the client gave up before we accepted (ECONNABORTED, ...)
                     log.debug("accept failed: %s", exc)
@@ -206,7 +248,7 @@ class ConnectionPool:
                 if failures == 1:
                     # Linux fails accept for want of a descriptor even when no connection is queued:
                     # wait for one (without spinning), then try again as it is.
-                    await self._readable()
+                    await self._readable(sock)
                 elif self._evict_one("no file descriptor left"):
                     made_room = True
                     await asyncio.sleep(0)  # the evicted connection's descriptor is freed on this turn
@@ -227,30 +269,41 @@ class ConnectionPool:
             if evicted:
                 await asyncio.sleep(0)
 
-    async def _readable(self) -> None:
+    @staticmethod
+    async def _readable(sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        loop.add_reader(self.sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
         try:
             await ready
         finally:
-            loop.remove_reader(self.sock.fileno())
+            loop.remove_reader(sock.fileno())
 
     async def _connect(self, conn: Conn, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        ours = True  # the socket is ours to close until a transport takes it
         try:
             if conn.closed:  # evicted before it started
-                client.close()
                 return
+            ssl_context = self.ssl_context  # the one in force when the connection came (a reload may swap it)
+            if ssl_context is not None and await _speaks_plain_http(client):
+                log.debug("answered 400 to plain HTTP from %s on the TLS port", conn.peer)
+                await _answer_and_close(client, PLAIN_HTTP_TO_TLS)
+                ours = False
+                self.forget(conn)
+                return
+            ours = False
             await loop.connect_accepted_socket(
-                lambda: Guard(self, conn, self.factory()), client, ssl=self.ssl_context,
-                ssl_handshake_timeout=self.header_timeout if self.ssl_context else None)
+                lambda: Guard(self, conn, self.factory()), client, ssl=ssl_context,
+                ssl_handshake_timeout=self.header_timeout if ssl_context else None)
         except (OSError, asyncio.TimeoutError, asyncio.CancelledError, ssl.SSLError) as exc:
-            # The transport owns the socket from the start and has closed it; closing it here too
+            # Once the transport exists it owns the socket and has closed it; closing it here too
             # could, once its number is reused, close someone else's.
             log.debug("connection from %s ended before its first request: %r", conn.peer, exc)
             self.forget(conn)
         finally:
+            if ours:
+                client.close()
             conn.task = None
 
     def _evict_one(self, reason: str) -> bool:

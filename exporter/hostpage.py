@@ -74,9 +74,9 @@ def escape(text: str) -> str:
     return _html_escape(visible(text))
 
 
-def render(snap: Snapshot) -> bytes:
-    """The whole page for one snapshot, as UTF-8 bytes."""
-    return "".join(_page(snap)).encode("utf-8", "backslashreplace")
+def render(snap: Snapshot, telemetry_path: str = "/metrics") -> bytes:
+    """The whole page for one snapshot, as UTF-8 bytes; `telemetry_path` is where the metrics are linked."""
+    return "".join(_page(snap, telemetry_path)).encode("utf-8", "backslashreplace")
 
 
 def label(code: str) -> str:
@@ -91,7 +91,7 @@ class _Context:
     boxes: frozenset[int]  # groups drawn as a box of their own (a VF's group folds under its PF)
 
 
-def _page(snap: Snapshot) -> Iterator[str]:
+def _page(snap: Snapshot, metrics: str) -> Iterator[str]:
     inv = snap.inventory
     own: dict[str, list[Finding]] = {}
     for f in snap.findings:
@@ -108,7 +108,8 @@ def _page(snap: Snapshot) -> Iterator[str]:
     yield from _groups(ctx)
     yield "</div>"
     yield ('<p class="why">JSON: <a href="/api/devices">/api/devices</a> · <a href="/api/findings">/api/findings</a>'
-           ' · <a href="/api/devices?available=true">available now</a> · metrics: <a href="/metrics">/metrics</a>'
+           f' · <a href="/api/devices?available=true">available now</a> · metrics: <a href="{escape(metrics)}">'
+           f"{escape(metrics)}</a>"
            f" · passthrough-exporter {escape(__version__)}</p></body></html>\n")
 
 

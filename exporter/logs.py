@@ -1,7 +1,9 @@
-"""Structured logs in logfmt (`ts=... level=... logger=... msg="..."`), as Prometheus exporters write them."""
+"""Structured logs in logfmt (`ts=... level=... logger=... msg="..."`) or JSON lines (`{"ts": ...,
+"level": ..., "logger": ..., "msg": ...}`), as Prometheus exporters write them (--log.format)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -9,6 +11,7 @@ import time
 from .textsafe import visible
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+FORMATS = ("logfmt", "json")
 
 
 def _quote(value: str) -> str:
@@ -28,6 +31,22 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info:
             line += " err=" + _quote(self.formatException(record.exc_info))
         return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, msg, and err with the traceback where there is one.
+    Non-ASCII and control characters are escaped (\\uXXXX), so a line is always one line of ASCII."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname, record.levelname.lower()),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            line["err"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=True, separators=(",", ":"))
 
 
 class RepeatFilter(logging.Filter):
@@ -62,11 +81,12 @@ class RepeatFilter(logging.Filter):
 REPEATS = RepeatFilter()
 
 
-def setup(level: str = "info") -> None:
+def setup(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     if LEVELS[level] > logging.DEBUG:  # debugging wants every line
         handler.addFilter(REPEATS)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
+    logging.captureWarnings(True)  # a library's warning is a log line in the same format, not raw text

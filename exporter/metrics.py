@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .buildinfo import revision
 from .exposition import render_families
 from .facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
@@ -94,7 +95,9 @@ METRICS: dict[str, Spec] = {
     "passthrough_refresh_duration_seconds": Spec("gauge", "Time the last successful refresh took."),
     "passthrough_last_refresh_timestamp_seconds": Spec("gauge", "Unix time the last successful refresh finished."),
     "passthrough_collect_errors": Spec("counter", "Bad inputs skipped while reading and judging.", ("kind",)),
-    "passthrough_exporter_build_info": Spec("gauge", "The exporter's version.", ("version",)),
+    "passthrough_exporter_build_info": Spec("gauge",
+        "A metric with a constant '1' value labeled by the version and the commit the exporter was built from.",
+        ("version", "revision")),
 }
 # How the refresh went rather than what it found: the last families, so that they are the text's tail.
 STATUS_METRICS = ("passthrough_source_up", "passthrough_refresh_duration_seconds",
@@ -110,6 +113,7 @@ class MetricOptions:
     device_types: tuple[str, ...] = PASSABLE_TYPES
     include_vfs: bool = True
     include_health: bool = True  # link, AER, power state: 2-9 series per PCI endpoint
+    telemetry_path: str = "/metrics"  # where `serve` serves them: the host page links it
 
 
 def _label(value: object) -> str:
@@ -205,7 +209,7 @@ def status_families(st: Status) -> list[Family]:
         "passthrough_last_refresh_timestamp_seconds": [((), st.finished_at)] if ever else [],
         "passthrough_collect_errors": [((kind,), st.errors_total.get(kind, 0))
                                        for kind in sorted(set(ERROR_KINDS) | set(st.errors_total))],
-        "passthrough_exporter_build_info": [((__version__,), 1)],
+        "passthrough_exporter_build_info": [((__version__, revision()), 1)],
     }
     return [Family.of(name, rows[name]) for name in STATUS_METRICS]
 

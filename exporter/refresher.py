@@ -43,6 +43,7 @@ class Published:
 class Built:
     served: Served
     errors: Mapping[str, int]  # bad inputs skipped in this refresh, by kind
+    findings: int = 0  # how many findings it judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +69,7 @@ def build_once(source: Source, inspector: Inspector, options: MetricOptions, err
     except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
         log.exception("refresh failed unexpectedly")
         return Failed("refresh_error", f"{type(exc).__name__}: {exc}")
-    log.info("refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)",
-             len(inventory), source.name, snap.duration, len(snap.findings), sum(snap.errors.values()))
-    return Built(served, dict(snap.errors))
+    return Built(served, dict(snap.errors), len(snap.findings))
 
 
 class RefreshLoop:
@@ -124,7 +123,16 @@ class RefreshLoop:
             self._fail(outcome.kind, outcome.why)
             return
         self._errors_total.update(outcome.errors)
-        self._published = Published(outcome.served, ready=True)
+        previous, served = self._published, outcome.served
+        self._published = Published(served, ready=True)
+        # A refresh that finds what the last one found is not news: at debug, or a host refreshed
+        # every minute writes 1,440 lines a day saying nothing. The first, and any change in the
+        # devices or the findings, are.
+        changed = not previous.ready or served.devices != previous.served.devices \
+            or served.findings != previous.served.findings
+        log.log(logging.INFO if changed else logging.DEBUG,
+                "refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)", served.devices,
+                self.source_name, served.status.duration, outcome.findings, sum(outcome.errors.values()))
         if self._failing:
             log.info("refresh from %s works again", self.source_name)
             self._failing = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 from array import array
 
 from . import hostpage, jsonout
-from .bodies import gzipped
+from .bodies import gzipped_open
 from .metrics import MetricOptions, Status, render, render_status
 from .served import DeviceTable, Served
 from .snapshot import Snapshot
@@ -25,8 +25,8 @@ def render_served(snap: Snapshot, options: MetricOptions) -> Served:
     assert metrics.endswith(tail), "the status families must close the exposition"
     findings = (jsonout.dumps([f.to_json() for f in snap.findings]) + "\n").encode()
     return Served(status, len(snap.inventory), metrics, len(metrics) - len(tail),
-                  gzipped(metrics), findings,
-                  hostpage.render(snap) if judged else b"", device_table(snap) if judged else EMPTY_TABLE)
+                  gzipped_open(metrics), findings,
+                  hostpage.render(snap, options.telemetry_path) if judged else b"", device_table(snap) if judged else EMPTY_TABLE)
 
 
 def device_table(snap: Snapshot) -> DeviceTable:

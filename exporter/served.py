@@ -15,7 +15,7 @@ import pickle
 from array import array
 from dataclasses import dataclass, field
 
-from .bodies import gzipped
+from .bodies import gzipped_open
 from .jsonout import dumps
 from .metrics import Status, render_status
 from .query import DeviceNotFound, check_filters
@@ -102,7 +102,7 @@ class Served:
     devices: int
     metrics: bytes
     status_at: int
-    metrics_gzip: bytes
+    metrics_gzip: bytes  # gzipped_open: the server joins its process metrics to it per scrape
     findings: bytes  # the /api/findings body
     page: bytes  # the host page
     table: DeviceTable
@@ -110,7 +110,7 @@ class Served:
     def with_status(self, status: Status) -> Served:
         """The same devices under another status (a failed refresh): only the exposition's tail changes."""
         metrics = b"".join([memoryview(self.metrics)[:self.status_at], render_status(status)])
-        return Served(status, self.devices, metrics, self.status_at, gzipped(metrics), self.findings, self.page,
+        return Served(status, self.devices, metrics, self.status_at, gzipped_open(metrics), self.findings, self.page,
                       self.table)
 
     # --- across a pipe: a small pickled header and the large buffers as they are ---------------

@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import html
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import HttpVersion10, HttpVersion11, web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from . import __version__, jsonout
 from .connections import Conn, ConnectionPool, connection_bound
 from .query import QueryError
+from .bodies import gzip_append
 from .refresher import Published, RefreshLoop
 from .webconfig import WebConfig
 
@@ -48,8 +53,35 @@ BCRYPT_THREADS = max(1, min(os.cpu_count() or 1, 4))
 BCRYPT_QUEUE = 4 * BCRYPT_THREADS  # checks waiting or running; beyond it a login attempt gets 429
 NOT_READY = "no snapshot yet: the first refresh has not finished"
 HTML = "text/html; charset=utf-8"
-NOT_READY_PAGE = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>passthrough-exporter</title></head>"
-                  f"<body><p>{NOT_READY}; this page reloads in a few seconds when refreshed.</p></body></html>\n").encode()
+TEXT = "text/plain; charset=utf-8"
+DEFAULT_TELEMETRY_PATH = "/metrics"
+
+
+def not_ready_page(telemetry_path: str) -> bytes:
+    """The host page before the first refresh: what is missing, and where the metrics are meanwhile."""
+    link = html.escape(telemetry_path)
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>passthrough-exporter</title></head>"
+            f"<body><p>{NOT_READY}; this page reloads in a few seconds when refreshed.</p>"
+            f"<p>metrics: <a href=\"{link}\">{link}</a></p></body></html>\n").encode()
+
+
+Body = bytes | memoryview | list[bytes | memoryview]  # one buffer, or parts sent one after another
+
+
+class ProcessMetrics:
+    """client_python's process collector for this (the serving) process: memory, CPU, descriptors,
+    start time. Collected per scrape (about 50 us: a few reads of /proc/self), unlike the rest."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, ProcessCollector
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
 
 
 class BadRequest(QueryError):
@@ -111,6 +143,48 @@ class _QuietLogger(logging.LoggerAdapter):
         self.log(logging.DEBUG, msg, *args, **kwargs)
 
 
+def _parse_error_status(exc: BaseException | None, status: int) -> int:
+    """Our status for a request aiohttp could not parse. An over-long request line, header line or
+    too many headers is 431, as Go's net/http counts the request line among the header bytes."""
+    if isinstance(exc, LineTooLong) or (isinstance(exc, HttpProcessingError)
+                                        and "too many headers" in str(exc.message).lower()):
+        return HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    return status
+
+
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's protocol, answering what it cannot parse with our own status and words. aiohttp's
+    text quotes the start of the request back (`Got more than 8190 bytes when reading:
+    bytearray(b'/api/...`): a reflection for any client to play with, and noise for the rest."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        status = _parse_error_status(exc, status)
+        # The exception's text quotes the request: its class says enough.
+        log.debug("answered %d to a request from %s that could not be handled: %s", status, request.remote,
+                  type(exc).__name__ if exc is not None else "no exception")
+        if request.writer.output_size > 0:  # part of an answer went out: only closing is left
+            raise ConnectionError("cannot answer after part of an answer was sent")
+        manager = self._manager
+        headers = manager.headers() if isinstance(manager, _Server) else {}
+        resp = web.Response(status=status, body=f"{HTTPStatus(status).phrase}\n".encode(),
+                            headers={**headers, "Content-Type": TEXT})
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, making our request handler; `headers` gives the headers every
+    answer carries (the web config's, the Server header), errors included."""
+
+    def __init__(self, handler: Any, headers: Callable[[], dict[str, str]], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.headers = headers
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 class TokenBucket:
     """rate_limit of the web config, as Go's rate.Limiter: `burst` requests, one more per `interval`."""
 
@@ -132,13 +206,21 @@ class TokenBucket:
 class App:
     """Routes and answers; runs on the event loop thread."""
 
-    def __init__(self, refresher: RefreshLoop, web_config: WebConfig, pool: Callable[[], ConnectionPool]) -> None:
+    def __init__(self, refresher: RefreshLoop, web_config: WebConfig, pool: Callable[[], ConnectionPool],
+                 telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> None:
         self.refresher = refresher
-        self.web = web_config
         self._pool = pool
+        self.telemetry_path = telemetry_path
+        self.not_ready_page = not_ready_page(telemetry_path)
+        self.process = ProcessMetrics()
         self.renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="render")
         self.hasher = concurrent.futures.ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
         self.bcrypt_pending = 0
+        self.use_web_config(web_config)
+
+    def use_web_config(self, web_config: WebConfig) -> None:
+        """Answer by `web_config` from the next request on (on the event loop's thread)."""
+        self.web = web_config
         self.limiter = TokenBucket(web_config.rate_limit.interval, web_config.rate_limit.burst) \
             if web_config.rate_limit else None
         self.extra_headers = {"X-Content-Type-Options": "nosniff", **web_config.headers, "Server": SERVER}
@@ -216,44 +298,50 @@ class App:
             self.bcrypt_pending -= 1
         return 200 if ok else 401
 
-    async def _send(self, request: web.BaseRequest, conn: Conn | None, status: int, body: bytes, content_type: str,
+    async def _send(self, request: web.BaseRequest, conn: Conn | None, status: int, body: Body, content_type: str,
                     headers: dict[str, str] | None = None, close: bool = False) -> web.StreamResponse:
+        parts = [body] if isinstance(body, (bytes, memoryview)) else body
         resp = web.StreamResponse(status=status, headers={**self.extra_headers, **(headers or {}),
                                                           "Content-Type": content_type})
-        resp.content_length = len(body)
+        resp.content_length = sum(len(part) for part in parts)
         if close:
             resp.force_close()
         await resp.prepare(request)
         if request.method != "HEAD":
             # Sent in slices: each waits until the transport has room, so a client that reads slowly
             # holds one slice of buffer, never a copy of the body.
-            view = memoryview(body)
-            for start in range(0, len(view), CHUNK):
-                await resp.write(view[start:start + CHUNK])
-                if conn is not None:
-                    conn.progress()
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), CHUNK):
+                    await resp.write(view[start:start + CHUNK])
+                    if conn is not None:
+                        conn.progress()
         await resp.write_eof()
         return resp
 
     # --- routes --------------------------------------------------------------------------------
 
-    async def _route(self, request: web.BaseRequest) -> tuple[int, bytes, str, dict[str, str]]:
+    async def _route(self, request: web.BaseRequest) -> tuple[int, Body, str, dict[str, str]]:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest("query string too long")
         path = request.path
         gz = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
-        if path == "/metrics":
-            published = self.refresher.current()
+        if path == self.telemetry_path:
+            served = self.refresher.current().served
+            # The refresh's exposition as it was rendered, then this process's own figures, which
+            # change by the second: a few hundred bytes made per scrape (gzipped on their own and
+            # joined to the refresh's gzip stream, which is never recompressed).
+            process = self.process.render()
             if gz:
-                return 200, published.served.metrics_gzip, CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip",
-                                                                                 "Vary": "Accept-Encoding"}
-            return 200, published.served.metrics, CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"}
+                return 200, gzip_append(served.metrics_gzip, process), CONTENT_TYPE_LATEST, {
+                    "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+            return 200, [served.metrics, process], CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"}
         if path == "/healthz":
             return self._healthz()
         if path == "/":
             published = self.refresher.current()
             if not published.ready:
-                return 503, NOT_READY_PAGE, HTML, {"Retry-After": "5"}
+                return 503, self.not_ready_page, HTML, {"Retry-After": "5"}
             page = published.served.page
             body = await self._body(published, ("page",), lambda: page, gz)
             return 200, body, HTML, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
@@ -296,28 +384,43 @@ class App:
         return (200 if published.ready else 503), _json(body), JSON, {}
 
 
-class ExporterServer:
-    """The server on its own event-loop thread; `serve_forever` runs it, `shutdown` stops it."""
+class ListenError(OSError):
+    """An address that cannot be listened on, named as it was given."""
 
-    def __init__(self, address: tuple[str, int], refresher: RefreshLoop, web_config: WebConfig,
-                 bound: int | None = None, header_timeout: float | None = None) -> None:
+    def __init__(self, address: str, exc: OSError) -> None:
+        super().__init__(exc.errno, exc.strerror)
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address}: {self.strerror}"
+
+
+class ExporterServer:
+    """The server on its own event-loop thread; `serve_forever` runs it, `shutdown` stops it.
+    `address` is one (host, port) or several; each listens as `listen` says."""
+
+    def __init__(self, address: tuple[str, int] | Sequence[tuple[str, int]], refresher: RefreshLoop,
+                 web_config: WebConfig, bound: int | None = None, header_timeout: float | None = None,
+                 telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> None:
         self.refresher = refresher
         self.web_config = web_config
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise
-        self.socket = sock
-        self.server_address = sock.getsockname()
+        addresses = [address] if isinstance(address[0], str) else list(address)  # type: ignore[list-item]
+        self.sockets: list[socket.socket] = []
+        for host, port in addresses:  # type: ignore[misc]
+            try:
+                self.sockets.append(listen(host, port))
+            except OSError as exc:
+                for sock in self.sockets:
+                    sock.close()
+                raise ListenError(format_address(host, port), exc) from None
+        self.socket = self.sockets[0]
+        self.server_address = self.socket.getsockname()
+        self.server_addresses = [sock.getsockname() for sock in self.sockets]
         self.bound = bound if bound is not None else connection_bound()
         self._header_timeout = header_timeout
         self.pool: ConnectionPool | None = None
-        self.app = App(refresher, web_config, lambda: self.pool)  # type: ignore[arg-type, return-value]
+        self.app = App(refresher, web_config, lambda: self.pool,  # type: ignore[arg-type, return-value]
+                       telemetry_path=telemetry_path)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -333,11 +436,11 @@ class ExporterServer:
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(_loop_exception)
         self._stop = asyncio.Event()
-        handler = web.Server(self.app.handle, access_log=None, logger=_QuietLogger(logging.getLogger("aiohttp.server")),
-                             keepalive_timeout=KEEPALIVE, max_line_size=8190, max_field_size=8190, max_headers=100,
-                             handler_cancellation=True)
+        handler = _Server(self.app.handle, lambda: self.app.extra_headers, access_log=None,
+                          logger=_QuietLogger(logging.getLogger("aiohttp.server")), keepalive_timeout=KEEPALIVE,
+                          max_line_size=8190, max_field_size=8190, max_headers=100, handler_cancellation=True)
         kwargs = {} if self._header_timeout is None else {"header_timeout": self._header_timeout}
-        self.pool = ConnectionPool(self.socket, handler, self.web_config.ssl_context, self._peer_allowed,
+        self.pool = ConnectionPool(self.sockets, handler, self.web_config.ssl_context, self._peer_allowed,
                                    bound=self.bound, **kwargs)
         self.pool.start()
         self._started.set()
@@ -356,6 +459,24 @@ class ExporterServer:
     def wait_started(self, timeout: float = 10) -> None:
         self._started.wait(timeout)
 
+    def use_web_config(self, web_config: WebConfig) -> None:
+        """Serve by another web config from the next connection (TLS) and request (the rest) on;
+        connections already open keep their TLS session."""
+        def swap() -> None:
+            self.web_config = web_config
+            self.app.use_web_config(web_config)
+            if self.pool is not None:
+                self.pool.ssl_context = web_config.ssl_context
+
+        self._started.wait(10)
+        loop = self._loop
+        if loop is None or self._done.is_set():
+            swap()
+            return
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: (swap(), done.set()))
+        done.wait(10)
+
     def shutdown(self) -> None:
         """Stop serving: every connection is closed. Safe to call more than once."""
         self._started.wait(10)
@@ -365,7 +486,8 @@ class ExporterServer:
 
     def server_close(self) -> None:
         if not self._started.is_set():
-            self.socket.close()
+            for sock in self.sockets:
+                sock.close()
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -377,17 +499,62 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
-    """':9839', '127.0.0.1:9839', '[::1]:9839' -> (host, port); an empty host means every address."""
+    """':9839', '127.0.0.1:9839', '[::1]:9839', 'localhost:9839' -> (host, port), as Go's
+    net.SplitHostPort reads them; an empty host means every address, IPv6 and IPv4."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--web.listen-address {value!r}: expected [host]:port")
-    host = host.strip("[]")
-    return (host or "0.0.0.0", int(port))
+        raise ValueError(f"--web.listen-address {value!r}: expected [HOST]:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"--web.listen-address {value!r}: brackets are for IPv6 addresses")
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"--web.listen-address {value!r}: an IPv6 address goes in brackets, e.g. [::1]:{port}")
+    return (host, int(port))
 
 
-def serve(address: tuple[str, int], refresher: RefreshLoop, web_config: WebConfig) -> ExporterServer:
-    """Listen on `address` (an OSError if it cannot) and serve from a background thread."""
-    server = ExporterServer(address, refresher, web_config)
+def format_address(host: str, port: int) -> str:
+    """(host, port) as it is written on the command line: ':9839', '[::1]:9839', '127.0.0.1:9839'."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# socket() or bind() failing so when the kernel has no IPv6 (ipv6.disable=1, some containers).
+NO_IPV6 = {errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL}
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket for one address. An empty host (':PORT') is one IPv6 socket that takes
+    IPv4 too (IPV6_V6ONLY off, as Go listens on ':PORT'), or IPv4 alone where the kernel has no
+    IPv6; '::' is the same socket. Any other address is bound as given."""
+    if host in ("", "::"):
+        try:
+            return _bound(socket.AF_INET6, ("::", port), dual_stack=True)
+        except OSError as exc:
+            if exc.errno not in NO_IPV6 or host == "::":
+                raise
+            log.debug("no IPv6 here (%s): listening on IPv4 alone for :%d", exc.strerror, port)
+        return _bound(socket.AF_INET, ("0.0.0.0", port))
+    return _bound(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))
+
+
+def _bound(family: socket.AddressFamily, address: tuple[str, int], dual_stack: bool = False) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack:  # whatever net.ipv6.bindv6only says
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(address: tuple[str, int] | Sequence[tuple[str, int]], refresher: RefreshLoop, web_config: WebConfig,
+          telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> ExporterServer:
+    """Listen on `address` (a ListenError if it cannot) and serve from a background thread."""
+    server = ExporterServer(address, refresher, web_config, telemetry_path=telemetry_path)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     server.wait_started()
     return server

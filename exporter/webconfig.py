@@ -20,8 +20,8 @@
 
 Every key that format documents is honoured, or refused at start with one line where Python's
 TLS stack cannot do what it promises; unknown keys and values of the wrong type are refused.
-Relative paths are relative to the config file, as in exporter-toolkit. The file is read once at
-start: restart the exporter to apply a change.
+Relative paths are relative to the config file, as in exporter-toolkit. The file is read at start
+and again on SIGHUP (`serve` swaps the loaded config in; one that does not load keeps the old).
 """
 
 from __future__ import annotations

@@ -78,6 +78,8 @@ class WorkerRefresher(RefreshLoop):
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._sock: socket.socket | None = None
+        self._starting: socket.socket | None = None  # the socket of a child starting, until it is ready
+        self._reload = False  # a reload was asked for: the next refresh starts a new child first
         # The child and its socket: replaced by the refresher thread, shut down by stop().
         self._state = threading.Lock()
         super().__init__(source_name, interval, options)
@@ -87,6 +89,13 @@ class WorkerRefresher(RefreshLoop):
 
     def start_worker(self) -> None:
         """Start the child and wait until it has its source open; SourceError with its words if it cannot."""
+        proc, sock, conn = self._spawn()
+        with self._state:
+            self._proc, self._sock, self._conn = proc, sock, conn
+
+    def _spawn(self) -> tuple[subprocess.Popen, socket.socket, Connection]:
+        """A new child, ready: its process, socket and message connection. SourceError with its words
+        if it cannot start (a bad policy, a source it cannot open), with nothing of it left."""
         # OSError (out of descriptors or processes) is the caller's, with nothing left open.
         ours, theirs = socket.socketpair()
         try:
@@ -104,30 +113,57 @@ class WorkerRefresher(RefreshLoop):
             ours.close()
             raise
         with self._state:
-            self._proc, self._sock, self._conn = proc, ours, conn
+            self._starting = ours
             if self._stop.is_set():  # stop() came first: the hello below ends at once
                 ours.shutdown(socket.SHUT_RDWR)
         why = None
         watch = _Watchdog(proc, START_TIMEOUT)
         try:
             with watch:
-                hello = self._conn.recv()
+                hello = conn.recv()
             if hello[0] != "ready":
                 why = hello[1]
         except Exception as exc:  # noqa: BLE001 - whatever it was, this child is no good
             why = "the refresh worker did not start: " + _why(exc, proc, watch, START_TIMEOUT)
+        finally:
+            with self._state:
+                self._starting = None
         if why is not None:
-            self._stop_worker()
-            self._proc = None
+            _end(proc, ours, conn)
             raise SourceError(why)
+        return proc, ours, conn
+
+    def reload(self) -> None:
+        """Start a new child at once (it reads the policy and the plugins' files again) and, once it
+        is ready, refresh with it; a child that cannot start (a bad policy) leaves the old one serving."""
+        self._reload = True
+        self._wake.set()
+
+    def _replace_worker(self) -> None:
+        """The reload, on the refresher's thread: the only one that talks to the child."""
+        try:
+            proc, sock, conn = self._spawn()
+        except (SourceError, OSError) as exc:
+            if not self._stop.is_set():
+                log.error("reload failed, refreshing as before: %s", exc)
+            return
+        with self._state:
+            old = self._proc, self._sock, self._conn
+            self._proc, self._sock, self._conn = proc, sock, conn
+        _end(*old)
+        log.info("reloaded: a new refresh worker read the policy and the plugins' options again")
 
     def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
+        if self._reload:
+            self._reload = False
+            self._replace_worker()
         try:
             if self._proc is None or self._proc.poll() is not None:
                 if self._proc is not None:
                     log.warning("the refresh worker had exited (%s) since the last refresh; starting another",
                                 _exit_text(self._proc.returncode))
                 self._stop_worker()
+                self._proc = None  # told here: a child that cannot start is not taken for one that exited
                 self.start_worker()
         except SourceError as exc:
             return Failed("source_error", str(exc))
@@ -143,9 +179,9 @@ class WorkerRefresher(RefreshLoop):
                 answer = conn.recv()
                 if answer[0] == "failed":
                     return Failed(answer[1], answer[2])
-                _, errors, header, sizes = answer
+                _, errors, findings, header, sizes = answer
                 buffers = self._map_buffers(sizes)
-            return Built(Served.from_wire(header, buffers), errors)
+            return Built(Served.from_wire(header, buffers), errors, findings)
         except Exception as exc:  # noqa: BLE001 - died, hung, or out of step: never reused
             if self._stop.is_set():  # stop() shut the socket: it ends the child itself
                 return Failed("refresh_error", "stopped")
@@ -185,26 +221,18 @@ class WorkerRefresher(RefreshLoop):
         with self._state:
             conn, sock, proc = self._conn, self._sock, self._proc
             self._conn = self._sock = None
-        if conn is not None:
-            conn.close()
-        if sock is not None:
-            sock.close()
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(timeout=grace)  # it leaves when its end of the socket closes, between refreshes
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _end(proc, sock, conn, grace)
 
     def stop(self) -> None:
         """Stop refreshing and end the child, even in the middle of a refresh."""
         with self._state:
             self._stop.set()
-            if self._sock is not None:
-                try:  # wakes the refresher thread if it waits for the child; the child sees the end too
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            for sock in (self._sock, self._starting):
+                if sock is not None:
+                    try:  # wakes the refresher thread if it waits for a child; the child sees the end too
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
         super().stop()
         thread = self._thread
         if thread is not None and thread.is_alive():  # still in an exchange: end it from the child's side
@@ -214,6 +242,21 @@ class WorkerRefresher(RefreshLoop):
             thread.join(5)
         if thread is None or not thread.is_alive():  # never close what the thread may still read
             self._stop_worker(grace=1.0)  # then killed: what it was refreshing is not wanted any more
+
+
+def _end(proc: subprocess.Popen | None, sock: socket.socket | None, conn: Connection | None,
+         grace: float = 5.0) -> None:
+    """End a child: close our end, which it leaves on between refreshes, and kill it after `grace`."""
+    if conn is not None:
+        conn.close()
+    if sock is not None:
+        sock.close()
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _check_sealed(fd: int, size: int) -> None:

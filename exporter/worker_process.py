@@ -27,10 +27,12 @@ from .sources import SourceError
 
 def main(argv: Sequence[str]) -> int:
     """The child: `FD ARGS...`, FD its end of the socket pair, ARGS the server's command line."""
-    # Ctrl-C, and systemd's SIGTERM to the whole unit, reach the child too: the server decides. It
-    # ends the child by closing the socket (then kills it, if it is in the middle of a refresh).
+    # Ctrl-C, systemd's SIGTERM to the whole unit and a terminal's hangup reach the child too: the
+    # server decides. It ends the child by closing the socket (then kills it, if it is in the middle
+    # of a refresh), and on SIGHUP replaces it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     conn = Connection(os.dup(sock.fileno()))  # messages; `sock` itself passes the buffers' descriptor
     try:
@@ -68,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
                     conn.send(("failed", "refresh_error", f"cannot hand the refresh over: {exc}"))
                     continue
                 try:
-                    conn.send(("built", outcome.errors, header, [len(b) for b in blobs]))
+                    conn.send(("built", outcome.errors, outcome.findings, header, [len(b) for b in blobs]))
                     socket.send_fds(sock, [b"\0"], fds)
                 finally:
                     for fd in fds:

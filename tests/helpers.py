@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import re
 import shutil
 import socket
 import sys
@@ -61,3 +62,33 @@ def get(httpd, path: str, method: str = "GET", headers: dict[str, str] | None = 
     body = resp.read()
     conn.close()
     return resp, body
+
+
+_LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def logfmt(line: str) -> dict[str, str]:
+    """One logfmt line (`ts=... level=error msg="..."`) as its keys and unquoted values."""
+    fields = {}
+    for key, value in _LOGFMT_PAIR.findall(line):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), value[1:-1])
+        fields[key] = value
+    return fields
+
+
+def log_messages(stderr: str, level: str | None = None) -> list[str]:
+    """The msg of every logfmt line in `stderr` (of one level, if given); a line that is not logfmt fails."""
+    out = []
+    for line in stderr.splitlines():
+        fields = logfmt(line)
+        assert {"ts", "level", "logger", "msg"} <= fields.keys(), line
+        if level is None or fields["level"] == level:
+            out.append(fields["msg"])
+    return out
+
+
+def without_process_metrics(exposition: bytes) -> bytes:
+    """An exposition without the process_* families, which change from one scrape to the next."""
+    return b"".join(line for line in exposition.splitlines(keepends=True)
+                    if not line.startswith((b"process_", b"# HELP process_", b"# TYPE process_")))

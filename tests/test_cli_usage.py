@@ -3,10 +3,11 @@ that command's error, shown with that command's usage (exit 2, like every other 
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
-from helpers import EXE
+from helpers import EXE, log_messages
 
 from passthrough_exporter.model import KNOWN_TYPES
 
@@ -36,7 +37,6 @@ def test_every_known_cap_is_accepted(tree, known):
 @pytest.mark.parametrize("argv, typo, code", [
     (["devices", "--passthru"], "--passthru", 2),
     (["devices", "--json", "--afected-by", "pci_0000_00_00_0"], "--afected-by pci_0000_00_00_0", 2),
-    (["serve", "--web.listen-adress", "127.0.0.1:9839"], "--web.listen-adress 127.0.0.1:9839", 2),
     # check is a monitoring plugin: 2 means critical there, so "could not check" is 3 (UNKNOWN)
     (["check", "--jsn"], "--jsn", 3),
     (["--log.level", "warn", "check", "--jsn"], "--jsn", 3),
@@ -50,6 +50,17 @@ def test_misspelled_option_shows_the_commands_usage(argv, typo, code):
     lines = out.stderr.splitlines()
     assert lines[0].startswith(f"usage: passthrough-exporter {command} ")
     assert lines[-1] == f"passthrough-exporter {command}: error: unrecognized arguments: {typo}"
+
+
+def test_a_usage_error_of_serve_is_a_log_line():
+    """Everything serve writes is a log line in --log.format, a usage error too, with where to look."""
+    out = cli("serve", "--web.listen-adress", "127.0.0.1:9839")
+    assert out.returncode == 2 and out.stdout == ""
+    assert log_messages(out.stderr, "error") == [
+        "unrecognized arguments: --web.listen-adress 127.0.0.1:9839 (see passthrough-exporter serve --help)"]
+    out = cli("--log.format", "json", "serve", "--web.listen-adress", "127.0.0.1:9839")
+    (line,) = [json.loads(line) for line in out.stderr.splitlines()]
+    assert out.returncode == 2 and line["level"] == "error" and line["msg"].startswith("unrecognized arguments: ")
 
 
 def test_misspelled_top_level_option_shows_the_top_level_usage():

@@ -78,10 +78,10 @@ def test_dashboard_panels_do_not_overlap_and_host_rows_follow_the_host_variable(
 # and a domain whose hostdev is gone; hv2 with remapping on, one free device and a group (8) split between
 # two QEMU processes no libvirt knows of; hv3 whose interrupts could not be read; hv4 with no IOMMU at all.
 LIVE_HOSTS = {
-    'passthrough_exporter_build_info{instance="hv1",version="0.1.0"}': 1,
-    'passthrough_exporter_build_info{instance="hv2",version="0.1.0"}': 1,
-    'passthrough_exporter_build_info{instance="hv3",version="0.1.0"}': 1,
-    'passthrough_exporter_build_info{instance="hv4",version="0.1.0"}': 1,
+    'passthrough_exporter_build_info{instance="hv1",revision="3e5a9c1d7b2f4e6a8c0d1e2f3a4b5c6d7e8f9a0b",version="0.1.0"}': 1,
+    'passthrough_exporter_build_info{instance="hv2",revision="3e5a9c1d7b2f4e6a8c0d1e2f3a4b5c6d7e8f9a0b",version="0.1.0"}': 1,
+    'passthrough_exporter_build_info{instance="hv3",revision="3e5a9c1d7b2f4e6a8c0d1e2f3a4b5c6d7e8f9a0b",version="0.1.0"}': 1,
+    'passthrough_exporter_build_info{instance="hv4",revision="3e5a9c1d7b2f4e6a8c0d1e2f3a4b5c6d7e8f9a0b",version="0.1.0"}': 1,
     'passthrough_iommu_enabled{instance="hv1"}': 1,
     'passthrough_iommu_enabled{instance="hv2"}': 1,
     'passthrough_iommu_enabled{instance="hv3"}': 1,

@@ -15,7 +15,7 @@ import hosts
 import pytest
 from reliability import inspector, serve_quick
 from sysfs_builder import SysfsTree
-from helpers import EXE
+from helpers import EXE, log_messages
 
 from passthrough_exporter.refresher import Refresher
 from passthrough_exporter.server import ExporterServer
@@ -281,7 +281,8 @@ def test_serve_stops_with_one_line_and_no_traceback(tmp_path: Path, text: str) -
     out = subprocess.run([EXE, "serve", "--web.config.file", str(cfg), "--web.listen-address", "127.0.0.1:0"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
-    assert out.stderr.startswith(f"passthrough-exporter: web config {cfg}: ") and REFUSED[text] in out.stderr
+    (message,) = log_messages(out.stderr, "error")
+    assert message.startswith(f"web config {cfg}: ") and REFUSED[text] in message
 
 
 def test_accepted_without_effect_on_plain_http(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Site policy: the allow/deny rules and the expected devices of the `--policy` file (format:
 `rules`; expected devices compared in `expect`).
 
-The file is read once at start; a bad one stops the exporter with FILE:LINE. Without a file this
+The file is read at start; a bad one stops the exporter with FILE:LINE. `serve` reads it again on
+SIGHUP (in a new refresh worker; a bad one is logged and the old one kept). Without a file this
 plugin abstains and reports nothing.
 """
 
@@ -22,7 +23,8 @@ POLICY = "policy"  # settings.stash key: the parsed Policy, or None
 def passthrough_addoption(parser: OptionParser) -> None:
     parser.addoption(
         "--policy", dest="policy", metavar="FILE", default=None,
-        help="site policy: allow/deny rules and expected devices in TOML, read once at start (see docs/plugins.md)",
+        help="site policy: allow/deny rules and expected devices in TOML, read at start and, by serve, on SIGHUP "
+        "(see docs/plugins.md)",
     )
 
 
