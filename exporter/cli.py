@@ -313,7 +313,7 @@ def cmd_textfile(args: argparse.Namespace) -> int:
         if args.path != "-":
             preflight(args.path)  # a target that would be refused is refused before the read
     except OSError as exc:
-        print(f"passthrough-exporter: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+        print(f"passthrough-exporter: cannot write {visible(args.path)}: {exc.strerror}", file=sys.stderr)
         return 1
     with gc_paused():
         snapshot = judge_once(args)
@@ -321,7 +321,7 @@ def cmd_textfile(args: argparse.Namespace) -> int:
     try:
         write_atomically(args.path, text)
     except OSError as exc:
-        print(f"passthrough-exporter: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+        print(f"passthrough-exporter: cannot write {visible(args.path)}: {exc.strerror}", file=sys.stderr)
         return 1
     log.info("wrote %d devices to %s", len(snapshot.inventory), "standard output" if args.path == "-" else args.path)
     return 0

@@ -44,6 +44,11 @@ from typing import Any
 import bcrypt
 import yaml
 
+from .inputs import read_operator_file
+from .settings import ConfigError
+
+WEB_CONFIG_LIMIT = 1 << 20  # bytes: a web config with every key and a few hundred users is a few KB
+
 # Go's names for the policies (crypto/tls ClientAuthType). Python's ssl can only ask for a client
 # certificate it also verifies, so the two policies that accept unverified certificates (which the
 # exporter-toolkit documentation calls insecure) are refused rather than silently made stricter.
@@ -262,11 +267,12 @@ def _kind(value: Any) -> str:
 
 
 def load(path: str) -> WebConfig:
+    try:  # a regular file, bounded: a FIFO or /dev/zero named here must not hang or fill memory
+        data = read_operator_file(path, WEB_CONFIG_LIMIT, "web config")
+    except ConfigError as exc:
+        raise WebConfigError(str(exc)) from None
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except OSError as exc:
-        raise WebConfigError(f"cannot read web config {path}: {exc.strerror}") from None
+        raw = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise WebConfigError(f"web config {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:

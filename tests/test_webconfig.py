@@ -292,3 +292,20 @@ def test_accepted_without_effect_on_plain_http(tmp_path: Path) -> None:
                    "basic_auth_users: {}\nrate_limit:\n  interval: 0\n")
     loaded = load(str(cfg))
     assert loaded.ssl_context is None and loaded.users == {} and loaded.rate_limit is None and loaded.headers == {}
+
+
+def test_a_web_config_that_is_not_a_bounded_regular_file_is_refused_at_once(tmp_path):
+    """A FIFO would hang the start (and a SIGHUP reload); /dev/zero-like content would fill memory."""
+    import os
+
+    from passthrough_exporter.webconfig import WEB_CONFIG_LIMIT, WebConfigError, load
+
+    fifo = tmp_path / "web.yml"
+    os.mkfifo(fifo)
+    with pytest.raises(WebConfigError, match="not a regular file"):
+        load(str(fifo))
+    big = tmp_path / "big.yml"
+    with open(big, "wb") as f:
+        f.truncate(WEB_CONFIG_LIMIT + 1)  # sparse: costs no disk
+    with pytest.raises(WebConfigError, match="at most"):
+        load(str(big))
