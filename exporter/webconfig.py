@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import ssl
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -275,6 +276,8 @@ def load(path: str) -> WebConfig:
         raw = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise WebConfigError(f"web config {path} is not UTF-8 text") from None
+    except RecursionError:  # [[[[... a hundred thousand deep: never a traceback that ends serve on SIGHUP
+        raise WebConfigError(f"web config {path} is nested too deeply") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -366,7 +369,16 @@ def _ssl_context(tls: _Reader, base: str) -> tuple[ssl.SSLContext, frozenset[str
         inline, path = tls.string(inline_key), tls.string(file_key)
         if inline and path:
             raise tls.error(f"tls_server_config: set {inline_key} or {file_key}, not both")
-        return inline or None, os.path.join(base, path) if path else None
+        if not path:
+            return inline or None, None
+        full = os.path.join(base, path)
+        try:  # the TLS library opens it blocking: a FIFO named here would hang start and every reload
+            regular = stat.S_ISREG(os.stat(full).st_mode)
+        except OSError:  # missing or unreadable: told where the file is loaded
+            regular = True
+        if not regular:
+            raise tls.error(f"tls_server_config.{file_key} {full}: not a regular file")
+        return None, full
 
     cert_pem, cert_file = source("cert", "cert_file")
     key_pem, key_file = source("key", "key_file")

@@ -309,3 +309,19 @@ def test_a_web_config_that_is_not_a_bounded_regular_file_is_refused_at_once(tmp_
         f.truncate(WEB_CONFIG_LIMIT + 1)  # sparse: costs no disk
     with pytest.raises(WebConfigError, match="at most"):
         load(str(big))
+
+
+def test_a_web_config_nested_too_deeply_or_naming_a_fifo_is_one_line(tmp_path):
+    import os
+
+    from passthrough_exporter.webconfig import WebConfigError, load
+
+    deep = tmp_path / "deep.yml"
+    deep.write_text("a: " + "[" * 100_000)
+    with pytest.raises(WebConfigError, match="nested too deeply"):
+        load(str(deep))
+    os.mkfifo(tmp_path / "cert.pem")
+    cfg = tmp_path / "web.yml"
+    cfg.write_text("tls_server_config:\n  cert_file: cert.pem\n  key_file: cert.pem\n")
+    with pytest.raises(WebConfigError, match="cert_file .*: not a regular file"):
+        load(str(cfg))
