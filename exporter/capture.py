@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .fileutil import RefusedPath, atomic_file, preflight
+from .fileutil import RefusedPath, atomic_file, preflight, stdout_binary
 from .sources import SourceError
 from .sources.sysfs import SysfsSource
 from .sysfs import ATTR_LIMIT, Trace, read_opened
@@ -159,9 +159,9 @@ def write_archive(entries: dict[str, Entry], output: str, *, force: bool = False
     now = int(time.time())
     try:
         if output == "-":
-            out = _Counted(sys.stdout.buffer)
+            out = _Counted(stdout_binary())
             _write_tar_gz(entries, out, now)
-            sys.stdout.buffer.flush()
+            stdout_binary().flush()
             gz_end = out.size
         else:
             with atomic_file(output, overwrite=force, mode=None) as raw:

@@ -153,6 +153,7 @@ DEFAULT_LISTEN = ":9839"
 CHECK_UNKNOWN = 3  # `check` could not check: the monitoring-plugin convention's UNKNOWN
 ONE_SHOT = ("devices", "textfile", "check", "plugins", "capture")  # the commands with a --timeout
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+MAX_DURATION = 7 * 86400.0
 
 
 def duration(text: str) -> float:
@@ -169,6 +170,8 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30s, 5m)") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError("a duration must be a positive, finite number")
+    if value > MAX_DURATION:  # past what a timer takes (threading.TIMEOUT_MAX), and never meant
+        raise argparse.ArgumentTypeError(f"{text!r} is too long: at most {MAX_DURATION // 86400:g} days")
     return value
 
 
@@ -329,11 +332,12 @@ def cmd_textfile(args: argparse.Namespace) -> int:
 
 def write_atomically(path: str, data: bytes) -> None:
     """A reader sees the old file or the new one, never a torn one; `-` is standard output."""
-    from .fileutil import atomic_file
+    from .fileutil import atomic_file, stdout_binary
 
     if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        out = stdout_binary()
+        out.write(data)
+        out.flush()
         return
     with atomic_file(path) as f:
         f.write(data)
@@ -356,9 +360,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
 
+    if args.output == "-" and sys.stdout is not None and sys.stdout.isatty():  # a gzip stream on a terminal helps nobody
+        print("passthrough-exporter: capture --output -: standard output is a terminal; redirect it to a file",
+              file=sys.stderr)
+        return 1
     summary = capture(args.sysfs, args.procfs, args.output, force=args.force, include_serials=args.include_serials)
     # With the archive on standard output, the summary goes beside it on standard error.
-    print(summary.line("standard output" if args.output == "-" else args.output),
+    print(visible(summary.line("standard output" if args.output == "-" else args.output)),
           file=sys.stderr if args.output == "-" else sys.stdout)
     return 0
 
@@ -566,6 +574,10 @@ def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     early = _early_args(argv)
+    if early.command == "serve":  # a reload asked for while starting must not end serve (the default)
+        import signal
+
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown),
     # for a usage error too (2 would read as critical).
     check = early.command == "check"

@@ -11,9 +11,11 @@ and goes only over nothing or a regular file (never a device, a FIFO, a director
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -157,3 +159,10 @@ def _publish(tmp: str, name: str, dir_fd: int, overwrite: bool) -> None:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return
     os.unlink(tmp, dir_fd=dir_fd)
+
+
+def stdout_binary() -> BinaryIO:
+    """Standard output for bytes (`-` as a path); OSError when the process was started without it."""
+    if sys.stdout is None:  # fd 1 closed at start: Python leaves sys.stdout None
+        raise OSError(errno.EBADF, "standard output is closed")
+    return sys.stdout.buffer

@@ -248,7 +248,9 @@ def _pools(snap: Snapshot, types: set[str]) -> list[Row]:
     states = snap.states
     for dev in snap.inventory:
         if dev.type in types and dev.type in PASSABLE_TYPES:
-            pools[(dev.type, _label(dev.vendor_id), _label(dev.product_id), _label(dev.product),
+            # The product as the label will read (`visible`): two names that only differ by a control
+            # character and its written-out form are one series, never two with the same labels.
+            pools[(dev.type, _label(dev.vendor_id), _label(dev.product_id), visible(_label(dev.product)),
                    _label(dev.numa_node), states.get(dev.name, "ineligible"))] += 1
     return sorted(pools.items())
 

@@ -122,3 +122,23 @@ def test_log_lines_show_the_escapes(tmp_path):
     line = LogfmtFormatter().format(record)
     no_raw_controls(line)
     assert line.endswith(' msg="held by x\\\\x0d\\\\x1b[1A\\\\x1b[2KPASS\\\\x07\\nsecond line"')
+
+
+def test_two_products_that_read_alike_are_one_pool_series(tree):
+    """A USB stick named `Stick` + ESC and one named with the written-out text `Stick\\x1b` show the
+    same label value: they are counted in one pool series, not two series with equal labels (which
+    node_exporter's textfile collector refuses)."""
+    import hosts
+    from helpers import judge_tree
+
+    from passthrough_exporter.metrics import render
+
+    hosts.usb_tree(tree)
+    hosts.nvme_lvm_root(tree)
+    hub = tree.sys / "bus" / "usb" / "devices" / "1-1"
+    for port, name in ((5, "Stick\x1b"), (6, "Stick\\x1b")):
+        tree.usb_device(f"1-1.{port}", 0x0781, 0x5590, parent=hub.resolve(), busnum=1, devnum=port, product_name=name)
+    text = render(judge_tree(tree)).decode()
+    pools = [line for line in text.splitlines() if line.startswith("passthrough_pool_devices") and "0x5590" in line]
+    assert pools == ['passthrough_pool_devices{numa_node="",product="Stick\\\\x1b",product_id="0x5590",'
+                     'state="available",type="usb_device",vendor_id="0x0781"} 2.0']
