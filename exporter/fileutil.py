@@ -74,12 +74,37 @@ def _lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
+def open_directory(directory: str) -> int:
+    """A descriptor of `directory` (resolved), opened one component at a time without following a
+    link, each component checked like the directory itself: a parent another user owns could be
+    renamed and replaced by a link to a root-only directory, whatever the last one's owner."""
+    real = os.path.realpath(directory)
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        check_directory(os.fstat(fd), "/")
+        walked = ""
+        for part in [p for p in real.split("/") if p]:
+            walked += "/" + part
+            try:
+                nxt = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:  # ELOOP/ENOTDIR: it became a link or a file since it was resolved
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise RefusedPath(f"{walked} changed while it was opened ({exc.strerror})") from None
+                raise
+            os.close(fd)
+            fd = nxt
+            check_directory(os.fstat(fd), walked)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def preflight(path: str, *, overwrite: bool = True) -> None:
     """The checks `atomic_file` makes, made early: a command refuses before its slow part."""
     directory, name = _split(path)
-    dir_fd = os.open(directory, _DIR_FLAGS)
+    dir_fd = open_directory(directory)
     try:
-        check_directory(os.fstat(dir_fd), directory)
         check_target(_lstat_at(name, dir_fd), overwrite=overwrite)
     finally:
         os.close(dir_fd)
@@ -101,9 +126,8 @@ def atomic_file(path: str, *, overwrite: bool = True, mode: int | None = 0o644) 
     writing. `mode` None gives the file the mode a plain create would (0666 minus the umask).
     """
     directory, name = _split(path)
-    dir_fd = os.open(directory, _DIR_FLAGS)
+    dir_fd = open_directory(directory)
     try:
-        check_directory(os.fstat(dir_fd), directory)
         check_target(_lstat_at(name, dir_fd), overwrite=overwrite)
         fd, tmp = _create_temp(name, dir_fd)
         try:

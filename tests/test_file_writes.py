@@ -175,6 +175,20 @@ def test_textfile_refuses_a_directory_others_can_write_in_one_line(host, public_
         assert os.listdir(outdir) == []
 
 
+def test_textfile_refuses_a_directory_below_one_another_user_owns(host, public_dir, secret):
+    """root's own `sub` inside nobody's `nob`: nobody can rename `sub` and put a link to a root-only
+    directory in its place, so every component of the path is checked, not only the last one."""
+    nob = public_dir / "nob"
+    nob.mkdir()
+    os.chown(nob, NOBODY, 0)
+    (nob / "sub").mkdir()
+    out = subprocess.run([EXE, "textfile", str(nob / "sub" / "x.prom"), "--path.sysfs", str(host.sys),
+                          "--path.procfs", str(host.proc)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert f": {nob} belongs to uid {NOBODY}, who could swap files in it" in out.stderr
+    assert os.listdir(nob / "sub") == []
+
+
 # --- what is at the target: only a regular file (or nothing) is replaced --------------------------
 
 def _make(kind: str, path: Path, elsewhere: Path) -> None:
