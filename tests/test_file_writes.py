@@ -366,3 +366,23 @@ def test_capture_never_archives_bytes_read_through_a_link_it_cannot_place(tree, 
     name = "sys/" + str((inside / "label").relative_to(tree.sys))
     assert entries[name].kind == "link" and entries[name].target == "secret"
     assert entries["sys/" + str((inside / "vendor").relative_to(tree.sys))].data.strip() == b"0x8086"
+
+
+def test_capture_archives_no_bytes_of_a_hard_link_or_a_device_node_in_the_tree(tree, tmp_path):
+    """Inside the tree, yet another file's bytes: a hard link to a secret outside it, and a device node
+    of the test's own making (1:5, what /dev/zero is) as an attribute. Neither is archived as bytes."""
+    from passthrough_exporter.capture import plan
+    from passthrough_exporter.sysfs import Reader, Trace
+
+    hosts.base(tree)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("SECRET-TOKEN\n")
+    inside = tree.pci_path("0000:00:00.0")
+    os.link(secret_file, inside / "label")
+    os.mknod(inside / "index", stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    trace = Trace()
+    reader = Reader(str(tree.sys), str(tree.proc), trace)
+    assert reader.attr(str(inside / "label")) == "SECRET-TOKEN"
+    assert reader.read_bytes(str(inside / "index"), 16) == bytes(16)
+    entries = plan(str(tree.sys), str(tree.proc), trace)
+    assert not any(b"SECRET-TOKEN" in e.data or e.data == bytes(16) for e in entries.values())

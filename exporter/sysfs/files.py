@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -90,8 +91,10 @@ def read_opened(path: str, limit: int, *, whole: bool = False) -> tuple[bytes, s
 
 def _opened_path(fd: int, path: str) -> str | None:
     st = os.fstat(fd)
-    if st.st_nlink == 0:
-        return None  # removed since: not a file of the tree
+    # Removed since (0 links), or not a file of the tree alone: a device node reads whatever its
+    # device gives, and a hard link is another file's bytes (sysfs and procfs have neither).
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return None
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:  # no /proc: the path's canonical form, if it still names the file we read
