@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import resource
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -40,8 +41,11 @@ def raise_own_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10,
+        host: str = "127.0.0.1", context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """One GET on a connection of its own, over TLS when a `context` is given."""
+    conn = (http.client.HTTPSConnection(host, port, timeout=timeout, context=context) if context
+            else http.client.HTTPConnection(host, port, timeout=timeout))
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()

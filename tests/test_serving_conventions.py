@@ -29,7 +29,7 @@ import pytest
 from helpers import EXE, free_port, log_messages, logfmt
 from prometheus_client.parser import text_string_to_metric_families
 from reliability import inspector
-from serving import exporter
+from serving import exporter, get
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter import __version__, server
@@ -58,18 +58,6 @@ def ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
-
-
-def fetch(host: str, port: int, path: str = "/healthz", headers: dict[str, str] | None = None,
-          context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
-    conn = (http.client.HTTPSConnection(host, port, timeout=10, context=context) if context
-            else http.client.HTTPConnection(host, port, timeout=10))
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def raw(port: int, data: bytes | list[bytes], host: str = "127.0.0.1", pause: float = 0.0) -> bytes:
@@ -123,7 +111,7 @@ def test_two_listen_addresses_both_answer(refresher: Refresher, running: list[Ex
     ports = [address[1] for address in httpd.server_addresses]
     assert len(set(ports)) == 2
     for port in ports:
-        assert fetch("127.0.0.1", port)[0] == 200
+        assert get(port, "/healthz")[0] == 200
 
 
 def test_an_address_that_cannot_be_listened_on_leaves_none_open(refresher: Refresher) -> None:
@@ -142,7 +130,7 @@ def test_an_address_that_cannot_be_listened_on_leaves_none_open(refresher: Refre
 
 def test_port_alone_answers_on_ipv4(refresher: Refresher, running: list[ExporterServer]) -> None:
     httpd = started(running, ("", 0), refresher)
-    assert fetch("127.0.0.1", httpd.server_address[1])[0] == 200
+    assert get(httpd.server_address[1], "/healthz")[0] == 200
 
 
 @needs_ipv6
@@ -151,16 +139,16 @@ def test_port_alone_is_one_socket_for_ipv6_and_ipv4(refresher: Refresher, runnin
     (sock,) = httpd.sockets
     assert sock.family == socket.AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
     port = httpd.server_address[1]
-    assert fetch("::1", port)[0] == 200
-    assert fetch("127.0.0.1", port)[0] == 200
+    assert get(port, "/healthz", host="::1")[0] == 200
+    assert get(port, "/healthz")[0] == 200
 
 
 @needs_ipv6
 def test_a_loopback_address_is_listened_on_as_given(refresher: Refresher, running: list[ExporterServer]) -> None:
     v6 = started(running, ("::1", 0), refresher)
-    assert fetch("::1", v6.server_address[1])[0] == 200
+    assert get(v6.server_address[1], "/healthz", host="::1")[0] == 200
     v4 = started(running, ("127.0.0.1", 0), refresher)
-    assert v4.sockets[0].family == socket.AF_INET and fetch("127.0.0.1", v4.server_address[1])[0] == 200
+    assert v4.sockets[0].family == socket.AF_INET and get(v4.server_address[1], "/healthz")[0] == 200
 
 
 def test_port_alone_falls_back_to_ipv4_without_ipv6(refresher: Refresher, running: list[ExporterServer],
@@ -175,13 +163,13 @@ def test_port_alone_falls_back_to_ipv4_without_ipv6(refresher: Refresher, runnin
     monkeypatch.setattr(server, "_bound", no_ipv6)
     httpd = started(running, ("", 0), refresher)
     assert httpd.sockets[0].family == socket.AF_INET
-    assert fetch("127.0.0.1", httpd.server_address[1])[0] == 200
+    assert get(httpd.server_address[1], "/healthz")[0] == 200
 
 
 def test_serve_listens_on_every_address_given(host: SysfsTree) -> None:
     second = free_port()
     with exporter(host.sys, host.proc, "--web.listen-address", f"127.0.0.1:{second}") as run:
-        assert fetch("127.0.0.1", run.port)[0] == 200 and fetch("127.0.0.1", second)[0] == 200
+        assert get(run.port, "/healthz")[0] == 200 and get(second, "/healthz")[0] == 200
         wait_until(lambda: f"127.0.0.1:{run.port}, 127.0.0.1:{second}" in run.log(), what="the listening line")
 
 
@@ -193,18 +181,18 @@ def test_the_telemetry_path_moves_the_metrics(host: SysfsTree, running: list[Exp
     refresher.refresh()
     httpd = started(running, ("127.0.0.1", 0), refresher, telemetry_path="/x/metrics")
     port = httpd.server_address[1]
-    status, body = fetch("127.0.0.1", port, "/x/metrics")
+    status, body = get(port, "/x/metrics")
     assert status == 200 and b"passthrough_device_info{" in body
-    assert fetch("127.0.0.1", port, "/metrics")[0] == 404
-    status, page = fetch("127.0.0.1", port, "/")
+    assert get(port, "/metrics")[0] == 404
+    status, page = get(port, "/")
     assert status == 200 and b'<a href="/x/metrics">/x/metrics</a>' in page and b'href="/metrics"' not in page
 
 
 def test_serve_takes_the_telemetry_path_and_refuses_a_taken_one(host: SysfsTree) -> None:
     with exporter(host.sys, host.proc, "--web.telemetry-path", "/prom") as run:
-        assert fetch("127.0.0.1", run.port, "/prom")[0] == 200
-        assert fetch("127.0.0.1", run.port, "/metrics")[0] == 404
-        assert b'href="/prom"' in fetch("127.0.0.1", run.port, "/")[1]
+        assert get(run.port, "/prom")[0] == 200
+        assert get(run.port, "/metrics")[0] == 404
+        assert b'href="/prom"' in get(run.port, "/")[1]
     for bad, why in (("metrics", "expected a path such as /metrics"), ("/healthz", "that path serves something else")):
         out = subprocess.run([EXE, "serve", "--web.telemetry-path", bad, "--web.listen-address", "127.0.0.1:0"],
                              capture_output=True, text=True, timeout=30)
@@ -242,7 +230,7 @@ def test_json_logs_from_a_start_up_error(host: SysfsTree) -> None:
 
 def test_json_logs_from_start_to_shutdown(host: SysfsTree) -> None:
     with exporter(host.sys, host.proc, "--log.format", "json", log_level="debug") as run:
-        assert fetch("127.0.0.1", run.port, "/metrics")[0] == 200
+        assert get(run.port, "/metrics")[0] == 200
         run.proc.send_signal(signal.SIGTERM)
         assert run.proc.wait(15) == 0
     lines = json_lines(run.final_log)
@@ -296,7 +284,7 @@ def test_process_metrics_are_served_per_scrape_and_pass_promtool(refresher: Refr
                                                                   running: list[ExporterServer]) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher)
     port = httpd.server_address[1]
-    _, body = fetch("127.0.0.1", port, "/metrics")
+    _, body = get(port, "/metrics")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     for name in ("process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds", "process_max_fds",
                  "process_start_time_seconds", "process_virtual_memory_bytes"):
@@ -346,7 +334,7 @@ def test_a_20_kb_request_line_gets_our_own_431_without_echo(refresher: Refresher
     assert b"echo-me" not in out and b"bytearray" not in out and b"Got more than" not in out
     headers = head.decode().lower()
     assert "server: passthrough-exporter/" in headers and "x-content-type-options: nosniff" in headers
-    assert fetch("127.0.0.1", port)[0] == 200  # and it serves on
+    assert get(port, "/healthz")[0] == 200  # and it serves on
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -392,7 +380,7 @@ def test_plain_http_to_the_tls_port_gets_gos_answer(refresher: Refresher, runnin
     httpd = started(running, ("127.0.0.1", 0), refresher, load(str(tls_config(certs, tmp_path))))
     port = httpd.server_address[1]
     assert raw(port, request_bytes, pause=0.2) == GO_PLAIN_HTTP_TO_TLS
-    status, _ = fetch("127.0.0.1", port, context=ssl.create_default_context(cafile=str(certs / "server.crt")))
+    status, _ = get(port, "/healthz", context=ssl.create_default_context(cafile=str(certs / "server.crt")))
     assert status == 200  # TLS clients are served as before
 
 
@@ -417,18 +405,18 @@ def test_sighup_reloads_the_web_config_and_a_broken_one_keeps_the_old(host: Sysf
     cfg = tmp_path / "web.yml"
     cfg.write_text(users(alice="first"))
     with exporter(host.sys, host.proc, "--web.config.file", str(cfg)) as run:
-        assert fetch("127.0.0.1", run.port, "/metrics", basic("alice", "first"))[0] == 200
+        assert get(run.port, "/metrics", basic("alice", "first"))[0] == 200
         cfg.write_text(users(alice="second"))
         run.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reloaded the web config from" in run.log(), what="the reload")
-        assert fetch("127.0.0.1", run.port, "/metrics", basic("alice", "second"))[0] == 200
-        assert fetch("127.0.0.1", run.port, "/metrics", basic("alice", "first"))[0] == 401
+        assert get(run.port, "/metrics", basic("alice", "second"))[0] == 200
+        assert get(run.port, "/metrics", basic("alice", "first"))[0] == 401
         cfg.write_text("basic_auth_users: [broken\n")
         run.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "cannot reload the web config" in run.log(), what="the failed reload")
         assert run.proc.poll() is None
-        assert fetch("127.0.0.1", run.port, "/metrics", basic("alice", "second"))[0] == 200
-        assert fetch("127.0.0.1", run.port, "/metrics", basic("alice", "first"))[0] == 401
+        assert get(run.port, "/metrics", basic("alice", "second"))[0] == 200
+        assert get(run.port, "/metrics", basic("alice", "first"))[0] == 401
     errors = [logfmt(line) for line in run.final_log.splitlines() if "level=error" in line]
     assert len(errors) == 1 and errors[0]["msg"].startswith(f"cannot reload the web config, keeping the one in force: "
                                                             f"web config {cfg}")
@@ -442,12 +430,12 @@ def test_sighup_can_turn_tls_on(host: SysfsTree, tmp_path: Path, certs: Path) ->
         run.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reloaded the web config" in run.log(), what="the reload")
         ctx = ssl.create_default_context(cafile=str(certs / "server.crt"))
-        assert fetch("127.0.0.1", run.port, context=ctx)[0] == 200
+        assert get(run.port, "/healthz", context=ctx)[0] == 200
         assert raw(run.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == GO_PLAIN_HTTP_TO_TLS
 
 
 def gpu_reasons(port: int) -> list[str]:
-    return json.loads(fetch("127.0.0.1", port, "/api/devices/pci_0000_01_00_0")[1])["reasons"]
+    return json.loads(get(port, "/api/devices/pci_0000_01_00_0")[1])["reasons"]
 
 
 def test_sighup_reloads_the_policy_and_a_broken_one_keeps_the_old(host: SysfsTree, tmp_path: Path) -> None:
@@ -465,7 +453,7 @@ def test_sighup_reloads_the_policy_and_a_broken_one_keeps_the_old(host: SysfsTre
         wait_until(lambda: "reload failed, refreshing as before" in run.log(), what="the failed reload")
         assert run.proc.poll() is None
         assert "site policy: kept for the render farm" in gpu_reasons(run.port)
-        assert b'passthrough_source_up{source="sysfs"} 1.0' in fetch("127.0.0.1", run.port, "/metrics")[1]
+        assert b'passthrough_source_up{source="sysfs"} 1.0' in get(run.port, "/metrics")[1]
     (error,) = log_messages(run.final_log, "error")
     assert error.startswith("reload failed, refreshing as before: ") and str(policy) in error
 
@@ -494,7 +482,7 @@ def test_version_names_the_commit(host: SysfsTree) -> None:
 
 def test_build_info_carries_version_and_revision(refresher: Refresher, running: list[ExporterServer]) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher)
-    _, body = fetch("127.0.0.1", httpd.server_address[1], "/metrics")
+    _, body = get(httpd.server_address[1], "/metrics")
     (family,) = [f for f in text_string_to_metric_families(body.decode()) if f.name == "passthrough_exporter_build_info"]
     assert [s.labels for s in family.samples] == [{"version": __version__, "revision": revision()}]
 
