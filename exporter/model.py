@@ -107,7 +107,7 @@ class HostFacts:
     """What the host says about its IOMMU and isolation, beside the devices."""
 
     iommu_groups_present: bool = False  # groups backed by an IOMMU (not VFIO's no-IOMMU ones)
-    noiommu_groups: frozenset[int] = frozenset()  # kernel/iommu_groups/<N>/name is vfio-noiommu
+    noiommu_groups: frozenset[int] = frozenset()  # VFIO's no-IOMMU groups: class/vfio/noiommu-<N>
     iommu_units: tuple[str, ...] = ()  # /sys/class/iommu entries: dmar0, ivhd0 ...
     cmdline: str | None = ""  # None: <procfs>/cmdline could not be read
     # "module.parameter" -> value, e.g. "vfio_iommu_type1.allow_unsafe_interrupts" -> "N"

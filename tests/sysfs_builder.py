@@ -91,12 +91,16 @@ class SysfsTree:
             mode = (flags or {}).get(fd, READ_WRITE)
             self.write(base / "fdinfo" / str(fd), f"pos:\t0\nflags:\t0{mode:o}\nmnt_id:\t24")
 
-    def vfio_group(self, number: int, dev: str) -> Path:
+    def vfio_group(self, number: int, dev: str, noiommu: bool = False) -> Path:
         """VFIO's group node for IOMMU group `number`: class/vfio/<N> -> devices/virtual/vfio/<N>,
-        whose `dev` is `dev` ("MAJ:MIN")."""
-        path = self.sys / "devices" / "virtual" / "vfio" / str(number)
+        whose `dev` is `dev` ("MAJ:MIN"). `noiommu`: a group VFIO made in its no-IOMMU mode, as the
+        kernel shows it: the node is `noiommu-<N>` and the group's `name` is `vfio-noiommu`."""
+        node = f"noiommu-{number}" if noiommu else str(number)
+        path = self.sys / "devices" / "virtual" / "vfio" / node
         self.write(path / "dev", dev)
-        self.link(self.sys / "class" / "vfio" / str(number), path)
+        self.link(self.sys / "class" / "vfio" / node, path)
+        if noiommu:
+            self.write(self.sys / "kernel" / "iommu_groups" / str(number) / "name", "vfio-noiommu")
         return path
 
     def iommu_unit(self, name: str) -> None:

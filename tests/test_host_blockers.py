@@ -106,7 +106,7 @@ def test_a_function_without_a_group_or_in_a_no_iommu_group_is_not_available(tree
     hosts.nvme_lvm_root(tree)
     tree.pci("0000:00:02.0", 0x8086, 0x3E92, 0x030000, driver="i915", reset_method="flr")
     tree.pci("0000:00:19.0", 0x8086, 0x15BC, 0x020000, driver="vfio-pci", group=9, reset_method="flr")
-    tree.write(tree.sys / "kernel" / "iommu_groups" / "9" / "name", "vfio-noiommu")
+    tree.vfio_group(9, "240:9", noiommu=True)
     tree.pci("0000:00:1f.6", 0x8086, 0x15BC, 0x020000, driver="e1000e", group=7, reset_method="flr")
     snap = judge_tree(tree)
     assert snap.inventory.host.noiommu_groups == frozenset({9}) and snap.inventory.host.iommu_groups_present
@@ -121,7 +121,7 @@ def test_only_no_iommu_groups_is_an_iommu_that_is_off(tree):
     tree.cmdline("BOOT_IMAGE=/vmlinuz intel_iommu=off")
     tree.module_param("vfio", "enable_unsafe_noiommu_mode", "Y")
     tree.pci("0000:00:19.0", 0x8086, 0x15BC, 0x020000, driver="vfio-pci", group=0, reset_method="flr")
-    tree.write(tree.sys / "kernel" / "iommu_groups" / "0" / "name", "vfio-noiommu")
+    tree.vfio_group(0, "240:0", noiommu=True)
     snap = judge_tree(tree)
     assert not snap.inventory.host.iommu_groups_present
     assert snap.blocked_by["pci_0000_00_19_0"] == IOMMU_OFF

@@ -30,49 +30,39 @@ def host_facts(reader: Reader) -> HostFacts:
     cmdline = cmdline.strip() if cmdline is not None else None
     interrupts = reader.text_file(os.path.join(reader.procfs, "interrupts"), INTERRUPTS_LIMIT)
     tables = reader.listdir(os.path.join(reader.sysfs, "firmware", "acpi", "tables"))
-    groups, noiommu = iommu_groups(reader)
+    nodes, noiommu = vfio_groups(reader)
+    groups = reader.listdir(os.path.join(reader.sysfs, "kernel", "iommu_groups"))
     return HostFacts(
-        iommu_groups_present=any(g not in noiommu for g in groups),
+        iommu_groups_present=any(g.isascii() and g.isdigit() and int(g) not in noiommu for g in groups),
         noiommu_groups=noiommu,
         iommu_units=tuple(reader.listdir(os.path.join(reader.sysfs, "class", "iommu"))),
         cmdline=cmdline,
         module_params=MappingProxyType(params),
         interrupt_remapping=interrupt_remapping(interrupts, cmdline),
         acpi_iommu_tables=tuple(t for t in IOMMU_TABLES if t in tables),
-        vfio_groups=MappingProxyType(vfio_groups(reader)),
+        vfio_groups=MappingProxyType(nodes),
     )
 
 
-def iommu_groups(reader: Reader) -> tuple[list[int], frozenset[int]]:
-    """The IOMMU groups' numbers, and those VFIO made in its unsafe no-IOMMU mode (named
-    `vfio-noiommu` in `kernel/iommu_groups/<N>/name`): no IOMMU stands behind those."""
-    base = os.path.join(reader.sysfs, "kernel", "iommu_groups")
-    groups, noiommu = [], set()
-    for entry in reader.listdir(base):
-        if not (entry.isascii() and entry.isdigit()):
-            continue
-        groups.append(int(entry))
-        # One open per group; most groups have no name file (missing is quiet, not an error).
-        name = reader.text_file(os.path.join(base, entry, "name"), 64)
-        if name is not None and name.strip() == "vfio-noiommu":
-            noiommu.add(int(entry))
-    return groups, frozenset(noiommu)
-
-
-def vfio_groups(reader: Reader) -> dict[int, tuple[int, int]]:
+def vfio_groups(reader: Reader) -> tuple[dict[int, tuple[int, int]], frozenset[int]]:
     """IOMMU group -> (major, minor) of its VFIO group node, from `<sysfs>/class/vfio/<N>/dev`
-    (`noiommu-<N>` in VFIO's no-IOMMU mode). Groups without a readable number are left out."""
+    (groups without a readable number are left out); and the groups VFIO made in its unsafe
+    no-IOMMU mode, whose node the kernel names `noiommu-<N>` (their `kernel/iommu_groups/<N>/name`
+    is `vfio-noiommu`): no IOMMU stands behind those. One listing tells both, not a file per group."""
     out = {}
+    noiommu = set()
     base = os.path.join(reader.sysfs, "class", "vfio")
     for name in reader.listdir(base):
         digits = name.removeprefix("noiommu-")
         if not (digits.isascii() and digits.isdigit()):
             continue
+        if digits != name:
+            noiommu.add(int(digits))
         # class/vfio/<N> links to devices/virtual/vfio/<N>: resolved, so a capture keeps the link.
         number = char_dev(reader, reader.resolve(os.path.join(base, name)), f"vfio group {name}")
         if number is not None:
             out.setdefault(int(digits), number)
-    return out
+    return out, frozenset(noiommu)
 
 
 def interrupt_remapping(interrupts: str | None, cmdline: str | None) -> bool | None:
