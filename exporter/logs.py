@@ -23,11 +23,18 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _ts(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def _level(record: logging.LogRecord) -> str:
+    """Level names as Prometheus' exporters write them: warn and error, not WARNING and CRITICAL."""
+    return {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname, record.levelname.lower())
+
+
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        level = {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname, record.levelname.lower())
-        line = f"ts={ts} level={level} logger={record.name} msg={_quote(record.getMessage())}"
+        line = f"ts={_ts(record)} level={_level(record)} logger={record.name} msg={_quote(record.getMessage())}"
         if record.exc_info:
             line += " err=" + _quote(self.formatException(record.exc_info))
         return line
@@ -39,8 +46,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname, record.levelname.lower()),
+            "ts": _ts(record),
+            "level": _level(record),
             "logger": record.name,
             "msg": record.getMessage(),
         }
