@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import pluggy as _pluggy
-
-#: Decorator for hook implementations in rule plugins (see `passthrough_exporter.hookspecs`).
-hookimpl = _pluggy.HookimplMarker("passthrough_exporter")
+from typing import Any
 
 
-def __getattr__(name: str) -> str:
-    # `__version__` is read on first use (--version, build_info, the host page): importing
-    # importlib.metadata to read it costs every other command a fifth of its start-up.
+def __getattr__(name: str) -> Any:
+    # Both made on first use. `hookimpl`, the decorator for hook implementations in rule plugins (see
+    # `passthrough_exporter.hookspecs`): `serve`'s server imports no plugin, so it needs no pluggy.
+    # `__version__` (--version, build_info, the host page): importing importlib.metadata to read it
+    # costs every other command a fifth of its start-up.
+    if name == "hookimpl":
+        import pluggy
+
+        globals()["hookimpl"] = marker = pluggy.HookimplMarker("passthrough_exporter")
+        return marker
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from importlib import metadata

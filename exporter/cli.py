@@ -14,13 +14,15 @@ import pluggy
 # What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
 # imported inside them: `devices` starts without it.
 from . import jsonout, logs
+from . import serve as serve_command
+from .cmdline import CommandParser, duration, early_args, refresh_interval
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
 from .gcpause import gc_paused
 from .inspector import Inspector, make_plugin_manager, plugin_table
 from .model import KNOWN_TYPES, PASSABLE_TYPES
 from .options import add_plugin_options
-from .query import QueryError, check_filters, select
+from .query import DeviceIndex, QueryError, check_filters
 from .settings import ConfigError
 from .snapshot import Snapshot
 from .sources import SOURCES, Source, SourceError
@@ -28,8 +30,6 @@ from .textsafe import visible
 
 if TYPE_CHECKING:
     from .metrics import MetricOptions
-    from .server import ExporterServer
-    from .worker import WorkerRefresher
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,9 @@ def _devices(args: argparse.Namespace) -> int:
     try:  # filters that conflict are told before the host is read
         check_filters(args.cap, args.passthrough, args.affected_by, args.available, lambda name: True)
         snapshot = judge_once(args)
-        names = select(snapshot, cap=args.cap, passthrough=args.passthrough, affected_by=args.affected_by,
-                       available=args.available)
+        index = DeviceIndex.of(snapshot)
+        names = [index.names[i] for i in index.select(cap=args.cap, passthrough=args.passthrough,
+                                                      affected_by=args.affected_by, available=args.available)]
     except QueryError as exc:
         print(visible(str(exc)), file=sys.stderr)  # it may quote the name asked for
         return exc.exit_code
@@ -149,46 +150,8 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_LISTEN = ":9839"
 CHECK_UNKNOWN = 3  # `check` could not check: the monitoring-plugin convention's UNKNOWN
 ONE_SHOT = ("devices", "textfile", "check", "plugins", "capture")  # the commands with a --timeout
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-MAX_DURATION = 7 * 86400.0
-
-
-def duration(text: str) -> float:
-    """'60s', '5m', '1h', '500ms' or plain seconds -> seconds."""
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(unit):
-            number, scale = text[: -len(unit)], _UNITS[unit]
-            break
-    else:
-        number, scale = text, 1
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30s, 5m)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError("a duration must be a positive, finite number")
-    if value > MAX_DURATION:  # past what a timer takes (threading.TIMEOUT_MAX), and never meant
-        raise argparse.ArgumentTypeError(f"{text!r} is too long: at most {MAX_DURATION // 86400:g} days")
-    return value
-
-
-# Each refresh reads every device's attributes from sysfs, scans /proc and runs in a child process:
-# more often than once a second it would keep a core busy for no fresher answer.
-MIN_REFRESH_INTERVAL = 1.0
-
-
-def refresh_interval(text: str) -> float:
-    """A duration of at least MIN_REFRESH_INTERVAL."""
-    value = duration(text)
-    if value < MIN_REFRESH_INTERVAL:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is too short: at least {MIN_REFRESH_INTERVAL:g}s (each refresh reads all of sysfs)")
-    return value
-
-
 def add_timeout_option(parser: argparse.ArgumentParser) -> None:
     """A one-shot command's deadline; `main` reads it before the plugins load (see `deadline`)."""
     parser.add_argument("--timeout", type=duration, default=DEFAULT_TIMEOUT, metavar="DURATION",
@@ -222,88 +185,10 @@ def metric_options(args: argparse.Namespace, telemetry_path: str | None = None) 
                          telemetry_path=path)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT. Start-up errors are log lines (in --log.format), like every
-    other line `serve` writes; SIGHUP reloads the web config and the policy."""
-    import queue
-    import signal
-
-    from . import server, webconfig
-    from .worker import WorkerRefresher
-
-    # Handlers only queue the signal: the work is done on this thread once serving. A SIGHUP during
-    # start-up (`systemctl reload` right after start) waits for it rather than ending the process;
-    # SIGTERM and SIGINT keep their default until then, so a stuck start can still be stopped.
-    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    signal.signal(signal.SIGHUP, lambda signum, _frame: signals.put(signum))
-    try:
-        addresses = [server.parse_listen_address(a) for a in args.listen_addresses or [DEFAULT_LISTEN]]
-        telemetry_path = check_telemetry_path(args.telemetry_path)
-        web = webconfig.load(args.web_config) if args.web_config else webconfig.WebConfig()
-    except (ValueError, webconfig.WebConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    # Bad options (policy, plugins, metric types) stop us before the worker starts; a source that
-    # cannot be opened stops it (SourceError, told by main) before we listen.
-    inspector_from(args)
-    options = metric_options(args, telemetry_path)
-    refresher = WorkerRefresher(args.argv, args.source, args.refresh_interval, options)
-    try:
-        refresher.start_worker()
-    except OSError as exc:  # no descriptor or process left for it
-        log.error("cannot start the refresh worker: %s", exc)
-        return 1
-    try:
-        httpd = server.serve(addresses, refresher, web, telemetry_path=telemetry_path)
-    except OSError as exc:  # server.ListenError: which address, and why
-        refresher.stop()
-        log.error("%s", exc)
-        return 1
-    refresher.start()
-    log.info("listening on %s (%s, at most %d connections), metrics at %s, source %s, refresh every %gs",
-             ", ".join(server.format_address(*a[:2]) for a in httpd.server_addresses),
-             "https" if web.ssl_context else "http", httpd.bound, telemetry_path, args.source, args.refresh_interval)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: signals.put(signum))
-    while (signum := signals.get()) == signal.SIGHUP:
-        reload(args, httpd, refresher)
-    log.info("shutting down (%s)", signal.Signals(signum).name)
-    httpd.shutdown()
-    refresher.stop()
-    return 0
-
-
 def warn_unless_prom(path: str) -> None:
     # node_exporter's textfile collector reads only *.prom: any other name is written and never scraped.
     if path != "-" and not path.endswith(".prom"):
         log.warning("%s does not end in .prom: node_exporter's textfile collector reads only *.prom files", path)
-
-
-def reload(args: argparse.Namespace, httpd: ExporterServer, refresher: WorkerRefresher) -> None:
-    """SIGHUP, as Prometheus takes it: the web config read again now (a bad file keeps the one in
-    force), and the policy and plugin options by a new refresh worker (one that cannot start keeps
-    the old worker). Neither stops `serve`."""
-    from . import webconfig
-
-    log.info("SIGHUP: reloading the web config and the policy")
-    if args.web_config:
-        try:
-            web = webconfig.load(args.web_config)
-        except webconfig.WebConfigError as exc:
-            log.error("cannot reload the web config, keeping the one in force: %s", exc)
-        else:
-            httpd.use_web_config(web)
-            log.info("reloaded the web config from %s (%s)", args.web_config, "https" if web.ssl_context else "http")
-    refresher.reload()
-
-
-def check_telemetry_path(path: str) -> str:
-    """The path /metrics is served at: absolute, and none of the other paths."""
-    if not path.startswith("/") or "?" in path or "#" in path:
-        raise ValueError(f"--web.telemetry-path {path!r}: expected a path such as /metrics")
-    if path in ("/", "/healthz", "/api") or path.startswith("/api/"):
-        raise ValueError(f"--web.telemetry-path {path!r}: that path serves something else")
-    return path
 
 
 def cmd_textfile(args: argparse.Namespace) -> int:
@@ -387,32 +272,6 @@ def add_capture_command(sub: argparse._SubParsersAction, common: argparse.Argume
     snap.set_defaults(func=cmd_capture)
 
 
-class CommandParser(argparse.ArgumentParser):
-    """A command's parser: an option it does not know is its error, shown with its own usage, and
-    exits with the command's own code for "could not run" (`check`: 3, as monitoring plugins do)."""
-
-    def __init__(self, *args, usage_exit: int = 2, log_errors: bool = False, **kwargs) -> None:
-        # No abbreviations (`--pass` for `--passthrough`): a flag a plugin or a later version adds
-        # would silently change what a shortened flag in a script or unit means.
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-        self.usage_exit = usage_exit
-        self.log_errors = log_errors  # `serve`: a usage error is a log line, in --log.format, like all it writes
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-    def error(self, message: str):  # type: ignore[override]
-        if self.log_errors:
-            log.error("%s (see %s --help)", message, self.prog)
-            self.exit(self.usage_exit)
-        self.print_usage(sys.stderr)
-        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
-
-
 class _VersionAction(argparse.Action):
     """argparse's version action, with the version read only when asked for."""
 
@@ -479,19 +338,10 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
         description="Serve /metrics, /api/devices, /api/findings and /healthz from a snapshot refreshed "
         "in the background. SIGHUP reloads the web config and the policy; SIGTERM or SIGINT stops it.",
     )
-    web = serve.add_argument_group("web")
-    web.add_argument("--web.listen-address", dest="listen_addresses", action="append", metavar="[HOST]:PORT",
-                     help=f"address to listen on, repeatable; :PORT is every address, IPv6 and IPv4 "
-                     f"(default: {DEFAULT_LISTEN})")
-    web.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", metavar="PATH",
-                     help="path the metrics are served at (default: %(default)s)")
-    web.add_argument("--web.config.file", dest="web_config", metavar="FILE",
-                     help="TLS and basic auth, in the Prometheus exporter-toolkit web-config format")
-    serve.add_argument("--refresh-interval", type=refresh_interval, default=60.0, metavar="DURATION",
-                       help="how often devices are re-read, e.g. 30s, 5m; at least 1s (default: 60s)")
+    serve_command.add_options(serve)
     add_source_options(serve, pm)
     add_metric_options(serve)
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=lambda args: serve_command.main(args.argv))
 
     textfile = sub.add_parser(
         "textfile", parents=[common], help="write the metrics once for node_exporter's textfile collector",
@@ -535,22 +385,6 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
     return parser
 
 
-def _early_args(argv: Sequence[str]) -> argparse.Namespace:
-    """What is read before the command line is parsed: the command word (its exit codes depend on
-    it) and --plugin and --disable-plugin (the plugins add options to the parser, as pytest loads
-    its plugins before parsing), --timeout (the deadline starts before the plugins load), and
-    --log.level and --log.format, so that logging is set up before parsing (a usage error of `serve`
-    is a log line) and their values are not taken for the command."""
-    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    early.add_argument("--plugin", dest="plugins", action="append", default=[])
-    early.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=[])
-    early.add_argument("--log.level", dest="log_level")
-    early.add_argument("--log.format", dest="log_format")
-    early.add_argument("--timeout")
-    early.add_argument("command", nargs="?")
-    return early.parse_known_args(argv)[0]
-
-
 def _early_timeout(text: str | None) -> float:
     """--timeout's seconds, before parsing; a bad value is the parser's to report, moments later."""
     try:
@@ -562,7 +396,7 @@ def _early_timeout(text: str | None) -> float:
 def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Namespace:
     """The parsed arguments, with the plugin manager that added its options, and logging set up.
     ConfigError when a plugin cannot be loaded; a usage error exits with `usage_exit`."""
-    early = _early_args(argv)
+    early = early_args(argv)
     pm = make_plugin_manager(early.plugins, early.disabled_plugins)
     args = build_parser(pm, usage_exit, log_errors=early.command == "serve").parse_args(argv)
     args.plugin_manager = pm
@@ -573,7 +407,7 @@ def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    early = _early_args(argv)
+    early = early_args(argv)
     if early.command == "serve":  # a reload asked for while starting must not end serve (the default)
         import signal
 

@@ -2,24 +2,64 @@
 
 Byte-identical to prometheus-client's `generate_latest` for the families the exporter makes (gauges
 and counters, legacy-valid names): HELP/TYPE lines, a counter's `_total` suffix, label names
-sorted, label values and help escaped the same way, values through its own `floatToGoString`.
+sorted, label values and help escaped the same way, values as its `floatToGoString` writes them.
 At 20,000 devices generate_latest spends most of its time building a Sample tuple and a label
 dict per series; this writes each line with one format call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from prometheus_client.utils import floatToGoString
+from dataclasses import dataclass
 
 from .textsafe import visible
 
-if TYPE_CHECKING:
-    from .metrics import Family
-
 _VALUES = {0: "0.0", 1: "1.0"}  # the common values, preformatted
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    type: str  # "gauge" | "counter"
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+
+Row = tuple[tuple[str, ...], float]  # label values (in the spec's label order), value
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family as plain data: rendered by `render_families` directly, or by prometheus-client."""
+
+    name: str  # without the "_total" of a counter, as prometheus-client spells it
+    documentation: str
+    type: str  # "gauge" | "counter"
+    labels: tuple[str, ...]
+    rows: list[Row]
+
+    @classmethod
+    def of(cls, name: str, spec: Spec, rows: list[Row]) -> Family:
+        return cls(name, spec.documentation, spec.type, spec.labels, rows)
+
+
+def go_float(value: float) -> str:
+    """A sample value as prometheus-client's `floatToGoString` writes it (tests hold the two side by
+    side). Its own copy: importing prometheus-client costs the serving process 4 MB, and the server
+    writes the status families itself."""
+    d = float(value)
+    if d == math.inf:
+        return "+Inf"
+    if d == -math.inf:
+        return "-Inf"
+    if d != d:
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
 
 
 def _escape(value: str) -> str:
@@ -32,7 +72,7 @@ def _escape(value: str) -> str:
 
 def _value(v: float) -> str:
     s = _VALUES.get(v) if type(v) is int else None  # noqa: E721 - bools format as 1.0/0.0 too, but are not used
-    return s if s is not None else floatToGoString(v)
+    return s if s is not None else go_float(v)
 
 
 def render_families(families: Iterable[Family]) -> bytes:

@@ -12,32 +12,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
-from . import __version__
-from .buildinfo import revision
-from .exposition import render_families
+from .exposition import Family, Row, Spec, render_families
 from .facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
 from .snapshot import Snapshot
-from .sources import error_kinds
+from .status import STATUS_METRICS, Status, status_families
 from .textsafe import visible
 
-# The core's own error kinds (the inventory's, the inspector's, the refresher's) and every source's.
-# Initialised to 0 so that rate() and alerts see a series before the first error.
-ERROR_KINDS = tuple(dict.fromkeys((
-    "missing_parent", "parent_cycle", "duplicate", "plugin_error", "source_error", "refresh_error",
-    *error_kinds(),
-)))
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    type: str  # "gauge" | "counter"
-    documentation: str
-    labels: tuple[str, ...] = ()
-
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 # Every metric, in exposition order: name (a counter without its "_total") -> type, help, labels.
 METRICS: dict[str, Spec] = {
@@ -90,20 +75,8 @@ METRICS: dict[str, Spec] = {
         "1 when a kernel or module setting makes IOMMU isolation untrustworthy.", ("reason",)),
     "passthrough_finding": Spec("gauge", "1 for each safety finding a plugin reports.",
         ("code", "severity", "subject")),
-    "passthrough_source_up": Spec("gauge", "1 when the last refresh succeeded, 0 when it failed for any reason.",
-        ("source",)),
-    "passthrough_refresh_duration_seconds": Spec("gauge", "Time the last successful refresh took."),
-    "passthrough_last_refresh_timestamp_seconds": Spec("gauge", "Unix time the last successful refresh finished."),
-    "passthrough_collect_errors": Spec("counter", "Bad inputs skipped while reading and judging.", ("kind",)),
-    "passthrough_exporter_build_info": Spec("gauge",
-        "A metric with a constant '1' value labeled by the version and the commit the exporter was built from.",
-        ("version", "revision")),
+    **STATUS_METRICS,  # how the refresh went rather than what it found: the text's tail
 }
-# How the refresh went rather than what it found: the last families, so that they are the text's tail.
-STATUS_METRICS = ("passthrough_source_up", "passthrough_refresh_duration_seconds",
-                  "passthrough_last_refresh_timestamp_seconds", "passthrough_collect_errors",
-                  "passthrough_exporter_build_info")
-assert tuple(METRICS)[-len(STATUS_METRICS):] == STATUS_METRICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,27 +93,18 @@ def _label(value: object) -> str:
     return "" if value is None else str(value)
 
 
-Row = tuple[tuple[str, ...], float]  # label values (in the spec's label order), value
-
-
-@dataclass(slots=True)
-class Family:
-    """One metric family as plain data: rendered by `render` directly, or by prometheus-client."""
-
-    name: str  # without the "_total" of a counter, as prometheus-client spells it
-    documentation: str
-    type: str  # "gauge" | "counter"
-    labels: tuple[str, ...]
-    rows: list[Row]
-
-    @classmethod
-    def of(cls, name: str, rows: list[Row]) -> Family:
-        spec = METRICS[name]
-        return cls(name, spec.documentation, spec.type, spec.labels, rows)
+def _family(name: str, rows: list[Row]) -> Family:
+    return Family.of(name, METRICS[name], rows)
 
 
 def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
-    """Every family of one snapshot, in the order of METRICS."""
+    """Every family of one snapshot, in the order of METRICS: the host's, then the status ones."""
+    status = Status(snap.source, snap.source_up, snap.duration, snap.finished_at, dict(snap.errors_total))
+    return host_families(snap, opts) + status_families(status)
+
+
+def host_families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
+    """The families of what the host is: all but the status ones."""
     inv, facts = snap.inventory, snap.facts
     rows: dict[str, list[Row]] = {name: [] for name in METRICS}
     info, eligible, affected = (rows["passthrough_device_info"], rows["passthrough_device_eligible"],
@@ -179,39 +143,7 @@ def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
         rows["passthrough_interrupt_remapping_enabled"].append(((), 1 if inv.host.interrupt_remapping else 0))
     rows["passthrough_isolation_weakened"] += [((r,), 1 if facts.weakened[r] else 0) for r in WEAKENED_REASONS]
     rows["passthrough_finding"] += [((f.code, f.severity, f.subject), 1) for f in snap.findings]
-    head = [Family.of(name, r) for name, r in rows.items() if name not in STATUS_METRICS]
-    return head + status_families(Status.of(snap))
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """How the last refresh went: what the status families say, and all they need. A failed refresh
-    changes these alone, so the server re-renders them without the snapshot."""
-
-    source: str
-    source_up: bool
-    duration: float  # seconds the last successful refresh took
-    finished_at: float  # unix time it finished
-    errors_total: Mapping[str, int]
-
-    @classmethod
-    def of(cls, snap: Snapshot) -> Status:
-        return cls(snap.source, snap.source_up, snap.duration, snap.finished_at, dict(snap.errors_total))
-
-
-def status_families(st: Status) -> list[Family]:
-    """The families of STATUS_METRICS, in their order: the last of the exposition."""
-    # No refresh has succeeded yet: no duration or time to tell (a timestamp of 0 would read as stale).
-    ever = st.finished_at > 0
-    rows: dict[str, list[Row]] = {
-        "passthrough_source_up": [((st.source,), 1 if st.source_up else 0)],
-        "passthrough_refresh_duration_seconds": [((), st.duration)] if ever else [],
-        "passthrough_last_refresh_timestamp_seconds": [((), st.finished_at)] if ever else [],
-        "passthrough_collect_errors": [((kind,), st.errors_total.get(kind, 0))
-                                       for kind in sorted(set(ERROR_KINDS) | set(st.errors_total))],
-        "passthrough_exporter_build_info": [((__version__, revision()), 1)],
-    }
-    return [Family.of(name, rows[name]) for name in STATUS_METRICS]
+    return [_family(name, r) for name, r in rows.items() if name not in STATUS_METRICS]
 
 
 AER_SEVERITIES = ("correctable", "nonfatal", "fatal")
@@ -255,7 +187,9 @@ def _pools(snap: Snapshot, types: set[str]) -> list[Row]:
     return sorted(pools.items())
 
 
-class SnapshotCollector(Collector):
+class SnapshotCollector:
+    """A prometheus-client collector (register it in a CollectorRegistry) for one snapshot at a time."""
+
     def __init__(self, snapshot: Callable[[], Snapshot], options: MetricOptions | None = None) -> None:
         self._snapshot = snapshot
         self.options = options or MetricOptions()
@@ -264,6 +198,8 @@ class SnapshotCollector(Collector):
         return []  # unknown until collect(): keeps registration free of a source read
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         for fam in families(self._snapshot(), self.options):  # one snapshot for every family
             cls = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
             metric = cls(fam.name, fam.documentation, labels=list(fam.labels))
@@ -278,6 +214,6 @@ def render(snapshot: Snapshot, options: MetricOptions | None = None) -> bytes:
     return render_families(families(snapshot, options or MetricOptions()))
 
 
-def render_status(status: Status) -> bytes:
-    """The status families alone: the tail of `render`'s text, which a failed refresh replaces."""
-    return render_families(status_families(status))
+def render_host(snapshot: Snapshot, options: MetricOptions) -> bytes:
+    """The exposition without the status families, which `serve`'s server writes itself (status.py)."""
+    return render_families(host_families(snapshot, options))

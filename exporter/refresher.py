@@ -1,107 +1,228 @@
-"""Keeps what the server hands out fresh in the background, so a scrape never waits on the source.
+"""`serve`'s refreshes: one at a time, in the refresh worker, published to the server whole.
 
-One refresh at a time: on start, every `interval`, and early when a scrape finds the snapshot
-older than the interval. A refresh reads the source, judges it and renders every body once
-(`renderer.render_served`); the server then only copies bytes. A failed refresh keeps the
-previous bodies and marks the source down. `Refresher` runs the refresh in this process;
-`worker.WorkerRefresher` (what `serve` uses) in a child process, with the same outcome.
+A refresh runs on start, every `interval`, and early when a scrape finds the last one older than
+the interval. The `Refresher` asks its worker (refresh_worker.py, a child process) for one; the
+answer is a `Rendered` record, "unchanged" (the host read as last time: the record in force
+stays), or a failure. The server then serves the `Published` state: the last record, and the
+status families the refresher writes itself (status.py), so a refresh that fails, hangs or kills
+its worker still shows in passthrough_source_up and passthrough_collect_errors_total while the
+previous devices are served. A worker that dies or does not answer within `refresh_timeout` is
+ended and costs that one refresh; the next refresh starts another. SIGHUP (`reload`) replaces the
+worker, which reads the policy and the plugins' files again.
+
+Why a child process: reading and judging 20,000 devices holds CPython's interpreter lock for
+seconds, and a plugin may crash or hang. In a process of its own the refresh takes neither the
+server's lock nor the server with it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TypeVar
 
 from . import logs
-from .bodies import Bodies
-from .gcpause import gc_paused
-from .inspector import Inspector
-from .metrics import MetricOptions
-from .renderer import render_served
-from .served import Served
-from .snapshot import Snapshot
-from .sources import Source
+from .bodies import Bodies, gzip_append
+from .rendered import EMPTY, Buffer, Rendered, receive
+from .status import Status, render_status
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+START_TIMEOUT = 120.0  # seconds for a new worker to load its plugins and open its source
+
+
+class WorkerError(Exception):
+    """The worker could not start: its own words (a bad policy, a source it cannot open). `usage`:
+    the command line was wrong, and the worker has said how already; exit with this code."""
+
+    def __init__(self, why: str, usage: int | None = None) -> None:
+        super().__init__(why)
+        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What the server hands out, replaced as a whole: one refresh's bodies and their cache."""
+    """What the server serves, replaced as a whole at each refresh's end."""
 
-    served: Served
+    rendered: Rendered
+    status: Status
     ready: bool  # False until the first refresh succeeded
-    # The bodies made from `served` on request (device lists by filter, gzipped forms); dropped with it.
+    status_text: bytes = b""  # the status families: the exposition's tail
+    # The bodies made from `rendered` on request (device lists by filter, gzipped forms); dropped with it.
     bodies: Bodies = field(default_factory=Bodies, compare=False, repr=False)
 
+    @classmethod
+    def of(cls, rendered: Rendered, status: Status, ready: bool) -> Published:
+        return cls(rendered, status, ready, render_status(status))
 
-@dataclass(frozen=True, slots=True)
-class Built:
-    served: Served
-    errors: Mapping[str, int]  # bad inputs skipped in this refresh, by kind
-    findings: int = 0  # how many findings it judged
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    kind: str  # source_error | refresh_error
-    why: str
-
-
-def build_once(source: Source, inspector: Inspector, options: MetricOptions, errors_total: Mapping[str, int],
-               started: float | None = None) -> Built | Failed:
-    """One refresh: read, judge, render. `errors_total` are the counts before it; the exposition
-    shows them plus this refresh's. Never raises: a failure is an answer."""
-    started = time.monotonic() if started is None else started
-    try:
-        inventory = source.read()
-    except Exception as exc:  # the source could not be read: the caller keeps the old bodies
-        return Failed("source_error", str(exc))
-    try:
-        snap = inspector.judge(inventory, source=source.name, started=started)
-        totals = Counter(errors_total)
-        totals.update(snap.errors)
-        served = render_served(replace(snap, errors_total=dict(totals)), options)
-    except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
-        log.exception("refresh failed unexpectedly")
-        return Failed("refresh_error", f"{type(exc).__name__}: {exc}")
-    return Built(served, dict(snap.errors), len(snap.findings))
+    def metrics(self, extra: bytes, gzip: bool) -> list[Buffer]:
+        """The exposition as parts to send: the host's families, the status families, then `extra`
+        (the server's process metrics, made per scrape). Gzipped, only the tail is compressed."""
+        tail = self.status_text + extra
+        if gzip:
+            return gzip_append(self.rendered.metrics_gzip, tail)
+        return [self.rendered.metrics, tail]
 
 
-class RefreshLoop:
-    """The schedule, the failure rule and the published bodies; `_build` runs one refresh."""
+class _Watchdog:
+    """Kills the worker if one exchange with it takes longer than `timeout`: every read then ends.
+    Never once the exchange is over, however late the timer's thread runs."""
 
-    def __init__(self, source_name: str, interval: float = 60.0, options: MetricOptions | None = None) -> None:
-        self.source_name = source_name
+    def __init__(self, proc: subprocess.Popen, timeout: float) -> None:
+        self.fired = False
+        self._done = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout, self._fire, (proc,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+        proc.kill()
+
+    def done(self) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+
+class Worker:
+    """One refresh worker process and the socket to it; `exchange` asks it for one refresh."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        """Start the worker and wait until it has its source open: WorkerError with its words if it
+        cannot, with nothing of it left; OSError when no process or descriptor is left for it."""
+        ours, theirs = socket.socketpair()
+        try:
+            with theirs:
+                self.conn = Connection(os.dup(ours.fileno()))  # the messages; `sock` reads the records' buffers
+                try:
+                    # -P: the server's working directory is not put on the worker's module path.
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-P", "-m", "passthrough_exporter.refresh_worker", str(theirs.fileno()),
+                         *argv], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+                except BaseException:
+                    self.conn.close()
+                    raise
+        except BaseException:
+            ours.close()
+            raise
+        self.sock = ours
+        hello = self._guarded(self.conn.recv, START_TIMEOUT, "start")
+        if hello[0] != "ready":
+            self.end()
+            raise WorkerError(str(hello[1]) if hello[0] == "error" else "the command line was not accepted",
+                              usage=hello[1] if hello[0] == "usage" else None)
+        self.source = hello[1]
+
+    def exchange(self, timeout: float) -> tuple:
+        """One refresh: ("built", Rendered) | ("unchanged",) | ("failed", kind, why). WorkerError when
+        the worker died, hung or answered out of step: it is then ended, never reused."""
+        def talk() -> tuple:
+            self.conn.send("refresh")
+            answer = self.conn.recv()
+            if answer[0] == "built":
+                return "built", receive(self.sock, answer[1], answer[2])
+            return answer
+        return self._guarded(talk, timeout, "refresh")
+
+    def _guarded(self, work: Callable[[], T], timeout: float, what: str) -> T:
+        """`work()`, with the worker killed if it takes longer than `timeout` (every read then ends).
+        Any error ends the worker: it is never reused."""
+        watch = _Watchdog(self.proc, timeout)
+        try:
+            return work()
+        except Exception as exc:  # noqa: BLE001 - died, hung, or out of step: whatever it was
+            watch.done()
+            self.end(grace=2.0)
+            if watch.fired:
+                raise WorkerError(f"the refresh worker did not finish its {what} within {timeout:g}s and was "
+                                  "killed") from None
+            if isinstance(exc, EOFError) and not str(exc):  # its end closed: it exited
+                raise WorkerError(f"the refresh worker exited ({exit_text(self.proc.returncode)})") from None
+            raise WorkerError(f"the refresh worker's answer could not be read: {type(exc).__name__}: {exc}") from None
+        finally:
+            watch.done()
+
+    def interrupt(self) -> None:
+        """Wake a thread waiting on this worker (stop): its reads end, and the worker sees the end too."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def end(self, grace: float = 5.0) -> None:
+        """Close our end, which the worker waits on between refreshes, and kill it after `grace`."""
+        self.conn.close()
+        self.sock.close()
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Refresher:
+    """The schedule, the failure rule and the published state; each refresh runs in a `Worker`."""
+
+    def __init__(self, argv: Sequence[str], interval: float = 60.0, worker: Callable[[list[str]], Worker] = Worker) -> None:
+        """`argv`: serve's command line, for each worker; `worker` makes one (tests pass their own)."""
+        self.argv = list(argv)
+        self.source_name = ""  # the worker's answer: what its source calls itself
         self.interval = interval
-        self.options = options or MetricOptions()
+        # A refresh that takes longer is stuck (a hung libvirtd): the worker is replaced, the refresh
+        # counted as failed. Generous for a 20,000-device host (seconds), short of hiding for long.
+        self.refresh_timeout = max(60.0, min(600.0, 3 * interval))
+        self._new_worker = worker
+        self._worker: Worker | None = None
         self._errors_total: Counter[str] = Counter()
         self._failing = False  # the last refresh failed: the next success is worth a line
+        self._reload = False  # the next refresh starts a new worker first
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_attempt = time.monotonic()
-        self._published = Published(render_served(Snapshot.empty(source_name), self.options), ready=False)
+        self._published = Published.of(EMPTY, Status("", False, 0.0, 0.0, {}), ready=False)
 
-    def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
-        raise NotImplementedError
+    @property
+    def errors_total(self) -> dict[str, int]:
+        return dict(self._errors_total)
 
     def current(self) -> Published:
-        """The last complete bodies; triggers a background refresh if they are stale."""
+        """The last published state; triggers a background refresh if it is stale."""
         # Measured from the last attempt, not the last success: a source that is down is retried
         # once per interval, not once per scrape.
         if time.monotonic() - self._last_attempt > self.interval:
             self._wake.set()
         return self._published
 
-    @property
-    def errors_total(self) -> Mapping[str, int]:
-        return dict(self._errors_total)
+    def start_worker(self) -> None:
+        """Start the first worker now: WorkerError with its words if it cannot (`serve` then exits)."""
+        self._worker = self._new_worker(self.argv)
+        self.source_name = self._worker.source
+        self._published = Published.of(EMPTY, Status(self.source_name, False, 0.0, 0.0, {}), ready=False)
+
+    def reload(self) -> None:
+        """Start a new worker at once (it reads the policy and the plugins' files again) and refresh
+        with it; a worker that cannot start (a bad policy) leaves the old one refreshing."""
+        self._reload = True
+        self._wake.set()
 
     def refresh(self) -> bool:
         """Run one refresh now unless one is already running; True when this call did the work."""
@@ -114,28 +235,65 @@ class RefreshLoop:
         return True
 
     def _refresh(self) -> None:
-        self._last_attempt = time.monotonic()
+        self._last_attempt = started = time.monotonic()
         logs.REPEATS.next_refresh()
-        outcome = self._build(dict(self._errors_total))
+        try:
+            answer = self._exchange()
+        except WorkerError as exc:
+            answer = ("failed", "refresh_error", str(exc))
         if self._stop.is_set():  # stopped meanwhile (the worker's end was closed): nothing to tell
             return
-        if isinstance(outcome, Failed):
-            self._fail(outcome.kind, outcome.why)
+        if answer[0] == "failed":
+            self._fail(answer[1], answer[2])
             return
-        self._errors_total.update(outcome.errors)
-        previous, served = self._published, outcome.served
-        self._published = Published(served, ready=True)
+        previous = self._published
+        rendered = answer[1] if answer[0] == "built" else previous.rendered
+        self._errors_total.update(rendered.errors)
+        status = Status(self.source_name, True, time.monotonic() - started, time.time(), dict(self._errors_total))
+        self._published = Published.of(rendered, status, ready=True)
         # A refresh that finds what the last one found is not news: at debug, or a host refreshed
-        # every minute writes 1,440 lines a day saying nothing. The first, and any change in the
-        # devices or the findings, are.
-        changed = not previous.ready or served.devices != previous.served.devices \
-            or served.findings != previous.served.findings
+        # every minute writes 1,440 lines a day saying nothing. The first, and any change, are.
+        changed = not previous.ready or (answer[0] == "built" and (
+            len(rendered.index) != len(previous.rendered.index) or rendered.findings != previous.rendered.findings))
         log.log(logging.INFO if changed else logging.DEBUG,
-                "refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped)", served.devices,
-                self.source_name, served.status.duration, outcome.findings, sum(outcome.errors.values()))
+                "refreshed %d devices from %s in %.3fs (%d findings, %d bad inputs skipped%s)", len(rendered.index),
+                self.source_name, status.duration, rendered.findings_count, sum(rendered.errors.values()),
+                "" if answer[0] == "built" else "; unchanged")
         if self._failing:
             log.info("refresh from %s works again", self.source_name)
             self._failing = False
+
+    def _exchange(self) -> tuple:
+        if self._reload:
+            self._reload = False
+            try:
+                fresh = self._new_worker(self.argv)
+            except (WorkerError, OSError) as exc:
+                if not self._stop.is_set():
+                    log.error("reload failed, refreshing as before: %s", exc)
+            else:
+                old, self._worker = self._worker, fresh
+                if old is not None:
+                    old.end()
+                log.info("reloaded: a new refresh worker read the policy and the plugins' options again")
+        if self._worker is None:
+            try:
+                self._worker = self._new_worker(self.argv)
+            except WorkerError as exc:
+                return "failed", "source_error", str(exc)
+            except OSError as exc:  # no descriptor or process left for it
+                return "failed", "refresh_error", f"cannot start the refresh worker: {exc}"
+        elif self._worker.proc.poll() is not None:
+            log.warning("the refresh worker had exited (%s) since the last refresh; starting another",
+                        exit_text(self._worker.proc.returncode))
+            self._worker.end()
+            self._worker = None
+            return self._exchange()
+        try:
+            return self._worker.exchange(self.refresh_timeout)
+        except WorkerError:
+            self._worker = None  # ended by exchange: the next refresh starts another
+            raise
 
     def _fail(self, kind: str, why: str) -> None:
         """A failed refresh: counted, the source marked down, the previous devices still served."""
@@ -143,8 +301,9 @@ class RefreshLoop:
         self._failing = True
         log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source_name, why)
         previous = self._published
-        status = replace(previous.served.status, source_up=False, errors_total=dict(self._errors_total))
-        self._published = Published(previous.served.with_status(status), ready=previous.ready)
+        status = Status(self.source_name, False, previous.status.duration, previous.status.finished_at,
+                        dict(self._errors_total))
+        self._published = Published(previous.rendered, status, previous.ready, render_status(status), previous.bodies)
 
     # --- background thread ---------------------------------------------------------------
 
@@ -163,21 +322,28 @@ class RefreshLoop:
             self._wake.clear()
 
     def stop(self) -> None:
+        """Stop refreshing and end the worker, even in the middle of a refresh."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        worker = self._worker
+        if worker is not None:
+            worker.interrupt()
+        thread = self._thread
+        if thread is not None:
+            thread.join(5)
+            if thread.is_alive() and worker is not None:  # still in an exchange: end it from the worker's side
+                worker.proc.kill()
+                thread.join(5)
+        if worker is not None and (thread is None or not thread.is_alive()):  # never close what it still reads
+            worker.end(grace=1.0)
 
 
-class Refresher(RefreshLoop):
-    """Refreshes in this process (the one-process form: tests, and programs embedding the exporter)."""
-
-    def __init__(self, source: Source, inspector: Inspector, interval: float = 60.0,
-                 options: MetricOptions | None = None) -> None:
-        self.source = source
-        self.inspector = inspector
-        super().__init__(source.name, interval, options)
-
-    def _build(self, errors_total: Mapping[str, int]) -> Built | Failed:
-        with gc_paused():
-            return build_once(self.source, self.inspector, self.options, errors_total, self._last_attempt)
+def exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"

@@ -34,8 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from . import __version__, jsonout
 from .connections import Conn, ConnectionPool, connection_bound
 from .query import QueryError
-from .bodies import gzip_append
-from .refresher import Published, RefreshLoop
+from .refresher import Published, Refresher
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -206,7 +205,7 @@ class TokenBucket:
 class App:
     """Routes and answers; runs on the event loop thread."""
 
-    def __init__(self, refresher: RefreshLoop, web_config: WebConfig, pool: Callable[[], ConnectionPool],
+    def __init__(self, refresher: Refresher, web_config: WebConfig, pool: Callable[[], ConnectionPool],
                  telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> None:
         self.refresher = refresher
         self._pool = pool
@@ -327,22 +326,19 @@ class App:
         path = request.path
         gz = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
         if path == self.telemetry_path:
-            served = self.refresher.current().served
-            # The refresh's exposition as it was rendered, then this process's own figures, which
-            # change by the second: a few hundred bytes made per scrape (gzipped on their own and
-            # joined to the refresh's gzip stream, which is never recompressed).
-            process = self.process.render()
-            if gz:
-                return 200, gzip_append(served.metrics_gzip, process), CONTENT_TYPE_LATEST, {
-                    "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-            return 200, [served.metrics, process], CONTENT_TYPE_LATEST, {"Vary": "Accept-Encoding"}
+            # The refresh's exposition as it was rendered, then the status families and this process's
+            # own figures, which change by the second: a few hundred bytes made per scrape (gzipped on
+            # their own and joined to the refresh's gzip stream, which is never recompressed).
+            parts = self.refresher.current().metrics(self.process.render(), gz)
+            return 200, parts, CONTENT_TYPE_LATEST, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
+                                                     else {"Vary": "Accept-Encoding"})
         if path == "/healthz":
             return self._healthz()
         if path == "/":
             published = self.refresher.current()
             if not published.ready:
                 return 503, self.not_ready_page, HTML, {"Retry-After": "5"}
-            page = published.served.page
+            page = published.rendered.page
             body = await self._body(published, ("page",), lambda: page, gz)
             return 200, body, HTML, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
                                      else {"Vary": "Accept-Encoding"})
@@ -357,17 +353,16 @@ class App:
         return 404, _error_body("not found"), JSON, {}
 
     def _api(self, published: Published, path: str, query: str) -> tuple[Hashable, Callable[[], bytes]]:
-        served = published.served
+        rendered = published.rendered
         if path == "/api/findings":
-            return ("findings",), lambda: served.findings
-        table = served.table
+            return ("findings",), lambda: rendered.findings
         if path == "/api/devices":
             params = parse_qs(query, keep_blank_values=True, errors="surrogateescape")
             kwargs = {name: read(params[name][-1], name) for name, read in FILTERS.items() if name in params}
             key = ("devices",) + tuple(sorted(kwargs.items()))
-            return key, lambda: table.list_body(table.select(**kwargs))
+            return key, lambda: rendered.list_body(rendered.index.select(**kwargs))
         name = path[len("/api/devices/"):]
-        return ("device", name), lambda: table.device_body(name)
+        return ("device", name), lambda: rendered.device_body(name)
 
     async def _body(self, published: Published, key: Hashable, render: Callable[[], bytes], gz: bool) -> bytes:
         body = published.bodies.lookup(key, gz)
@@ -378,9 +373,9 @@ class App:
 
     def _healthz(self) -> tuple[int, bytes, str, dict[str, str]]:
         published = self.refresher.current()
-        served = published.served
-        body = {"ready": published.ready, "source": served.status.source, "source_up": served.status.source_up,
-                "devices": served.devices, "last_refresh": served.status.finished_at}
+        status = published.status
+        body = {"ready": published.ready, "source": status.source, "source_up": status.source_up,
+                "devices": len(published.rendered.index), "last_refresh": status.finished_at}
         return (200 if published.ready else 503), _json(body), JSON, {}
 
 
@@ -399,7 +394,7 @@ class ExporterServer:
     """The server on its own event-loop thread; `serve_forever` runs it, `shutdown` stops it.
     `address` is one (host, port) or several; each listens as `listen` says."""
 
-    def __init__(self, address: tuple[str, int] | Sequence[tuple[str, int]], refresher: RefreshLoop,
+    def __init__(self, address: tuple[str, int] | Sequence[tuple[str, int]], refresher: Refresher,
                  web_config: WebConfig, bound: int | None = None, header_timeout: float | None = None,
                  telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> None:
         self.refresher = refresher
@@ -551,7 +546,7 @@ def _bound(family: socket.AddressFamily, address: tuple[str, int], dual_stack: b
     return sock
 
 
-def serve(address: tuple[str, int] | Sequence[tuple[str, int]], refresher: RefreshLoop, web_config: WebConfig,
+def serve(address: tuple[str, int] | Sequence[tuple[str, int]], refresher: Refresher, web_config: WebConfig,
           telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> ExporterServer:
     """Listen on `address` (a ListenError if it cannot) and serve from a background thread."""
     server = ExporterServer(address, refresher, web_config, telemetry_path=telemetry_path)

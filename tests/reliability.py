@@ -15,6 +15,7 @@ from sysfs_builder import SysfsTree
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig
@@ -76,7 +77,7 @@ def serve_quick(refresher: Refresher, web: WebConfig | None = None) -> ExporterS
 @contextlib.contextmanager
 def served(tree: SysfsTree) -> Iterator[ExporterServer]:
     """The real server on 127.0.0.1 serving one refresh of `tree`, shut down afterwards."""
-    refresher = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
     refresher.refresh()
     httpd = serve_quick(refresher)
     try:

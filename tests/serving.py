@@ -104,3 +104,50 @@ def exporter(sys_path: Path, proc_path: Path, *args: str, nofile: int | None = N
             proc.wait()
         running.final_log = log_path.read_text(errors="replace")
         log_path.unlink(missing_ok=True)
+
+
+class _Running:
+    def poll(self) -> None:
+        return None
+
+
+class LocalWorker:
+    """The refresh worker's work (refresh_worker.Builder) in the test's own process, behind the same
+    Refresher `serve` runs: for sources and plugins made in Python (a gate, a fault, a bad device)."""
+
+    def __init__(self, source, inspector, options=None) -> None:
+        from passthrough_exporter.metrics import MetricOptions
+        from passthrough_exporter.refresh_worker import Builder, Failed
+
+        self.builder = Builder(source, inspector, options or MetricOptions())
+        self._failed = Failed
+        self.source = source.name
+        self.proc = _Running()
+
+    def exchange(self, timeout: float) -> tuple:
+        outcome = self.builder.build()
+        if outcome is None:
+            return ("unchanged",)
+        if isinstance(outcome, self._failed):
+            return ("failed", outcome.kind, outcome.why)
+        return ("built", outcome)
+
+    def interrupt(self) -> None:
+        pass
+
+    def end(self, grace: float = 0) -> None:
+        pass
+
+
+def local_refresher(source, inspector, interval: float = 3600.0, options=None):
+    """A Refresher whose worker is a LocalWorker of `source` and `inspector`, started."""
+    from passthrough_exporter.refresher import Refresher
+
+    refresher = Refresher([], interval, worker=lambda argv: LocalWorker(source, inspector, options))
+    refresher.start_worker()
+    return refresher
+
+
+def exposition(published) -> bytes:
+    """The /metrics text of a published refresh, without the server's process metrics."""
+    return b"".join(bytes(part) for part in published.metrics(b"", gzip=False))

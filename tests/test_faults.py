@@ -26,7 +26,7 @@ from reliability import collect_errors, inspector, request, scrape_tree, serve_q
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter.model import Device, Inventory
-from passthrough_exporter.refresher import Refresher
+from serving import exposition, local_refresher
 from passthrough_exporter.sources.sysfs import SysfsSource
 
 GPU, AUDIO = "0000:01:00.0", "0000:01:00.1"
@@ -354,7 +354,7 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
     aside.mkdir()
     flipping = {"usb_1_1_4", "usb_1_1_4_1_0", "scsi_host6", "scsi_target6_0_0", "scsi_6_0_0_0", "pci_0000_01_00_1"}
     stable = set(read(host).devices) - flipping
-    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     httpd = serve_quick(refresher)
     stop = threading.Event()
     flips = 0
@@ -374,11 +374,12 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
     try:
         while refreshes < 200 and time.monotonic() < deadline:
             assert refresher.refresh()
-            served = refresher.current().served
-            assert served.status.source_up
-            assert stable <= set(served.table.names), stable - set(served.table.names)
-            seen_kinds = {kind for kind, n in served.status.errors_total.items() if n}
-            vanished = served.status.errors_total.get("vanished", 0)
+            published = refresher.current()
+            assert published.status.source_up
+            names = set(published.rendered.index.names)
+            assert stable <= names, stable - names
+            seen_kinds = {kind for kind, n in published.status.errors_total.items() if n}
+            vanished = published.status.errors_total.get("vanished", 0)
             if refreshes % 10 == 0:
                 status, body = request(httpd, "/metrics")
                 statuses.add(status)
@@ -393,7 +394,7 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
     assert statuses == {200}
     # Losing the race shows up as a vanished entry or attribute, never as anything else.
     assert seen_kinds <= {"vanished"}, seen_kinds
-    totals = collect_errors(refresher.current().served.metrics.decode())
+    totals = collect_errors(exposition(refresher.current()).decode())
     assert totals["vanished"] == vanished  # every lost race is in the counter
     assert totals["source_error"] == 0
     # Back in place: the next read is clean and complete again.

@@ -388,14 +388,14 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
     from helpers import get
 
     from passthrough_exporter import webconfig
-    from passthrough_exporter.refresher import Refresher
+    from serving import local_refresher
     from passthrough_exporter.server import serve
     from passthrough_exporter.sources.sysfs import SysfsSource
 
     hosts.workstation(tree)
     cfg = tmp_path / "web.yml"
     cfg.write_text(f"basic_auth_users:\n  ops: {bcrypt.hashpw(b'secret', bcrypt.gensalt(rounds=4)).decode()}\n")
-    refresher = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), Inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), Inspector(), interval=3600)
     httpd = serve(("127.0.0.1", 0), refresher, webconfig.load(str(cfg)))
     auth = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode()}
     try:

@@ -344,7 +344,7 @@ def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
     reported down, and everything comes back when libvirt does."""
     from helpers import get
 
-    from passthrough_exporter.refresher import Refresher
+    from serving import local_refresher
     from passthrough_exporter.server import serve
     from passthrough_exporter.webconfig import WebConfig
 
@@ -354,7 +354,7 @@ def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
     uri = write_host(tree, xml, (domain("gaming", pci_hostdev("0000:01:00.0")),))
     now = [1000.0]
     source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc), clock=lambda: now[0])
-    refresher = Refresher(source, Inspector(), interval=3600)
+    refresher = local_refresher(source, Inspector(), interval=3600)
     assert refresher.refresh()
     httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
     try:

@@ -17,7 +17,7 @@ from passthrough_exporter import logs
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import Device, Inventory
-from passthrough_exporter.refresher import Refresher
+from serving import exposition, local_refresher
 from passthrough_exporter.sources.sysfs import SysfsSource
 
 
@@ -83,21 +83,21 @@ def test_a_refresh_that_fails_after_the_read_marks_the_source_down(tree):
     hosts.base(tree)
     hosts.desktop_gpu(tree)
     source = Unrenderable(SysfsSource(str(tree.sys), str(tree.proc)))
-    refresher = Refresher(source, Inspector(), interval=3600)
+    refresher = local_refresher(source, Inspector(), interval=3600)
     refresher.refresh()
     good = refresher.current()
-    assert good.ready and good.served.status.source_up
+    assert good.ready and good.status.source_up
     source.broken = True
     refresher.refresh()
     down = refresher.current()
-    assert not down.served.status.source_up and down.ready
-    assert down.served.status.errors_total["refresh_error"] == 1
-    assert down.served.table.names == good.served.table.names  # the old devices
-    assert b'passthrough_source_up{source="sysfs"} 0.0' in down.served.metrics
-    assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in down.served.metrics
+    assert not down.status.source_up and down.ready
+    assert down.status.errors_total["refresh_error"] == 1
+    assert down.rendered.index.names == good.rendered.index.names  # the old devices
+    assert b'passthrough_source_up{source="sysfs"} 0.0' in exposition(down)
+    assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in exposition(down)
     source.broken = False
     refresher.refresh()
-    assert refresher.current().served.status.source_up
+    assert refresher.current().status.source_up
 
 
 def test_a_recurring_warning_is_logged_when_it_starts(tree):
@@ -110,7 +110,7 @@ def test_a_recurring_warning_is_logged_when_it_starts(tree):
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        refresher = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), Inspector(), interval=3600)
+        refresher = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), Inspector(), interval=3600)
         for _ in range(3):
             refresher.refresh()
         assert stream.getvalue().count("attribute numa_node skipped") == 1
@@ -120,7 +120,7 @@ def test_a_recurring_warning_is_logged_when_it_starts(tree):
         refresher.refresh()
         refresher.refresh()
         assert stream.getvalue().count("attribute numa_node skipped") == 2  # back: told again, once
-        assert refresher.current().served.status.errors_total["bad_attribute"] == 5  # but every one counted
+        assert refresher.current().status.errors_total["bad_attribute"] == 5  # but every one counted
     finally:
         root.removeHandler(handler)
 

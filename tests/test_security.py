@@ -21,7 +21,7 @@ from serving import exporter, get
 from sysfs_builder import SysfsTree
 from helpers import EXE, log_messages
 
-from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
@@ -37,7 +37,7 @@ EVIL_PRODUCT = 'Mouse "pro" \\ </script><b>\ttab'
 @pytest.fixture
 def server(host: SysfsTree, caplog: pytest.LogCaptureFixture) -> ExporterServer:
     caplog.set_level(logging.DEBUG)
-    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     refresher.refresh()
     httpd = serve_quick(refresher)
     yield httpd
@@ -277,7 +277,7 @@ def test_a_password_over_72_bytes_never_matches_and_costs_no_bcrypt() -> None:
 def test_a_password_over_72_bytes_is_401_over_http(host: SysfsTree, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     cfg = WebConfig(users={"alice": bcrypt.hashpw(b"ok", bcrypt.gensalt(rounds=4))})
-    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     refresher.refresh()
     httpd = serve_quick(refresher, cfg)
     try:

@@ -18,7 +18,7 @@ import pytest
 from helpers import EXE, get, log_messages, without_process_metrics
 
 from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import parse_listen_address, serve
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
@@ -43,7 +43,7 @@ class SlowSysfs(SysfsSource):
 
 def start(tree, web=None, interval=3600.0):
     source = SlowSysfs(str(tree.sys), str(tree.proc))
-    refresher = Refresher(source, Inspector(), interval)
+    refresher = local_refresher(source, Inspector(), interval)
     refresher.refresh()
     httpd = serve(("127.0.0.1", 0), refresher, web or WebConfig())
     return httpd, refresher, source
@@ -162,19 +162,19 @@ def test_failed_refresh_keeps_previous_snapshot_and_marks_source_down(host, tmp_
 
 def test_stale_snapshot_is_refreshed_early_at_scrape(host):
     source = SysfsSource(str(host.sys), str(host.proc))
-    refresher = Refresher(source, Inspector(), interval=0.2)
+    refresher = local_refresher(source, Inspector(), interval=0.2)
     refresher.start()
     try:
         deadline = time.monotonic() + 5
         while not refresher.current().ready and time.monotonic() < deadline:
             time.sleep(0.02)
-        first = refresher.current().served.status.finished_at
+        first = refresher.current().status.finished_at
         time.sleep(0.5)
         refresher.current()  # stale: wakes the refresher
         deadline = time.monotonic() + 5
-        while refresher.current().served.status.finished_at == first and time.monotonic() < deadline:
+        while refresher.current().status.finished_at == first and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert refresher.current().served.status.finished_at > first
+        assert refresher.current().status.finished_at > first
     finally:
         refresher.stop()
 
@@ -324,7 +324,7 @@ def test_refresh_interval_must_be_positive_and_finite(value):
 def test_refresher_thread_survives_an_unexpected_error(host):
     """A refresh that raises outside the source (a bug) is logged and retried; the thread lives on."""
     source = SysfsSource(str(host.sys), str(host.proc))
-    refresher = Refresher(source, Inspector(), interval=0.05)
+    refresher = local_refresher(source, Inspector(), interval=0.05)
     calls = []
     real = refresher._refresh
 
@@ -341,7 +341,7 @@ def test_refresher_thread_survives_an_unexpected_error(host):
         while not refresher.current().ready and time.monotonic() < deadline:
             time.sleep(0.02)
         assert refresher.current().ready and len(calls) >= 2
-        assert refresher.current().served.status.errors_total.get("refresh_error") == 1
+        assert refresher.current().status.errors_total.get("refresh_error") == 1
     finally:
         refresher.stop()
 
@@ -373,7 +373,7 @@ def test_unknown_metric_device_type_is_refused(host, tmp_path):
 
 def test_api_answers_503_before_the_first_refresh(host):
     source = SlowSysfs(str(host.sys), str(host.proc))
-    refresher = Refresher(source, Inspector(), 3600)  # never refreshed
+    refresher = local_refresher(source, Inspector(), 3600)  # never refreshed
     httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
     try:
         for path in ("/api/devices", "/api/devices?cap=pci", "/api/devices?affected_by=pci_0000_01_00_0",
@@ -431,7 +431,7 @@ def test_probes_reach_healthz_when_basic_auth_is_on(host):
     """The kubelet has no credentials: /healthz tells it whether the exporter is ready, nothing more."""
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4))
     source = SlowSysfs(str(host.sys), str(host.proc))
-    refresher = Refresher(source, Inspector(), 3600)
+    refresher = local_refresher(source, Inspector(), 3600)
     httpd = serve(("127.0.0.1", 0), refresher, WebConfig(users={"alice": hashed}))
     auth = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
     try:
@@ -441,7 +441,7 @@ def test_probes_reach_healthz_when_basic_auth_is_on(host):
         resp, body = get(httpd, "/healthz")
         assert (resp.status, json.loads(body)) == (200, {"ready": True})
         resp, body = get(httpd, "/healthz", headers=auth)
-        assert resp.status == 200 and json.loads(body)["devices"] == refresher.current().served.devices
+        assert resp.status == 200 and json.loads(body)["devices"] == len(refresher.current().rendered.index)
         for path in ("/metrics", "/api/devices", "/api/findings", "/"):
             assert get(httpd, path)[0].status == 401
     finally:

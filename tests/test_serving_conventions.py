@@ -37,6 +37,7 @@ from passthrough_exporter.bodies import gzip_append, gzipped_open
 from passthrough_exporter.buildinfo import git_revision, revision
 from passthrough_exporter.metrics import MetricOptions
 from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import ExporterServer, ListenError, serve
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, load
@@ -82,7 +83,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 30, what: str = "") -
 
 @pytest.fixture
 def refresher(host: SysfsTree) -> Refresher:
-    r = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    r = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     r.refresh()
     return r
 
@@ -177,7 +178,7 @@ def test_serve_listens_on_every_address_given(host: SysfsTree) -> None:
 
 def test_the_telemetry_path_moves_the_metrics(host: SysfsTree, running: list[ExporterServer]) -> None:
     options = MetricOptions(telemetry_path="/x/metrics")
-    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), 3600, options)
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), 3600, options)
     refresher.refresh()
     httpd = started(running, ("127.0.0.1", 0), refresher, telemetry_path="/x/metrics")
     port = httpd.server_address[1]
@@ -245,7 +246,7 @@ def test_a_steady_refresh_is_quiet_at_info(tree: SysfsTree, caplog: pytest.LogCa
     hosts.base(tree)
     hosts.desktop_gpu(tree)
     caplog.set_level(logging.DEBUG, logger="passthrough_exporter.refresher")
-    refresher = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
 
     def refreshes() -> list[int]:
         """The levels of the refresh lines logged since the last call."""

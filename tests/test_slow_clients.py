@@ -20,7 +20,7 @@ from serving import cpu_seconds, exporter, get, raise_own_file_limit
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter.connections import MAX_CONNECTIONS, RESERVED_FDS
-from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig
@@ -31,7 +31,7 @@ HEAD_START = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
 
 
 def start(host: SysfsTree, **kw) -> ExporterServer:
-    refresher = Refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     refresher.refresh()
     httpd = ExporterServer(("127.0.0.1", 0), refresher, WebConfig(), **kw)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -195,13 +195,13 @@ HOG = r"""
 import os, sys
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.logs import setup
-from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import serve
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig
 
 setup(sys.argv[3])
-refresher = Refresher(SysfsSource(sys.argv[1], sys.argv[2]), Inspector(), 3600)
+refresher = local_refresher(SysfsSource(sys.argv[1], sys.argv[2]), Inspector(), 3600)
 refresher.refresh()
 httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
 print(httpd.server_address[1], flush=True)

@@ -18,6 +18,7 @@ from sysfs_builder import SysfsTree
 from helpers import EXE, log_messages
 
 from passthrough_exporter.refresher import Refresher
+from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfigError, load
@@ -58,7 +59,7 @@ def refresher(tmp_path_factory: pytest.TempPathFactory) -> Refresher:
     tree = SysfsTree(tmp_path_factory.mktemp("host") / "host")
     hosts.base(tree)
     hosts.desktop_gpu(tree)
-    r = Refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
+    r = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
     r.refresh()
     return r
 

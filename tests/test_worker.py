@@ -14,12 +14,11 @@ import hosts
 import pytest
 from helpers import EXE, free_port
 
+from serving import exposition, local_refresher
+
 from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.metrics import MetricOptions
-from passthrough_exporter.refresher import Refresher
-from passthrough_exporter.sources import SourceError
+from passthrough_exporter.refresher import Refresher, WorkerError
 from passthrough_exporter.sources.sysfs import SysfsSource
-from passthrough_exporter.worker import WorkerRefresher
 
 
 def _argv(tree, *extra: str) -> list[str]:
@@ -29,7 +28,7 @@ def _argv(tree, *extra: str) -> list[str]:
 
 @pytest.fixture
 def worker_refresher(host):
-    refresher = WorkerRefresher(_argv(host), "sysfs", interval=3600)
+    refresher = Refresher(_argv(host), interval=3600)
     refresher.start_worker()
     yield refresher
     refresher.stop()
@@ -45,18 +44,19 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_worker_serves_what_the_process_itself_would(worker_refresher, host):
-    assert worker_refresher._proc.pid != os.getpid()
+    assert worker_refresher._worker.proc.pid != os.getpid()
     worker_refresher.refresh()
     got = worker_refresher.current()
-    local = Refresher(SysfsSource(str(host.sys), str(host.proc)), Inspector(), 3600, MetricOptions())
+    local = local_refresher(SysfsSource(str(host.sys), str(host.proc)), Inspector())
     local.refresh()
     want = local.current()
-    assert got.ready and got.served.status.source_up
-    assert got.served.table == want.served.table
-    assert (got.served.findings, got.served.page) == (want.served.findings, want.served.page)
-    # The same exposition up to the status families, whose duration and timestamp differ.
-    assert got.served.metrics[:got.served.status_at] == want.served.metrics[:want.served.status_at]
-    assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in bytes(got.served.metrics)
+    assert got.ready and got.status.source_up
+    assert got.rendered.index == want.rendered.index
+    assert got.rendered.objects == want.rendered.objects
+    assert (got.rendered.findings, got.rendered.page) == (want.rendered.findings, want.rendered.page)
+    # The same exposition but for the status families, whose duration and timestamp differ.
+    assert got.rendered.metrics == want.rendered.metrics
+    assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in exposition(got)
 
 
 def test_the_worker_reads_libvirt_as_the_process_itself_would(tree, tmp_path):
@@ -69,35 +69,37 @@ def test_the_worker_reads_libvirt_as_the_process_itself_would(tree, tmp_path):
     hosts.workstation(tree)
     uri = libvirt_host.write_host(tree, tmp_path / "host.xml", domains=(
         libvirt_host.domain("win11", libvirt_host.pci_hostdev("0000:01:00.0")),))
-    refresher = WorkerRefresher(_argv(tree, "--source", "libvirt", "--libvirt.uri", uri), "libvirt", interval=3600)
+    refresher = Refresher(_argv(tree, "--source", "libvirt", "--libvirt.uri", uri), interval=3600)
     refresher.start_worker()
     try:
         refresher.refresh()
-        got = refresher.current().served
+        got = refresher.current()
     finally:
         refresher.stop()
-    local = Refresher(LibvirtSource(uri, str(tree.sys), str(tree.proc)), Inspector(), 3600)
+    local = local_refresher(LibvirtSource(uri, str(tree.sys), str(tree.proc)), Inspector())
     local.refresh()
     assert got.status.source == "libvirt" and got.status.source_up
-    assert got.table == local.current().served.table
+    assert got.rendered.index == local.current().rendered.index
     assert b'passthrough_device_assigned{device="pci_0000_01_00_0",domain="win11",running="true"} 1.0' \
-        in bytes(got.metrics)
+        in exposition(got)
 
 
 def test_a_worker_killed_while_idle_is_replaced_at_the_next_refresh(worker_refresher, caplog):
     worker_refresher.refresh()
-    first = worker_refresher._proc.pid
+    first = worker_refresher._worker.proc.pid
     os.kill(first, signal.SIGKILL)
-    worker_refresher._proc.wait(10)
+    worker_refresher._worker.proc.wait(10)
     worker_refresher.refresh()
-    assert worker_refresher._proc.pid != first
-    assert worker_refresher.current().served.status.source_up
+    assert worker_refresher._worker.proc.pid != first
+    assert worker_refresher.current().status.source_up
     assert worker_refresher.errors_total.get("refresh_error", 0) == 0  # no refresh failed
     assert "the refresh worker had exited (killed by SIGKILL) since the last refresh" in caplog.text
 
 
+# Rules are functions of what the host reads (hookspecs): these fail on a device whose NUMA node is 7,
+# so a test makes them fail by writing that into the tree, and a refresh then judges again.
 KILLER = textwrap.dedent('''
-    """Kills the process it runs in while judging, when the file named by $KILL_MARKER exists."""
+    """Kills the process it runs in while judging a device on NUMA node 7."""
     import os
     import signal
 
@@ -105,38 +107,40 @@ KILLER = textwrap.dedent('''
 
     @hookimpl
     def passthrough_verdict(device):
-        if os.path.exists(os.environ["KILL_MARKER"]):
+        if device.numa_node == 7:
             os.kill(os.getpid(), signal.SIGKILL)
 ''')
 
 
+def set_numa(tree, node: int) -> None:
+    (tree.pci_path("0000:01:00.0") / "numa_node").write_text(f"{node}\n")
+
+
 def test_a_worker_that_dies_in_a_refresh_fails_that_refresh_only(host, tmp_path, monkeypatch):
     (tmp_path / "killer_rules.py").write_text(KILLER)
-    marker = tmp_path / "kill-now"
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    monkeypatch.setenv("KILL_MARKER", str(marker))
-    refresher = WorkerRefresher(_argv(host, "--plugin", "killer_rules"), "sysfs", interval=3600)
+    refresher = Refresher(_argv(host, "--plugin", "killer_rules"), interval=3600)
     refresher.start_worker()
     try:
         refresher.refresh()
         good = refresher.current()
-        marker.touch()
+        set_numa(host, 7)
         refresher.refresh()
         down = refresher.current()
-        assert down.ready and not down.served.status.source_up
-        assert down.served.table is good.served.table  # the previous devices, still served
-        assert b'passthrough_source_up{source="sysfs"} 0.0' in bytes(down.served.metrics)
-        assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in bytes(down.served.metrics)
-        marker.unlink()
+        assert down.ready and not down.status.source_up
+        assert down.rendered is good.rendered  # the previous devices, still served
+        assert b'passthrough_source_up{source="sysfs"} 0.0' in exposition(down)
+        assert b'passthrough_collect_errors_total{kind="refresh_error"} 1.0' in exposition(down)
+        set_numa(host, 0)
         refresher.refresh()
-        assert refresher.current().served.status.source_up
+        assert refresher.current().status.source_up
         assert refresher.errors_total["refresh_error"] == 1
     finally:
         refresher.stop()
 
 
 SLEEPER = textwrap.dedent('''
-    """Takes a minute to judge once the file named by $SLEEP_MARKER exists; says so in $SLEEPING."""
+    """Takes a minute to judge a device on NUMA node 7; says so in $SLEEPING."""
     import os
     import time
     from pathlib import Path
@@ -145,7 +149,7 @@ SLEEPER = textwrap.dedent('''
 
     @hookimpl
     def passthrough_verdict(device):
-        if os.path.exists(os.environ["SLEEP_MARKER"]):
+        if device.numa_node == 7:
             Path(os.environ["SLEEPING"]).touch()
             time.sleep(60)
 ''')
@@ -154,12 +158,11 @@ SLEEPER = textwrap.dedent('''
 def test_stopping_in_the_middle_of_a_refresh_ends_the_child_at_once(host, tmp_path, monkeypatch, caplog):
     (tmp_path / "sleeper_rules.py").write_text(SLEEPER)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    monkeypatch.setenv("SLEEP_MARKER", str(tmp_path / "sleep"))
     monkeypatch.setenv("SLEEPING", str(tmp_path / "sleeping"))
-    refresher = WorkerRefresher(_argv(host, "--plugin", "sleeper_rules"), "sysfs", interval=3600)
+    refresher = Refresher(_argv(host, "--plugin", "sleeper_rules"), interval=3600)
     refresher.start_worker()
-    child = refresher._proc
-    (tmp_path / "sleep").touch()
+    child = refresher._worker.proc
+    set_numa(host, 7)
     refresher.start()
     deadline = time.monotonic() + 30
     while not (tmp_path / "sleeping").exists():
@@ -176,52 +179,53 @@ def test_a_refresh_that_hangs_is_killed_and_counted(host, tmp_path, monkeypatch)
     """A hung source (libvirtd not answering, say) must not keep an old answer up as if it were fresh."""
     (tmp_path / "sleeper_rules.py").write_text(SLEEPER)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    monkeypatch.setenv("SLEEP_MARKER", str(tmp_path / "sleep"))
     monkeypatch.setenv("SLEEPING", str(tmp_path / "sleeping"))
-    refresher = WorkerRefresher(_argv(host, "--plugin", "sleeper_rules"), "sysfs", interval=3600)
+    refresher = Refresher(_argv(host, "--plugin", "sleeper_rules"), interval=3600)
     assert refresher.refresh_timeout == 600  # three intervals, at most ten minutes
     refresher.refresh_timeout = 1.0
     refresher.start_worker()
     try:
         refresher.refresh()
-        first = refresher._proc
-        (tmp_path / "sleep").touch()
+        first = refresher._worker.proc
+        set_numa(host, 7)
         started = time.monotonic()
         refresher.refresh()
         assert time.monotonic() - started < 8
         assert first.poll() == -signal.SIGKILL
-        assert not refresher.current().served.status.source_up
+        assert not refresher.current().status.source_up
         assert refresher.errors_total == {"refresh_error": 1}
-        (tmp_path / "sleep").unlink()
+        set_numa(host, 0)
         refresher.refresh()  # a new child
-        assert refresher._proc is not first and refresher.current().served.status.source_up
+        assert refresher._worker.proc is not first and refresher.current().status.source_up
     finally:
         refresher.stop()
 
 
 def test_a_late_watchdog_never_kills_a_child_whose_answer_is_in(worker_refresher, monkeypatch):
     """The timer's thread may run after the answer arrived: the healthy child must live on."""
-    import passthrough_exporter.served as served
+    import passthrough_exporter.refresher as refresher
 
-    from_wire = served.Served.from_wire
+    real = refresher.Published.of
 
-    def slow_from_wire(header, blobs):  # the server's own work, after the exchange
+    def slow_publish(*args, **kwargs):  # the server's own work, after the exchange
         time.sleep(1.5)
-        return from_wire(header, blobs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(served.Served, "from_wire", staticmethod(slow_from_wire))
+    monkeypatch.setattr(refresher.Published, "of", staticmethod(slow_publish))
     worker_refresher.refresh_timeout = 1.0
     worker_refresher.refresh()
     time.sleep(0.5)
-    assert worker_refresher._proc.poll() is None
-    assert worker_refresher.current().served.status.source_up and worker_refresher.errors_total == {}
+    assert worker_refresher._worker.proc.poll() is None
+    assert worker_refresher.current().status.source_up and worker_refresher.errors_total == {}
 
 
 def test_out_of_descriptors_is_a_failed_refresh_with_its_reason(worker_refresher, caplog):
-    """The memory files cannot arrive when the server has no descriptor left: the log says so."""
+    """No worker can start when the server has no descriptor left: the log says so."""
     import resource
 
     worker_refresher.refresh()
+    os.kill(worker_refresher._worker.proc.pid, signal.SIGKILL)  # the next refresh needs a new one
+    worker_refresher._worker.proc.wait(10)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     used = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
@@ -229,23 +233,23 @@ def test_out_of_descriptors_is_a_failed_refresh_with_its_reason(worker_refresher
         worker_refresher.refresh()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert not worker_refresher.current().served.status.source_up
+    assert not worker_refresher.current().status.source_up
     assert worker_refresher.errors_total == {"refresh_error": 1}
-    assert "Too many open files" in caplog.text and "exited" not in caplog.text
+    assert "cannot start the refresh worker: [Errno 24] Too many open files" in caplog.text
     worker_refresher.refresh()
-    assert worker_refresher.current().served.status.source_up
+    assert worker_refresher.current().status.source_up
 
 
 def test_a_source_that_cannot_be_read_is_a_source_error(tree):
     hosts.base(tree)
-    refresher = WorkerRefresher(_argv(tree), "sysfs", interval=3600)
+    refresher = Refresher(_argv(tree), interval=3600)
     refresher.start_worker()
     try:
         refresher.refresh()
-        assert refresher.current().served.status.source_up
+        assert refresher.current().status.source_up
         os.rename(tree.sys, tree.sys.with_name("gone"))
         refresher.refresh()
-        assert not refresher.current().served.status.source_up
+        assert not refresher.current().status.source_up
         assert refresher.errors_total == {"source_error": 1}
     finally:
         refresher.stop()
@@ -254,12 +258,12 @@ def test_a_source_that_cannot_be_read_is_a_source_error(tree):
 def test_a_worker_that_cannot_start_says_why(tree):
     """What the child cannot load (here a plugin only the parent's path had) is the start's error."""
     hosts.base(tree)
-    refresher = WorkerRefresher(_argv(tree, "--plugin", "no_such_rules_module"), "sysfs", interval=3600)
-    with pytest.raises(SourceError) as err:
+    refresher = Refresher(_argv(tree, "--plugin", "no_such_rules_module"), interval=3600)
+    with pytest.raises(WorkerError) as err:
         refresher.start_worker()
     assert str(err.value) == ("--plugin no_such_rules_module: cannot import module: "
                               "ModuleNotFoundError: No module named 'no_such_rules_module'")
-    assert refresher._proc is None  # waited for and forgotten: the next refresh tries a new one
+    assert refresher._worker is None  # waited for and forgotten: the next refresh tries a new one
 
 
 def test_the_worker_leaves_with_the_server(host):
@@ -282,7 +286,7 @@ def test_the_worker_leaves_with_the_server(host):
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             assert len(children) == 1
             child = int(children[0])
-            assert "passthrough_exporter.worker_process" in Path(f"/proc/{child}/cmdline").read_text()
+            assert "passthrough_exporter.refresh_worker" in Path(f"/proc/{child}/cmdline").read_text()
             proc.send_signal(how)
             proc.wait(30)
             deadline = time.monotonic() + 10

@@ -1,0 +1,128 @@
+"""The refresh worker: `python -m passthrough_exporter.refresh_worker FD ARGS...`, started by `serve`.
+
+It parses `serve`'s command line ARGS (it is where the plugins are loaded and their options read:
+the server imports none of them), opens the source, says it is ready, then answers each request on
+the socket FD with one refresh (`build`): read, judge, render. The answer is a `Rendered` record
+(rendered.py), or "unchanged" when the host read exactly as last time, or why the refresh failed.
+A plugin that crashes or hangs takes this process down, not the server: the server counts one failed
+refresh and starts another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from . import logs
+from .gcpause import gc_paused
+from .inspector import Inspector
+from .metrics import MetricOptions
+from .model import Inventory
+from .rendered import Rendered, send
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    kind: str  # source_error | refresh_error: the passthrough_collect_errors_total kind it counts as
+    why: str
+
+
+class Builder:
+    """Builds refreshes for one source, inspector and options; keeps the last read to tell an
+    unchanged host. The rules are functions of the read and the options (hookspecs.py), so a read
+    equal to the last one judges and renders to the same bodies: the server keeps serving those,
+    and the refresh costs the read alone (about half of it on a large host, benchmarks/RESULTS.md)."""
+
+    def __init__(self, source: Source, inspector: Inspector, options: MetricOptions) -> None:
+        self.source, self.inspector, self.options = source, inspector, options
+        self._last: Inventory | None = None  # the read of the last refresh delivered
+
+    def build(self) -> Rendered | Failed | None:
+        """One refresh: a record, None when the host read as the last one delivered, or why it
+        failed. Never raises."""
+        started = time.monotonic()
+        try:
+            inventory = self.source.read()
+        except Exception as exc:  # the source could not be read: the server keeps the old bodies
+            return Failed("source_error", str(exc))
+        if self._last is not None and _same_read(inventory, self._last):
+            return None
+        self._last = None
+        try:
+            snap = self.inspector.judge(inventory, source=self.source.name, started=started)
+            rendered = Rendered.of(snap, self.options)
+        except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
+            log.exception("refresh failed unexpectedly")
+            return Failed("refresh_error", f"{type(exc).__name__}: {exc}")
+        self._last = inventory
+        return rendered
+
+
+def _same_read(a: Inventory, b: Inventory) -> bool:
+    return a.host == b.host and a.errors == b.errors and a.devices == b.devices
+
+
+def main(argv: Sequence[str]) -> int:
+    """The worker: `FD ARGS...`, FD its end of the socket pair, ARGS serve's command line."""
+    # Ctrl-C, systemd's SIGTERM to the whole unit and a terminal's hangup reach the worker too: the
+    # server decides. It ends the worker by closing the socket (then kills it, if it is in the
+    # middle of a refresh), and on SIGHUP replaces it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[0]))
+    conn = Connection(os.dup(sock.fileno()))  # the messages; `sock` itself carries the records' buffers
+    from .cli import inspector_from, metric_options, open_source, parse_command_line
+    from .settings import ConfigError
+    from .sources import SourceError
+
+    try:
+        args = parse_command_line(argv[1:])
+    except SystemExit as exc:  # a usage error, already written as a log line by the parser
+        conn.send(("usage", exc.code if isinstance(exc.code, int) else 2))
+        return 2
+    except ConfigError as exc:  # a plugin that cannot be loaded
+        conn.send(("error", str(exc)))
+        return 1
+    try:
+        builder = Builder(open_source(args), inspector_from(args), metric_options(args))
+    except (SourceError, ConfigError) as exc:
+        conn.send(("error", str(exc)))
+        return 1
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return 1
+    try:
+        conn.send(("ready", builder.source.name))
+        while True:
+            try:
+                conn.recv()  # "refresh"
+            except EOFError:
+                return 0
+            logs.REPEATS.next_refresh()
+            with gc_paused():
+                outcome = builder.build()
+                if outcome is None:
+                    conn.send(("unchanged",))
+                elif isinstance(outcome, Failed):
+                    conn.send(("failed", outcome.kind, outcome.why))
+                else:
+                    send(conn, sock, ("built",), outcome)
+                del outcome  # the next refresh is built without this one
+    except (BrokenPipeError, ConnectionResetError):  # the server is gone
+        return 0
+    finally:
+        builder.source.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
