@@ -17,6 +17,11 @@ At start: `passthrough_addoption` (the plugin's command-line options), then
 `passthrough_configure` (their values). Per refresh: `passthrough_verdict` and
 `passthrough_affected` for every device, then `passthrough_findings` once. For reports:
 `passthrough_checks` and `passthrough_report_header`.
+
+The per-refresh hooks are functions of the inventory, the facts derived from it and the options:
+`serve` asks them again only when a refresh reads the host differently from the last one (any
+device, attribute, holder or host fact). A refresh that reads the same host serves the answers
+they gave it, without calling them.
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ from serving import local_refresher
 from passthrough_exporter.server import ExporterServer, ListenError, serve
 from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, load
-from passthrough_exporter.worker import WorkerRefresher
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_PLAIN_HTTP_TO_TLS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -267,8 +266,7 @@ def test_a_steady_refresh_is_quiet_at_info(tree: SysfsTree, caplog: pytest.LogCa
 
 def test_the_refresh_worker_is_quiet_at_info_too(host: SysfsTree, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="passthrough_exporter.refresher")
-    refresher = WorkerRefresher(["serve", "--path.sysfs", str(host.sys), "--path.procfs", str(host.proc)], "sysfs",
-                                interval=3600)
+    refresher = Refresher(["serve", "--path.sysfs", str(host.sys), "--path.procfs", str(host.proc)], interval=3600)
     refresher.start_worker()
     try:
         for _ in range(3):
