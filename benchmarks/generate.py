@@ -6,9 +6,9 @@ its own root port: SR-IOV NICs (a PF with 64-256 VFs, every VF in its own group)
 with ACS (a group per port and endpoint), chipset groups without ACS (14 functions in one group,
 with a USB tree and SATA disks behind them), USB controllers (root hubs, hubs, devices,
 interfaces, a USB stick with its SCSI LUN) and SCSI HBAs (hosts, targets, LUNs). Every PCI function
-has the health attributes of a current kernel (enable, power state, link speed and width, AER counters
-but on VFs); the host has a root mount and interrupts behind remapping. The last HBA is padded with
-LUNs so that the host has exactly the requested number of devices.
+has its revision id and the health attributes of a current kernel (enable, power state, link speed
+and width, AER counters but on VFs); the host has a root mount and interrupts behind remapping. The
+last HBA is padded with LUNs so that the host has exactly the requested number of devices.
 
     python benchmarks/generate.py 20000 [--out DIR]
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sysfs_builder import SysfsTree  # noqa: E402
 
-VERSION = 2  # bump when the layout changes: cached trees are keyed by it
+VERSION = 3  # bump when the layout changes: cached trees are keyed by it
 # sysfs lives in memory (kernfs): a tmpfs is the closer model, and a disk-backed tree of 20k devices
 # takes minutes to create. Falls back to benchmarks/.cache (git-ignored).
 SHM = Path("/dev/shm")
@@ -45,6 +45,12 @@ AER = {  # the kernel's aer_dev_* files: one line per error kind, then the total
                      "RxOF 0\nMalfTLP 0\nECRC 0\nUnsupReq 0\nACSViol 0\nUncorrIntErr 0\nBlockedTLP 0\n"
                      "AtomicOpBlocked 0\nTLPBlockedErr 0\nPoisonTLPBlocked 0\nTOTAL_ERR_FATAL 0",
 }
+# The revision id of each model (config space offset 0x08, the kernel's `revision` attribute), as
+# these parts report it; every PCI function has one.
+REVISION = {(INTEL, 0x09A2): 0x04, (INTEL, 0x347A): 0x04, (MELLANOX, 0x101D): 0x00, (MELLANOX, 0x101E): 0x00,
+            (INTEL, 0x4FA1): 0x01, (INTEL, 0x4FA2): 0x01, (SAMSUNG, 0xA808): 0x00, (INTEL, 0x15EF): 0x06,
+            (INTEL, 0x15EC): 0x06, (0x1B21, 0x0612): 0x02, (INTEL, 0x1521): 0x01, (INTEL, 0x2725): 0x1A,
+            (INTEL, 0x7A50): 0x11, (INTEL, 0xA36D): 0x10, (LSI, 0x0097): 0x02}
 PATTERN = ("scsi", "sriov", "switch", "chipset", "sriov", "usb", "scsi", "sriov", "switch")
 
 
@@ -105,7 +111,7 @@ class HostBuilder:
                  "current_link_width": "16", "max_link_width": "16"}
         if kw.get("physfn") is None:
             attrs.update(AER)
-        return self.t.pci(addr, vendor, device, cls, attrs=attrs, **kw)
+        return self.t.pci(addr, vendor, device, cls, attrs=attrs, revision=REVISION[vendor, device], **kw)
 
     def root_port(self, buses: int, group: int | None = None) -> tuple[str, int]:
         """A root port on the current domain's root bus with `buses` buses below it: (address, first bus)."""

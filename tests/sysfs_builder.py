@@ -175,10 +175,13 @@ class SysfsTree:
         unreachable: bool = False,
         link_width: tuple[int, int] | None = None,
         power_state: str | None = None,
+        revision: int | None = None,
         attrs: dict[str, str | bytes] | None = None,
     ) -> Path:
         """A PCI function; `parent` is the address of the bridge above it (None: a root bus).
         `link_width`: (current_link_width, max_link_width), as a bridge or an endpoint has them.
+        `revision`: the revision id, written as the kernel's `revision` attribute and at offset 0x08 of
+        config space (None: neither, as the fixtures made before it have them).
         `cdev`: the "MAJ:MIN" of its VFIO device node (`vfio-dev/<vfio_dev>/dev`)."""
         if parent is None:
             domain_bus = addr.rsplit(":", 1)[0]
@@ -196,11 +199,13 @@ class SysfsTree:
         self.write(path / "subsystem_vendor", f"0x{subsystem[0]:04x}")
         self.write(path / "subsystem_device", f"0x{subsystem[1]:04x}")
         self.write(path / "numa_node", str(numa_node))
+        if revision is not None:
+            self.write(path / "revision", f"0x{revision:02x}")
         # A function that fell off the bus answers every config read with all ones.
         # A function that fell off the bus answers every config read with all ones; an SR-IOV VF's
         # vendor and device ids read 0xffff by the spec (sysfs has the real ones in vendor/device).
         config = b"\xff" * 64 if unreachable else pci_config(
-            0xFFFF if physfn else vendor, 0xFFFF if physfn else device, cls, header_type)
+            0xFFFF if physfn else vendor, 0xFFFF if physfn else device, cls, header_type, revision or 0)
         self.write(path / "config", config)
         if vfio_dev is not None:
             (path / "vfio-dev" / vfio_dev).mkdir(parents=True)
@@ -326,10 +331,11 @@ class SysfsTree:
         return path
 
 
-def pci_config(vendor: int, device: int, cls: int, header_type: int) -> bytes:
-    """The first 64 bytes of config space: ids, class code and header type where the spec puts them."""
+def pci_config(vendor: int, device: int, cls: int, header_type: int, revision: int = 0) -> bytes:
+    """The first 64 bytes of config space: ids, revision, class code and header type where the spec puts them."""
     header = bytearray(64)
     struct.pack_into("<HH", header, 0, vendor, device)
+    header[0x08] = revision
     header[0x09:0x0C] = cls.to_bytes(3, "little")  # prog-if, subclass, base class
     header[0x0E] = header_type
     return bytes(header)
