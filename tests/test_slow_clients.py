@@ -193,15 +193,14 @@ def test_at_the_connection_bound_the_longest_waiting_connection_makes_room(host:
 
 HOG = r"""
 import os, sys
-from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.logs import setup
-from serving import local_refresher
+from passthrough_exporter.refresher import Refresher
 from passthrough_exporter.server import serve
-from passthrough_exporter.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig
 
 setup(sys.argv[3])
-refresher = local_refresher(SysfsSource(sys.argv[1], sys.argv[2]), Inspector(), 3600)
+refresher = Refresher(["serve", "--path.sysfs", sys.argv[1], "--path.procfs", sys.argv[2]], 3600)
+refresher.start_worker()
 refresher.refresh()
 httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
 print(httpd.server_address[1], flush=True)
