@@ -298,3 +298,59 @@ def test_the_worker_leaves_with_the_server(host):
                 proc.kill()
                 proc.wait()
             proc.stderr.close()
+
+
+def test_a_host_read_as_before_is_not_judged_again(host, monkeypatch):
+    """The rules are functions of the read: a refresh that reads what the last one read publishes the
+    same record under a new status, and still counts the inputs it skipped again."""
+    inspector = Inspector()
+    judged = []
+    real = inspector.judge
+
+    def judge(*args, **kwargs):
+        judged.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inspector, "judge", judge)
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector)
+    refresher.refresh()
+    first = refresher.current()
+    time.sleep(0.01)
+    refresher.refresh()
+    second = refresher.current()
+    assert len(judged) == 1
+    assert second.rendered is first.rendered and second.status.source_up
+    assert second.status.finished_at > first.status.finished_at
+    numa = host.pci_path("0000:01:00.1") / "numa_node"
+    numa.write_text("minus one\n")  # the read changes: judged again, the bad input skipped and counted
+    refresher.refresh()
+    assert len(judged) == 2 and refresher.errors_total == {"bad_attribute": 1}
+    assert refresher.current().rendered is not second.rendered
+    refresher.refresh()  # the same bad input, read again: not judged, counted again
+    assert len(judged) == 2 and refresher.errors_total == {"bad_attribute": 2}
+    assert b'passthrough_collect_errors_total{kind="bad_attribute"} 2.0' in exposition(refresher.current())
+    numa.write_text("0\n")
+    refresher.refresh()
+    assert len(judged) == 3 and refresher.errors_total == {"bad_attribute": 2}
+
+
+def test_the_worker_judges_a_changed_host_again(host):
+    """The same through the real worker: a device's attribute changes, its series follows."""
+    refresher = Refresher(_argv(host), interval=3600)
+    refresher.start_worker()
+    try:
+        refresher.refresh()
+        refresher.refresh()
+        steady = refresher.current()
+        set_numa(host, 1)
+        refresher.refresh()
+        changed = refresher.current()
+    finally:
+        refresher.stop()
+    assert b'device="pci_0000_01_00_0"' in exposition(steady)
+    assert b'numa_node=""' in _info(steady) and b'numa_node="1"' in _info(changed)
+
+
+def _info(published) -> bytes:
+    return next(line for line in exposition(published).splitlines()
+                if line.startswith(b"passthrough_device_info{") and b'device="pci_0000_01_00_0"' in line)
