@@ -14,7 +14,9 @@ drifts moves both alike; ratios are taken pair by pair:
   the C floor called in-process (floor.c built as a shared library) and the Python floor; the
   stages alone; the seed's algorithm;
 - `serve` as a process: /metrics latency idle and while it refreshes back to back, and its peak RSS;
-- the series and bytes one scrape carries, for a 200-device host and the largest size.
+- the series and bytes one scrape carries, for a 200-device host and the largest size;
+- the peer operators already run, when a node_exporter with its pcidevice collector is found: CPU
+  per pass and memory beside it on 200, 1,000 and 20,000 devices (`benchmarks/peer.py`).
 
 Writes benchmarks/RESULTS.md.
 """
@@ -719,6 +721,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's algorithm")
+    ap.add_argument("--peer-sizes", default="200,1000,20000",
+                    help="hosts measured beside node_exporter's pcidevice collector (benchmarks/peer.py) when one "
+                    "is found; '' skips it")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--json-out", type=Path, help="also write every measurement as JSON")
     ap.add_argument("--report-from", type=Path, help="write the report of an earlier --json-out, measuring nothing")
@@ -788,15 +793,34 @@ def main() -> None:
             data["series"].append(_sub(["--series-worker", f"{size}:{seed}"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    peer_text = run_peer(args)
     data["load"] = (load_start, os.getloadavg()[1])
     data["when"] = time.strftime("%Y-%m-%d %H:%M")
     data["commit"] = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True,
                                     text=True).stdout.strip() or None
     if args.json_out:
         args.json_out.write_text(json.dumps(data, indent=1))
-    text = report(data, args)
+    text = report(data, args) + peer_text
     args.out.write_text(text)
     print(text)
+
+
+def run_peer(args: argparse.Namespace) -> str:
+    """benchmarks/peer.py's section, measured in this run, when a node_exporter with pcidevice is here."""
+    if not args.peer_sizes:
+        return ""
+    import peer
+
+    try:
+        exe = peer.find_node_exporter(None)
+    except (SystemExit, OSError, subprocess.CalledProcessError) as exc:
+        print(f"no peer measured: {exc}", file=sys.stderr)
+        return "\n## Beside node_exporter's pcidevice collector\n\nNot measured: no node_exporter with the pcidevice collector.\n"
+    started = time.time()
+    peer_args = argparse.Namespace(sizes=args.peer_sizes, repeat=min(args.repeat, 3), passes=8)
+    data = peer.measure([int(s) for s in args.peer_sizes.split(",")], peer_args.repeat, peer_args.passes, exe)
+    text = peer.report(data, peer_args, exe, started, None)
+    return "\n" + text.replace("\n## ", "\n### ").replace("# Beside", "## Beside", 1)
 
 
 if __name__ == "__main__":
