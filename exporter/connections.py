@@ -1,6 +1,6 @@
 """Connections the exporter accepts: bounded in number, with a deadline for a request's headers.
 
-The HTTP parsing is aiohttp's (llhttp); this module owns what aiohttp leaves to the application:
+The HTTP is server.py's (h11); this module owns what comes before and around it:
 
 - Accepting. One task accepts; while the bound is reached it first closes the connection that has
   waited longest on its client (a request trickling in, an idle keep-alive connection, a response
@@ -139,7 +139,8 @@ class Conn:
 
 
 class Guard(asyncio.Protocol):
-    """Sits between the transport and aiohttp's protocol, telling the pool when a request begins."""
+    """Sits between the transport and the HTTP protocol (server.HTTPProtocol), telling the pool when
+    a request begins."""
 
     def __init__(self, pool: ConnectionPool, conn: Conn, inner: asyncio.Protocol) -> None:
         self.pool, self.conn, self.inner = pool, conn, inner

@@ -1,15 +1,33 @@
 """The HTTP server: /metrics, the JSON API, /healthz and the host page, served from the last refresh.
 
-HTTP/1.1 is parsed by aiohttp (llhttp, strict: duplicate or malformed Content-Length, folded
-headers and bad request lines are answered 400 with a status line, and the connection closed); the
-event loop runs in one thread, so an idle connection costs a descriptor and a few kilobytes, not a
-thread. Connections are bounded and have a header deadline (connections.py).
+How a request flows:
 
-Only GET and HEAD. Every answer comes from the published refresh (`Served`: its bodies rendered
-once, by the refresh), so no request waits on the source; a device list for a filter is stitched
-from the refresh's device objects once per refresh and filter (bodies.py), off the event loop, then
-sent in slices as the client takes them: a slow or greedy client costs bytes sent, not work or memory. Basic-auth checks run
-on a few threads, bounded in number and queue, and verified credentials are remembered.
+1. connections.py accepts the connection (bounded in number, TLS when configured) and puts a
+   `Guard` between its transport and an `HTTPProtocol` made here, one per connection. The event
+   loop runs in one thread, so an idle connection costs a descriptor and a few kilobytes.
+2. `HTTPProtocol.data_received` keeps the bytes, and `_take_head` cuts the next request's header
+   block out of them (up to its empty line). It refuses at once what h11 would let through or only
+   notice late: bare LF line ends and folded header lines (400), a request or header line over
+   MAX_LINE bytes or more than MAX_HEADERS header lines (431, as Go counts the request line among
+   the header bytes).
+3. h11 (the sans-IO HTTP/1.1 parser and state machine of httpcore and uvicorn) reads the block into
+   a request, or refuses it (duplicate or malformed Content-Length, a bad request line or header,
+   HTTP/1.1 without Host; a second Host is refused here): 400 with our own few words, never
+   quoting the request back.
+4. `App.answer` turns the request into an `Answer` from the published refresh (`Rendered`: its bodies
+   rendered once, by the refresh), so no request waits on the source: the version (505 but for
+   1.0 and 1.1), Transfer-Encoding (400: no request body is read, and an odd one is how requests
+   are smuggled past proxies), the method (405 but for GET and HEAD), the rate limit, basic auth
+   (checks run on a few threads, bounded in number and queue; verified credentials are
+   remembered), then the route. A device list for a filter is stitched from the refresh's device
+   objects once per refresh and filter (bodies.py), off the event loop.
+5. `HTTPProtocol._send` has h11 write the status line and headers (the web config's and `Server`
+   on every answer, errors included), then sends the body in CHUNK slices, each once the transport
+   has room again (pause_writing/resume_writing): a slow or greedy client costs bytes sent, not
+   work or memory. The connection's `Conn` hears of each slice taken, for the send-stall rule.
+6. Then the connection is closed (an error, a request body, `Connection: close`, HTTP/1.0) or h11
+   starts its next cycle and the next request already received (pipelined) is taken, in order;
+   an idle connection is closed after KEEPALIVE.
 """
 
 from __future__ import annotations
@@ -20,19 +38,20 @@ import errno
 import html
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from aiohttp import HttpVersion10, HttpVersion11, web, web_protocol
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+import h11
 
 from . import __version__, jsonout
-from .connections import Conn, ConnectionPool, connection_bound
+from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
 from .query import QueryError
 from .refresher import Published, Refresher
 from .webconfig import WebConfig
@@ -40,6 +59,9 @@ from .webconfig import WebConfig
 log = logging.getLogger(__name__)
 
 MAX_QUERY = 2048  # bytes of query string; device names are short
+MAX_LINE = 8190  # bytes of a request line or a header line, its CRLF not counted
+MAX_HEADERS = 100  # header lines of a request
+MAX_HEAD = (MAX_HEADERS + 1) * (MAX_LINE + 2) + 2  # the largest header block, its empty line included
 # The classic text format every Prometheus version parses (our names are plain ASCII).
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
@@ -54,6 +76,7 @@ NOT_READY = "no snapshot yet: the first refresh has not finished"
 HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 DEFAULT_TELEMETRY_PATH = "/metrics"
+TRANSFER_ENCODING_REFUSED = b"Transfer-Encoding is not accepted\n"
 
 
 def not_ready_page(telemetry_path: str) -> bytes:
@@ -127,61 +150,44 @@ def _error_body(message: str) -> bytes:
     return _json({"error": message})
 
 
-class _QuietLogger(logging.LoggerAdapter):
-    """aiohttp logs every malformed request as an error with a traceback: a client's mistake is not
-    ours, so it becomes one debug line."""
+@dataclass(slots=True)
+class Request:
+    """What the routes read of a request h11 has parsed."""
 
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        exc = kwargs.pop("exc_info", None)
-        if isinstance(exc, BaseException):
-            msg = f"{msg}: {exc!r}"
-        kwargs.pop("stack_info", None)
-        self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+    method: str
+    target: str  # as sent: for the log
+    path: str  # percent-decoded
+    query_string: str  # as sent
+    version: bytes  # b"1.1", b"1.0", or another h11 read (b"2.0", ...)
+    headers: dict[str, str]  # lower-case name: its first value
 
-    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.DEBUG, msg, *args, **kwargs)
-
-
-def _parse_error_status(exc: BaseException | None, status: int) -> int:
-    """Our status for a request aiohttp could not parse. An over-long request line, header line or
-    too many headers is 431, as Go's net/http counts the request line among the header bytes."""
-    if isinstance(exc, LineTooLong) or (isinstance(exc, HttpProcessingError)
-                                        and "too many headers" in str(exc.message).lower()):
-        return HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-    return status
-
-
-class _RequestHandler(web_protocol.RequestHandler):
-    """aiohttp's protocol, answering what it cannot parse with our own status and words. aiohttp's
-    text quotes the start of the request back (`Got more than 8190 bytes when reading:
-    bytearray(b'/api/...`): a reflection for any client to play with, and noise for the rest."""
-
-    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        status = _parse_error_status(exc, status)
-        # The exception's text quotes the request: its class says enough.
-        log.debug("answered %d to a request from %s that could not be handled: %s", status, request.remote,
-                  type(exc).__name__ if exc is not None else "no exception")
-        if request.writer.output_size > 0:  # part of an answer went out: only closing is left
-            raise ConnectionError("cannot answer after part of an answer was sent")
-        manager = self._manager
-        headers = manager.headers() if isinstance(manager, _Server) else {}
-        resp = web.Response(status=status, body=f"{HTTPStatus(status).phrase}\n".encode(),
-                            headers={**headers, "Content-Type": TEXT})
-        resp.force_close()
-        return resp
+    @classmethod
+    def of(cls, event: h11.Request) -> Request:
+        headers: dict[str, str] = {}
+        for name, value in event.headers:  # names lower-cased by h11
+            headers.setdefault(name.decode("ascii"), value.decode("latin-1"))
+        target = event.target.decode("ascii")  # h11 takes visible ASCII only
+        # origin-form (/path?query) as scrapers send it; absolute-form (http://host/path) is valid
+        # too, its host part ignored. A fragment is no part of a request.
+        without_fragment = target.partition("#")[0]
+        if without_fragment.startswith("/"):
+            path, _, query = without_fragment.partition("?")
+        else:
+            parts = urlsplit(without_fragment)
+            path, query = parts.path or "/", parts.query
+        try:
+            path = unquote(path, errors="strict")
+        except UnicodeDecodeError:
+            pass  # escapes that are no UTF-8: the path as sent (a 404)
+        return cls(event.method.decode("ascii"), target, path, query, event.http_version, headers)
 
 
-class _Server(web.Server):
-    """aiohttp's low-level server, making our request handler; `headers` gives the headers every
-    answer carries (the web config's, the Server header), errors included."""
-
-    def __init__(self, handler: Any, headers: Callable[[], dict[str, str]], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.headers = headers
-
-    def __call__(self) -> web_protocol.RequestHandler:
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: Body
+    headers: dict[str, str]  # all but the framing ones (Content-Length, Date, Connection), added when sent
+    close: bool = False  # close the connection after it
 
 
 class TokenBucket:
@@ -203,12 +209,11 @@ class TokenBucket:
 
 
 class App:
-    """Routes and answers; runs on the event loop thread."""
+    """Requests to answers; runs on the event loop thread and sends nothing itself (HTTPProtocol does)."""
 
-    def __init__(self, refresher: Refresher, web_config: WebConfig, pool: Callable[[], ConnectionPool],
+    def __init__(self, refresher: Refresher, web_config: WebConfig,
                  telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> None:
         self.refresher = refresher
-        self._pool = pool
         self.telemetry_path = telemetry_path
         self.not_ready_page = not_ready_page(telemetry_path)
         self.process = ProcessMetrics()
@@ -228,61 +233,54 @@ class App:
         self.renderer.shutdown(wait=False, cancel_futures=True)
         self.hasher.shutdown(wait=False, cancel_futures=True)
 
-    # --- plumbing ------------------------------------------------------------------------------
+    def _reply(self, status: int, body: Body, content_type: str, headers: dict[str, str] | None = None,
+               close: bool = False) -> Answer:
+        return Answer(status, body, {**self.extra_headers, **(headers or {}), "Content-Type": content_type}, close)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        conn = self._pool().by_protocol.get(request.protocol)  # type: ignore[arg-type]
-        if conn is not None:
-            conn.begin_request()
+    def unparsable(self, status: int) -> Answer:
+        """The answer to a request that could not be read: its status's words, and the connection closed."""
+        if status == HTTPStatus.NOT_IMPLEMENTED:  # h11's answer to a Transfer-Encoding other than chunked
+            return self._reply(400, TRANSFER_ENCODING_REFUSED, TEXT, close=True)
+        return self._reply(status, f"{HTTPStatus(status).phrase}\n".encode(), TEXT, close=True)
+
+    async def answer(self, request: Request) -> Answer:
         try:
-            return await self._handle(request, conn)
-        except (ConnectionError, asyncio.CancelledError):
-            raise
+            return await self._answer(request)
         except Exception:
-            log.exception("error serving %s", request.path_qs[:200])
-            return await self._send(request, conn, 500, _error_body("internal error"), JSON, close=True)
-        finally:
-            if conn is not None:
-                conn.end_request()
+            log.exception("error serving %s", request.target[:200])
+            return self._reply(500, _error_body("internal error"), JSON, close=True)
 
-    async def _handle(self, request: web.BaseRequest, conn: Conn | None) -> web.StreamResponse:
-        if request.version not in (HttpVersion10, HttpVersion11):
-            # llhttp lets HTTP/0.9 and HTTP/2.0 request lines through, and aiohttp would echo that
-            # version in the status line; the answer is HTTP/1.1, as for every other error. (_message:
-            # its public accessor is deprecated; aiohttp is pinned below 4 and a test covers this.)
-            as_11 = web.BaseRequest(request._message._replace(version=HttpVersion11), request.content,
-                                    request.protocol, request.writer, request.task, asyncio.get_running_loop())
-            return await self._send(as_11, conn, 505, b"HTTP Version Not Supported\n", "text/plain; charset=utf-8",
-                                    close=True)
+    async def _answer(self, request: Request) -> Answer:
+        if request.version not in (b"1.0", b"1.1"):
+            # h11 reads any HTTP/D.D; the answer is HTTP/1.1, as for every other error.
+            return self._reply(505, b"HTTP Version Not Supported\n", TEXT, close=True)
         # A request body is never read. Transfer-Encoding on a GET has no business here (and an empty
         # or odd one is how requests are smuggled past proxies); any body ends the connection after
         # the answer, so nothing left of it can be read as the next request.
-        if "Transfer-Encoding" in request.headers:
-            return await self._send(request, conn, 400, b"Transfer-Encoding is not accepted\n",
-                                    "text/plain; charset=utf-8", close=True)
-        close = request.headers.get("Content-Length", "0") != "0"
+        if "transfer-encoding" in request.headers:
+            return self._reply(400, TRANSFER_ENCODING_REFUSED, TEXT, close=True)
+        close = int(request.headers.get("content-length", "0")) != 0  # h11 has checked it is one number
         if request.method not in ("GET", "HEAD"):
-            return await self._send(request, conn, 405, b"Method Not Allowed\n", "text/plain; charset=utf-8",
-                                    {"Allow": "GET, HEAD"}, close=True)
+            return self._reply(405, b"Method Not Allowed\n", TEXT, {"Allow": "GET, HEAD"}, close=True)
         if self.limiter is not None and not self.limiter.allow():
-            return await self._send(request, conn, 429, b"Too Many Requests\n", "text/plain; charset=utf-8", close=close)
-        status = await self._authorize(request.headers.get("Authorization"))
+            return self._reply(429, b"Too Many Requests\n", TEXT, close=close)
+        status = await self._authorize(request.headers.get("authorization"))
         if status != 200 and request.path == "/healthz":
             # Open to probes (kubelet, load balancers) without credentials, but saying no more than
             # whether the exporter is ready; the full answer needs credentials like every other path.
             ready = self.refresher.current().ready
-            return await self._send(request, conn, 200 if ready else 503, _json({"ready": ready}), JSON, close=close)
+            return self._reply(200 if ready else 503, _json({"ready": ready}), JSON, close=close)
         if status == 401:
-            return await self._send(request, conn, 401, b"Unauthorized\n", "text/plain; charset=utf-8",
-                                    {"WWW-Authenticate": 'Basic realm="passthrough-exporter"'}, close=close)
+            return self._reply(401, b"Unauthorized\n", TEXT,
+                               {"WWW-Authenticate": 'Basic realm="passthrough-exporter"'}, close=close)
         if status == 429:
-            return await self._send(request, conn, 429, b"Too many login attempts in progress\n",
-                                    "text/plain; charset=utf-8", {"Retry-After": "1"}, close=close)
+            return self._reply(429, b"Too many login attempts in progress\n", TEXT, {"Retry-After": "1"},
+                               close=close)
         try:
             status, body, ctype, headers = await self._route(request)
         except QueryError as exc:
             status, body, ctype, headers = exc.status, _error_body(str(exc)), JSON, {}
-        return await self._send(request, conn, status, body, ctype, headers, close=close)
+        return self._reply(status, body, ctype, headers, close=close)
 
     async def _authorize(self, header: str | None) -> int:
         fast = self.web.authorize_fast(header)
@@ -297,34 +295,13 @@ class App:
             self.bcrypt_pending -= 1
         return 200 if ok else 401
 
-    async def _send(self, request: web.BaseRequest, conn: Conn | None, status: int, body: Body, content_type: str,
-                    headers: dict[str, str] | None = None, close: bool = False) -> web.StreamResponse:
-        parts = [body] if isinstance(body, (bytes, memoryview)) else body
-        resp = web.StreamResponse(status=status, headers={**self.extra_headers, **(headers or {}),
-                                                          "Content-Type": content_type})
-        resp.content_length = sum(len(part) for part in parts)
-        if close:
-            resp.force_close()
-        await resp.prepare(request)
-        if request.method != "HEAD":
-            # Sent in slices: each waits until the transport has room, so a client that reads slowly
-            # holds one slice of buffer, never a copy of the body.
-            for part in parts:
-                view = memoryview(part)
-                for start in range(0, len(view), CHUNK):
-                    await resp.write(view[start:start + CHUNK])
-                    if conn is not None:
-                        conn.progress()
-        await resp.write_eof()
-        return resp
-
     # --- routes --------------------------------------------------------------------------------
 
-    async def _route(self, request: web.BaseRequest) -> tuple[int, Body, str, dict[str, str]]:
+    async def _route(self, request: Request) -> tuple[int, Body, str, dict[str, str]]:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest("query string too long")
         path = request.path
-        gz = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        gz = _accepts_gzip(request.headers.get("accept-encoding", ""))
         if path == self.telemetry_path:
             # The refresh's exposition as it was rendered, then the status families and this process's
             # own figures, which change by the second: a few hundred bytes made per scrape (gzipped on
@@ -379,6 +356,260 @@ class App:
         return (200 if published.ready else 503), _json(body), JSON, {}
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_date: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The Date header's value (RFC 9110's IMF-fixdate), made once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        t = time.gmtime(now)
+        _date = (now, f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+                      f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT".encode())
+    return _date[1]
+
+
+class Unparsable(Exception):
+    """A request answered with `status` (400, 431, 501 for h11's Transfer-Encoding, 505) and not read."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+# Where a request may begin: a method is a token. Anything else (a TLS record, binary) is refused
+# at its first byte instead of waiting for a line end that may never come.
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_HTTP09 = re.compile(rb"[A-Za-z]+ /\S*")  # a request line without a version: HTTP/0.9
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """One client connection, behind connections.Guard: bytes in, h11 events, answers out. One
+    request is answered at a time; what arrives meanwhile waits in `buffer` (reading pauses when a
+    client sends more than a header block ahead)."""
+
+    def __init__(self, app: App, pool: Callable[[], ConnectionPool | None]) -> None:
+        self.app = app
+        self.pool = pool
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.buffer = bytearray()  # received, not yet read as a request
+        self.checked = 0  # bytes of `buffer` in whole lines already checked (of a head not yet complete)
+        self.lines = 0  # lines among them
+        self.transport: asyncio.Transport | None = None
+        self.conn: Conn | None = None
+        self.task: asyncio.Task | None = None  # answering the request in hand
+        self.writable: asyncio.Future | None = None  # while the transport's buffer is full
+        self.timer: asyncio.TimerHandle | None = None  # the keep-alive limit, or the close after an answer
+        self.reading_paused = False
+        self.closing = False  # the last answer is out (or going): nothing more is read
+        self.eof = False  # the client closed its side
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        pool = self.pool()
+        self.conn = pool.by_protocol.get(self) if pool is not None else None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # after the last answer: what the client still sends is dropped
+        self._stop_timer()
+        self.buffer += data
+        if self.task is None:
+            self._next()
+        elif len(self.buffer) > MAX_HEAD and not self.reading_paused:
+            # Pipelining faster than it takes its answers: the rest waits in the kernel.
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.reading_paused = True
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        # A client may close its side once its request is sent: answer it, then close. (Over TLS
+        # the transport closes anyway.)
+        busy = self.task is not None and not self.closing
+        return True if busy and self.transport.get_extra_info("sslcontext") is None else None  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        if self.writable is None:
+            self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self.writable = self.writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._stop_timer()
+        if self.task is not None:
+            self.task.cancel()
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answer the next request received, once its head is complete."""
+        if self.reading_paused and len(self.buffer) <= MAX_HEAD:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+            self.reading_paused = False
+        try:
+            head = self._take_head()
+            if head is None:
+                if self.eof:
+                    self._close()  # every request the client sent before closing its side is answered
+                elif not self.buffer:
+                    self.timer = asyncio.get_running_loop().call_later(KEEPALIVE, self._idle_timeout)
+                return
+            request = self._parse(head)
+        except Unparsable as exc:
+            peer = self.conn.peer if self.conn is not None else None
+            log.debug("answered %d to a request from %s that could not be read: %s", exc.status, peer, exc)
+            self.task = asyncio.get_running_loop().create_task(self._respond(None, exc.status))
+            return
+        self.task = asyncio.get_running_loop().create_task(self._respond(request))
+
+    def _take_head(self) -> bytes | None:
+        """The next request's header block taken out of `buffer`, None until its empty line is in;
+        its lines are checked as they arrive."""
+        buf = self.buffer
+        pos, lines = self.checked, self.lines
+        if pos == 0:
+            blank = 0
+            while buf.startswith(b"\r\n", blank):  # empty lines before a request are ignored (RFC 9112 2.2)
+                blank += 2
+            del buf[:blank]
+            if buf and buf[0] not in _TOKEN_BYTES and buf != b"\r":  # (a CR alone: its LF may follow)
+                raise Unparsable(400, "no request line")
+        while True:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if len(buf) - pos > MAX_LINE + 1:  # the line's CR may be in
+                    raise Unparsable(431, f"a line over {MAX_LINE} bytes")
+                self.checked, self.lines = pos, lines
+                return None
+            if buf[end - 1] != 0x0D:  # at a line's start too: the byte before is the last line's LF
+                raise Unparsable(400, "a line ends in LF without CR")
+            if end - 1 - pos > MAX_LINE:
+                raise Unparsable(431, f"a line over {MAX_LINE} bytes")
+            if end - 1 == pos:  # the empty line: the head is complete
+                head = bytes(buf[:end + 1])
+                del buf[:end + 1]
+                self.checked, self.lines = 0, 0
+                return head
+            if lines and buf[pos] in b" \t":
+                raise Unparsable(400, "a folded header line")  # obs-fold: h11 would unfold it
+            lines += 1
+            if lines > MAX_HEADERS + 1:
+                raise Unparsable(431, f"more than {MAX_HEADERS} header lines")
+            pos = end + 1
+
+    def _parse(self, head: bytes) -> Request:
+        self.h11.receive_data(head)
+        try:
+            event = self.h11.next_event()
+            assert isinstance(event, h11.Request), event
+            self.h11.next_event()  # EndOfMessage when no body is announced; a body is never read
+        except h11.RemoteProtocolError as exc:
+            if _HTTP09.fullmatch(head.partition(b"\r\n")[0]):
+                raise Unparsable(505, "an HTTP/0.9 request line") from None
+            status = exc.error_status_hint if exc.error_status_hint in (431, 501) else 400
+            raise Unparsable(status, str(exc).partition(":")[0]) from None  # its words past ':' quote the request
+        if sum(1 for name, _ in event.headers if name == b"host") > 1:
+            raise Unparsable(400, "more than one Host header")  # RFC 9112 3.2: h11 takes them
+        return Request.of(event)
+
+    async def _respond(self, request: Request | None, error: int = 0) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.begin_request()
+        try:
+            answer = await self.app.answer(request) if request is not None else self.app.unparsable(error)
+            await self._send(answer, head_only=request is not None and request.method == "HEAD")
+        except (ConnectionError, asyncio.CancelledError):
+            return  # the client went away, or the server is stopping
+        except Exception:
+            log.exception("error answering %s", request.target[:200] if request is not None else "a request")
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        finally:
+            self.task = None
+            if conn is not None:
+                conn.end_request()
+        if answer.close or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+            self._close()
+        else:
+            self.h11.start_next_cycle()
+            self._next()
+
+    async def _send(self, answer: Answer, head_only: bool) -> None:
+        parts = [answer.body] if isinstance(answer.body, (bytes, memoryview)) else answer.body
+        headers = [(name.encode(), value.strip().encode()) for name, value in answer.headers.items()]
+        headers += [(b"Content-Length", str(sum(len(part) for part in parts)).encode()), (b"Date", http_date())]
+        if answer.close:
+            headers.append((b"Connection", b"close"))
+        # h11 adds `Connection: close` itself where it will not keep the connection (HTTP/1.0, the
+        # client's own `Connection: close`), and sends no body to a HEAD.
+        head: bytes | None = b"".join(self.h11.send_with_data_passthrough(h11.Response(
+            status_code=answer.status, headers=headers, reason=HTTPStatus(answer.status).phrase.encode())))
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            raise ConnectionResetError("the connection closed before the answer")
+        if not head_only:
+            # Sent in slices: each waits until the transport has room, so a client that reads slowly
+            # holds one slice of buffer, never a copy of the body.
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), CHUNK):
+                    piece = view[start:start + CHUNK]
+                    self.h11.send_with_data_passthrough(h11.Data(data=piece))  # counted against Content-Length
+                    if transport.is_closing():
+                        raise ConnectionResetError("the connection closed while answering")
+                    if head is not None:
+                        transport.writelines((head, piece))  # the head with the first slice
+                        head = None
+                    else:
+                        transport.write(piece)
+                    if self.writable is not None:
+                        await self.writable
+                    if self.conn is not None:
+                        self.conn.progress()
+        if head is not None:
+            transport.write(head)
+        self.h11.send(h11.EndOfMessage())
+
+    # --- closing ---------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Close once the last answer is out: our side first, then, when the client has closed its
+        own (or after CLOSE_GRACE), the connection. Closing with bytes from the client unread would
+        reset the connection, and could throw the answer away."""
+        self.closing = True
+        self.buffer.clear()
+        transport = self.transport
+        assert transport is not None
+        if self.eof or not transport.can_write_eof():  # the client's side is closed already, or TLS
+            transport.close()
+            return
+        transport.write_eof()  # sent once the answer is
+        self.timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.close)
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if self.task is None and not self.buffer:
+            self.closing = True
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class ListenError(OSError):
     """An address that cannot be listened on, named as it was given."""
 
@@ -414,8 +645,7 @@ class ExporterServer:
         self.bound = bound if bound is not None else connection_bound()
         self._header_timeout = header_timeout
         self.pool: ConnectionPool | None = None
-        self.app = App(refresher, web_config, lambda: self.pool,  # type: ignore[arg-type, return-value]
-                       telemetry_path=telemetry_path)
+        self.app = App(refresher, web_config, telemetry_path=telemetry_path)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -431,19 +661,15 @@ class ExporterServer:
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(_loop_exception)
         self._stop = asyncio.Event()
-        handler = _Server(self.app.handle, lambda: self.app.extra_headers, access_log=None,
-                          logger=_QuietLogger(logging.getLogger("aiohttp.server")), keepalive_timeout=KEEPALIVE,
-                          max_line_size=8190, max_field_size=8190, max_headers=100, handler_cancellation=True)
         kwargs = {} if self._header_timeout is None else {"header_timeout": self._header_timeout}
-        self.pool = ConnectionPool(self.sockets, handler, self.web_config.ssl_context, self._peer_allowed,
-                                   bound=self.bound, **kwargs)
+        self.pool = ConnectionPool(self.sockets, lambda: HTTPProtocol(self.app, lambda: self.pool),
+                                   self.web_config.ssl_context, self._peer_allowed, bound=self.bound, **kwargs)
         self.pool.start()
         self._started.set()
         try:
             await self._stop.wait()
         finally:
             await self.pool.close()
-            await handler.shutdown(0.5)
             self.app.close()
 
     def _peer_allowed(self, transport: asyncio.Transport) -> bool:
