@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -446,3 +447,54 @@ def test_probes_reach_healthz_when_basic_auth_is_on(host):
             assert get(httpd, path)[0].status == 401
     finally:
         httpd.shutdown()
+
+
+def _families(text: str) -> dict[str, tuple[str, str, float]]:
+    """name -> (type, help, value) of an exposition of one-sample families, as Prometheus parses it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        (sample,) = family.samples
+        out[sample.name] = (family.type, family.documentation, sample.value)
+    return out
+
+
+def test_process_metrics_are_client_pythons():
+    """The serving process's own figures, read without prometheus_client, are the families its
+    ProcessCollector gives: the same names, types, help texts and order, and the same values but
+    for what moves between the two reads."""
+    from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+    from passthrough_exporter.server import ProcessMetrics
+
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    theirs_text = generate_latest(registry).decode()
+    ours_text = ProcessMetrics().render().decode()
+    shape = lambda text: [ln if ln.startswith("#") else ln.split(" ")[0] for ln in text.splitlines()]  # noqa: E731
+    assert shape(ours_text) == shape(theirs_text)
+    ours, theirs = _families(ours_text), _families(theirs_text)
+    assert list(ours) == ["process_virtual_memory_bytes", "process_resident_memory_bytes",
+                          "process_start_time_seconds", "process_cpu_seconds_total", "process_open_fds",
+                          "process_max_fds"]
+    for name, (kind, doc, value) in theirs.items():
+        assert ours[name][:2] == (kind, doc)
+        tolerance = {"process_virtual_memory_bytes": 64 << 20, "process_resident_memory_bytes": 16 << 20,
+                     "process_cpu_seconds_total": 0.5, "process_open_fds": 4}.get(name, 0)
+        assert abs(ours[name][2] - value) <= tolerance, (name, ours[name][2], value)
+
+
+# Modules the serving process has no need of: the old HTTP library, the metrics library (the
+# exposition is rendered by the refresh, the process figures here), the plugin manager and the XML
+# parser (both for reading and judging a host, which the refresh does).
+NOT_IN_THE_SERVER = ("aiohttp", "prometheus_client", "pluggy", "lxml")
+
+
+@pytest.mark.parametrize("module", NOT_IN_THE_SERVER)
+def test_the_server_module_imports_no_library_it_does_not_need(module):
+    probe = ("import sys, passthrough_exporter.server; "
+             f"print(' '.join(m for m in {NOT_IN_THE_SERVER!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            timeout=60).stdout.split()
+    assert module not in loaded
