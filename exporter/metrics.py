@@ -18,8 +18,16 @@ from .exposition import Family, Row, Spec, render_families
 from .facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
 from .snapshot import Snapshot
+from .sources import error_kinds
 from .status import STATUS_METRICS, Status, status_families
 from .textsafe import visible
+
+# The core's own error kinds (the inventory's, the inspector's, the refresher's) and every source's.
+# Initialised to 0 so that rate() and alerts see a series before the first error.
+ERROR_KINDS = tuple(dict.fromkeys((
+    "missing_parent", "parent_cycle", "duplicate", "plugin_error", "source_error", "refresh_error",
+    *error_kinds(),
+)))
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -99,8 +107,13 @@ def _family(name: str, rows: list[Row]) -> Family:
 
 def families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
     """Every family of one snapshot, in the order of METRICS: the host's, then the status ones."""
-    status = Status(snap.source, snap.source_up, snap.duration, snap.finished_at, dict(snap.errors_total))
+    status = Status(snap.source, snap.source_up, snap.duration, snap.finished_at, errors_total(snap.errors_total))
     return host_families(snap, opts) + status_families(status)
+
+
+def errors_total(counts: Mapping[str, int]) -> dict[str, int]:
+    """`counts` with every kind there is, 0 where none was counted."""
+    return {**dict.fromkeys(ERROR_KINDS, 0), **counts}
 
 
 def host_families(snap: Snapshot, opts: MetricOptions) -> list[Family]:

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from . import logs
 from .gcpause import gc_paused
 from .inspector import Inspector
-from .metrics import MetricOptions
+from .metrics import ERROR_KINDS, MetricOptions
 from .model import Inventory
 from .rendered import Rendered, send
 from .sources import Source
@@ -106,7 +106,7 @@ def main(argv: Sequence[str]) -> int:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return 1
     try:
-        conn.send(("ready", builder.source.name))
+        conn.send(("ready", builder.source.name, ERROR_KINDS))
         while True:
             try:
                 conn.recv()  # "refresh"

@@ -127,7 +127,7 @@ class Worker:
             self.end()
             raise WorkerError(str(hello[1]) if hello[0] == "error" else "the command line was not accepted",
                               usage=hello[1] if hello[0] == "usage" else None)
-        self.source = hello[1]
+        self.source, self.error_kinds = hello[1], tuple(hello[2])
 
     def exchange(self, timeout: float) -> tuple:
         """One refresh: ("built", Rendered) | ("unchanged",) | ("failed", kind, why). WorkerError when
@@ -191,6 +191,7 @@ class Refresher:
         self._new_worker = worker
         self._worker: Worker | None = None
         self._errors_total: Counter[str] = Counter()
+        self._kinds: dict[str, int] = {}  # every kind the worker counts, each at 0: the series exist before an error
         self._failing = False  # the last refresh failed: the next success is worth a line
         self._reload = False  # the next refresh starts a new worker first
         self._refresh_lock = threading.Lock()
@@ -216,7 +217,8 @@ class Refresher:
         """Start the first worker now: WorkerError with its words if it cannot (`serve` then exits)."""
         self._worker = self._new_worker(self.argv)
         self.source_name = self._worker.source
-        self._published = Published.of(EMPTY, Status(self.source_name, False, 0.0, 0.0, {}), ready=False)
+        self._kinds = dict.fromkeys(self._worker.error_kinds, 0)
+        self._published = Published.of(EMPTY, Status(self.source_name, False, 0.0, 0.0, self._totals()), ready=False)
 
     def reload(self) -> None:
         """Start a new worker at once (it reads the policy and the plugins' files again) and refresh
@@ -249,7 +251,7 @@ class Refresher:
         previous = self._published
         rendered = answer[1] if answer[0] == "built" else previous.rendered
         self._errors_total.update(rendered.errors)
-        status = Status(self.source_name, True, time.monotonic() - started, time.time(), dict(self._errors_total))
+        status = Status(self.source_name, True, time.monotonic() - started, time.time(), self._totals())
         self._published = Published.of(rendered, status, ready=True)
         # A refresh that finds what the last one found is not news: at debug, or a host refreshed
         # every minute writes 1,440 lines a day saying nothing. The first, and any change, are.
@@ -295,6 +297,9 @@ class Refresher:
             self._worker = None  # ended by exchange: the next refresh starts another
             raise
 
+    def _totals(self) -> dict[str, int]:
+        return {**self._kinds, **self._errors_total}
+
     def _fail(self, kind: str, why: str) -> None:
         """A failed refresh: counted, the source marked down, the previous devices still served."""
         self._errors_total[kind] += 1
@@ -302,7 +307,7 @@ class Refresher:
         log.error("refresh from %s failed, keeping the previous snapshot: %s", self.source_name, why)
         previous = self._published
         status = Status(self.source_name, False, previous.status.duration, previous.status.finished_at,
-                        dict(self._errors_total))
+                        self._totals())
         self._published = Published(previous.rendered, status, previous.ready, render_status(status), previous.bodies)
 
     # --- background thread ---------------------------------------------------------------

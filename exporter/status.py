@@ -14,14 +14,6 @@ from dataclasses import dataclass
 from . import __version__
 from .buildinfo import revision
 from .exposition import Family, Row, Spec, render_families
-from .sources import error_kinds
-
-# The core's own error kinds (the inventory's, the inspector's, the refresher's) and every source's.
-# Initialised to 0 so that rate() and alerts see a series before the first error.
-ERROR_KINDS = tuple(dict.fromkeys((
-    "missing_parent", "parent_cycle", "duplicate", "plugin_error", "source_error", "refresh_error",
-    *error_kinds(),
-)))
 
 # The status families, in exposition order: the last of every exposition (metrics.METRICS ends with them).
 STATUS_METRICS: dict[str, Spec] = {
@@ -44,7 +36,7 @@ class Status:
     source_up: bool
     duration: float  # seconds the last successful refresh took
     finished_at: float  # unix time it finished; 0 until one has
-    errors_total: Mapping[str, int]
+    errors_total: Mapping[str, int]  # by kind, every kind there is (metrics.ERROR_KINDS) with its 0
 
 
 def status_families(st: Status) -> list[Family]:
@@ -56,7 +48,7 @@ def status_families(st: Status) -> list[Family]:
         "passthrough_refresh_duration_seconds": [((), st.duration)] if ever else [],
         "passthrough_last_refresh_timestamp_seconds": [((), st.finished_at)] if ever else [],
         "passthrough_collect_errors": [((kind,), st.errors_total.get(kind, 0))
-                                       for kind in sorted(set(ERROR_KINDS) | set(st.errors_total))],
+                                       for kind in sorted(st.errors_total)],
         "passthrough_exporter_build_info": [((__version__, revision()), 1)],
     }
     return [Family.of(name, spec, rows[name]) for name, spec in STATUS_METRICS.items()]

@@ -116,12 +116,13 @@ class LocalWorker:
     Refresher `serve` runs: for sources and plugins made in Python (a gate, a fault, a bad device)."""
 
     def __init__(self, source, inspector, options=None) -> None:
-        from passthrough_exporter.metrics import MetricOptions
+        from passthrough_exporter.metrics import ERROR_KINDS, MetricOptions
         from passthrough_exporter.refresh_worker import Builder, Failed
 
         self.builder = Builder(source, inspector, options or MetricOptions())
         self._failed = Failed
         self.source = source.name
+        self.error_kinds = ERROR_KINDS
         self.proc = _Running()
 
     def exchange(self, timeout: float) -> tuple:

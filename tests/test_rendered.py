@@ -20,7 +20,7 @@ import hosts
 import pytest
 from helpers import generate_module, judge_tree
 
-from passthrough_exporter.metrics import MetricOptions, render
+from passthrough_exporter.metrics import MetricOptions, errors_total, render
 from passthrough_exporter.query import ConflictingFilters, DeviceNotFound, QueryError
 from passthrough_exporter.refresher import Published
 from passthrough_exporter.rendered import Rendered, receive, send
@@ -119,7 +119,8 @@ def test_the_status_families_close_the_exposition(tree):
     snap = judge_tree(tree)
     rendered = Rendered.of(snap, MetricOptions())
     errors = {**snap.errors_total, "refresh_error": 3}
-    down = Published.of(rendered, Status("sysfs", False, snap.duration, snap.finished_at, errors), ready=True)
+    down = Published.of(rendered, Status("sysfs", False, snap.duration, snap.finished_at, errors_total(errors)),
+                        ready=True)
     want = render(replace(snap, source_up=False, errors_total=errors))
     assert b"".join(down.metrics(b"", gzip=False)) == want
     assert b'passthrough_source_up{source="sysfs"} 0.0' in want
