@@ -90,7 +90,8 @@ class Rendered:
                                  for v in (getattr(self, f.name) for f in fields(self)))
 
 
-EMPTY = Rendered(b"", b"", b"[]\n", b"", DeviceIndex((), (), b"", b"", (), {}), b"", array("q"), {}, 0)
+# Before the first refresh: no host family (the status families alone are served), nothing to query.
+EMPTY = Rendered(b"", gzipped_open(b""), b"[]\n", b"", DeviceIndex((), (), b"", b"", (), {}), b"", array("q"), {}, 0)
 
 
 def send(conn: Connection, sock: socket.socket, message: tuple, rendered: Rendered) -> None:

@@ -4,6 +4,8 @@ exporter says nothing about the host."""
 
 from __future__ import annotations
 
+import gzip
+import http.client
 import subprocess
 import tempfile
 import time
@@ -97,6 +99,13 @@ def test_before_the_first_good_refresh_only_the_status_families(tmp_path):
             # No sample without a refresh to tell it: a timestamp of 0 would read as a stale refresh.
             assert b"\npassthrough_last_refresh_timestamp_seconds " not in body
             assert b"\npassthrough_refresh_duration_seconds " not in body
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # as Prometheus asks: gzipped
+            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+            resp = conn.getresponse()
+            zipped = gzip.decompress(resp.read())
+            conn.close()
+            assert resp.status == 200 and b'passthrough_source_up{source="sysfs"} 0.0' in zipped
+            assert b"\npassthrough_iommu_enabled " not in zipped
             assert get(port, "/api/devices")[0] == 503
             hosts.clean_host(SysfsTree(tmp_path / "host"))
             body = _wait_for(port, b'passthrough_source_up{source="sysfs"} 1.0')
