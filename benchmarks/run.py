@@ -778,7 +778,7 @@ def main() -> None:
             print(f"{size}: the C floor reads the {check_floor(floor_exe, size, seed)} paths the source reads",
                   file=sys.stderr)
         empty = tmp / "empty"
-        (empty / "sys").mkdir(parents=True)
+        (empty / "sys" / "devices").mkdir(parents=True)  # a sysfs without devices: start-up alone
         (empty / "proc").mkdir()
         load_start = os.getloadavg()[1]
         data: dict = {"processes": process_loop(sizes, args.repeat, floor_exe, empty), "imports": import_times(empty),
