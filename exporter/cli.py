@@ -408,10 +408,10 @@ def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     early = early_args(argv)
-    if early.command == "serve":  # a reload asked for while starting must not end serve (the default)
-        import signal
+    if early.command == "serve" and not {"-h", "--help", "--version"} & set(argv):
+        from .main import main as program  # serve starts lean, without the plugins this module loads
 
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return program(argv)
     # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown),
     # for a usage error too (2 would read as critical).
     check = early.command == "check"

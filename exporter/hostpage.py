@@ -26,6 +26,7 @@ from .facts import GroupStatus
 from .live import host_blocker
 from .model import COMPUTER, Device, Finding, Inventory, natural_key
 from .snapshot import Snapshot
+from .status import SOURCE_STATE_MARK
 from .textsafe import visible
 
 STATE_WORDS = {"available": "available", "in_use": "in use", "assigned": "assigned", "blocked": "blocked",
@@ -132,8 +133,7 @@ def _facts(snap: Snapshot) -> Iterator[str]:
     items.append(f"<span><strong>Interrupt remapping</strong>: {_yes_no(host.interrupt_remapping, 'on', 'off')}</span>")
     shown = f'<span class="bad">{escape(", ".join(weakened))}</span>' if weakened else '<span class="ok">no</span>'
     items.append(f"<span><strong>Isolation weakened</strong>: {shown}</span>")
-    items.append(f"<span><strong>Source</strong>: {escape(snap.source)} "
-                 f"{_yes_no(snap.source_up, 'up', 'down (showing the last good read)')}</span>")
+    items.append(f"<span><strong>Source</strong>: {escape(snap.source)} {SOURCE_STATE_MARK.decode()}</span>")
     items.append(f"<span><strong>Devices</strong>: {counts['available']} available, {counts['in_use']} in use, "
                  f"{counts['assigned']} assigned, {counts['blocked']} blocked</span>")
     # Spaces between the items: the flex layout ignores them, a terminal browser needs them.

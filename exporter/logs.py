@@ -73,6 +73,11 @@ class RepeatFilter(logging.Filter):
     def next_refresh(self) -> None:
         self._previous, self._current = self._current, set()
 
+    def carry_over(self) -> None:
+        """This refresh repeats the last one without logging (an unchanged host is not judged
+        again): what the last one logged counts as logged again, so it is not told anew later."""
+        self._current |= self._previous
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True

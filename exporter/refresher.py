@@ -29,12 +29,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import logs
 from .bodies import Bodies, gzip_append
 from .rendered import EMPTY, Buffer, Rendered, receive
-from .status import Status, render_status
+from .status import SOURCE_STATE_MARK, Status, render_status, source_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,12 +43,27 @@ START_TIMEOUT = 120.0  # seconds for a new worker to load its plugins and open i
 
 
 class WorkerError(Exception):
-    """The worker could not start: its own words (a bad policy, a source it cannot open). `usage`:
-    the command line was wrong, and the worker has said how already; exit with this code."""
+    """The worker could not start or answer: its own words where it has some. `kind` is what the
+    refresh it cost counts as; `usage`: the command line was wrong, and the worker has said how
+    already (`serve` exits with this code)."""
 
-    def __init__(self, why: str, usage: int | None = None) -> None:
+    def __init__(self, why: str, kind: str = "refresh_error", usage: int | None = None) -> None:
         super().__init__(why)
+        self.kind = kind
         self.usage = usage
+
+
+class WorkerLike(Protocol):
+    """What the Refresher needs of a worker (`Worker`; the tests' in-process one too)."""
+
+    source: str
+    error_kinds: tuple[str, ...]
+    proc: Any  # has poll() -> exit status or None
+
+    def ready(self, timeout: float) -> None: ...
+    def exchange(self, timeout: float, held: int) -> tuple: ...
+    def interrupt(self) -> None: ...
+    def end(self, grace: float = 5.0) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +74,15 @@ class Published:
     status: Status
     ready: bool  # False until the first refresh succeeded
     status_text: bytes = b""  # the status families: the exposition's tail
+    page: bytes = b""  # the host page, saying whether the source is up
     # The bodies made from `rendered` on request (device lists by filter, gzipped forms); dropped with it.
     bodies: Bodies = field(default_factory=Bodies, compare=False, repr=False)
 
     @classmethod
-    def of(cls, rendered: Rendered, status: Status, ready: bool) -> Published:
-        return cls(rendered, status, ready, render_status(status))
+    def of(cls, rendered: Rendered, status: Status, ready: bool, bodies: Bodies | None = None) -> Published:
+        """`bodies`: those made from `rendered` so far, when it is served on (a new status alone)."""
+        page = bytes(rendered.page).replace(SOURCE_STATE_MARK, source_state(status), 1)
+        return cls(rendered, status, ready, render_status(status), page, bodies or Bodies())
 
     def metrics(self, extra: bytes, gzip: bool) -> list[Buffer]:
         """The exposition as parts to send: the host's families, the status families, then `extra`
@@ -104,8 +122,8 @@ class Worker:
     """One refresh worker process and the socket to it; `exchange` asks it for one refresh."""
 
     def __init__(self, argv: Sequence[str]) -> None:
-        """Start the worker and wait until it has its source open: WorkerError with its words if it
-        cannot, with nothing of it left; OSError when no process or descriptor is left for it."""
+        """Start the worker process (`ready` waits for it); OSError when no process or descriptor
+        is left for it."""
         ours, theirs = socket.socketpair()
         try:
             with theirs:
@@ -122,18 +140,26 @@ class Worker:
             ours.close()
             raise
         self.sock = ours
-        hello = self._guarded(self.conn.recv, START_TIMEOUT, "start")
+        self.source, self.error_kinds = "", ()
+
+    def ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the worker has its source open: WorkerError with its words if it cannot, with
+        nothing of it left."""
+        hello = self._guarded(self.conn.recv, timeout, "start")
+        if hello[0] == "usage":
+            self.end()
+            raise WorkerError("the command line was not accepted", usage=hello[1])
         if hello[0] != "ready":
             self.end()
-            raise WorkerError(str(hello[1]) if hello[0] == "error" else "the command line was not accepted",
-                              usage=hello[1] if hello[0] == "usage" else None)
+            raise WorkerError(hello[2], kind=hello[1])
         self.source, self.error_kinds = hello[1], tuple(hello[2])
 
-    def exchange(self, timeout: float) -> tuple:
-        """One refresh: ("built", Rendered) | ("unchanged",) | ("failed", kind, why). WorkerError when
-        the worker died, hung or answered out of step: it is then ended, never reused."""
+    def exchange(self, timeout: float, held: int) -> tuple:
+        """One refresh: ("built", Rendered) | ("unchanged",) | ("failed", kind, why); `held` is the
+        token of the record the server serves ("unchanged" refers to it). WorkerError when the
+        worker died, hung or answered out of step: it is then ended, never reused."""
         def talk() -> tuple:
-            self.conn.send("refresh")
+            self.conn.send(("refresh", held))
             answer = self.conn.recv()
             if answer[0] == "built":
                 return "built", receive(self.sock, answer[1], answer[2])
@@ -180,7 +206,8 @@ class Worker:
 class Refresher:
     """The schedule, the failure rule and the published state; each refresh runs in a `Worker`."""
 
-    def __init__(self, argv: Sequence[str], interval: float = 60.0, worker: Callable[[list[str]], Worker] = Worker) -> None:
+    def __init__(self, argv: Sequence[str], interval: float = 60.0,
+                 worker: Callable[[list[str]], WorkerLike] = Worker) -> None:
         """`argv`: serve's command line, for each worker; `worker` makes one (tests pass their own)."""
         self.argv = list(argv)
         self.source_name = ""  # the worker's answer: what its source calls itself
@@ -189,7 +216,8 @@ class Refresher:
         # counted as failed. Generous for a 20,000-device host (seconds), short of hiding for long.
         self.refresh_timeout = max(60.0, min(600.0, 3 * interval))
         self._new_worker = worker
-        self._worker: Worker | None = None
+        self._worker: WorkerLike | None = None
+        self._starting: WorkerLike | None = None  # a worker waited for: stop() ends it too
         self._errors_total: Counter[str] = Counter()
         self._kinds: dict[str, int] = {}  # every kind the worker counts, each at 0: the series exist before an error
         self._failing = False  # the last refresh failed: the next success is worth a line
@@ -215,7 +243,7 @@ class Refresher:
 
     def start_worker(self) -> None:
         """Start the first worker now: WorkerError with its words if it cannot (`serve` then exits)."""
-        self._worker = self._new_worker(self.argv)
+        self._worker = self._started_worker()
         self.source_name = self._worker.source
         self._kinds = dict.fromkeys(self._worker.error_kinds, 0)
         self._published = Published.of(EMPTY, Status(self.source_name, False, 0.0, 0.0, self._totals()), ready=False)
@@ -236,23 +264,38 @@ class Refresher:
             self._refresh_lock.release()
         return True
 
+    def _started_worker(self) -> WorkerLike:
+        """A new worker, ready; WorkerError or OSError if it cannot start. Reachable by stop()
+        while it starts, so that stopping never waits for a slow start nor leaves it behind."""
+        worker = self._new_worker(self.argv)
+        self._starting = worker
+        try:
+            if self._stop.is_set():
+                worker.interrupt()
+            worker.ready(START_TIMEOUT)
+        finally:
+            self._starting = None
+        return worker
+
     def _refresh(self) -> None:
         self._last_attempt = started = time.monotonic()
         logs.REPEATS.next_refresh()
+        previous = self._published
         try:
-            answer = self._exchange()
+            answer = self._exchange(previous.rendered.token)
         except WorkerError as exc:
-            answer = ("failed", "refresh_error", str(exc))
+            answer = ("failed", exc.kind, str(exc))
         if self._stop.is_set():  # stopped meanwhile (the worker's end was closed): nothing to tell
             return
         if answer[0] == "failed":
             self._fail(answer[1], answer[2])
             return
-        previous = self._published
         rendered = answer[1] if answer[0] == "built" else previous.rendered
-        self._errors_total.update(rendered.errors)
-        status = Status(self.source_name, True, time.monotonic() - started, time.time(), self._totals())
-        self._published = Published.of(rendered, status, ready=True)
+        totals = self._errors_total + Counter(rendered.errors)
+        status = Status(self.source_name, True, time.monotonic() - started, time.time(), {**self._kinds, **totals})
+        # An unchanged host keeps the bodies made from its record too (device lists, gzipped forms).
+        published = Published.of(rendered, status, True, None if answer[0] == "built" else previous.bodies)
+        self._published, self._errors_total = published, totals
         # A refresh that finds what the last one found is not news: at debug, or a host refreshed
         # every minute writes 1,440 lines a day saying nothing. The first, and any change, are.
         changed = not previous.ready or (answer[0] == "built" and (
@@ -265,11 +308,11 @@ class Refresher:
             log.info("refresh from %s works again", self.source_name)
             self._failing = False
 
-    def _exchange(self) -> tuple:
+    def _exchange(self, held: int) -> tuple:
         if self._reload:
             self._reload = False
             try:
-                fresh = self._new_worker(self.argv)
+                fresh = self._started_worker()
             except (WorkerError, OSError) as exc:
                 if not self._stop.is_set():
                     log.error("reload failed, refreshing as before: %s", exc)
@@ -280,9 +323,9 @@ class Refresher:
                 log.info("reloaded: a new refresh worker read the policy and the plugins' options again")
         if self._worker is None:
             try:
-                self._worker = self._new_worker(self.argv)
+                self._worker = self._started_worker()
             except WorkerError as exc:
-                return "failed", "source_error", str(exc)
+                return "failed", exc.kind, str(exc)
             except OSError as exc:  # no descriptor or process left for it
                 return "failed", "refresh_error", f"cannot start the refresh worker: {exc}"
         elif self._worker.proc.poll() is not None:
@@ -290,9 +333,9 @@ class Refresher:
                         exit_text(self._worker.proc.returncode))
             self._worker.end()
             self._worker = None
-            return self._exchange()
+            return self._exchange(held)
         try:
-            return self._worker.exchange(self.refresh_timeout)
+            return self._worker.exchange(self.refresh_timeout, held)
         except WorkerError:
             self._worker = None  # ended by exchange: the next refresh starts another
             raise
@@ -308,7 +351,8 @@ class Refresher:
         previous = self._published
         status = Status(self.source_name, False, previous.status.duration, previous.status.finished_at,
                         self._totals())
-        self._published = Published(previous.rendered, status, previous.ready, render_status(status), previous.bodies)
+        # The page changes with the status: the bodies cache starts afresh (the device lists are made again once).
+        self._published = Published.of(previous.rendered, status, previous.ready)
 
     # --- background thread ---------------------------------------------------------------
 
@@ -330,7 +374,10 @@ class Refresher:
         """Stop refreshing and end the worker, even in the middle of a refresh."""
         self._stop.set()
         self._wake.set()
-        worker = self._worker
+        worker, starting = self._worker, self._starting
+        if starting is not None:  # a worker starting (a reload, a replacement): ended, not waited for
+            starting.interrupt()
+            starting.proc.kill()
         if worker is not None:
             worker.interrupt()
         thread = self._thread

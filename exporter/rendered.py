@@ -3,9 +3,9 @@ answers the API's device queries.
 
 The refresh worker makes it (`Rendered.of`) and sends it (`send`); the server receives it
 (`receive`) and serves it as it is until the next refresh. It crosses as one record: a small
-pickled header, and its large buffers out of band (pickle protocol 5) straight into one buffer of
-the server's, read with the interpreter lock released, each field then a slice of it. The server
-holds bytes and a small index, never a snapshot.
+pickled header, and its large buffers out of band (pickle protocol 5), each read straight into a
+buffer of the server's with the interpreter lock released. The server holds bytes and a small
+index, never a snapshot.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ class Rendered:
     ends: array  # 'q': object i is objects[ends[i-1]:ends[i]]
     errors: Mapping[str, int]  # bad inputs this refresh skipped, by kind
     findings_count: int
+    token: int = 0  # names the record: the worker answers "unchanged" only to the server holding it
 
     @classmethod
-    def of(cls, snap: Snapshot, options: MetricOptions) -> Rendered:
+    def of(cls, snap: Snapshot, options: MetricOptions, token: int = 0) -> Rendered:
         from . import hostpage  # the refresh worker's modules: never imported by the server
         from .metrics import render_host
 
@@ -63,7 +64,7 @@ class Rendered:
             ends.append(len(objects))
         return cls(metrics, gzipped_open(metrics), (jsonout.dumps([f.to_json() for f in snap.findings]) + "\n").encode(),
                    hostpage.render(snap, options.telemetry_path), index, bytes(objects), ends, dict(snap.errors),
-                   len(snap.findings))
+                   len(snap.findings), token)
 
     def object_text(self, i: int) -> memoryview:
         return memoryview(self.objects)[self.ends[i - 1] if i else 0:self.ends[i]]
@@ -106,19 +107,17 @@ def send(conn: Connection, sock: socket.socket, message: tuple, rendered: Render
 
 
 def receive(sock: socket.socket, header: bytes, sizes: Sequence[int]) -> Rendered:
-    """The record whose header and buffer sizes came in a message: its buffers, read from `sock`
-    into one buffer of ours (the lock released while the kernel copies), then the header."""
-    payload = bytearray(sum(sizes))
-    view = memoryview(payload)
-    got = 0
-    while got < len(payload):
-        n = sock.recv_into(view[got:])
-        if not n:
-            raise EOFError("the refresh worker's buffers ended early")
-        got += n
-    parts, start = [], 0
+    """The record whose header and buffer sizes came in a message: its buffers, each read from
+    `sock` into a buffer of its own (the lock released while the kernel copies; a client still
+    sending an old exposition keeps that one alive, not the whole record), then the header."""
+    parts = []
     for size in sizes:
-        parts.append(view[start:start + size].toreadonly())
-        start += size
+        view = memoryview(bytearray(size))
+        got = 0
+        while got < size:
+            n = sock.recv_into(view[got:])
+            if not n:
+                raise EOFError("the refresh worker's buffers ended early")
+            got += n
+        parts.append(view.toreadonly())
     return pickle.loads(header, buffers=parts)  # noqa: S301 - from our own worker
-

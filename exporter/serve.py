@@ -18,9 +18,14 @@ import logging
 import queue
 import signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import logs
 from .cmdline import CommandParser, refresh_interval
+
+if TYPE_CHECKING:
+    from .refresher import Refresher
+    from .server import ExporterServer
 
 log = logging.getLogger("passthrough_exporter.cli")
 
@@ -57,7 +62,16 @@ def _own_options(argv: Sequence[str]) -> argparse.Namespace:
     for flag, choices in (("--log.level", logs.LEVELS), ("--log.format", logs.FORMATS)):
         parser.add_argument(flag, dest=flag[2:].replace(".", "_"), default=None, choices=list(choices))
     add_options(parser)
-    return parser.parse_known_args([a for a in argv if a != "serve"])[0]
+    return parser.parse_known_args(_without_command(argv))[0]
+
+
+def _without_command(argv: Sequence[str]) -> list[str]:
+    """`argv` without its command word: the first word that is neither an option nor the value of
+    one of the options that may stand before it (--log.level, --log.format)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in ("--log.level", "--log.format") else 1
+    return [*argv[:i], *argv[i + 1:]]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -112,7 +126,7 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def reload(web_config: str | None, httpd: server.ExporterServer, refresher: Refresher) -> None:  # noqa: F821
+def reload(web_config: str | None, httpd: ExporterServer, refresher: Refresher) -> None:
     """SIGHUP, as Prometheus takes it: the web config read again now (a bad file keeps the one in
     force), and the policy and plugin options by a new refresh worker (one that cannot start keeps
     the old worker). Neither stops `serve`."""

@@ -54,6 +54,7 @@ from . import __version__, jsonout
 from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
 from .exposition import go_float
 from .query import QueryError
+from .serve import DEFAULT_TELEMETRY_PATH
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # annotations only: importing the refresh machinery costs the server's memory
@@ -78,7 +79,6 @@ BCRYPT_QUEUE = 4 * BCRYPT_THREADS  # checks waiting or running; beyond it a logi
 NOT_READY = "no snapshot yet: the first refresh has not finished"
 HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
-DEFAULT_TELEMETRY_PATH = "/metrics"
 TRANSFER_ENCODING_REFUSED = b"Transfer-Encoding is not accepted\n"
 
 
@@ -361,7 +361,7 @@ class App:
             published = self.refresher.current()
             if not published.ready:
                 return 503, self.not_ready_page, HTML, {"Retry-After": "5"}
-            page = published.rendered.page
+            page = published.page
             body = await self._body(published, ("page",), lambda: page, gz)
             return 200, body, HTML, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
                                      else {"Vary": "Accept-Encoding"})

@@ -54,6 +54,18 @@ def status_families(st: Status) -> list[Family]:
     return [Family.of(name, spec, rows[name]) for name, spec in STATUS_METRICS.items()]
 
 
+# The host page is rendered by the refresh that read the host; whether its source is up now is the
+# server's to say: the page carries this mark where the server writes it (`source_state`).
+SOURCE_STATE_MARK = b"<!--source-state-->"
+
+
+def source_state(status: Status) -> bytes:
+    """The host page's words for the source's state, in its markup."""
+    if status.source_up:
+        return b'<span class="ok">up</span>'
+    return b'<span class="bad">down (showing the last good read)</span>'
+
+
 def render_status(status: Status) -> bytes:
     """The status families' text: the exposition's tail."""
     return render_families(status_families(status))

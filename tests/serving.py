@@ -117,21 +117,18 @@ class LocalWorker:
 
     def __init__(self, source, inspector, options=None) -> None:
         from passthrough_exporter.metrics import ERROR_KINDS, MetricOptions
-        from passthrough_exporter.refresh_worker import Builder, Failed
+        from passthrough_exporter.refresh_worker import Builder
 
         self.builder = Builder(source, inspector, options or MetricOptions())
-        self._failed = Failed
         self.source = source.name
         self.error_kinds = ERROR_KINDS
         self.proc = _Running()
 
-    def exchange(self, timeout: float) -> tuple:
-        outcome = self.builder.build()
-        if outcome is None:
-            return ("unchanged",)
-        if isinstance(outcome, self._failed):
-            return ("failed", outcome.kind, outcome.why)
-        return ("built", outcome)
+    def ready(self, timeout: float) -> None:
+        pass
+
+    def exchange(self, timeout: float, held: int) -> tuple:
+        return self.builder.answer(held)
 
     def interrupt(self) -> None:
         pass

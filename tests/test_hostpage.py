@@ -406,9 +406,18 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
         assert resp.status == 401
         resp, body = get(httpd, "/", headers=auth)
         assert resp.status == 200 and resp.getheader("Content-Type") == "text/html; charset=utf-8"
-        assert body == render(Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read()))
+        # The page as the refresh rendered it, the server saying the source is up where it is marked.
+        want = render(Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read()))
+        assert body == want.replace(b"<!--source-state-->", b'<span class="ok">up</span>')
+        assert b"<strong>Source</strong>: sysfs <span class=\"ok\">up</span>" in body
         resp, zipped = get(httpd, "/", headers={**auth, "Accept-Encoding": "gzip"})
         assert resp.getheader("Content-Encoding") == "gzip" and gzip.decompress(zipped) == body
+        tree.sys.rename(tmp_path / "gone")  # the source down: the last good read, saying so
+        refresher.refresh()
+        resp, body = get(httpd, "/", headers=auth)
+        assert resp.status == 200 and b"<strong>Source</strong>: sysfs <span class=\"bad\">down (showing the last good " \
+            b"read)</span>" in body
+        assert b"pci_0000_01_00_0" in body
     finally:
         httpd.shutdown()
         httpd.server_close()

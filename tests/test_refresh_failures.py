@@ -140,3 +140,39 @@ def test_one_group_of_5000_functions_shares_one_set():
     assert "affected" not in snap.device_object(devices[0].name)
     assert snap.device_object(devices[0].name)["affected_count"] == n - 1
     assert len(snap.device_object(devices[0].name, full=True)["affected"]) == n - 1
+
+
+RAISER = '''
+from passthrough_exporter import hookimpl
+
+
+@hookimpl
+def passthrough_verdict(device):
+    if device.name == "pci_0000_01_00_1":
+        raise RuntimeError("this rule cannot judge the audio function")
+'''
+
+
+def test_a_rule_that_keeps_failing_is_told_once_across_unchanged_refreshes(tree, tmp_path, monkeypatch):
+    """An unchanged host is not judged again: the rule's error is not made again, nor is it over, so an
+    unrelated change later does not tell it anew."""
+    hosts.base(tree)
+    hosts.desktop_gpu(tree)
+    (tmp_path / "raising_rules.py").write_text(RAISER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.REPEATS)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        refresher = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), Inspector(plugins=["raising_rules"]))
+        refresher.refresh()
+        refresher.refresh()  # unchanged
+        (tree.proc / "cmdline").write_text("quiet\n")  # a change elsewhere: judged again
+        refresher.refresh()
+        refresher.refresh()
+        assert stream.getvalue().count("Traceback (most recent call last)") == 1  # one record, told once
+        assert refresher.errors_total["plugin_error"] == 4  # every refresh counts it
+    finally:
+        root.removeHandler(handler)

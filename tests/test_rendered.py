@@ -109,6 +109,8 @@ def test_the_record_crosses_a_socket_whole(tree):
     assert kind == "built" and len(sizes) == 5  # metrics, its gzip, findings, page, device objects
     assert back == rendered  # every field, the index and the buffers included
     assert isinstance(back.objects, memoryview) and back.objects.readonly
+    # Each buffer its own: a client still sending the exposition keeps it alone alive, not the record.
+    assert back.metrics.obj is not back.objects.obj
     assert back.device_body("pci_0000_01_00_0") == rendered.device_body("pci_0000_01_00_0")
 
 

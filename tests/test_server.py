@@ -404,9 +404,15 @@ def test_each_body_is_rendered_once_per_snapshot(host):
             get(httpd, "/api/findings")
             get(httpd, "/api/devices/nope")  # an error: nothing to keep
         assert first.bodies.renders == 4 and len(first.bodies) == 4
+        refresher.refresh()  # the host reads as before: the same record, and the bodies made from it
+        same = refresher.current()
+        assert same is not first and same.rendered is first.rendered and same.bodies is first.bodies
+        get(httpd, "/api/devices")
+        assert first.bodies.renders == 4
+        (host.pci_path("0000:01:00.1") / "numa_node").write_text("0\n")  # a change: a new record
         refresher.refresh()
         second = refresher.current()
-        assert second is not first
+        assert second.rendered is not first.rendered
         resp, body = get(httpd, "/api/devices")
         assert resp.status == 200 and second.bodies.renders == 1 and first.bodies.renders == 4
     finally:

@@ -354,3 +354,66 @@ def test_the_worker_judges_a_changed_host_again(host):
 def _info(published) -> bytes:
     return next(line for line in exposition(published).splitlines()
                 if line.startswith(b"passthrough_device_info{") and b'device="pci_0000_01_00_0"' in line)
+
+
+def test_a_record_the_server_could_not_publish_is_never_called_unchanged(host, monkeypatch):
+    """The worker's "unchanged" is about the record the server serves, not the last one it sent: a
+    record lost on the server's side (no memory to publish it) is built again, never replaced by the
+    older one as if fresh."""
+    import passthrough_exporter.refresher as refresher_module
+
+    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), Inspector())
+    refresher.refresh()
+    set_numa(host, 1)
+    real = refresher_module.Published.of
+    lost = []
+
+    def publish(*args, **kwargs):
+        if not lost:
+            lost.append(1)
+            raise MemoryError("no memory for the record")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refresher_module.Published, "of", staticmethod(publish))
+    with pytest.raises(MemoryError):
+        refresher.refresh()
+    assert b'numa_node=""' in _info(refresher.current())  # the old record, still served
+    refresher.refresh()  # the host reads as the lost record's: built again, not "unchanged"
+    assert b'numa_node="1"' in _info(refresher.current()) and refresher.current().status.source_up
+
+
+SLOW_START = textwrap.dedent('''
+    """Takes a minute to import once the file named by $SLOW_START exists."""
+    import os
+    import time
+
+    from passthrough_exporter import hookimpl
+
+    if os.path.exists(os.environ["SLOW_START"]):
+        time.sleep(60)
+
+    @hookimpl
+    def passthrough_verdict(device):
+        return None
+''')
+
+
+def test_stopping_while_a_reload_starts_its_worker_ends_both_at_once(host, tmp_path, monkeypatch):
+    (tmp_path / "slow_start_rules.py").write_text(SLOW_START)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("SLOW_START", str(tmp_path / "slow"))
+    refresher = Refresher(_argv(host, "--plugin", "slow_start_rules"), interval=3600)
+    refresher.start_worker()
+    old = refresher._worker.proc
+    refresher.start()
+    (tmp_path / "slow").touch()
+    refresher.reload()
+    deadline = time.monotonic() + 30
+    while refresher._starting is None:  # the new worker is importing its plugins
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    starting = refresher._starting.proc
+    started = time.monotonic()
+    refresher.stop()
+    assert time.monotonic() - started < 5  # not the minute the start would take
+    assert starting.wait(5) is not None and old.wait(5) is not None
