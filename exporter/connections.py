@@ -294,6 +294,9 @@ class ConnectionPool:
                 self.forget(conn)
                 return
             ours = False
+            # An answer goes out as its headers, then its body: with Nagle's algorithm the body would
+            # wait for the client's delayed ACK of the headers, 40 ms a small answer (aiohttp set it too).
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.connect_accepted_socket(
                 lambda: Guard(self, conn, self.factory()), client, ssl=ssl_context,
                 ssl_handshake_timeout=self.header_timeout if ssl_context else None)
