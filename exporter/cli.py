@@ -15,7 +15,7 @@ import pluggy
 # imported inside them: `devices` starts without it.
 from . import jsonout, logs
 from . import serve as serve_command
-from .cmdline import CommandParser, duration, early_args, refresh_interval
+from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args, refresh_interval
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
 from .gcpause import gc_paused
@@ -180,7 +180,7 @@ def metric_options(args: argparse.Namespace, telemetry_path: str | None = None) 
     if unknown:  # a typo would silently drop every per-device series
         raise ConfigError(f"--metrics.device-types: unknown type {', '.join(unknown)}; "
                           f"choose from {', '.join(KNOWN_TYPES)}")
-    path = telemetry_path or getattr(args, "telemetry_path", None) or "/metrics"
+    path = telemetry_path or getattr(args, "telemetry_path", None) or DEFAULT_TELEMETRY_PATH
     return MetricOptions(device_types=types, include_vfs=not args.skip_vfs, include_health=args.metric_health,
                          telemetry_path=path)
 
@@ -409,9 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     early = early_args(argv)
     if early.command == "serve" and not {"-h", "--help", "--version"} & set(argv):
-        from .main import main as program  # serve starts lean, without the plugins this module loads
-
-        return program(argv)
+        return serve_command.main(argv)  # without the plugins: the refresh worker loads them
     # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown),
     # for a usage error too (2 would read as critical).
     check = early.command == "check"

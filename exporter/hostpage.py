@@ -25,6 +25,7 @@ from . import __version__
 from .facts import GroupStatus
 from .live import host_blocker
 from .model import COMPUTER, Device, Finding, Inventory, natural_key
+from .cmdline import DEFAULT_TELEMETRY_PATH
 from .snapshot import Snapshot
 from .status import SOURCE_STATE_MARK
 from .textsafe import visible
@@ -75,7 +76,7 @@ def escape(text: str) -> str:
     return _html_escape(visible(text))
 
 
-def render(snap: Snapshot, telemetry_path: str = "/metrics") -> bytes:
+def render(snap: Snapshot, telemetry_path: str = DEFAULT_TELEMETRY_PATH) -> bytes:
     """The whole page for one snapshot, as UTF-8 bytes; `telemetry_path` is where the metrics are linked."""
     return "".join(_page(snap, telemetry_path)).encode("utf-8", "backslashreplace")
 

@@ -3,7 +3,6 @@ the full command line (cli.py), which loads the plugins."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,13 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                early.log_format if early.log_format in logs.FORMATS else "logfmt")
     from .serve import main as serve_main
 
-    try:
-        return serve_main(argv)
-    except KeyboardInterrupt:
-        return 130
-    except Exception:  # a log line too, traceback included, where a log pipeline expects it
-        logging.getLogger("passthrough_exporter.cli").exception("serve failed")
-        return 1
+    return serve_main(argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
+from .cmdline import DEFAULT_TELEMETRY_PATH
 from .exposition import Family, Row, Spec, render_families
 from .facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
@@ -94,7 +95,7 @@ class MetricOptions:
     device_types: tuple[str, ...] = PASSABLE_TYPES
     include_vfs: bool = True
     include_health: bool = True  # link, AER, power state: 2-9 series per PCI endpoint
-    telemetry_path: str = "/metrics"  # where `serve` serves them: the host page links it
+    telemetry_path: str = DEFAULT_TELEMETRY_PATH  # where `serve` serves them: the host page links it
 
 
 def _label(value: object) -> str:

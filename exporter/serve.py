@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import logs
-from .cmdline import CommandParser, refresh_interval
+from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, refresh_interval
 
 if TYPE_CHECKING:
     from .refresher import Refresher
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("passthrough_exporter.cli")
 
 DEFAULT_LISTEN = ":9839"
-DEFAULT_TELEMETRY_PATH = "/metrics"
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +76,16 @@ def _without_command(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str]) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads the web config and the policy. Every line it
     writes, start-up errors included, is a log line in --log.format."""
+    try:
+        return _serve(argv)
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a log line too, traceback included, where a log pipeline expects it
+        log.exception("serve failed")
+        return 1
+
+
+def _serve(argv: Sequence[str]) -> int:
     from . import server, webconfig
     from .refresher import Refresher, WorkerError
 

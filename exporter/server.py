@@ -51,10 +51,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 
 from . import __version__, jsonout
+from .cmdline import DEFAULT_TELEMETRY_PATH
 from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
 from .exposition import go_float
 from .query import QueryError
-from .serve import DEFAULT_TELEMETRY_PATH
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # annotations only: importing the refresh machinery costs the server's memory
