@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import posixpath
-import sys
 import tarfile
 import time
 from dataclasses import dataclass

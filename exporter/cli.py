@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ import pluggy
 # imported inside them: `devices` starts without it.
 from . import jsonout, logs
 from . import serve as serve_command
-from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args, refresh_interval
+from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
 from .gcpause import gc_paused

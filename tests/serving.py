@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import resource
-import socket
 import ssl
 import subprocess
 import tempfile
