@@ -47,7 +47,7 @@ class Builder:
     def __init__(self, source: Source, inspector: Inspector, options: MetricOptions) -> None:
         self.source, self.inspector, self.options = source, inspector, options
         self._last: Inventory | None = None  # the read behind the last record made
-        self._token = 0  # that record's: the server says which record it serves
+        self.token = 0  # that record's: the server says which record it serves
 
     def build(self, held: int = 0) -> Rendered | Failed | None:
         """One refresh: a record, None when the host read as it did for the record the server
@@ -57,7 +57,7 @@ class Builder:
             inventory = self.source.read()
         except Exception as exc:  # the source could not be read: the server keeps the old bodies
             return Failed("source_error", str(exc))
-        if held and held == self._token and self._last is not None and _same_read(inventory, self._last):
+        if held and held == self.token and self._last is not None and _same_read(inventory, self._last):
             logs.REPEATS.carry_over()  # the judge's warnings were not made again, nor are they over
             return None
         self._last = None
@@ -67,7 +67,7 @@ class Builder:
         except Exception as exc:  # a bug, or input nobody foresaw: never a silently stale snapshot
             log.exception("refresh failed unexpectedly")
             return Failed("refresh_error", f"{type(exc).__name__}: {exc}")
-        self._last, self._token = inventory, rendered.token
+        self._last, self.token = inventory, rendered.token
         return rendered
 
     def answer(self, held: int = 0) -> tuple:
