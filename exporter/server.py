@@ -263,6 +263,9 @@ class App:
         self.telemetry_path = telemetry_path
         self.not_ready_page = not_ready_page(telemetry_path)
         self.process = ProcessMetrics()
+        # The published state the expositions below were made from, and (gzip, second) -> their parts:
+        # see _metrics. Only the state in force is held.
+        self._exposition: tuple[Published | None, dict[tuple[bool, int], list]] = (None, {})
         self.renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="render")
         self.hasher = concurrent.futures.ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
         self.bcrypt_pending = 0
@@ -295,6 +298,20 @@ class App:
         except Exception:
             log.exception("error serving %s", request.target[:200])
             return self._reply(500, _error_body("internal error"), JSON, close=True)
+
+    def _metrics(self, gz: bool) -> list:
+        """The refresh's exposition as it was rendered, then the status families and this process's
+        own figures, gzipped on their own and joined to the refresh's gzip stream, which is never
+        recompressed. Those few hundred bytes are made at most once a second (and per refresh):
+        reading /proc/self and compressing them was a third of the server's CPU under 64 clients, and
+        a flood of scrapes should cost bytes sent, not work; Prometheus scrapes every 15 s or more."""
+        published, key = self.refresher.current(), (gz, int(time.monotonic()))
+        of, made = self._exposition
+        if of is not published or key not in made:
+            made = {k: v for k, v in made.items() if k[0] != gz} if of is published else {}
+            made[key] = published.metrics(self.process.render(), gz)
+            self._exposition = (published, made)
+        return made[key]
 
     async def _answer(self, request: Request) -> Answer:
         if request.version not in (b"1.0", b"1.1"):
@@ -349,10 +366,7 @@ class App:
         path = request.path
         gz = _accepts_gzip(request.headers.get("accept-encoding", ""))
         if path == self.telemetry_path:
-            # The refresh's exposition as it was rendered, then the status families and this process's
-            # own figures, which change by the second: a few hundred bytes made per scrape (gzipped on
-            # their own and joined to the refresh's gzip stream, which is never recompressed).
-            parts = self.refresher.current().metrics(self.process.render(), gz)
+            parts = self._metrics(gz)
             return 200, parts, CONTENT_TYPE_LATEST, ({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz
                                                      else {"Vary": "Accept-Encoding"})
         if path == "/healthz":

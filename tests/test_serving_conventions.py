@@ -520,3 +520,24 @@ def test_no_revision_from_what_is_not_a_checkout(tmp_path: Path) -> None:
     assert git_revision(tmp_path) is None
     (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/gone\n")
     assert git_revision(tmp_path) is None
+
+
+def test_the_scrape_tail_is_made_once_a_second_and_anew_for_each_refresh(refresher: Refresher,
+                                                                          running: list[ExporterServer]) -> None:
+    """A flood of scrapes costs bytes sent: the process figures are read at most once a second, but a
+    new refresh is served from the first scrape after it."""
+    httpd = started(running, ("127.0.0.1", 0), refresher)
+    port = httpd.server_address[1]
+    reads = []
+    real = httpd.app.process.render
+    httpd.app.process.render = lambda: reads.append(1) or real()
+    bodies = [get(port, "/metrics")[1] for _ in range(20)]
+    assert 1 <= len(reads) <= 2 and len(set(bodies)) == len(reads)  # a second boundary may fall in between
+    before = refresher.current().status.finished_at
+    time.sleep(0.01)
+    refresher.refresh()
+    _, body = get(port, "/metrics")
+    from passthrough_exporter.exposition import go_float
+
+    assert f"passthrough_last_refresh_timestamp_seconds {go_float(before)}\n".encode() not in body
+    assert f"passthrough_last_refresh_timestamp_seconds {go_float(refresher.current().status.finished_at)}\n".encode() in body
