@@ -52,7 +52,6 @@ generate = bench.generate
 PEER_HELPER = HERE.parents[1] / "shared" / "bin" / "peer-node-exporter"
 WARMUP = 2  # refreshes (ours) or scrapes (the peer) not measured
 TICK = os.sysconf("SC_CLK_TCK")
-START_TIMEOUT = 300  # seconds for a server to answer (ours reads the host once before it listens)
 PROMETHEUS_HEADERS = {"Accept-Encoding": "gzip"}
 
 
@@ -145,23 +144,6 @@ def scrape(conn: http.client.HTTPConnection) -> bytes:
     return gzip.decompress(body) if resp.getheader("Content-Encoding") == "gzip" else body
 
 
-def wait_up(proc: subprocess.Popen, port: int, path: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.request("GET", path)
-            ok = conn.getresponse().status == 200
-            conn.close()
-            if ok:
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.args[0]} did not come up: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-
-
 def series(body: bytes, prefix: bytes = b"") -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith(b"#") and line.startswith(prefix))
 
@@ -221,7 +203,7 @@ def ours(host: Host, passes: int, tmp: Path, changing: bool = False) -> dict:
            "--path.pci-ids", bench.PCI_IDS or "none"]
     proc = start(cmd, log, bench.product_env())
     try:
-        wait_up(proc, port, "/healthz", log)
+        bench.wait_up(proc, port, "/healthz", log)
         refreshes = RefreshLog(log)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         refreshes.wait(WARMUP, proc)
@@ -251,7 +233,7 @@ def peer(host: Host, passes: int, exe: str, tmp: Path) -> dict:
            "--path.procfs=/proc", f"--web.listen-address=127.0.0.1:{port}"]
     proc = start(cmd, log)
     try:
-        wait_up(proc, port, "/", log)
+        bench.wait_up(proc, port, "/", log)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(WARMUP):
             body = scrape(conn)

@@ -56,6 +56,7 @@ SERIES_HOST = (200, 2)  # (devices, generator seed): a 200-device host with ever
 SCRAPE_INTERVAL = 60  # seconds, for the fleet estimate
 FLEET = 1000  # hosts
 RSS_REFRESHES = 6  # serve's peak RSS is read once it has refreshed this many times
+START_TIMEOUT = 300  # seconds for a server to answer (ours reads the host once before it listens)
 # Prometheus head memory per active series: Robust Perception, "How much RAM does Prometheus 2.x need
 # for cardinality and ingestion?" (about 2 GiB per million series for cardinality alone, GC included).
 PROM_BYTES_PER_SERIES = 2 * 1024**3 / 1_000_000
@@ -360,6 +361,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_up(proc: subprocess.Popen, port: int, path: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", path)
+            ok = conn.getresponse().status == 200
+            conn.close()
+            if ok:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args[0]} did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
 def serve_run(size: int, busy: bool, requests: int, tmp: Path) -> dict:
     """`serve` on the host: scrapes of /metrics (gzip and plain) by a client process, then its peak RSS.
     busy: refreshing while the scrapes run (the 1 s floor of the interval: back to back wherever a refresh
@@ -373,18 +391,7 @@ def serve_run(size: int, busy: bool, requests: int, tmp: Path) -> dict:
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=product_env())
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not come up: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_up(proc, port, "/healthz", log)
         out = {mode: _client(port, mode, requests) for mode in ("gzip", "plain")}
         if not busy:
             out["floor"] = socket_floor(port, requests, tmp)

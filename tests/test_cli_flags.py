@@ -12,6 +12,7 @@ import pytest
 from helpers import EXE
 
 from passthrough_exporter import cli
+from passthrough_exporter.cmdline import refresh_interval
 from passthrough_exporter.plugins import pci
 from passthrough_exporter.settings import ConfigError
 
@@ -125,7 +126,7 @@ def test_a_refresh_interval_below_one_second_is_a_usage_error(value):
 
 @pytest.mark.parametrize("value, seconds", [("1s", 1.0), ("1000ms", 1.0), ("1", 1.0), ("30s", 30.0), ("5m", 300.0)])
 def test_a_refresh_interval_of_a_second_or_more_is_accepted(value, seconds):
-    assert cli.refresh_interval(value) == seconds
+    assert refresh_interval(value) == seconds
 
 
 # --- textfile names ------------------------------------------------------------------------
