@@ -3,7 +3,8 @@
 It parses `serve`'s command line ARGS (it is where the plugins are loaded and their options read:
 the server imports none of them), opens the source, says it is ready, then answers each request on
 the socket FD with one refresh (`build`): read, judge, render. The answer is a `Rendered` record
-(rendered.py), or "unchanged" when the host read exactly as last time, or why the refresh failed.
+(rendered.py), "unchanged" when the host reads exactly as it did for the record the server holds
+(the server says which, by its token), or why the refresh failed.
 A plugin that crashes or hangs takes this process down, not the server: the server counts one failed
 refresh and starts another worker.
 """
