@@ -693,12 +693,13 @@ def notes(data: dict) -> list[str]:
         "- Whole processes run with bytecode compiled (as an installed package has it) and without "
         "PYTHONUNBUFFERED unless the column says so; stdout and stderr go to /dev/null. Peak RSS: the "
         "process's own maximum resident set (getrusage).",
-        "- Steady refresh: `Refresher.refresh()` in the process (pci.ids loaded once at start; read, judge, "
-        "render the exposition, the device objects and the host page, gzip), after a first refresh; the C floor "
-        "is the same program built as a shared library and called in the same process (without pci.ids: "
-        "`serve` reads it once at start). \"In the worker\": `WorkerRefresher.refresh()`, as `serve` runs it: "
-        "the same work in the child process, plus handing the buffers over in a memory file, timed from the "
-        "server's side.",
+        "- Refresh: the refresh worker's `Builder.build()` in the process (pci.ids loaded once at start): "
+        "\"refresh\" as for a host that changed (read, judge, render the exposition, the device objects and "
+        "the host page, gzip); \"unchanged host\" as for one that reads as before (the read and a comparison); "
+        "the C floor is the same program built as a shared library and called in the same process (without "
+        "pci.ids: `serve` reads it once at start). \"In the worker\": `Refresher.refresh()`, as `serve` runs "
+        "it on this steady host: the child reads, finds the host unchanged and says so, timed from the server's "
+        "side.",
         "- Serve as a process: `passthrough-exporter serve` with `--refresh-interval 1h` (idle after its first "
         "refresh) and `1s`, the floor (refreshing while scraped: back to back where a refresh takes a second or "
         "more); a client in another process scrapes /metrics over one "
