@@ -14,7 +14,7 @@ import pluggy
 # imported inside them: `devices` starts without it.
 from . import jsonout, logs
 from . import serve as serve_command
-from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args
+from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args, serves_lean, setup_early_logging
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
 from .gcpause import gc_paused
@@ -407,16 +407,13 @@ def parse_command_line(argv: Sequence[str], usage_exit: int = 2) -> argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     early = early_args(argv)
-    if early.command == "serve" and not {"-h", "--help", "--version"} & set(argv):
+    if serves_lean(argv, early):
         return serve_command.main(argv)  # without the plugins: the refresh worker loads them
     # What "could not run" exits with: `check` follows the monitoring-plugin convention (3, unknown),
     # for a usage error too (2 would read as critical).
     check = early.command == "check"
     failed = CHECK_UNKNOWN if check else 1
-    # Logging from the first line on, as far as the flags can be read before parsing: a usage error
-    # of `serve` is already a line in its format.
-    logs.setup(early.log_level if early.log_level in logs.LEVELS else "info",
-               early.log_format if early.log_format in logs.FORMATS else "logfmt")
+    setup_early_logging(early)  # a usage error of `serve --help ...` is already a line in its format
     serving = early.command == "serve"
     if early.command not in ONE_SHOT:
         return _run(argv, check, failed, serving)

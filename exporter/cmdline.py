@@ -78,8 +78,6 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
-
-
 def early_args(argv: Sequence[str]) -> argparse.Namespace:
     """What is read before the command line is parsed: the command word (its exit codes depend on
     it) and --plugin and --disable-plugin (the plugins add options to the parser, as pytest loads
@@ -94,3 +92,18 @@ def early_args(argv: Sequence[str]) -> argparse.Namespace:
     early.add_argument("--timeout")
     early.add_argument("command", nargs="?")
     return early.parse_known_args(argv)[0]
+
+
+def serves_lean(argv: Sequence[str], early: argparse.Namespace) -> bool:
+    """The command line runs `serve` itself (not its help or the version): started by serve.py,
+    without the plugins, which the refresh worker loads."""
+    return early.command == "serve" and not {"-h", "--help", "--version"} & set(argv)
+
+
+def setup_early_logging(early: argparse.Namespace) -> None:
+    """Logging from the first line on, as far as the flags can be read before parsing: a value the
+    parser will refuse a moment later falls back to the default meanwhile."""
+    from . import logs
+
+    logs.setup(early.log_level if early.log_level in logs.LEVELS else "info",
+               early.log_format if early.log_format in logs.FORMATS else "logfmt")

@@ -108,13 +108,11 @@ def main(argv: Sequence[str]) -> int:
     sock = socket.socket(fileno=int(argv[0]))
     conn = Connection(os.dup(sock.fileno()))  # the messages; `sock` itself carries the records' buffers
     from .cli import inspector_from, metric_options, open_source, parse_command_line
-    from .cmdline import early_args
+    from .cmdline import early_args, setup_early_logging
     from .settings import ConfigError
     from .sources import SourceError
 
-    early = early_args(argv[1:])  # a usage error is a log line in --log.format, as the server writes them
-    logs.setup(early.log_level if early.log_level in logs.LEVELS else "info",
-               early.log_format if early.log_format in logs.FORMATS else "logfmt")
+    setup_early_logging(early_args(argv[1:]))  # a usage error is a log line in --log.format, as the server's
     try:
         args = parse_command_line(argv[1:])
     except SystemExit as exc:  # a usage error, already written as a log line by the parser
