@@ -141,8 +141,8 @@ def ratios(a: list[dict] | list[float], b: list[dict] | list[float], key: str = 
 def check_floor(floor_exe: Path, size: int, seed: int = 7) -> int:
     """The C floor reads, links and lists exactly what one traced read of the source does: else the
     comparison would be with another program. Returns the number of paths compared."""
-    from passthrough_exporter.sources.sysfs import SysfsSource
-    from passthrough_exporter.sysfs import Trace
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
+    from passthrough_exporter.reading.sysfs import Trace
 
     sysfs, procfs = map(str, generate.cached(size, seed))
     trace = Trace()
@@ -226,7 +226,8 @@ def import_times(empty: Path) -> dict:
 def worker(size: int, repeat: int, floor_lib: str) -> dict:
     from floor import floor_read
 
-    from passthrough_exporter import hostpage, pciids
+    from passthrough_exporter import hostpage
+    from passthrough_exporter.reading import pciids
     from passthrough_exporter.gcpause import gc_paused
     from passthrough_exporter.inspector import Inspector
     from passthrough_exporter.metrics import MetricOptions, render
@@ -234,7 +235,7 @@ def worker(size: int, repeat: int, floor_lib: str) -> dict:
     from passthrough_exporter.refresh_worker import Builder
     from passthrough_exporter.refresher import Refresher
     from passthrough_exporter.rendered import Rendered
-    from passthrough_exporter.sources.sysfs import SysfsSource
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     lib = ctypes.CDLL(floor_lib)
     lib.floor_read.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_long)]
@@ -301,7 +302,7 @@ def seed_worker(size: int, repeat: int) -> dict:
     import seed
 
     from passthrough_exporter.inspector import Inspector
-    from passthrough_exporter.sources.sysfs import SysfsSource
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     sysfs, procfs = map(str, generate.cached(size))
     source = SysfsSource(sysfs, procfs)
@@ -339,7 +340,7 @@ def series_worker(size: int, seed: int) -> dict:
     """Series and bytes of one scrape, with every metric and as narrowed for large SR-IOV hosts."""
     from passthrough_exporter.inspector import Inspector
     from passthrough_exporter.metrics import MetricOptions, render
-    from passthrough_exporter.sources.sysfs import SysfsSource
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     sysfs, procfs = map(str, generate.cached(size, seed))
     snap = Inspector().judge(SysfsSource(sysfs, procfs).read())

@@ -24,7 +24,7 @@ from .options import add_plugin_options
 from .query import DeviceIndex, QueryError, check_filters
 from .settings import ConfigError
 from .snapshot import Snapshot
-from .sources import SOURCES, Source, SourceError
+from .reading.sources import SOURCES, Source, SourceError
 from .textsafe import visible
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def add_rule_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager |
 def open_source(args: argparse.Namespace) -> Source:
     cls = SOURCES[args.source].load(args.source)
     if args.source == "sysfs":
-        from . import pciids
+        from .reading import pciids
 
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
         return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan)

@@ -19,7 +19,7 @@ from .exposition import Family, Row, Spec, render_families
 from .facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
 from .snapshot import Snapshot
-from .sources import error_kinds
+from .reading.sources import error_kinds
 from .status import STATUS_METRICS, Status, status_families
 from .textsafe import visible
 

@@ -28,7 +28,7 @@ from .inspector import Inspector
 from .metrics import ERROR_KINDS, MetricOptions
 from .model import Inventory
 from .rendered import Rendered, send
-from .sources import Source
+from .reading.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def main(argv: Sequence[str]) -> int:
     from .cli import inspector_from, metric_options, open_source, parse_command_line
     from .cmdline import early_args, setup_early_logging
     from .settings import ConfigError
-    from .sources import SourceError
+    from .reading.sources import SourceError
 
     setup_early_logging(early_args(argv[1:]))  # a usage error is a log line in --log.format, as the server's
     try:

@@ -10,7 +10,7 @@ from ..facts import Facts
 from ..model import Check, Device, Finding, Inventory, Verdict
 from ..options import OptionParser
 from ..settings import ConfigError, Settings
-from ..sysfs.attrs import BadAttribute, hex_id
+from ..reading.sysfs.attrs import BadAttribute, hex_id
 
 # Bridges and other infrastructure (0x06), memory controllers (0x05), processors (0x0b):
 # passing them cannot work and can take the host down with them.

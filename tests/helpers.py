@@ -15,7 +15,7 @@ from sysfs_builder import SysfsTree
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.snapshot import Snapshot
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
 def _console_script() -> str:

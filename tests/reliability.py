@@ -17,7 +17,7 @@ from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.refresher import Refresher
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig
 
 _INSPECTOR: Inspector | None = None

@@ -12,7 +12,7 @@ from passthrough_exporter.batch import BATCH, batched
 from passthrough_exporter.facts import Facts
 from passthrough_exporter.inspector import Inspector, make_plugin_manager
 from passthrough_exporter.model import Verdict
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 POLICY = """\
 [[rule]]

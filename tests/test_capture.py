@@ -17,7 +17,7 @@ import umockdev_tree
 from sysfs_builder import SysfsTree
 from helpers import EXE
 
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
 def capture(sysfs, procfs, output, *extra):

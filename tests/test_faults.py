@@ -27,7 +27,7 @@ from sysfs_builder import SysfsTree
 
 from passthrough_exporter.model import Device, Inventory
 from serving import exposition, local_refresher
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 GPU, AUDIO = "0000:01:00.0", "0000:01:00.1"
 MEGABYTE = b"0x8086" + b"0" * (1 << 20)

@@ -351,7 +351,7 @@ def test_capture_never_archives_bytes_read_through_a_link_it_cannot_place(tree, 
     """A link in the tree to a file outside it, even one the trace only learns about by reading:
     the plan keeps the bytes only under the file the read opened, if that is in the tree."""
     from passthrough_exporter.capture import plan
-    from passthrough_exporter.sysfs import Reader, Trace
+    from passthrough_exporter.reading.sysfs import Reader, Trace
 
     hosts.base(tree)
     secret_file = tmp_path / "secret"
@@ -372,7 +372,7 @@ def test_capture_archives_no_bytes_of_a_hard_link_or_a_device_node_in_the_tree(t
     """Inside the tree, yet another file's bytes: a hard link to a secret outside it, and a device node
     of the test's own making (1:5, what /dev/zero is) as an attribute. Neither is archived as bytes."""
     from passthrough_exporter.capture import plan
-    from passthrough_exporter.sysfs import Reader, Trace
+    from passthrough_exporter.reading.sysfs import Reader, Trace
 
     hosts.base(tree)
     secret_file = tmp_path / "secret"

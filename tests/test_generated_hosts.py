@@ -9,7 +9,7 @@ import pytest
 from helpers import generate_module
 
 from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):

@@ -12,10 +12,10 @@ from hosts import INTEL, NVIDIA
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter.metrics import MetricOptions, render
-from passthrough_exporter.sources.sysfs import SysfsSource
-from passthrough_exporter.sysfs import Trace
-from passthrough_exporter.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
-from passthrough_exporter.sysfs.devices import aer_total, link_speed, power_state
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sysfs import Trace
+from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
+from passthrough_exporter.reading.sysfs.devices import aer_total, link_speed, power_state
 
 AER_CORRECTABLE = """Receiver Error 2
 Bad TLP 0

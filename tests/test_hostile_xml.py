@@ -29,7 +29,7 @@ from reliability import inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import Inventory
 
-from passthrough_exporter.sources.libvirt_xml import node_device
+from passthrough_exporter.reading.sources.libvirt_xml import node_device
 
 
 def parse_node_device(xml):
@@ -124,7 +124,7 @@ if mode == "unsafe":  # the harness's own check: what an unsafe parser would do
         parser = etree.XMLParser(resolve_entities=True, load_dtd=True, no_network=False)
         return etree.tostring(etree.fromstring(xml, parser)).decode("utf-8", "replace")
 else:
-    from passthrough_exporter.sources.libvirt_xml import node_device
+    from passthrough_exporter.reading.sources.libvirt_xml import node_device
     def parse(xml):
         return node_device(xml).device
 for name in sorted(os.listdir(casedir)):

@@ -390,7 +390,7 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
     from passthrough_exporter import webconfig
     from serving import local_refresher
     from passthrough_exporter.server import serve
-    from passthrough_exporter.sources.sysfs import SysfsSource
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     hosts.workstation(tree)
     cfg = tmp_path / "web.yml"

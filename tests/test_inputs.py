@@ -15,7 +15,7 @@ import hosts
 import pytest
 from helpers import EXE
 
-from passthrough_exporter import pciids
+from passthrough_exporter.reading import pciids
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.plugins.policy.rules import MAX_FILE_SIZE, MAX_TABLES, PolicyError, load, parse
 from passthrough_exporter.settings import ConfigError

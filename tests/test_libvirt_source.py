@@ -19,9 +19,9 @@ from passthrough_exporter.inspector import Inspector  # noqa: E402
 from passthrough_exporter.metrics import render  # noqa: E402
 from passthrough_exporter.model import KNOWN_TYPES, Holder  # noqa: E402
 from passthrough_exporter.snapshot import Snapshot  # noqa: E402
-from passthrough_exporter.sources import SourceError  # noqa: E402
-from passthrough_exporter.sources.libvirt import LibvirtSource  # noqa: E402
-from passthrough_exporter.sources.sysfs import SysfsSource  # noqa: E402
+from passthrough_exporter.reading.sources import SourceError  # noqa: E402
+from passthrough_exporter.reading.sources.libvirt import LibvirtSource  # noqa: E402
+from passthrough_exporter.reading.sources.sysfs import SysfsSource  # noqa: E402
 
 
 def number_of(device: str) -> tuple[int, int]:

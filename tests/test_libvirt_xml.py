@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from passthrough_exporter.sources.libvirt_xml import (
+from passthrough_exporter.reading.sources.libvirt_xml import (
     MAX_XML_BYTES,
     BadXML,
     domain_hostdevs,

@@ -9,10 +9,10 @@ from helpers import judge_tree  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passthrough_exporter import pciids
+from passthrough_exporter.reading import pciids
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.settings import ConfigError
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 SAMPLE = """\
 # comment

@@ -18,8 +18,8 @@ from reliability import inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import COMPUTER, Device, Inventory
 from passthrough_exporter.snapshot import Snapshot
-from passthrough_exporter.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
-from passthrough_exporter.sysfs.devices import aer_total, link_speed
+from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
+from passthrough_exporter.reading.sysfs.devices import aer_total, link_speed
 
 TYPES = ("pci", "usb_device", "usb", "scsi_host", "scsi_target", "scsi")
 # Every type a built-in plugin answers for: the device's descendants always go along.

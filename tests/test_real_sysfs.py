@@ -9,7 +9,7 @@ import pytest
 from helpers import EXE
 
 from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 PCI = "/sys/bus/pci/devices"
 

@@ -10,7 +10,7 @@ import umockdev_tree
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.model import device_name
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
 def read(sys_root: Path):

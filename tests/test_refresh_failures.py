@@ -18,7 +18,7 @@ from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import Device, Inventory
 from serving import exposition, local_refresher
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
 def fifo_mountinfo(tree: SysfsTree) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hosts
 from helpers import judge_tree
 
-from passthrough_exporter.sysfs.rootfs import root_mount
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sysfs.rootfs import root_mount
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
 def read(tree):

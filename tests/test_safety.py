@@ -12,7 +12,7 @@ from hosts import INTEL, NVIDIA
 
 from passthrough_exporter.facts import Facts, group_layout_hash
 from passthrough_exporter.plugins.safety import CODES
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

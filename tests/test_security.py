@@ -23,7 +23,7 @@ from helpers import EXE, log_messages
 
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
 
 ROUTES = ("/", "/metrics", "/api/devices", "/api/devices/pci_0000_01_00_0", "/api/findings", "/healthz", "/nowhere")

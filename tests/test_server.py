@@ -21,7 +21,7 @@ from helpers import EXE, get, log_messages, without_process_metrics
 from passthrough_exporter.inspector import Inspector
 from serving import local_refresher
 from passthrough_exporter.server import parse_listen_address, serve
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
 
 

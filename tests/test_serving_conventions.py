@@ -39,7 +39,7 @@ from passthrough_exporter.metrics import MetricOptions
 from passthrough_exporter.refresher import Refresher
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer, ListenError, serve
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from sysfs_builder import SysfsTree
 from passthrough_exporter.connections import MAX_CONNECTIONS, RESERVED_FDS
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfig
 
 HEAD_START = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "

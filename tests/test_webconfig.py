@@ -20,7 +20,7 @@ from helpers import EXE, log_messages
 from passthrough_exporter.refresher import Refresher
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.webconfig import WebConfigError, load
 
 FAILED_TLS = (ssl.SSLError, ConnectionError, http.client.HTTPException)

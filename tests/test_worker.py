@@ -18,7 +18,7 @@ from serving import exposition, local_refresher
 
 from passthrough_exporter.inspector import Inspector
 from passthrough_exporter.refresher import Refresher, WorkerError
-from passthrough_exporter.sources.sysfs import SysfsSource
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
 def _argv(tree, *extra: str) -> list[str]:
@@ -64,7 +64,7 @@ def test_the_worker_reads_libvirt_as_the_process_itself_would(tree, tmp_path):
     pytest.importorskip("libvirt")
     import libvirt_host
 
-    from passthrough_exporter.sources.libvirt import LibvirtSource
+    from passthrough_exporter.reading.sources.libvirt import LibvirtSource
 
     hosts.workstation(tree)
     uri = libvirt_host.write_host(tree, tmp_path / "host.xml", domains=(

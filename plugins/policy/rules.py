@@ -41,7 +41,7 @@ import tomllib
 from ...inputs import read_operator_file
 from ...model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
 from ...settings import ConfigError
-from ...sysfs.attrs import BadAttribute, hex_id
+from ...reading.sysfs.attrs import BadAttribute, hex_id
 from .expect import FIELDS, ID_FIELDS, Expectation
 
 ACTIONS = ("allow", "deny")

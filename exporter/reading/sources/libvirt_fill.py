@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from dataclasses import fields, replace
 
-from ..model import Device, HostFacts
+from ...model import Device, HostFacts
 from ..sysfs import Reader
 from ..sysfs.devices import READERS, Fields
 from ..sysfs.host import host_facts

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from ..model import Device, HostFacts, Inventory
+from ...model import Device, HostFacts, Inventory
 from . import SOURCES, SourceError
 from .libvirt_assign import assign
 from .libvirt_fill import SysfsFiller

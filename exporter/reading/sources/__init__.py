@@ -6,7 +6,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..model import Inventory
+from ...model import Inventory
 from ..sysfs import ERROR_KINDS as SYSFS_ERROR_KINDS
 
 
@@ -29,7 +29,7 @@ class SourceSpec:
     """A registered source: where its class lives (imported only when chosen: libvirt's needs
     libvirt-python) and the kinds of bad input it counts in passthrough_collect_errors_total."""
 
-    module: str  # under passthrough_exporter.sources
+    module: str  # under passthrough_exporter.reading.sources
     cls: str
     error_kinds: tuple[str, ...]
     needs: str = ""  # what to install when the import fails

@@ -4,7 +4,7 @@ Read-only. Each device directory is listed once and only the attributes that exi
 so a read costs one listdir plus a few small reads per device. A device whose directory vanishes,
 cannot be read or holds garbage in an attribute it cannot do without is skipped, logged and
 counted by kind; garbage in an optional attribute leaves that field empty (and is counted).
-How each file is read and parsed is the sysfs library's (`passthrough_exporter.sysfs`).
+How each file is read and parsed is the sysfs library's (`passthrough_exporter.reading.sysfs`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import replace
 
-from ..model import COMPUTER, Device, Inventory
+from ...model import COMPUTER, Device, Inventory
 from ..pciids import PciIds
 from ..sysfs import Reader, Trace, error_kind
 from ..sysfs.devices import READERS, Fields, usb_name_parent

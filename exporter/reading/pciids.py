@@ -11,8 +11,8 @@ import os
 import re
 from collections.abc import Iterable
 
-from .inputs import read_operator_file
-from .settings import ConfigError
+from ..inputs import read_operator_file
+from ..settings import ConfigError
 
 log = logging.getLogger(__name__)
 

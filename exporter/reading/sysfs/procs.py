@@ -23,7 +23,7 @@ import stat
 from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 
-from ..model import Device, Holder, HostFacts
+from ...model import Device, Holder, HostFacts
 from .attrs import escape_bytes
 from .files import read_all
 

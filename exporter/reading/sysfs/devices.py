@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ..model import MdevType, device_name
+from ...model import MdevType, device_name
 from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width,
                     numa_node, parse_int, shape, sriov_count)
 from .files import Reader, error_kind

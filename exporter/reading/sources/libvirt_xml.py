@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from lxml import etree
 
-from ..model import COMPUTER, Device, device_name
+from ...model import COMPUTER, Device, device_name
 from ..sysfs.attrs import BadAttribute, bounded_int, hex_id, numa_node, parse_int, sriov_count
 
 log = logging.getLogger(__name__)

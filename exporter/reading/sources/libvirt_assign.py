@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from ..model import Device
+from ...model import Device
 from .libvirt_xml import HostdevRef
 
 log = logging.getLogger(__name__)

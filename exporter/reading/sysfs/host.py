@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from types import MappingProxyType
 
-from ..model import HostFacts
+from ...model import HostFacts
 from .devices import char_dev
 from .files import Reader
 
