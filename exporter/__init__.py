@@ -7,7 +7,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     # Both made on first use. `hookimpl`, the decorator for hook implementations in rule plugins (see
-    # `passthrough_exporter.hookspecs`): `serve`'s server imports no plugin, so it needs no pluggy.
+    # `passthrough_exporter.judging.hookspecs`): `serve`'s server imports no plugin, so it needs no pluggy.
     # `__version__` (--version, build_info, the host page): importing importlib.metadata to read it
     # costs every other command a fifth of its start-up.
     if name == "hookimpl":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import Check, Finding
-from .snapshot import Snapshot
+from .judging.snapshot import Snapshot
 from .textsafe import visible
 
 STATUS_BY_SEVERITY = {"critical": "FAIL", "warning": "WARN", "info": "PASS"}

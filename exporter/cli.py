@@ -18,12 +18,12 @@ from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
 from .gcpause import gc_paused
-from .inspector import Inspector, make_plugin_manager, plugin_table
+from .judging.inspector import Inspector, make_plugin_manager, plugin_table
 from .model import KNOWN_TYPES, PASSABLE_TYPES
-from .options import add_plugin_options
-from .query import DeviceIndex, QueryError, check_filters
+from .judging.options import add_plugin_options
+from .judging.query import DeviceIndex, QueryError, check_filters
 from .settings import ConfigError
-from .snapshot import Snapshot
+from .judging.snapshot import Snapshot
 from .reading.sources import SOURCES, Source, SourceError
 from .textsafe import visible
 

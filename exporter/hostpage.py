@@ -22,11 +22,11 @@ from html import escape as _html_escape
 from urllib.parse import quote
 
 from . import __version__
-from .facts import GroupStatus
-from .live import host_blocker
+from .judging.facts import GroupStatus
+from .judging.live import host_blocker
 from .model import COMPUTER, Device, Finding, Inventory, natural_key
 from .cmdline import DEFAULT_TELEMETRY_PATH
-from .snapshot import Snapshot
+from .judging.snapshot import Snapshot
 from .status import SOURCE_STATE_MARK
 from .textsafe import visible
 

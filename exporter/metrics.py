@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from .cmdline import DEFAULT_TELEMETRY_PATH
 from .exposition import Family, Row, Spec, render_families
-from .facts import WEAKENED_REASONS
+from .judging.facts import WEAKENED_REASONS
 from .model import PASSABLE_TYPES, Device
-from .snapshot import Snapshot
+from .judging.snapshot import Snapshot
 from .reading.sources import error_kinds
 from .status import STATUS_METRICS, Status, status_families
 from .textsafe import visible

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 
 from . import logs
 from .gcpause import gc_paused
-from .inspector import Inspector
+from .judging.inspector import Inspector
 from .metrics import ERROR_KINDS, MetricOptions
 from .model import Inventory
 from .rendered import Rendered, send

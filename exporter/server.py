@@ -54,7 +54,7 @@ from . import __version__, jsonout
 from .cmdline import DEFAULT_TELEMETRY_PATH
 from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
 from .exposition import go_float
-from .query import QueryError
+from .judging.query import QueryError
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # annotations only: importing the refresh machinery costs the server's memory

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..facts import Facts
+from ..judging.facts import Facts
 from ..model import Check, Finding, Inventory
 
 FIXES = {

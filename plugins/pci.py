@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..batch import batched
-from ..facts import Facts
+from ..judging.batch import batched
+from ..judging.facts import Facts
 from ..model import Check, Device, Finding, Inventory, Verdict
-from ..options import OptionParser
+from ..judging.options import OptionParser
 from ..settings import ConfigError, Settings
 from ..reading.sysfs.attrs import BadAttribute, hex_id
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from .. import hookimpl
-from ..batch import batched
-from ..facts import Facts, GroupStatus
+from ..judging.batch import batched
+from ..judging.facts import Facts, GroupStatus
 from ..model import Check, Device, Finding, Inventory, Verdict
 
 HOST = "host"

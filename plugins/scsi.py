@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..batch import batched
+from ..judging.batch import batched
 from ..model import Device, Inventory, Verdict
 
 SCSI_TYPES = ("scsi_host", "scsi_target", "scsi")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..batch import batched
+from ..judging.batch import batched
 from ..model import Device, Inventory, Verdict
 
 HUB_CLASS = "09"

@@ -13,8 +13,8 @@ from types import ModuleType
 
 from sysfs_builder import SysfsTree
 
-from passthrough_exporter.inspector import Inspector
-from passthrough_exporter.snapshot import Snapshot
+from passthrough_exporter.judging.inspector import Inspector
+from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 

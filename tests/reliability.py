@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from sysfs_builder import SysfsTree
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.refresher import Refresher
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer

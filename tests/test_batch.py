@@ -8,9 +8,9 @@ import pytest
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter import hookimpl
-from passthrough_exporter.batch import BATCH, batched
-from passthrough_exporter.facts import Facts
-from passthrough_exporter.inspector import Inspector, make_plugin_manager
+from passthrough_exporter.judging.batch import BATCH, batched
+from passthrough_exporter.judging.facts import Facts
+from passthrough_exporter.judging.inspector import Inspector, make_plugin_manager
 from passthrough_exporter.model import Verdict
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

@@ -171,7 +171,7 @@ def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
 
     from passthrough_exporter import check as chk
     from passthrough_exporter import hookimpl
-    from passthrough_exporter.inspector import Inspector, make_plugin_manager
+    from passthrough_exporter.judging.inspector import Inspector, make_plugin_manager
     from passthrough_exporter.model import Finding
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

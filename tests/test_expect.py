@@ -14,7 +14,7 @@ import hosts
 import pytest
 from helpers import EXE
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.plugins.policy.rules import PolicyError, load, parse
 

@@ -7,10 +7,10 @@ from helpers import judge_tree
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.metrics import MetricOptions, SnapshotCollector, render
 from passthrough_exporter.model import Device, Finding, HostFacts, Inventory
-from passthrough_exporter.snapshot import Snapshot
+from passthrough_exporter.judging.snapshot import Snapshot
 
 
 def reference(snap: Snapshot, options: MetricOptions | None = None) -> bytes:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from passthrough_exporter.facts import group_status, weakened
+from passthrough_exporter.judging.facts import group_status, weakened
 from passthrough_exporter.model import Device, HostFacts, Inventory
 
 

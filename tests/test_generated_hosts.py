@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import generate_module
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 @pytest.fixture(scope="module")

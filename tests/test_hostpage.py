@@ -21,7 +21,7 @@ import pytest
 from helpers import judge_tree
 
 from passthrough_exporter.hostpage import render
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Finding, HostFacts, Inventory
 
 VOID = {"br", "meta", "img", "hr", "input", "link"}

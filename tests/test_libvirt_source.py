@@ -15,10 +15,10 @@ from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_inte
 from sysfs_builder import SysfsTree, char_number  # noqa: E402
 
 from passthrough_exporter import cli  # noqa: E402
-from passthrough_exporter.inspector import Inspector  # noqa: E402
+from passthrough_exporter.judging.inspector import Inspector  # noqa: E402
 from passthrough_exporter.metrics import render  # noqa: E402
 from passthrough_exporter.model import KNOWN_TYPES, Holder  # noqa: E402
-from passthrough_exporter.snapshot import Snapshot  # noqa: E402
+from passthrough_exporter.judging.snapshot import Snapshot  # noqa: E402
 from passthrough_exporter.reading.sources import SourceError  # noqa: E402
 from passthrough_exporter.reading.sources.libvirt import LibvirtSource  # noqa: E402
 from passthrough_exporter.reading.sources.sysfs import SysfsSource  # noqa: E402

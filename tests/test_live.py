@@ -19,7 +19,7 @@ from helpers import EXE, judge_tree
 from hosts import INTEL, NVIDIA
 from sysfs_builder import char_number
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs.procs import qemu_guest_name, scan_holders
@@ -243,7 +243,7 @@ def test_a_cdev_and_a_usbfs_node_name_their_devices(tree):
 
 def test_the_scan_can_be_switched_off(tree):
     hosts.busy_host(tree)
-    from passthrough_exporter.inspector import Inspector
+    from passthrough_exporter.judging.inspector import Inspector
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     snap = Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc), scan_processes=False).read())

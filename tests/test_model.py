@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Finding, Inventory
 
 

@@ -10,7 +10,7 @@ import hosts
 import pytest
 from helpers import EXE
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device
 from passthrough_exporter.plugins import pci
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passthrough_exporter.reading import pciids
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.settings import ConfigError
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

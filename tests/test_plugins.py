@@ -15,7 +15,7 @@ import pytest
 from helpers import EXE
 
 from passthrough_exporter import hookimpl
-from passthrough_exporter.inspector import Inspector, make_plugin_manager
+from passthrough_exporter.judging.inspector import Inspector, make_plugin_manager
 from passthrough_exporter.model import Device, Finding, Inventory, Verdict
 from passthrough_exporter.settings import ConfigError
 
@@ -385,7 +385,7 @@ def test_entry_point_that_fails_to_import_names_itself(monkeypatch):
         def load(self):
             raise ImportError("No module named 'vendorpack'")
 
-    monkeypatch.setattr("passthrough_exporter.inspector._entry_points", lambda: [EP()])
+    monkeypatch.setattr("passthrough_exporter.judging.inspector._entry_points", lambda: [EP()])
     with pytest.raises(ConfigError, match=r"plugin 'vendorpack' \(vendorpack.rules\) failed to load: ImportError"):
         make_plugin_manager()
     make_plugin_manager(disabled=("vendorpack",))  # the way out the message names

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.plugins.policy.rules import PolicyError, load, parse
 

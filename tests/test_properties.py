@@ -17,7 +17,7 @@ from reliability import inspector
 
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import COMPUTER, Device, Inventory
-from passthrough_exporter.snapshot import Snapshot
+from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
 from passthrough_exporter.reading.sysfs.devices import aer_total, link_speed
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from helpers import EXE
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 PCI = "/sys/bus/pci/devices"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import umockdev_tree
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import device_name
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

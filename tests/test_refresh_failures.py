@@ -14,7 +14,7 @@ from helpers import EXE
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter import logs
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.metrics import render
 from passthrough_exporter.model import Device, Inventory
 from serving import exposition, local_refresher

@@ -10,7 +10,7 @@ import pytest
 from helpers import judge_tree
 from hosts import INTEL, NVIDIA
 
-from passthrough_exporter.facts import Facts, group_layout_hash
+from passthrough_exporter.judging.facts import Facts, group_layout_hash
 from passthrough_exporter.plugins.safety import CODES
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

@@ -18,7 +18,7 @@ import bcrypt
 import pytest
 from helpers import EXE, get, log_messages, without_process_metrics
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from serving import local_refresher
 from passthrough_exporter.server import parse_listen_address, serve
 from passthrough_exporter.reading.sources.sysfs import SysfsSource

@@ -117,7 +117,7 @@ def test_log_lines_show_the_escapes(tmp_path):
     assert out.returncode == 0
     no_raw_controls(out.stderr)
     assert "msg=\"cannot read " in out.stderr and "host-x\\\\x0d\\\\x1b[1A" in out.stderr
-    record = logging.LogRecord("passthrough_exporter.live", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("passthrough_exporter.judging.live", logging.WARNING, __file__, 1,
                                "held by %s\nsecond line", (HOSTILE,), None)
     line = LogfmtFormatter().format(record)
     no_raw_controls(line)

@@ -16,7 +16,7 @@ from helpers import EXE, free_port
 
 from serving import exposition, local_refresher
 
-from passthrough_exporter.inspector import Inspector
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.refresher import Refresher, WorkerError
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

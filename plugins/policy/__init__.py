@@ -9,9 +9,9 @@ plugin abstains and reports nothing.
 from __future__ import annotations
 
 from ... import hookimpl
-from ...batch import batched
+from ...judging.batch import batched
 from ...model import Check, Device, Finding, Inventory, Verdict
-from ...options import OptionParser
+from ...judging.options import OptionParser
 from ...settings import Settings
 from .expect import CHECK, findings
 from .rules import Policy, load

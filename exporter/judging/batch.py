@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .facts import Facts
-    from .model import Inventory
-    from .settings import Settings
+    from ..model import Inventory
+    from ..settings import Settings
 
 BATCH = "passthrough_batch"  # the attribute that holds an implementation's batch form
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .facts import Facts
-from .model import AffectedSet, Inventory, Verdict
+from ..model import AffectedSet, Inventory, Verdict
 
 STATES = ("available", "in_use", "assigned", "blocked", "ineligible")
 MASS_STORAGE = "0x01"  # PCI base class of SATA, SAS, RAID, NVMe and virtio-blk controllers

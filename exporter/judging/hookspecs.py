@@ -11,7 +11,7 @@ last runs first (entry points in the order the installed distributions list them
 `--plugin` modules in command-line order). The per-device hooks are called by the inspector one implementation at a time, so
 that a plugin that raises is contained; `hookwrapper`/`wrapper` implementations of them are
 refused at load. The built-in rules also carry a batch form of their per-device hooks
-(`passthrough_exporter.batch`), asked once per refresh in their place in the order.
+(`passthrough_exporter.judging.batch`), asked once per refresh in their place in the order.
 
 At start: `passthrough_addoption` (the plugin's command-line options), then
 `passthrough_configure` (their values). Per refresh: `passthrough_verdict` and
@@ -33,9 +33,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from .facts import Facts
-    from .model import Check, Device, Finding, Inventory, Verdict
+    from ..model import Check, Device, Finding, Inventory, Verdict
     from .options import OptionParser
-    from .settings import Settings
+    from ..settings import Settings
 
 PROJECT = "passthrough_exporter"
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .model import KNOWN_TYPES, Device, Holder, HostFacts, Inventory
+from ..model import KNOWN_TYPES, Device, Holder, HostFacts, Inventory
 
 VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci, its variant drivers and other vfio* drivers
 VARIANT_SUFFIXES = ("vfio_pci", "vfio-pci")  # mlx5_vfio_pci, hisi_acc_vfio_pci, nvgrace_gpu_vfio_pci ...

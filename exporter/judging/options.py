@@ -10,7 +10,7 @@ from typing import Any
 
 import pluggy
 
-from .settings import ConfigError, Settings
+from ..settings import ConfigError, Settings
 
 
 class OptionParser:

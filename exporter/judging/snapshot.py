@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .facts import Facts
-from .model import AffectedSet, Device, Finding, Inventory, Verdict
+from ..model import AffectedSet, Device, Finding, Inventory, Verdict
 
 
 @dataclass(frozen=True, slots=True)

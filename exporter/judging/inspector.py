@@ -23,9 +23,9 @@ import pluggy
 from . import hookspecs, live
 from .batch import BATCH
 from .facts import Facts
-from .model import KNOWN_TYPES, AffectedSet, Check, Finding, Inventory, Verdict
+from ..model import KNOWN_TYPES, AffectedSet, Check, Finding, Inventory, Verdict
 from .options import configure
-from .settings import ConfigError
+from ..settings import ConfigError
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model import KNOWN_TYPES
+from ..model import KNOWN_TYPES
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot
