@@ -226,15 +226,15 @@ def import_times(empty: Path) -> dict:
 def worker(size: int, repeat: int, floor_lib: str) -> dict:
     from floor import floor_read
 
-    from passthrough_exporter import hostpage
+    from passthrough_exporter.rendering import hostpage
     from passthrough_exporter.reading import pciids
     from passthrough_exporter.gcpause import gc_paused
     from passthrough_exporter.judging.inspector import Inspector
-    from passthrough_exporter.metrics import MetricOptions, render
+    from passthrough_exporter.rendering.metrics import MetricOptions, render
     from passthrough_exporter.judging.query import DeviceIndex
     from passthrough_exporter.refresh_worker import Builder
     from passthrough_exporter.refresher import Refresher
-    from passthrough_exporter.rendered import Rendered
+    from passthrough_exporter.rendering.rendered import Rendered
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     lib = ctypes.CDLL(floor_lib)
@@ -339,7 +339,7 @@ def seed_worker(size: int, repeat: int) -> dict:
 def series_worker(size: int, seed: int) -> dict:
     """Series and bytes of one scrape, with every metric and as narrowed for large SR-IOV hosts."""
     from passthrough_exporter.judging.inspector import Inspector
-    from passthrough_exporter.metrics import MetricOptions, render
+    from passthrough_exporter.rendering.metrics import MetricOptions, render
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     sysfs, procfs = map(str, generate.cached(size, seed))

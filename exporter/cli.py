@@ -12,11 +12,13 @@ import pluggy
 
 # What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
 # imported inside them: `devices` starts without it.
-from . import jsonout, logs
+from .rendering import jsonout
+from . import logs
 from . import serve as serve_command
-from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, duration, early_args, serves_lean, setup_early_logging
+from .cmdline import CommandParser, duration, early_args, serves_lean, setup_early_logging
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
+from .rendering.exposition import DEFAULT_TELEMETRY_PATH
 from .gcpause import gc_paused
 from .judging.inspector import Inspector, make_plugin_manager, plugin_table
 from .model import KNOWN_TYPES, PASSABLE_TYPES
@@ -28,7 +30,7 @@ from .reading.sources import SOURCES, Source, SourceError
 from .textsafe import visible
 
 if TYPE_CHECKING:
-    from .metrics import MetricOptions
+    from .rendering.metrics import MetricOptions
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def metric_options(args: argparse.Namespace, telemetry_path: str | None = None) -> MetricOptions:
-    from .metrics import MetricOptions  # prometheus-client: only for the commands that write metrics
+    from .rendering.metrics import MetricOptions  # prometheus-client: only for the commands that write metrics
 
     types = tuple(t.strip() for t in args.metric_types.split(",") if t.strip())
     unknown = sorted(set(types) - set(KNOWN_TYPES))
@@ -192,7 +194,7 @@ def warn_unless_prom(path: str) -> None:
 
 def cmd_textfile(args: argparse.Namespace) -> int:
     from .fileutil import preflight
-    from .metrics import render
+    from .rendering.metrics import render
 
     warn_unless_prom(args.path)
     options = metric_options(args)
@@ -228,7 +230,7 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from . import check
+    from .rendering import check
 
     inspector = inspector_from(args)
     with gc_paused():

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 log = logging.getLogger("passthrough_exporter.cli")
 
-DEFAULT_TELEMETRY_PATH = "/metrics"  # where `serve` serves the metrics unless told otherwise
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 MAX_DURATION = 7 * 86400.0

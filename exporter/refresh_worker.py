@@ -25,9 +25,9 @@ from multiprocessing.connection import Connection
 from . import logs
 from .gcpause import gc_paused
 from .judging.inspector import Inspector
-from .metrics import ERROR_KINDS, MetricOptions
+from .rendering.metrics import ERROR_KINDS, MetricOptions
 from .model import Inventory
-from .rendered import Rendered, send
+from .rendering.rendered import Rendered, send
 from .reading.sources import Source
 
 log = logging.getLogger(__name__)

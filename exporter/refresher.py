@@ -32,9 +32,9 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol, TypeVar
 
 from . import logs
-from .bodies import Bodies, gzip_append
-from .rendered import EMPTY, Buffer, Rendered, receive
-from .status import SOURCE_STATE_MARK, Status, render_status, source_state
+from .rendering.bodies import Bodies, gzip_append
+from .rendering.rendered import EMPTY, Buffer, Rendered, receive
+from .rendering.status import SOURCE_STATE_MARK, Status, render_status, source_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import logs
-from .cmdline import DEFAULT_TELEMETRY_PATH, CommandParser, refresh_interval
+from .cmdline import CommandParser, refresh_interval
+from .rendering.exposition import DEFAULT_TELEMETRY_PATH
 
 if TYPE_CHECKING:
     from .refresher import Refresher

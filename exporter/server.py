@@ -50,10 +50,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 
-from . import __version__, jsonout
-from .cmdline import DEFAULT_TELEMETRY_PATH
+from . import __version__
+from .rendering import jsonout
 from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
-from .exposition import go_float
+from .rendering.exposition import DEFAULT_TELEMETRY_PATH, go_float
 from .judging.query import QueryError
 from .webconfig import WebConfig
 

@@ -115,7 +115,7 @@ class LocalWorker:
     Refresher `serve` runs: for sources and plugins made in Python (a gate, a fault, a bad device)."""
 
     def __init__(self, source, inspector, options=None) -> None:
-        from passthrough_exporter.metrics import ERROR_KINDS, MetricOptions
+        from passthrough_exporter.rendering.metrics import ERROR_KINDS, MetricOptions
         from passthrough_exporter.refresh_worker import Builder
 
         self.builder = Builder(source, inspector, options or MetricOptions())

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from passthrough_exporter.bodies import Bodies
+from passthrough_exporter.rendering.bodies import Bodies
 
 
 def test_rendered_once_and_gzipped_once() -> None:

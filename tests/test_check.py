@@ -169,7 +169,7 @@ def test_check_on_this_machine():
 def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
     import pluggy
 
-    from passthrough_exporter import check as chk
+    from passthrough_exporter.rendering import check as chk
     from passthrough_exporter import hookimpl
     from passthrough_exporter.judging.inspector import Inspector, make_plugin_manager
     from passthrough_exporter.model import Finding

@@ -8,7 +8,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from passthrough_exporter.judging.inspector import Inspector
-from passthrough_exporter.metrics import MetricOptions, SnapshotCollector, render
+from passthrough_exporter.rendering.metrics import MetricOptions, SnapshotCollector, render
 from passthrough_exporter.model import Device, Finding, HostFacts, Inventory
 from passthrough_exporter.judging.snapshot import Snapshot
 

@@ -11,7 +11,7 @@ from helpers import judge_tree
 from hosts import INTEL, NVIDIA
 from sysfs_builder import SysfsTree
 
-from passthrough_exporter.metrics import MetricOptions, render
+from passthrough_exporter.rendering.metrics import MetricOptions, render
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs import Trace
 from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count

@@ -14,7 +14,7 @@ import hosts
 import pytest
 from helpers import EXE, judge_tree
 
-from passthrough_exporter.metrics import render
+from passthrough_exporter.rendering.metrics import render
 
 IOMMU_OFF = "the IOMMU is off: VFIO cannot assign devices on this host"
 REMAPPING_OFF = "interrupt remapping is off: VFIO refuses to assign devices on this host"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from reliability import inspector
 
-from passthrough_exporter.metrics import render
+from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import Inventory
 
 from passthrough_exporter.reading.sources.libvirt_xml import node_device

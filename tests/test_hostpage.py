@@ -20,7 +20,7 @@ import hosts
 import pytest
 from helpers import judge_tree
 
-from passthrough_exporter.hostpage import render
+from passthrough_exporter.rendering.hostpage import render
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Finding, HostFacts, Inventory
 

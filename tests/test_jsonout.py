@@ -13,7 +13,7 @@ from helpers import EXE, judge_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passthrough_exporter.jsonout import dumps, write_array
+from passthrough_exporter.rendering.jsonout import dumps, write_array
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
 values = st.recursive(

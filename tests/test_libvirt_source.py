@@ -16,7 +16,7 @@ from sysfs_builder import SysfsTree, char_number  # noqa: E402
 
 from passthrough_exporter import cli  # noqa: E402
 from passthrough_exporter.judging.inspector import Inspector  # noqa: E402
-from passthrough_exporter.metrics import render  # noqa: E402
+from passthrough_exporter.rendering.metrics import render  # noqa: E402
 from passthrough_exporter.model import KNOWN_TYPES, Holder  # noqa: E402
 from passthrough_exporter.judging.snapshot import Snapshot  # noqa: E402
 from passthrough_exporter.reading.sources import SourceError  # noqa: E402

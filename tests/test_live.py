@@ -20,7 +20,7 @@ from hosts import INTEL, NVIDIA
 from sysfs_builder import char_number
 
 from passthrough_exporter.judging.inspector import Inspector
-from passthrough_exporter.metrics import render
+from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs.procs import qemu_guest_name, scan_holders
 

@@ -11,7 +11,7 @@ from helpers import judge_tree
 from prometheus_client.registry import CollectorRegistry
 
 from passthrough_exporter.buildinfo import revision
-from passthrough_exporter.metrics import MetricOptions, SnapshotCollector, render
+from passthrough_exporter.rendering.metrics import MetricOptions, SnapshotCollector, render
 
 GOLDEN = Path(__file__).parent / "golden" / "workstation.prom"
 TIMING = ("passthrough_refresh_duration_seconds", "passthrough_last_refresh_timestamp_seconds")

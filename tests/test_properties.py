@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability import inspector
 
-from passthrough_exporter.metrics import render
+from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import COMPUTER, Device, Inventory
 from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count

@@ -15,7 +15,7 @@ from sysfs_builder import SysfsTree
 
 from passthrough_exporter import logs
 from passthrough_exporter.judging.inspector import Inspector
-from passthrough_exporter.metrics import render
+from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import Device, Inventory
 from serving import exposition, local_refresher
 from passthrough_exporter.reading.sources.sysfs import SysfsSource

@@ -20,12 +20,12 @@ import hosts
 import pytest
 from helpers import generate_module, judge_tree
 
-from passthrough_exporter.metrics import MetricOptions, errors_total, render
+from passthrough_exporter.rendering.metrics import MetricOptions, errors_total, render
 from passthrough_exporter.judging.query import ConflictingFilters, DeviceNotFound, QueryError
 from passthrough_exporter.refresher import Published
-from passthrough_exporter.rendered import Rendered, receive, send
+from passthrough_exporter.rendering.rendered import Rendered, receive, send
 from passthrough_exporter.judging.snapshot import Snapshot
-from passthrough_exporter.status import Status
+from passthrough_exporter.rendering.status import Status
 
 
 def _text(value: object) -> bytes:

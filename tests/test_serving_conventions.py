@@ -33,9 +33,9 @@ from serving import exporter, get
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter import __version__, server
-from passthrough_exporter.bodies import gzip_append, gzipped_open
+from passthrough_exporter.rendering.bodies import gzip_append, gzipped_open
 from passthrough_exporter.buildinfo import git_revision, revision
-from passthrough_exporter.metrics import MetricOptions
+from passthrough_exporter.rendering.metrics import MetricOptions
 from passthrough_exporter.refresher import Refresher
 from serving import local_refresher
 from passthrough_exporter.server import ExporterServer, ListenError, serve
@@ -537,7 +537,7 @@ def test_the_scrape_tail_is_made_once_a_second_and_anew_for_each_refresh(refresh
     time.sleep(0.01)
     refresher.refresh()
     _, body = get(port, "/metrics")
-    from passthrough_exporter.exposition import go_float
+    from passthrough_exporter.rendering.exposition import go_float
 
     assert f"passthrough_last_refresh_timestamp_seconds {go_float(before)}\n".encode() not in body
     assert f"passthrough_last_refresh_timestamp_seconds {go_float(refresher.current().status.finished_at)}\n".encode() in body

@@ -13,9 +13,9 @@ from helpers import EXE, judge_tree
 from hosts import NVIDIA
 from sysfs_builder import SysfsTree, char_number
 
-from passthrough_exporter import hostpage
+from passthrough_exporter.rendering import hostpage
 from passthrough_exporter.logs import LogfmtFormatter
-from passthrough_exporter.metrics import render
+from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.textsafe import visible
 
 # Moves to the start of the line, up one line, erases it, prints PASS, rings the bell.
@@ -131,7 +131,7 @@ def test_two_products_that_read_alike_are_one_pool_series(tree):
     import hosts
     from helpers import judge_tree
 
-    from passthrough_exporter.metrics import render
+    from passthrough_exporter.rendering.metrics import render
 
     hosts.usb_tree(tree)
     hosts.nvme_lvm_root(tree)

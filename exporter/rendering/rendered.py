@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from . import jsonout
 from .bodies import gzipped_open
-from .judging.query import DeviceIndex, DeviceNotFound
+from ..judging.query import DeviceIndex, DeviceNotFound
 
 if TYPE_CHECKING:
     from .metrics import MetricOptions
-    from .judging.snapshot import Snapshot
+    from ..judging.snapshot import Snapshot
 
 Buffer = bytes | memoryview  # a field as made (bytes) or as received (a slice of the server's buffer)
 

@@ -13,7 +13,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .textsafe import visible
+from ..textsafe import visible
+
+DEFAULT_TELEMETRY_PATH = "/metrics"  # where `serve` serves the metrics unless told otherwise
 
 _VALUES = {0: "0.0", 1: "1.0"}  # the common values, preformatted
 

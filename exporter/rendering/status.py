@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import __version__
-from .buildinfo import revision
+from .. import __version__
+from ..buildinfo import revision
 from .exposition import Family, Row, Spec, render_families
 
 # The status families, in exposition order: the last of every exposition (metrics.METRICS ends with them).

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from html import escape as _html_escape
 from urllib.parse import quote
 
-from . import __version__
-from .judging.facts import GroupStatus
-from .judging.live import host_blocker
-from .model import COMPUTER, Device, Finding, Inventory, natural_key
-from .cmdline import DEFAULT_TELEMETRY_PATH
-from .judging.snapshot import Snapshot
+from .. import __version__
+from ..judging.facts import GroupStatus
+from .exposition import DEFAULT_TELEMETRY_PATH
+from ..judging.live import host_blocker
+from ..model import COMPUTER, Device, Finding, Inventory, natural_key
+from ..judging.snapshot import Snapshot
 from .status import SOURCE_STATE_MARK
-from .textsafe import visible
+from ..textsafe import visible
 
 STATE_WORDS = {"available": "available", "in_use": "in use", "assigned": "assigned", "blocked": "blocked",
                "ineligible": "not eligible", "unreachable": "unreachable"}

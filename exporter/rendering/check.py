@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Check, Finding
-from .judging.snapshot import Snapshot
-from .textsafe import visible
+from ..model import Check, Finding
+from ..judging.snapshot import Snapshot
+from ..textsafe import visible
 
 STATUS_BY_SEVERITY = {"critical": "FAIL", "warning": "WARN", "info": "PASS"}
 EXIT_CODES = {"PASS": 0, "WARN": 1, "FAIL": 2}
