@@ -233,7 +233,7 @@ def worker(size: int, repeat: int, floor_lib: str) -> dict:
     from passthrough_exporter.rendering.metrics import MetricOptions, render
     from passthrough_exporter.judging.query import DeviceIndex
     from passthrough_exporter.refresh_worker import Builder
-    from passthrough_exporter.refresher import Refresher
+    from passthrough_exporter.serving.refresher import Refresher
     from passthrough_exporter.rendering.rendered import Rendered
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 

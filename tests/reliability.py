@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sysfs_builder import SysfsTree
 
 from passthrough_exporter.judging.inspector import Inspector
-from passthrough_exporter.refresher import Refresher
+from passthrough_exporter.serving.refresher import Refresher
 from serving import local_refresher
-from passthrough_exporter.server import ExporterServer
+from passthrough_exporter.serving.server import ExporterServer
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.webconfig import WebConfig
+from passthrough_exporter.serving.webconfig import WebConfig
 
 _INSPECTOR: Inspector | None = None
 

@@ -138,7 +138,7 @@ class LocalWorker:
 
 def local_refresher(source, inspector, interval: float = 3600.0, options=None):
     """A Refresher whose worker is a LocalWorker of `source` and `inspector`, started."""
-    from passthrough_exporter.refresher import Refresher
+    from passthrough_exporter.serving.refresher import Refresher
 
     refresher = Refresher([], interval, worker=lambda argv: LocalWorker(source, inspector, options))
     refresher.start_worker()

@@ -387,9 +387,9 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
     import bcrypt
     from helpers import get
 
-    from passthrough_exporter import webconfig
+    from passthrough_exporter.serving import webconfig
     from serving import local_refresher
-    from passthrough_exporter.server import serve
+    from passthrough_exporter.serving.server import serve
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
     hosts.workstation(tree)

@@ -345,8 +345,8 @@ def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
     from helpers import get
 
     from serving import local_refresher
-    from passthrough_exporter.server import serve
-    from passthrough_exporter.webconfig import WebConfig
+    from passthrough_exporter.serving.server import serve
+    from passthrough_exporter.serving.webconfig import WebConfig
 
     hosts.base(tree)
     hosts.desktop_gpu(tree)

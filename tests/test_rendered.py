@@ -22,7 +22,7 @@ from helpers import generate_module, judge_tree
 
 from passthrough_exporter.rendering.metrics import MetricOptions, errors_total, render
 from passthrough_exporter.judging.query import ConflictingFilters, DeviceNotFound, QueryError
-from passthrough_exporter.refresher import Published
+from passthrough_exporter.serving.refresher import Published
 from passthrough_exporter.rendering.rendered import Rendered, receive, send
 from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.rendering.status import Status

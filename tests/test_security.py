@@ -22,9 +22,9 @@ from sysfs_builder import SysfsTree
 from helpers import EXE, log_messages
 
 from serving import local_refresher
-from passthrough_exporter.server import ExporterServer
+from passthrough_exporter.serving.server import ExporterServer
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
+from passthrough_exporter.serving.webconfig import WebConfig, WebConfigError, load
 
 ROUTES = ("/", "/metrics", "/api/devices", "/api/devices/pci_0000_01_00_0", "/api/findings", "/healthz", "/nowhere")
 # A driver name and a USB product string as hostile as a file name and an attribute can be.

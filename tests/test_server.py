@@ -20,9 +20,9 @@ from helpers import EXE, get, log_messages, without_process_metrics
 
 from passthrough_exporter.judging.inspector import Inspector
 from serving import local_refresher
-from passthrough_exporter.server import parse_listen_address, serve
+from passthrough_exporter.serving.server import parse_listen_address, serve
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.webconfig import WebConfig, WebConfigError, load
+from passthrough_exporter.serving.webconfig import WebConfig, WebConfigError, load
 
 
 class SlowSysfs(SysfsSource):
@@ -355,7 +355,7 @@ def test_textfile_into_a_missing_directory_is_one_line(host, tmp_path):
 
 
 def test_gzip_only_when_the_client_accepts_it():
-    from passthrough_exporter.server import _accepts_gzip
+    from passthrough_exporter.serving.server import _accepts_gzip
 
     assert _accepts_gzip("gzip") and _accepts_gzip("identity, gzip;q=0.5") and _accepts_gzip("*")
     assert not _accepts_gzip("") and not _accepts_gzip("gzip;q=0") and not _accepts_gzip("br, deflate")
@@ -472,7 +472,7 @@ def test_process_metrics_are_client_pythons():
     for what moves between the two reads."""
     from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-    from passthrough_exporter.server import ProcessMetrics
+    from passthrough_exporter.serving.server import ProcessMetrics
 
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
@@ -499,7 +499,7 @@ NOT_IN_THE_SERVER = ("aiohttp", "prometheus_client", "pluggy", "lxml")
 
 @pytest.mark.parametrize("module", NOT_IN_THE_SERVER)
 def test_the_server_module_imports_no_library_it_does_not_need(module):
-    probe = ("import sys, passthrough_exporter.server; "
+    probe = ("import sys, passthrough_exporter.serving.server; "
              f"print(' '.join(m for m in {NOT_IN_THE_SERVER!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                             timeout=60).stdout.split()

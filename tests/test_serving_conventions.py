@@ -32,15 +32,16 @@ from reliability import inspector
 from serving import exporter, get
 from sysfs_builder import SysfsTree
 
-from passthrough_exporter import __version__, server
+from passthrough_exporter import __version__
+from passthrough_exporter.serving import server
 from passthrough_exporter.rendering.bodies import gzip_append, gzipped_open
 from passthrough_exporter.buildinfo import git_revision, revision
 from passthrough_exporter.rendering.metrics import MetricOptions
-from passthrough_exporter.refresher import Refresher
+from passthrough_exporter.serving.refresher import Refresher
 from serving import local_refresher
-from passthrough_exporter.server import ExporterServer, ListenError, serve
+from passthrough_exporter.serving.server import ExporterServer, ListenError, serve
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.webconfig import WebConfig, load
+from passthrough_exporter.serving.webconfig import WebConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_PLAIN_HTTP_TO_TLS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -244,7 +245,7 @@ def test_json_logs_from_start_to_shutdown(host: SysfsTree) -> None:
 def test_a_steady_refresh_is_quiet_at_info(tree: SysfsTree, caplog: pytest.LogCaptureFixture) -> None:
     hosts.base(tree)
     hosts.desktop_gpu(tree)
-    caplog.set_level(logging.DEBUG, logger="passthrough_exporter.refresher")
+    caplog.set_level(logging.DEBUG, logger="passthrough_exporter.serving.refresher")
     refresher = local_refresher(SysfsSource(str(tree.sys), str(tree.proc)), inspector(), interval=3600)
 
     def refreshes() -> list[int]:
@@ -265,7 +266,7 @@ def test_a_steady_refresh_is_quiet_at_info(tree: SysfsTree, caplog: pytest.LogCa
 
 
 def test_the_refresh_worker_is_quiet_at_info_too(host: SysfsTree, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="passthrough_exporter.refresher")
+    caplog.set_level(logging.DEBUG, logger="passthrough_exporter.serving.refresher")
     refresher = Refresher(["serve", "--path.sysfs", str(host.sys), "--path.procfs", str(host.proc)], interval=3600)
     refresher.start_worker()
     try:

@@ -19,11 +19,11 @@ from reliability import inspector, request
 from serving import cpu_seconds, exporter, get, raise_own_file_limit
 from sysfs_builder import SysfsTree
 
-from passthrough_exporter.connections import MAX_CONNECTIONS, RESERVED_FDS
+from passthrough_exporter.serving.connections import MAX_CONNECTIONS, RESERVED_FDS
 from serving import local_refresher
-from passthrough_exporter.server import ExporterServer
+from passthrough_exporter.serving.server import ExporterServer
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.webconfig import WebConfig
+from passthrough_exporter.serving.webconfig import WebConfig
 
 HEAD_START = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
 
@@ -194,9 +194,9 @@ def test_at_the_connection_bound_the_longest_waiting_connection_makes_room(host:
 HOG = r"""
 import os, sys
 from passthrough_exporter.logs import setup
-from passthrough_exporter.refresher import Refresher
-from passthrough_exporter.server import serve
-from passthrough_exporter.webconfig import WebConfig
+from passthrough_exporter.serving.refresher import Refresher
+from passthrough_exporter.serving.server import serve
+from passthrough_exporter.serving.webconfig import WebConfig
 
 setup(sys.argv[3])
 refresher = Refresher(["serve", "--path.sysfs", sys.argv[1], "--path.procfs", sys.argv[2]], 3600)

@@ -17,11 +17,11 @@ from reliability import inspector, serve_quick
 from sysfs_builder import SysfsTree
 from helpers import EXE, log_messages
 
-from passthrough_exporter.refresher import Refresher
+from passthrough_exporter.serving.refresher import Refresher
 from serving import local_refresher
-from passthrough_exporter.server import ExporterServer
+from passthrough_exporter.serving.server import ExporterServer
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.webconfig import WebConfigError, load
+from passthrough_exporter.serving.webconfig import WebConfigError, load
 
 FAILED_TLS = (ssl.SSLError, ConnectionError, http.client.HTTPException)
 
@@ -299,7 +299,7 @@ def test_a_web_config_that_is_not_a_bounded_regular_file_is_refused_at_once(tmp_
     """A FIFO would hang the start (and a SIGHUP reload); /dev/zero-like content would fill memory."""
     import os
 
-    from passthrough_exporter.webconfig import WEB_CONFIG_LIMIT, WebConfigError, load
+    from passthrough_exporter.serving.webconfig import WEB_CONFIG_LIMIT, WebConfigError, load
 
     fifo = tmp_path / "web.yml"
     os.mkfifo(fifo)
@@ -315,7 +315,7 @@ def test_a_web_config_that_is_not_a_bounded_regular_file_is_refused_at_once(tmp_
 def test_a_web_config_nested_too_deeply_or_naming_a_fifo_is_one_line(tmp_path):
     import os
 
-    from passthrough_exporter.webconfig import WebConfigError, load
+    from passthrough_exporter.serving.webconfig import WebConfigError, load
 
     deep = tmp_path / "deep.yml"
     deep.write_text("a: " + "[" * 100_000)

@@ -17,7 +17,7 @@ from helpers import EXE, free_port
 from serving import exposition, local_refresher
 
 from passthrough_exporter.judging.inspector import Inspector
-from passthrough_exporter.refresher import Refresher, WorkerError
+from passthrough_exporter.serving.refresher import Refresher, WorkerError
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
 
@@ -203,7 +203,7 @@ def test_a_refresh_that_hangs_is_killed_and_counted(host, tmp_path, monkeypatch)
 
 def test_a_late_watchdog_never_kills_a_child_whose_answer_is_in(worker_refresher, monkeypatch):
     """The timer's thread may run after the answer arrived: the healthy child must live on."""
-    import passthrough_exporter.refresher as refresher
+    import passthrough_exporter.serving.refresher as refresher
 
     real = refresher.Published.of
 
@@ -360,7 +360,7 @@ def test_a_record_the_server_could_not_publish_is_never_called_unchanged(host, m
     """The worker's "unchanged" is about the record the server serves, not the last one it sent: a
     record lost on the server's side (no memory to publish it) is built again, never replaced by the
     older one as if fresh."""
-    import passthrough_exporter.refresher as refresher_module
+    import passthrough_exporter.serving.refresher as refresher_module
 
     refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), Inspector())
     refresher.refresh()

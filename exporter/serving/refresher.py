@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol, TypeVar
 
-from . import logs
-from .rendering.bodies import Bodies, gzip_append
-from .rendering.rendered import EMPTY, Buffer, Rendered, receive
-from .rendering.status import SOURCE_STATE_MARK, Status, render_status, source_state
+from .. import logs
+from ..rendering.bodies import Bodies, gzip_append
+from ..rendering.rendered import EMPTY, Buffer, Rendered, receive
+from ..rendering.status import SOURCE_STATE_MARK, Status, render_status, source_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -45,8 +45,8 @@ from typing import Any
 import bcrypt
 import yaml
 
-from .inputs import read_operator_file
-from .settings import ConfigError
+from ..inputs import read_operator_file
+from ..settings import ConfigError
 
 WEB_CONFIG_LIMIT = 1 << 20  # bytes: a web config with every key and a few hundred users is a few KB
 
