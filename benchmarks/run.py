@@ -201,7 +201,7 @@ def process_loop(sizes: list[int], repeat: int, floor_exe: Path, empty: Path) ->
 
 def import_times(empty: Path) -> dict:
     """`-X importtime` of `devices` on an empty tree: the total and the costliest top-level imports."""
-    code = ("import sys; from passthrough_exporter.cli import main; "
+    code = ("import sys; from passthrough_exporter.commands.cli import main; "
             f"sys.exit(main(['devices', '--path.sysfs', {str(empty / 'sys')!r}, '--path.procfs', {str(empty / 'proc')!r}]))")
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
                           env=product_env(), check=True)
@@ -228,11 +228,11 @@ def worker(size: int, repeat: int, floor_lib: str) -> dict:
 
     from passthrough_exporter.rendering import hostpage
     from passthrough_exporter.reading import pciids
-    from passthrough_exporter.gcpause import gc_paused
+    from passthrough_exporter.commands.gcpause import gc_paused
     from passthrough_exporter.judging.inspector import Inspector
     from passthrough_exporter.rendering.metrics import MetricOptions, render
     from passthrough_exporter.judging.query import DeviceIndex
-    from passthrough_exporter.refresh_worker import Builder
+    from passthrough_exporter.commands.refresh_worker import Builder
     from passthrough_exporter.serving.refresher import Refresher
     from passthrough_exporter.rendering.rendered import Rendered
     from passthrough_exporter.reading.sources.sysfs import SysfsSource

@@ -1,6 +1,6 @@
 import sys
 
-from .main import main
+from .commands.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -116,7 +116,7 @@ class LocalWorker:
 
     def __init__(self, source, inspector, options=None) -> None:
         from passthrough_exporter.rendering.metrics import ERROR_KINDS, MetricOptions
-        from passthrough_exporter.refresh_worker import Builder
+        from passthrough_exporter.commands.refresh_worker import Builder
 
         self.builder = Builder(source, inspector, options or MetricOptions())
         self.source = source.name

@@ -100,7 +100,7 @@ def test_version_and_module_entry():
 
 def test_libvirt_source_without_libvirt_python_is_one_line():
     """As in the sysfs-only container image: a clear error, not a traceback."""
-    code = ("import sys; sys.modules['libvirt'] = None; from passthrough_exporter.cli import main; "
+    code = ("import sys; sys.modules['libvirt'] = None; from passthrough_exporter.commands.cli import main; "
             "sys.exit(main(['devices', '--source', 'libvirt']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "Traceback" not in out.stderr
@@ -109,7 +109,7 @@ def test_libvirt_source_without_libvirt_python_is_one_line():
 
 def test_devices_starts_without_what_only_other_commands_need(desktop):
     # prometheus-client, the HTTP server's modules, YAML, bcrypt and lxml cost start-up time `devices` never uses.
-    code = ("import sys; from passthrough_exporter.cli import main; "
+    code = ("import sys; from passthrough_exporter.commands.cli import main; "
             f"rc = main(['devices', '--json', '--path.sysfs', {str(desktop.sys)!r}, '--path.procfs', {str(desktop.proc)!r}]); "
             "sys.stdout.flush(); "
             "print(sorted(m for m in ('prometheus_client', 'lxml', 'yaml', 'bcrypt', 'http.server') "

@@ -11,8 +11,8 @@ import hosts
 import pytest
 from helpers import EXE
 
-from passthrough_exporter import cli
-from passthrough_exporter.cmdline import refresh_interval
+from passthrough_exporter.commands import cli
+from passthrough_exporter.commands.cmdline import refresh_interval
 from passthrough_exporter.plugins import pci
 from passthrough_exporter.settings import ConfigError
 

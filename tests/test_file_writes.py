@@ -22,7 +22,7 @@ import tar_unpack
 from helpers import EXE
 from sysfs_builder import SysfsTree
 
-from passthrough_exporter.cli import write_atomically
+from passthrough_exporter.commands.cli import write_atomically
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: other users, device nodes")
@@ -131,7 +131,7 @@ def test_swapped_temp_file_cannot_chmod_a_secret_in_a_sticky_root_directory(publ
 def test_mode_is_set_on_the_descriptor_even_where_the_directory_check_is_bypassed(public_dir, secret, monkeypatch):
     """The second wall: were a directory others can write let through, a swapped temp file still
     gets no chmod (fchmod on the descriptor), so the secret keeps its mode."""
-    from passthrough_exporter import fileutil
+    from passthrough_exporter.commands import fileutil
 
     monkeypatch.setattr(fileutil, "check_directory", lambda st, directory: None)
     outdir = public_dir / "textfile"
@@ -145,7 +145,7 @@ def test_mode_is_set_on_the_descriptor_even_where_the_directory_check_is_bypasse
 def test_a_temp_file_swapped_while_writing_is_neither_chmodded_nor_published(tmp_path, secret):
     """The same swap, made at a known moment (as the directory's owner could): the mode goes to our
     descriptor, and a temp name that no longer holds our file is not renamed over the target."""
-    from passthrough_exporter.fileutil import RefusedPath, atomic_file
+    from passthrough_exporter.commands.fileutil import RefusedPath, atomic_file
 
     outdir = tmp_path / "out"
     outdir.mkdir()
@@ -350,7 +350,7 @@ def test_capture_archives_a_link_out_of_the_tree_as_a_link_and_quotes_nothing(ho
 def test_capture_never_archives_bytes_read_through_a_link_it_cannot_place(tree, tmp_path):
     """A link in the tree to a file outside it, even one the trace only learns about by reading:
     the plan keeps the bytes only under the file the read opened, if that is in the tree."""
-    from passthrough_exporter.capture import plan
+    from passthrough_exporter.commands.capture import plan
     from passthrough_exporter.reading.sysfs import Reader, Trace
 
     hosts.base(tree)
@@ -371,7 +371,7 @@ def test_capture_never_archives_bytes_read_through_a_link_it_cannot_place(tree, 
 def test_capture_archives_no_bytes_of_a_hard_link_or_a_device_node_in_the_tree(tree, tmp_path):
     """Inside the tree, yet another file's bytes: a hard link to a secret outside it, and a device node
     of the test's own making (1:5, what /dev/zero is) as an attribute. Neither is archived as bytes."""
-    from passthrough_exporter.capture import plan
+    from passthrough_exporter.commands.capture import plan
     from passthrough_exporter.reading.sysfs import Reader, Trace
 
     hosts.base(tree)

@@ -14,7 +14,7 @@ libvirt = pytest.importorskip("libvirt", reason="the [libvirt] extra (libvirt-py
 from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host  # noqa: E402
 from sysfs_builder import SysfsTree, char_number  # noqa: E402
 
-from passthrough_exporter import cli  # noqa: E402
+from passthrough_exporter.commands import cli  # noqa: E402
 from passthrough_exporter.judging.inspector import Inspector  # noqa: E402
 from passthrough_exporter.rendering.metrics import render  # noqa: E402
 from passthrough_exporter.model import KNOWN_TYPES, Holder  # noqa: E402

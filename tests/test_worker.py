@@ -286,7 +286,7 @@ def test_the_worker_leaves_with_the_server(host):
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             assert len(children) == 1
             child = int(children[0])
-            assert "passthrough_exporter.refresh_worker" in Path(f"/proc/{child}/cmdline").read_text()
+            assert "passthrough_exporter.commands.refresh_worker" in Path(f"/proc/{child}/cmdline").read_text()
             proc.send_signal(how)
             proc.wait(30)
             deadline = time.monotonic() + 10

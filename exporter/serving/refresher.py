@@ -131,7 +131,7 @@ class Worker:
                 try:
                     # -P: the server's working directory is not put on the worker's module path.
                     self.proc = subprocess.Popen(
-                        [sys.executable, "-P", "-m", "passthrough_exporter.refresh_worker", str(theirs.fileno()),
+                        [sys.executable, "-P", "-m", "passthrough_exporter.commands.refresh_worker", str(theirs.fileno()),
                          *argv], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
                 except BaseException:
                     self.conn.close()

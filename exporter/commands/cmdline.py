@@ -10,7 +10,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-log = logging.getLogger("passthrough_exporter.cli")
+log = logging.getLogger("passthrough_exporter.commands.cli")
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -102,7 +102,7 @@ def serves_lean(argv: Sequence[str], early: argparse.Namespace) -> bool:
 def setup_early_logging(early: argparse.Namespace) -> None:
     """Logging from the first line on, as far as the flags can be read before parsing: a value the
     parser will refuse a moment later falls back to the default meanwhile."""
-    from . import logs
+    from .. import logs
 
     logs.setup(early.log_level if early.log_level in logs.LEVELS else "info",
                early.log_format if early.log_format in logs.FORMATS else "logfmt")

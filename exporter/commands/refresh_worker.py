@@ -1,4 +1,4 @@
-"""The refresh worker: `python -m passthrough_exporter.refresh_worker FD ARGS...`, started by `serve`.
+"""The refresh worker: `python -m passthrough_exporter.commands.refresh_worker FD ARGS...`, started by `serve`.
 
 It parses `serve`'s command line ARGS (it is where the plugins are loaded and their options read:
 the server imports none of them), opens the source, says it is ready, then answers each request on
@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from . import logs
+from .. import logs
 from .gcpause import gc_paused
-from .judging.inspector import Inspector
-from .rendering.metrics import ERROR_KINDS, MetricOptions
-from .model import Inventory
-from .rendering.rendered import Rendered, send
-from .reading.sources import Source
+from ..judging.inspector import Inspector
+from ..rendering.metrics import ERROR_KINDS, MetricOptions
+from ..model import Inventory
+from ..rendering.rendered import Rendered, send
+from ..reading.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def main(argv: Sequence[str]) -> int:
     conn = Connection(os.dup(sock.fileno()))  # the messages; `sock` itself carries the records' buffers
     from .cli import inspector_from, metric_options, open_source, parse_command_line
     from .cmdline import early_args, setup_early_logging
-    from .settings import ConfigError
-    from .reading.sources import SourceError
+    from ..settings import ConfigError
+    from ..reading.sources import SourceError
 
     setup_early_logging(early_args(argv[1:]))  # a usage error is a log line in --log.format, as the server's
     try:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .fileutil import RefusedPath, atomic_file, preflight, stdout_binary
-from .reading.sources import SourceError
-from .reading.sources.sysfs import SysfsSource
-from .reading.sysfs import ATTR_LIMIT, Trace, read_opened
+from ..reading.sources import SourceError
+from ..reading.sources.sysfs import SysfsSource
+from ..reading.sysfs import ATTR_LIMIT, Trace, read_opened
 
 log = logging.getLogger(__name__)
 

@@ -20,15 +20,15 @@ import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import logs
+from .. import logs
 from .cmdline import CommandParser, refresh_interval
-from .rendering.exposition import DEFAULT_TELEMETRY_PATH
+from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
 
 if TYPE_CHECKING:
-    from .serving.refresher import Refresher
-    from .serving.server import ExporterServer
+    from ..serving.refresher import Refresher
+    from ..serving.server import ExporterServer
 
-log = logging.getLogger("passthrough_exporter.cli")
+log = logging.getLogger("passthrough_exporter.commands.cli")
 
 DEFAULT_LISTEN = ":9839"
 
@@ -87,8 +87,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    from .serving import server, webconfig
-    from .serving.refresher import Refresher, WorkerError
+    from ..serving import server, webconfig
+    from ..serving.refresher import Refresher, WorkerError
 
     # Handlers only queue the signal: the work is done on this thread once serving. A SIGHUP during
     # start-up (`systemctl reload` right after start) waits for it rather than ending the process;
@@ -140,7 +140,7 @@ def reload(web_config: str | None, httpd: ExporterServer, refresher: Refresher) 
     """SIGHUP, as Prometheus takes it: the web config read again now (a bad file keeps the one in
     force), and the policy and plugin options by a new refresh worker (one that cannot start keeps
     the old worker). Neither stops `serve`."""
-    from .serving import webconfig
+    from ..serving import webconfig
 
     log.info("SIGHUP: reloading the web config and the policy")
     if web_config:

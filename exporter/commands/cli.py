@@ -12,25 +12,25 @@ import pluggy
 
 # What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
 # imported inside them: `devices` starts without it.
-from .rendering import jsonout
-from . import logs
+from ..rendering import jsonout
+from .. import logs
 from . import serve as serve_command
 from .cmdline import CommandParser, duration, early_args, serves_lean, setup_early_logging
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
-from .rendering.exposition import DEFAULT_TELEMETRY_PATH
+from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
 from .gcpause import gc_paused
-from .judging.inspector import Inspector, make_plugin_manager, plugin_table
-from .model import KNOWN_TYPES, PASSABLE_TYPES
-from .judging.options import add_plugin_options
-from .judging.query import DeviceIndex, QueryError, check_filters
-from .settings import ConfigError
-from .judging.snapshot import Snapshot
-from .reading.sources import SOURCES, Source, SourceError
-from .textsafe import visible
+from ..judging.inspector import Inspector, make_plugin_manager, plugin_table
+from ..model import KNOWN_TYPES, PASSABLE_TYPES
+from ..judging.options import add_plugin_options
+from ..judging.query import DeviceIndex, QueryError, check_filters
+from ..settings import ConfigError
+from ..judging.snapshot import Snapshot
+from ..reading.sources import SOURCES, Source, SourceError
+from ..textsafe import visible
 
 if TYPE_CHECKING:
-    from .rendering.metrics import MetricOptions
+    from ..rendering.metrics import MetricOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def add_rule_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager |
 def open_source(args: argparse.Namespace) -> Source:
     cls = SOURCES[args.source].load(args.source)
     if args.source == "sysfs":
-        from .reading import pciids
+        from ..reading import pciids
 
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
         return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan)
@@ -174,7 +174,7 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def metric_options(args: argparse.Namespace, telemetry_path: str | None = None) -> MetricOptions:
-    from .rendering.metrics import MetricOptions  # prometheus-client: only for the commands that write metrics
+    from ..rendering.metrics import MetricOptions  # prometheus-client: only for the commands that write metrics
 
     types = tuple(t.strip() for t in args.metric_types.split(",") if t.strip())
     unknown = sorted(set(types) - set(KNOWN_TYPES))
@@ -194,7 +194,7 @@ def warn_unless_prom(path: str) -> None:
 
 def cmd_textfile(args: argparse.Namespace) -> int:
     from .fileutil import preflight
-    from .rendering.metrics import render
+    from ..rendering.metrics import render
 
     warn_unless_prom(args.path)
     options = metric_options(args)
@@ -230,7 +230,7 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .rendering import check
+    from ..rendering import check
 
     inspector = inspector_from(args)
     with gc_paused():
@@ -283,8 +283,8 @@ class _VersionAction(argparse.Action):
                  option_string: str | None = None) -> None:
         import platform
 
-        from . import __version__
-        from .buildinfo import revision
+        from .. import __version__
+        from ..buildinfo import revision
 
         # The first line as Prometheus's programs give it; the second says what it runs on.
         sys.stdout.write(f"passthrough-exporter {__version__} (revision: {revision()})\n"
