@@ -1,4 +1,5 @@
-"""The package's shape: runtime imports form no cycle, stay relative, and reach no private names."""
+"""The package's shape: imports run down through the layers, form no cycle, stay relative, and reach
+no private names."""
 
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import that runs, at module level or in a function; not those under TYPE_CHECKING."""
+def _imports(tree: ast.AST, typing: bool = False) -> list[ast.Import | ast.ImportFrom]:
+    """Every import that runs, at module level or in a function; those under TYPE_CHECKING too when
+    `typing` (a type-only import is a dependency of the reader, if not of the program)."""
     out: list[ast.Import | ast.ImportFrom] = []
 
     def walk(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
+            if isinstance(child, ast.If) and _is_type_checking(child) and not typing:
                 for sub in child.orelse:
                     walk(sub)
                 continue
@@ -45,14 +47,15 @@ def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return out
 
 
-def import_graph() -> tuple[dict[str, set[str]], list[str], list[str]]:
-    """(module -> package modules it imports at run time, absolute self-imports, private names imported)."""
+def import_graph(typing: bool = False) -> tuple[dict[str, set[str]], list[str], list[str]]:
+    """(module -> package modules it imports at run time (and for type checking, when `typing`),
+    absolute self-imports, private names imported)."""
     mods = modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     absolute, private = [], []
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in _runtime_imports(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path)), typing):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
                 absolute += [f"{mod}: import {t}" for t in targets if t.startswith("passthrough_exporter")]
@@ -107,6 +110,54 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+# The layers, bottom to top, as the subpackages' __init__ docstrings describe them: data flows
+# read -> judge -> render -> serve, and the commands drive them all. The rule plugins judge.
+LAYERS = ("root", "reading", "judging", "rendering", "serving", "commands")
+# What stays at the package's root: what every layer shares. A new module goes into a layer; adding
+# one here is a decision about the architecture, not a way to make this test pass.
+ROOT_MODULES = {"model", "settings", "inputs", "textsafe", "logs", "buildinfo"}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")[1:]  # below passthrough_exporter
+    if not parts:
+        return "root"  # the package's __init__: `hookimpl` and the version, made on first use
+    if parts[0] == "plugins":
+        return "judging"
+    if parts[0] == "__main__":
+        return "commands"
+    if parts[0] in LAYERS:
+        return parts[0]
+    assert len(parts) == 1 and parts[0] in ROOT_MODULES, f"{module} is in no layer"
+    return "root"
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a higher layer than the importer's."""
+    return sorted(f"{a} ({layer(a)}) -> {b} ({layer(b)})" for a, targets in graph.items() for b in targets
+                  if LAYERS.index(layer(b)) > LAYERS.index(layer(a)))
+
+
+def test_the_checker_finds_an_import_up_the_layers():
+    assert upward({"passthrough_exporter.rendering.metrics": {"passthrough_exporter.commands.cmdline"},
+                   "passthrough_exporter.commands.cli": {"passthrough_exporter.rendering.metrics"}}) == [
+        "passthrough_exporter.rendering.metrics (rendering) -> passthrough_exporter.commands.cmdline (commands)"]
+    assert upward({"passthrough_exporter.plugins.pci": {"passthrough_exporter.judging.facts",
+                                                         "passthrough_exporter.reading.sysfs.attrs"}}) == []
+
+
+def test_imports_run_only_down_through_the_layers():
+    graph, _, _ = import_graph(typing=True)
+    assert {layer(m) for m in graph} == set(LAYERS)  # every layer is there, and every module in one
+    assert upward(graph) == []
+
+
+def test_every_layer_says_what_it_holds_and_what_it_may_import():
+    for name in LAYERS[1:]:
+        doc = ast.get_docstring(ast.parse((ROOT / "exporter" / name / "__init__.py").read_text())) or ""
+        assert "May import" in doc, name
 
 
 def test_the_checker_finds_a_cycle():

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .fileutil import RefusedPath, atomic_file, preflight, stdout_binary
 from ..reading.sources import SourceError
 from ..reading.sources.sysfs import SysfsSource
 from ..reading.sysfs import ATTR_LIMIT, Trace, read_opened
+from .fileutil import RefusedPath, atomic_file, preflight, stdout_binary
 
 log = logging.getLogger(__name__)
 

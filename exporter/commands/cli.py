@@ -12,22 +12,22 @@ import pluggy
 
 # What only some commands need (prometheus-client, the HTTP server, tempfile, signal handling) is
 # imported inside them: `devices` starts without it.
-from ..rendering import jsonout
 from .. import logs
+from ..judging.inspector import Inspector, make_plugin_manager, plugin_table
+from ..judging.options import add_plugin_options
+from ..judging.query import DeviceIndex, QueryError, check_filters
+from ..judging.snapshot import Snapshot
+from ..model import KNOWN_TYPES, PASSABLE_TYPES
+from ..reading.sources import SOURCES, Source, SourceError
+from ..rendering import jsonout
+from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
+from ..settings import ConfigError
+from ..textsafe import visible
 from . import serve as serve_command
 from .cmdline import CommandParser, duration, early_args, serves_lean, setup_early_logging
 from .deadline import DEFAULT as DEFAULT_TIMEOUT
 from .deadline import Deadline
-from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
 from .gcpause import gc_paused
-from ..judging.inspector import Inspector, make_plugin_manager, plugin_table
-from ..model import KNOWN_TYPES, PASSABLE_TYPES
-from ..judging.options import add_plugin_options
-from ..judging.query import DeviceIndex, QueryError, check_filters
-from ..settings import ConfigError
-from ..judging.snapshot import Snapshot
-from ..reading.sources import SOURCES, Source, SourceError
-from ..textsafe import visible
 
 if TYPE_CHECKING:
     from ..rendering.metrics import MetricOptions
@@ -193,8 +193,8 @@ def warn_unless_prom(path: str) -> None:
 
 
 def cmd_textfile(args: argparse.Namespace) -> int:
-    from .fileutil import preflight
     from ..rendering.metrics import render
+    from .fileutil import preflight
 
     warn_unless_prom(args.path)
     options = metric_options(args)

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from .. import logs
-from .gcpause import gc_paused
 from ..judging.inspector import Inspector
-from ..rendering.metrics import ERROR_KINDS, MetricOptions
 from ..model import Inventory
-from ..rendering.rendered import Rendered, send
 from ..reading.sources import Source
+from ..rendering.metrics import ERROR_KINDS, MetricOptions
+from ..rendering.rendered import Rendered, send
+from .gcpause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,10 @@ def main(argv: Sequence[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     conn = Connection(os.dup(sock.fileno()))  # the messages; `sock` itself carries the records' buffers
+    from ..reading.sources import SourceError
+    from ..settings import ConfigError
     from .cli import inspector_from, metric_options, open_source, parse_command_line
     from .cmdline import early_args, setup_early_logging
-    from ..settings import ConfigError
-    from ..reading.sources import SourceError
 
     setup_early_logging(early_args(argv[1:]))  # a usage error is a log line in --log.format, as the server's
     try:

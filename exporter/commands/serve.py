@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import logs
-from .cmdline import CommandParser, refresh_interval
 from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
+from .cmdline import CommandParser, refresh_interval
 
 if TYPE_CHECKING:
     from ..serving.refresher import Refresher

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Check, Finding
 from ..judging.snapshot import Snapshot
+from ..model import Check, Finding
 from ..textsafe import visible
 
 STATUS_BY_SEVERITY = {"critical": "FAIL", "warning": "WARN", "info": "PASS"}

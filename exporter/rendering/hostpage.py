@@ -23,12 +23,12 @@ from urllib.parse import quote
 
 from .. import __version__
 from ..judging.facts import GroupStatus
-from .exposition import DEFAULT_TELEMETRY_PATH
 from ..judging.live import host_blocker
-from ..model import COMPUTER, Device, Finding, Inventory, natural_key
 from ..judging.snapshot import Snapshot
-from .status import SOURCE_STATE_MARK
+from ..model import COMPUTER, Device, Finding, Inventory, natural_key
 from ..textsafe import visible
+from .exposition import DEFAULT_TELEMETRY_PATH
+from .status import SOURCE_STATE_MARK
 
 STATE_WORDS = {"available": "available", "in_use": "in use", "assigned": "assigned", "blocked": "blocked",
                "ineligible": "not eligible", "unreachable": "unreachable"}

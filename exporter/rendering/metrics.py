@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from .exposition import DEFAULT_TELEMETRY_PATH, Family, Row, Spec, render_families
 from ..judging.facts import WEAKENED_REASONS
-from ..model import PASSABLE_TYPES, Device
 from ..judging.snapshot import Snapshot
+from ..model import PASSABLE_TYPES, Device
 from ..reading.sources import error_kinds
-from .status import STATUS_METRICS, Status, status_families
 from ..textsafe import visible
+from .exposition import DEFAULT_TELEMETRY_PATH, Family, Row, Spec, render_families
+from .status import STATUS_METRICS, Status, status_families
 
 # The core's own error kinds (the inventory's, the inspector's, the refresher's) and every source's.
 # Initialised to 0 so that rate() and alerts see a series before the first error.

@@ -18,13 +18,13 @@ from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from ..judging.query import DeviceIndex, DeviceNotFound
 from . import jsonout
 from .bodies import gzipped_open
-from ..judging.query import DeviceIndex, DeviceNotFound
 
 if TYPE_CHECKING:
-    from .metrics import MetricOptions
     from ..judging.snapshot import Snapshot
+    from .metrics import MetricOptions
 
 Buffer = bytes | memoryview  # a field as made (bytes) or as received (a slice of the server's buffer)
 

@@ -51,10 +51,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 
 from .. import __version__
-from ..rendering import jsonout
-from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
-from ..rendering.exposition import DEFAULT_TELEMETRY_PATH, go_float
 from ..judging.query import QueryError
+from ..rendering import jsonout
+from ..rendering.exposition import DEFAULT_TELEMETRY_PATH, go_float
+from .connections import CLOSE_GRACE, Conn, ConnectionPool, connection_bound
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # annotations only: importing the refresh machinery costs the server's memory
