@@ -118,10 +118,10 @@ def virtio_root(t: SysfsTree, groups: bool = False) -> None:
 
 
 def small_vm(t: SysfsTree) -> None:
-    """A small VM like the one the README's samples were taken on: host bridge 8086:0d57, then virtio
-    functions (Red Hat 0x1af4) without reset methods: GPU 00:01.0, block 00:02.0 (class 0x018000)
-    holding `/` on vda, NIC 00:03.0, two more of class 0xffff00; no IOMMU, interrupt chips without
-    remapping, no DMAR/IVRS table."""
+    """A small VM like the one the samples of README.md and docs/cli.md were taken on: host bridge
+    8086:0d57, then virtio functions (Red Hat 0x1af4) without reset methods: GPU 00:01.0, block
+    00:02.0 (class 0x018000) holding `/` on vda, NIC 00:03.0, two more of class 0xffff00; no IOMMU,
+    interrupt chips without remapping, no DMAR/IVRS table."""
     t.pci("0000:00:00.0", INTEL, 0x0D57, 0x060000, reset_method=None)
     for addr, device, cls in (("0000:00:01.0", 0x1045, 0xFFFF00), ("0000:00:02.0", 0x1042, 0x018000),
                               ("0000:00:03.0", 0x1041, 0x020000), ("0000:00:04.0", 0x1053, 0xFFFF00),

@@ -56,8 +56,9 @@ def test_unit_reloads_with_sighup_and_has_a_memory_limit_above_the_measured_peak
     (limit,) = s["MemoryMax"]
     number, unit = re.fullmatch(r"(\d+)([KMG])", limit).groups()
     limit_mb = int(number) * {"K": 1 / 1024, "M": 1, "G": 1024}[unit]
-    # The 20,000-device peaks README's Performance table gives: server / worker / `devices --json`.
-    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| peak RSS"))
+    # The 20,000-device peaks docs/performance.md's table gives: server / worker / `devices --json`.
+    row = next(line for line in (ROOT / "docs" / "performance.md").read_text().splitlines()
+               if line.startswith("| peak RSS"))
     server, worker, _ = map(int, re.search(r"\| (\d+) / (\d+) / (\d+) MB", row).groups())
     # A reload starts a second worker before the first ends: room for both, and some.
     assert limit_mb >= 1.2 * (server + 2 * worker), (limit, row)
@@ -91,18 +92,18 @@ def test_unit_security_exposure_is_low(tmp_path):
 
 
 def ptrace_drop_in() -> str:
-    """The drop-in the README gives for naming VMs (its one ini block)."""
-    (block,) = re.findall(r"^```ini\n(.*?)^```$", (ROOT / "README.md").read_text(), re.M | re.S)
+    """The drop-in docs/deployment.md gives for naming VMs (its one ini block)."""
+    (block,) = re.findall(r"^```ini\n(.*?)^```$", (ROOT / "docs" / "deployment.md").read_text(), re.M | re.S)
     return block
 
 
-def test_unit_names_no_vm_and_the_readme_says_so():
+def test_unit_names_no_vm_and_the_docs_say_so():
     """ProtectProc=invisible without CAP_SYS_PTRACE: the holder scan cannot read QEMU's fd links."""
     s = unit_settings()
     assert s["ProtectProc"] == ["invisible"]
     assert "CAP_SYS_PTRACE" not in " ".join(s["CapabilityBoundingSet"] + s["AmbientCapabilities"])
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "**Under this unit no VM is named**: `held_by` is null" in readme
+    page = " ".join((ROOT / "docs" / "deployment.md").read_text().split())
+    assert "**Under this unit no VM is named**: `held_by` is null" in page
     unit_comments = [line.removeprefix("#").strip() for line in UNIT.read_text().splitlines() if line.startswith("#")]
     for line in ptrace_drop_in().splitlines():  # the unit's comment gives the same drop-in
         assert line in unit_comments
@@ -146,7 +147,7 @@ def test_daemonset():
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc.get("privileged") is False
     assert {"cpu", "memory"} <= set(c["resources"]["limits"]) and {"cpu", "memory"} <= set(c["resources"]["requests"])
-    # Above the peak measured at 20,000 devices under load (286 MiB, RELIABILITY.md) plus 1,024
+    # Above the peak measured at 20,000 devices under load (286 MiB, docs/reliability.md) plus 1,024
     # connections' send buffers (128 MiB).
     assert mebibytes(c["resources"]["limits"]["memory"]) >= 286 + 128
     # /sys comes from the host, read-only, where --path.sysfs looks.

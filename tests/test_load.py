@@ -2,8 +2,8 @@
 1,000 devices refreshed every second, then memory across 3,000 requests for the large bodies.
 
 The suite holds the load for 5 s; PASSTHROUGH_LOAD_SECONDS=60 runs a full minute (benchmarks/load.py
-measures the 5,000-device figures of RELIABILITY.md). Latencies are printed (run with -s to see them),
-asserted only against a generous bound: timing is the host's, errors and memory are ours.
+measures the 5,000-device figures of docs/reliability.md). Latencies are printed (run with -s to see
+them), asserted only against a generous bound: timing is the host's, errors and memory are ours.
 """
 
 from __future__ import annotations
