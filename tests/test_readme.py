@@ -8,8 +8,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import hosts
-from helpers import EXE
+from tests.support import hosts
+from tests.support.process import EXE
 
 TOP = Path(__file__).resolve().parents[1]
 README = (TOP / "README.md").read_text()
