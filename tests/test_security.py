@@ -23,7 +23,7 @@ from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.serving.webconfig import WebConfig, WebConfigError, load
 from tests.support.client import raw, request
 from tests.support.local import inspector, local_refresher, serve_quick, served
-from tests.support.parse import log_messages
+from tests.support.parse import every_record, log_messages
 from tests.support.process import EXE, exporter
 from tests.support.sysfs_builder import SysfsTree
 
@@ -41,8 +41,9 @@ def server(refresher: Refresher, caplog: pytest.LogCaptureFixture) -> Iterator[E
     httpd.shutdown()
     httpd.server_close()
     # Whatever the requests were, nothing was logged at error level and no traceback anywhere.
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not [r for r in caplog.records if r.exc_info]
+    records = every_record(caplog)
+    assert not [r for r in records if r.levelno >= logging.ERROR]
+    assert not [r for r in records if r.exc_info]
 
 
 def closes_after_answer(httpd: ExporterServer, data: bytes) -> tuple[bytes, float]:

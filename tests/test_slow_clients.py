@@ -19,6 +19,7 @@ from passthrough_exporter.serving.connections import MAX_CONNECTIONS, RESERVED_F
 from passthrough_exporter.serving.refresher import Refresher
 from passthrough_exporter.serving.server import ExporterServer
 from tests.support.client import connect, request, trickling
+from tests.support.parse import every_record
 from tests.support.process import cpu_seconds, exporter, raise_own_file_limit
 from tests.support.sysfs_builder import SysfsTree
 
@@ -30,8 +31,9 @@ def quiet(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Whatever the clients do, nothing is logged at warning level or above, and no traceback."""
     caplog.set_level(logging.DEBUG)
     yield
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text[-2000:]
-    assert not [r for r in caplog.records if r.exc_info], caplog.text[-2000:]
+    records = every_record(caplog)
+    assert not [r for r in records if r.levelno >= logging.WARNING], caplog.text[-2000:]
+    assert not [r for r in records if r.exc_info], caplog.text[-2000:]
 
 
 def closed_by_server(s: socket.socket) -> bool:

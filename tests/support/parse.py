@@ -1,11 +1,14 @@
-"""Reading back what the exporter wrote: its logfmt log lines, an exposition as Prometheus parses it,
-and JSON as a strict parser reads it."""
+"""Reading back what the exporter wrote: its logfmt log lines and log records, an exposition as
+Prometheus parses it, and JSON as a strict parser reads it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
+
+import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,6 +34,12 @@ def log_messages(stderr: str, level: str | None = None) -> list[str]:
         if level is None or fields["level"] == level:
             out.append(fields["msg"])
     return out
+
+
+def every_record(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The records of the whole test so far: its set-up, its body and its tear-down (in a fixture's
+    tear-down, caplog.records holds the tear-down's alone)."""
+    return [r for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]
 
 
 def without_process_metrics(exposition: bytes) -> bytes:
