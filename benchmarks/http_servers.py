@@ -5,7 +5,7 @@ its own, started under a 1024 open-file limit as systemd gives a service. The cl
 the hostile requests, measures how long a connection that trickles its headers is kept, opens
 1,100 trickling connections and times a scrape beside them, and runs 64 keep-alive clients.
 
-    python benchmarks/http_servers.py --body /tmp/m5k.prom [--candidates stdlib,aiohttp,...]
+    python -m benchmarks.http_servers --body /tmp/m5k.prom [--candidates stdlib,aiohttp,...]
         [--host /dev/shm/passthrough-bench/host-5000-s7-v1]
     (the body: passthrough-exporter textfile /tmp/m5k.prom on a generated 5,000-device host; with
     --host, the candidate passthrough-exporter is the product itself serving that host)
@@ -23,14 +23,17 @@ import os
 import re
 import resource
 import select
-import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+from tests.support.client import NotUp, connect, connection, exchange, free_port, raw, request, trickling, wait_up
 
 CANDIDATES = ("stdlib", "aiohttp", "uvicorn-h11", "hypercorn", "cheroot")
 EXPORTER = "passthrough-exporter"  # the product as built on the chosen library, serving --host
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.http_servers` runs from
 
 
 # --- servers (each in its own process) ----------------------------------------------------------
@@ -131,28 +134,6 @@ def run_server(name: str, port: int, body_path: str) -> None:
 
 # --- client -----------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def raw(port: int, data: bytes, timeout: float = 3) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
-
-
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 ATTACKS = {
     "dup Content-Length": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
@@ -179,7 +160,7 @@ def verdict(out: bytes) -> str:
 def header_deadline(port: int, limit: float = 30) -> str:
     """Seconds until a connection sending one header byte a second is closed (>limit: never)."""
     t0 = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+    with connect(port, timeout=2) as s:
         try:
             s.sendall(b"GET /metrics HTTP/1.1\r\n")
             while time.monotonic() - t0 < limit:
@@ -196,42 +177,16 @@ def header_deadline(port: int, limit: float = 30) -> str:
 def scrape(port: int, timeout: float = 10, gz: bool = True) -> float | None:
     t0 = time.monotonic()
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"} if gz else {})
-        resp = conn.getresponse()
-        resp.read()
-        conn.close()
-        return time.monotonic() - t0 if resp.status == 200 else None
+        status = request(port, "/metrics", headers={"Accept-Encoding": "gzip"} if gz else {}, timeout=timeout).status
     except (OSError, http.client.HTTPException):
         return None
+    return time.monotonic() - t0 if status == 200 else None
 
 
 def trickle(port: int, n: int = 1100) -> str:
-    socks, refused = [], 0
-    for _ in range(n):
-        try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=2)
-            s.sendall(b"GET /metrics HTTP/1.1\r\n")
-            socks.append(s)
-        except OSError:
-            refused += 1
-    stop = threading.Event()
-
-    def drip() -> None:
-        while not stop.wait(2):
-            for s in socks:
-                try:
-                    s.send(b"X", socket.MSG_DONTWAIT)
-                except OSError:
-                    pass
-
-    t = threading.Thread(target=drip, daemon=True)
-    t.start()
-    time.sleep(3)
-    took = scrape(port, timeout=10)
-    stop.set()
-    for s in socks:
-        s.close()
+    with trickling(port, n, b"GET /metrics HTTP/1.1\r\n", drip=b"X", every=2, timeout=2, refused_ok=True):
+        time.sleep(3)
+        took = scrape(port, timeout=10)
     return f"{took:.2f} s" if took is not None else "no answer in 10 s"
 
 
@@ -242,20 +197,18 @@ def load(port: int, seconds: float = 10, clients: int = 64) -> str:
     lock = threading.Lock()
 
     def one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = connection(port, timeout=30)
         local = []
         while not stop.is_set():
             try:
                 t0 = time.perf_counter()
-                conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
-                r = conn.getresponse()
-                r.read()
+                status = exchange(conn, "/metrics", headers={"Accept-Encoding": "gzip"}).status
                 local.append(time.perf_counter() - t0)
-                if r.status != 200:
+                if status != 200:
                     errors[0] += 1
             except (OSError, http.client.HTTPException):
                 errors[0] += 1
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn = connection(port, timeout=30)
         with lock:
             lat.extend(local)
 
@@ -282,16 +235,15 @@ def measure(name: str, body: str, seconds: float, host: str | None = None) -> di
         cmd = [exe, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", f"{host}/sys",
                "--path.procfs", f"{host}/proc"]
     else:
-        cmd = [sys.executable, __file__, "--serve", name, "--port", str(port), "--body", body]
-    proc = subprocess.Popen(["prlimit", "--nofile=1024:1024", *cmd], stdout=subprocess.DEVNULL, stderr=log)
+        cmd = [sys.executable, "-m", "benchmarks.http_servers", "--serve", name, "--port", str(port), "--body", body]
+    proc = subprocess.Popen(["prlimit", "--nofile=1024:1024", *cmd], stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 20
-        while scrape(port, 2) is None:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not start, see {log.name}")
-            time.sleep(0.2)
+        try:
+            wait_up(port, "/metrics", proc=proc, timeout=20, headers={"Accept-Encoding": "gzip"})
+        except NotUp as exc:
+            raise SystemExit(f"{name} did not start ({exc}), see {log.name}") from None
         print(f"## {name}", flush=True)
-        row = {attack: verdict(raw(port, data)) for attack, data in ATTACKS.items()}
+        row = {attack: verdict(raw(port, data, timeout=3)) for attack, data in ATTACKS.items()}
         row["header deadline"] = header_deadline(port)
         row["64 clients gzip"] = load(port, seconds)
         row["scrape beside 1,100 trickling"] = trickle(port)

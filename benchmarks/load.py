@@ -1,6 +1,7 @@
 """Load on the real `serve`: many keep-alive clients for a while on one path, on a generated host.
+From the checkout's root:
 
-    .venv/bin/python benchmarks/load.py [--devices 5000] [--clients 64] [--seconds 60]
+    .venv/bin/python -m benchmarks.load [--devices 5000] [--clients 64] [--seconds 60]
                                         [--scenarios metrics,metrics-gzip,devices,devices-gzip]
 
 For each scenario a fresh exporter process serves the host (benchmarks/generate.py, cached in
@@ -16,23 +17,18 @@ and its peak RSS (VmHWM) over the whole run.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks import generate
+from tests.support.client import NotUp, connect, connection, exchange, free_port, wait_up
+from tests.support.process import EXE
 
-import generate  # noqa: E402
-
-EXE = str(HERE.parent / ".venv" / "bin" / "passthrough-exporter")
 SCENARIOS = {
     "metrics": ("/metrics", False),
     "metrics-gzip": ("/metrics", True),
@@ -49,12 +45,6 @@ def status_kib(pid: int, field: str) -> int:
     raise RuntimeError(field)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def client_process(port: int, path: str, gz: bool, threads: int, seconds: float, out: multiprocessing.Queue) -> None:
     """`threads` keep-alive clients. Lean on purpose (one prepared request, the answer read by its
     Content-Length into one buffer): the clients share the 2 CPUs with the server they measure."""
@@ -65,11 +55,8 @@ def client_process(port: int, path: str, gz: bool, threads: int, seconds: float,
     request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + ("Accept-Encoding: gzip\r\n" if gz else "")
                + "\r\n").encode()
 
-    def connect() -> socket.socket:
-        return socket.create_connection(("127.0.0.1", port), timeout=60)
-
     def one() -> None:
-        s = connect()
+        s = connect(port, timeout=60)
         buf = bytearray(8 << 20)
         view = memoryview(buf)
         mine: list[float] = []
@@ -105,7 +92,7 @@ def client_process(port: int, path: str, gz: bool, threads: int, seconds: float,
             except (OSError, ValueError, IndexError) as exc:
                 bad.append(repr(exc))
                 s.close()
-                s = connect()
+                s = connect(port, timeout=60)
         s.close()
         with lock:
             latencies.extend(mine)
@@ -127,23 +114,14 @@ def run(host: Path, scenario: str, clients: int, seconds: float, refresh: str, w
                              "--refresh-interval", refresh],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the exporter did not become ready")
-            time.sleep(0.2)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            wait_up(port, proc=proc, timeout=120)
+        except NotUp as exc:
+            raise SystemExit(f"the exporter did not become ready: {exc}") from None
+        conn = connection(port, timeout=60)
         end = time.monotonic() + warmup
         while True:
-            conn.request("GET", path, headers={"Accept-Encoding": "gzip"} if gz else {})
-            size = len(conn.getresponse().read())
+            size = len(exchange(conn, path, headers={"Accept-Encoding": "gzip"} if gz else {}).body)
             if time.monotonic() > end:
                 break
             time.sleep(0.2)

@@ -1,6 +1,7 @@
 """The product beside the peer operators already run: node_exporter's `pcidevice` collector.
+From the checkout's root:
 
-    .venv/bin/python benchmarks/peer.py [--sizes 200,1000,20000] [--repeat 3] [--passes 8]
+    .venv/bin/python -m benchmarks.peer [--sizes 200,1000,20000] [--repeat 3] [--passes 8]
                                         [--node-exporter PATH] [--out FILE]
 
 On each synthetic host (benchmarks/generate.py, the seed benchmarks/run.py uses), `--repeat` rounds,
@@ -43,11 +44,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import run as bench
+from tests.support.client import connection, exchange, free_port, wait_up
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import run as bench  # noqa: E402
-
 generate = bench.generate
 PEER_HELPER = HERE.parents[1] / "shared" / "bin" / "peer-node-exporter"
 WARMUP = 2  # refreshes (ours) or scrapes (the peer) not measured
@@ -136,12 +136,10 @@ def stop(proc: subprocess.Popen) -> None:
 
 def scrape(conn: http.client.HTTPConnection) -> bytes:
     """One /metrics as Prometheus asks for it (gzip), over a keep-alive connection; the body unzipped."""
-    conn.request("GET", "/metrics", headers=PROMETHEUS_HEADERS)
-    resp = conn.getresponse()
-    body = resp.read()
-    if resp.status != 200:
-        raise RuntimeError(f"/metrics answered {resp.status}")
-    return gzip.decompress(body) if resp.getheader("Content-Encoding") == "gzip" else body
+    answer = exchange(conn, "/metrics", headers=PROMETHEUS_HEADERS)
+    if answer.status != 200:
+        raise RuntimeError(f"/metrics answered {answer.status}")
+    return gzip.decompress(answer.body) if answer.getheader("Content-Encoding") == "gzip" else answer.body
 
 
 def series(body: bytes, prefix: bytes = b"") -> int:
@@ -194,7 +192,7 @@ def changing_counter(host: Host) -> Path:
 
 
 def ours(host: Host, passes: int, tmp: Path, changing: bool = False) -> dict:
-    port = bench._free_port()
+    port = free_port()
     log = tmp / f"ours-{host.size}.log"
     counter = changing_counter(host) if changing else None
     original = counter.read_bytes() if counter else b""
@@ -203,9 +201,9 @@ def ours(host: Host, passes: int, tmp: Path, changing: bool = False) -> dict:
            "--path.pci-ids", bench.PCI_IDS or "none"]
     proc = start(cmd, log, bench.product_env())
     try:
-        bench.wait_up(proc, port, "/healthz", log)
+        wait_up(port, proc=proc, timeout=bench.START_TIMEOUT, log=log.read_text)
         refreshes = RefreshLog(log)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = connection(port, timeout=120)
         refreshes.wait(WARMUP, proc)
         scrape(conn)  # the connection and the first body served, outside the passes
         n0 = refreshes.poll()
@@ -226,15 +224,15 @@ def ours(host: Host, passes: int, tmp: Path, changing: bool = False) -> dict:
 
 
 def peer(host: Host, passes: int, exe: str, tmp: Path) -> dict:
-    port = bench._free_port()
+    port = free_port()
     log = tmp / f"peer-{host.size}.log"
     names = ["--collector.pcidevice.names", f"--collector.pcidevice.idsfile={bench.PCI_IDS}"] if bench.PCI_IDS else []
     cmd = [exe, "--collector.disable-defaults", "--collector.pcidevice", *names, f"--path.sysfs={host.sysfs}",
            "--path.procfs=/proc", f"--web.listen-address=127.0.0.1:{port}"]
     proc = start(cmd, log)
     try:
-        bench.wait_up(proc, port, "/", log)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        wait_up(port, "/", proc=proc, timeout=bench.START_TIMEOUT, log=log.read_text)
+        conn = connection(port, timeout=120)
         for _ in range(WARMUP):
             body = scrape(conn)
         check_peer(body, host, log)
@@ -319,7 +317,7 @@ def report(data: dict[int, dict], args: argparse.Namespace, exe: str, started: f
         a, b = [r[key] for r in runs[ours]], [r[key] for r in runs["peer"]]
         return med(a), med(b), bench.ratios(a, b)
 
-    cmd = f"benchmarks/peer.py --sizes {args.sizes} --repeat {args.repeat} --passes {args.passes}"
+    cmd = f"python -m benchmarks.peer --sizes {args.sizes} --repeat {args.repeat} --passes {args.passes}"
     lines = [
         "# Beside node_exporter's pcidevice collector", "",
         f"Machine: {bench.machine()}.  ",
@@ -361,7 +359,7 @@ def report(data: dict[int, dict], args: argparse.Namespace, exe: str, started: f
 
 def notes(args: argparse.Namespace) -> list[str]:
     return [
-        f"- Hosts: `benchmarks/generate.py SIZE` (seed 7, as `benchmarks/run.py`), built in `{generate.CACHE}`. "
+        f"- Hosts: `benchmarks.generate SIZE` (seed 7, as `benchmarks.run`), built in `{generate.CACHE}`. "
         "node_exporter reads the PCI functions alone (about 20 attributes each: ids, revision, link, power, "
         "SR-IOV, NUMA node); ours reads every device (PCI, USB, SCSI), the IOMMU groups, the drivers, the "
         "holders of the VFIO nodes and the host facts, and judges them: the two do not do the same work, the "

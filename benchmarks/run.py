@@ -1,6 +1,7 @@
 """The performance benchmark: the product against a C floor and a Python floor, measured side by side.
+From the checkout's root:
 
-    .venv/bin/python benchmarks/run.py [--sizes 1000,5000,20000] [--repeat 5] [--requests 500]
+    .venv/bin/python -m benchmarks.run [--sizes 1000,5000,20000] [--repeat 5] [--requests 500]
 
 What it measures on each synthetic host (benchmarks/generate.py), every figure a median of `--repeat`
 runs taken in turn with the floors they are compared with (A B A B ...), so that a machine whose speed
@@ -17,7 +18,7 @@ drifts moves both alike; ratios are taken pair by pair:
 - `serve` as a process: /metrics latency idle and while it refreshes back to back, and its peak RSS;
 - the series and bytes one scrape carries, for a 200-device host and the largest size;
 - the peer operators already run, when a node_exporter with its pcidevice collector is found: CPU
-  per pass and memory beside it on 200, 1,000 and 20,000 devices (`benchmarks/peer.py`).
+  per pass and memory beside it on 200, 1,000 and 20,000 devices (`benchmarks.peer`).
 
 Writes benchmarks/RESULTS.md.
 """
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gzip
-import http.client
 import importlib.util
 import json
 import os
@@ -43,11 +43,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import generate
+from tests.support.client import connection, exchange, free_port, request, wait_up
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import generate  # noqa: E402
-
+ROOT = HERE.parent  # where `python -m benchmarks.run` runs from: the checkout's root
+SELF = [sys.executable, "-m", "benchmarks.run"]  # this benchmark in a process of its own, run from ROOT
 FLOOR_C = HERE / "floor.c"
 SEED_FULL_LIMIT = 5000  # above this the seed's algorithm runs on a sample and is extrapolated
 SEED_SAMPLE = 400
@@ -224,7 +225,7 @@ def import_times(empty: Path) -> dict:
 
 
 def worker(size: int, repeat: int, floor_lib: str) -> dict:
-    from floor import floor_read
+    from benchmarks.floor import floor_read
 
     from passthrough_exporter.rendering import hostpage
     from passthrough_exporter.reading import pciids
@@ -299,8 +300,7 @@ def worker(size: int, repeat: int, floor_lib: str) -> dict:
 
 
 def seed_worker(size: int, repeat: int) -> dict:
-    import seed
-
+    from benchmarks import seed
     from passthrough_exporter.judging.inspector import Inspector
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
@@ -356,35 +356,12 @@ def series_worker(size: int, seed: int) -> dict:
 # --- serve as a process ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(proc: subprocess.Popen, port: int, path: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.request("GET", path)
-            ok = conn.getresponse().status == 200
-            conn.close()
-            if ok:
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.args[0]} did not come up: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-
-
 def serve_run(size: int, busy: bool, requests: int, tmp: Path) -> dict:
     """`serve` on the host: scrapes of /metrics (gzip and plain) by a client process, then its peak RSS.
     busy: refreshing while the scrapes run (the 1 s floor of the interval: back to back wherever a refresh
     takes a second or more); else idle after one."""
     sysfs, procfs = map(str, generate.cached(size))
-    port = _free_port()
+    port = free_port()
     log = tmp / f"serve-{size}-{'busy' if busy else 'idle'}.log"
     # At debug: a steady refresh is logged at debug only, and the refreshes are counted from the log.
     cmd = [*product_cmd(), "--log.level", "debug", "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", sysfs,
@@ -392,7 +369,7 @@ def serve_run(size: int, busy: bool, requests: int, tmp: Path) -> dict:
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=product_env())
     try:
-        wait_up(proc, port, "/healthz", log)
+        wait_up(port, proc=proc, timeout=START_TIMEOUT, log=log.read_text)
         out = {mode: _client(port, mode, requests) for mode in ("gzip", "plain")}
         if not busy:
             out["floor"] = socket_floor(port, requests, tmp)
@@ -423,24 +400,13 @@ def socket_floor(port: int, requests: int, tmp: Path) -> dict:
     per request (`raw_server`), scraped by the same client: what moving these bytes costs here."""
     bodies = {}
     for mode, headers in (("plain", {}), ("gzip", {"Accept-Encoding": "gzip"})):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("GET", "/metrics", headers=headers)
         bodies[mode] = tmp / f"metrics-{mode}"
-        bodies[mode].write_bytes(conn.getresponse().read())
-        conn.close()
-    floor_port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--raw-server", str(floor_port), str(bodies["plain"]),
-                             str(bodies["gzip"])], stdout=subprocess.DEVNULL)
+        bodies[mode].write_bytes(request(port, "/metrics", headers=headers, timeout=60).body)
+    floor_port = free_port()
+    proc = subprocess.Popen([*SELF, "--raw-server", str(floor_port), str(bodies["plain"]), str(bodies["gzip"])],
+                            stdout=subprocess.DEVNULL, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", floor_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_up(floor_port, "/metrics", proc=proc, timeout=30)
         return {mode: _client(floor_port, mode, requests) for mode in ("gzip", "plain")}
     finally:
         proc.kill()
@@ -473,22 +439,20 @@ def raw_server(port: int, plain: Path, gz: Path) -> None:
 
 
 def _client(port: int, mode: str, requests: int) -> dict:
-    cmd = [sys.executable, __file__, "--client", str(port), "--mode", mode, "--requests", str(requests)]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    cmd = [*SELF, "--client", str(port), "--mode", mode, "--requests", str(requests)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
 
 
 def client(port: int, mode: str, requests: int) -> dict:
     """Scrapes /metrics over one keep-alive connection, as Prometheus does; latency to the last byte."""
     headers = {"Accept-Encoding": "gzip"} if mode == "gzip" else {}
-    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn = connection(port, timeout=None)
     lat = []
     for _ in range(requests):
         t = time.perf_counter()
-        conn.request("GET", "/metrics", headers=headers)
-        resp = conn.getresponse()
-        body = resp.read()
+        answer = exchange(conn, "/metrics", headers=headers)
         lat.append(time.perf_counter() - t)
-        assert resp.status == 200 and body
+        assert answer.status == 200 and answer.body
     conn.close()
     lat.sort()
     return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "max": lat[-1],
@@ -496,8 +460,7 @@ def client(port: int, mode: str, requests: int) -> dict:
 
 
 def _sub(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
-                          env=product_env())
+    proc = subprocess.run([*SELF, *args], check=True, capture_output=True, text=True, env=product_env(), cwd=ROOT)
     return json.loads(proc.stdout)
 
 
@@ -527,7 +490,7 @@ def report(data: dict, args: argparse.Namespace) -> str:
         "# Benchmark results", "",
         f"Machine: {machine()}.  ",
         *([f"Code: commit {data['commit']}.  "] if data.get("commit") else []),
-        f"Run: `benchmarks/run.py --sizes {args.sizes} --repeat {args.repeat} --requests {args.requests}`, "
+        f"Run: `python -m benchmarks.run --sizes {args.sizes} --repeat {args.repeat} --requests {args.requests}`, "
         f"{data.get('when') or time.strftime('%Y-%m-%d %H:%M')}{load_note(data)}. Every figure is a median of {args.repeat} runs taken in turn with "
         "the floors it is compared with (A B A B ...), all in this one run; a ratio is the median of the "
         "pairwise ratios. Scrapes: p50/p99 of "
@@ -672,7 +635,7 @@ def series_section(series: list[dict]) -> list[str]:
     out += ["", f"Head memory at {PROM_BYTES_PER_SERIES / 1024:.1f} KiB per active series: Robust Perception, \"How much "
             "RAM does Prometheus 2.x need for cardinality and ingestion?\" (about 2 GiB per million series, Go's "
             "garbage collector included; ingestion adds to it at shorter intervals). The 200-device host is "
-            f"`generate.py {SERIES_HOST[0]} --seed {SERIES_HOST[1]}` (a SAS HBA, a NIC with 78 VFs, a PCIe switch with "
+            f"`benchmarks.generate {SERIES_HOST[0]} --seed {SERIES_HOST[1]}` (a SAS HBA, a NIC with 78 VFs, a PCIe switch with "
             "NVMe drives, a chipset group with USB and SATA)."]
     return out
 
@@ -680,7 +643,7 @@ def series_section(series: list[dict]) -> list[str]:
 def notes(data: dict) -> list[str]:
     workers = data["workers"]
     out = [
-        "- Hosts come from `benchmarks/generate.py` (SR-IOV PFs with 64-256 VFs each in their own group, PCIe "
+        "- Hosts come from `tests/support/synthetic.py` (SR-IOV PFs with 64-256 VFs each in their own group, PCIe "
         "switches with ACS, chipset groups of 14 functions, USB trees, SCSI hosts/targets/LUNs; every PCI function "
         "with enable, power state and link attributes, AER counters on all but the VFs), built in "
         f"`{generate.CACHE}` (a tmpfs when available: sysfs is memory-backed too).",
@@ -735,7 +698,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's algorithm")
     ap.add_argument("--peer-sizes", default="200,1000,20000",
-                    help="hosts measured beside node_exporter's pcidevice collector (benchmarks/peer.py) when one "
+                    help="hosts measured beside node_exporter's pcidevice collector (benchmarks.peer) when one "
                     "is found; '' skips it")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--json-out", type=Path, help="also write every measurement as JSON")
@@ -819,10 +782,10 @@ def main() -> None:
 
 
 def run_peer(args: argparse.Namespace) -> str:
-    """benchmarks/peer.py's section, measured in this run, when a node_exporter with pcidevice is here."""
+    """benchmarks.peer's section, measured in this run, when a node_exporter with pcidevice is here."""
     if not args.peer_sizes:
         return ""
-    import peer
+    from benchmarks import peer
 
     try:
         exe = peer.find_node_exporter(None)

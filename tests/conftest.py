@@ -1,21 +1,31 @@
+"""Fixtures several test modules use: a fixture tree and the desktop host in it, the captured trees
+beside the checkout, that host refreshed in this process, and the real server started on 127.0.0.1.
+The helpers they are made of are in tests/support."""
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from passthrough_exporter.serving.refresher import Refresher
+from passthrough_exporter.serving.server import ExporterServer
+from passthrough_exporter.serving.webconfig import WebConfig
+from tests.support import hosts
+from tests.support.local import inspector, local_refresher, serve_quick
+from tests.support.sysfs_builder import SysfsTree
 
 # Programs the set-up put beside this interpreter (`.ci/setup --test`: prometheus and promtool in
 # .venv/bin) are found first, as in an activated venv.
 _BIN = str(Path(sys.executable).parent)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
     os.environ["PATH"] = os.pathsep.join(filter(None, (_BIN, os.environ.get("PATH"))))
-
-from sysfs_builder import SysfsTree  # noqa: E402
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
@@ -40,8 +50,6 @@ def tree(tmp_path: Path) -> SysfsTree:
 def host(tree: SysfsTree) -> SysfsTree:
     """The desktop most tests serve: host bridge, a GPU with its audio function, a USB tree, `/` on an
     NVMe disk (a known root device: nothing else is held back for it)."""
-    import hosts
-
     hosts.base(tree)
     hosts.desktop_gpu(tree)
     hosts.usb_tree(tree)
@@ -54,3 +62,28 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip("../shared/realdata is not beside this checkout")
     return REALDATA
+
+
+@pytest.fixture
+def refresher(host: SysfsTree) -> Refresher:
+    """`host` read, judged and rendered once, by a Refresher whose worker is in this process."""
+    r = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
+    r.refresh()
+    return r
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ExporterServer]]:
+    """start_server(refresher, web=None, **kw): the real server on 127.0.0.1 in a thread of this
+    process (`kw` as ExporterServer takes them); every one started is shut down after the test."""
+    started: list[ExporterServer] = []
+
+    def start(refresher: Refresher, web: WebConfig | None = None, **kw: Any) -> ExporterServer:
+        httpd = serve_quick(refresher, web, **kw)
+        started.append(httpd)
+        return httpd
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()

@@ -3,9 +3,7 @@ falls back to asking device by device."""
 
 from __future__ import annotations
 
-import hosts
 import pytest
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter import hookimpl
 from passthrough_exporter.judging.batch import BATCH, batched
@@ -13,6 +11,8 @@ from passthrough_exporter.judging.facts import Facts
 from passthrough_exporter.judging.inspector import Inspector, make_plugin_manager
 from passthrough_exporter.model import Verdict
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts
+from tests.support.sysfs_builder import SysfsTree
 
 POLICY = """\
 [[rule]]

@@ -10,14 +10,12 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import hosts
 import pytest
-import tar_unpack
-import umockdev_tree
-from sysfs_builder import SysfsTree
-from helpers import EXE
 
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts, tar_unpack, umockdev_tree
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree
 
 
 def capture(sysfs, procfs, output, *extra):

@@ -7,9 +7,10 @@ import os
 import re
 import subprocess
 
-import hosts
 import pytest
-from helpers import EXE
+
+from tests.support import hosts
+from tests.support.process import EXE
 
 
 def check(tree, *args):

@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
-import hosts
 import pytest
-from helpers import EXE
+
+from tests.support import hosts
+from tests.support.process import EXE
 
 
 def run(tree, *args):

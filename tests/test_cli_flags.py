@@ -7,14 +7,14 @@ import argparse
 import json
 import subprocess
 
-import hosts
 import pytest
-from helpers import EXE
 
 from passthrough_exporter.commands import cli
 from passthrough_exporter.commands.cmdline import refresh_interval
 from passthrough_exporter.plugins import pci
 from passthrough_exporter.settings import ConfigError
+from tests.support import hosts
+from tests.support.process import EXE
 
 GPU = "pci_0000_01_00_0"  # class 0x030000 in hosts.desktop_gpu
 

@@ -7,9 +7,10 @@ import json
 import subprocess
 
 import pytest
-from helpers import EXE, log_messages
 
 from passthrough_exporter.model import KNOWN_TYPES
+from tests.support.parse import log_messages
+from tests.support.process import EXE
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

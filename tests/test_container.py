@@ -7,18 +7,18 @@ downloads packages, so it is not a test here)."""
 from __future__ import annotations
 
 import fnmatch
-import http.client
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import EXE, free_port
+
+from tests.support.client import free_port, request, wait_up
+from tests.support.process import EXE
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_LOCAL = ROOT / "deploy" / "container" / "build-local"
@@ -207,21 +207,8 @@ def test_image_cmd_serves_and_its_healthcheck_passes(host):
     assert "PYTHONUNBUFFERED" not in env
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline, status = time.monotonic() + 15, None
-        while time.monotonic() < deadline and status != 200:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                status = conn.getresponse().status
-                conn.close()
-            except OSError:
-                time.sleep(0.1)
-        assert status == 200
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode()
-        conn.close()
+        wait_up(port, proc=proc, timeout=15, log=lambda: "" if proc.poll() is None else proc.communicate()[1])
+        body = request(port, "/metrics", timeout=5).body.decode()
         assert body.count('passthrough_device_info{') and 'device="pci_0000_01_00_0"' in body
         health = dict(final)["HEALTHCHECK"]
         check = json.loads(health[health.index("CMD [") + 4:])

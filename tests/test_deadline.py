@@ -11,9 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE
+
+from tests.support import hosts
+from tests.support.process import EXE
 
 HANGS = {
     # A rule that never returns, and swallows whatever would be raised in it to stop it.

@@ -10,13 +10,13 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.plugins.policy.rules import PolicyError, load, parse
+from tests.support import hosts
+from tests.support.process import EXE
 
 GPU = Device(name="pci_0000_3b_00_0", type="pci", address="0000:3b:00.0", vendor_id="0x10de",
              product_id="0x2204", subsystem_vendor_id="0x1458", subsystem_product_id="0x403b",

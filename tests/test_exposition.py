@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hosts
-from helpers import judge_tree
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -11,6 +9,8 @@ from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.rendering.metrics import MetricOptions, SnapshotCollector, render
 from passthrough_exporter.model import Device, Finding, HostFacts, Inventory
 from passthrough_exporter.judging.snapshot import Snapshot
+from tests.support import hosts
+from tests.support.local import judge_tree
 
 
 def reference(snap: Snapshot, options: MetricOptions | None = None) -> bytes:

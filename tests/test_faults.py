@@ -19,15 +19,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE
-from reliability import collect_errors, inspector, request, scrape_tree, serve_quick, strict_json
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter.model import Device, Inventory
-from serving import exposition, local_refresher
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from passthrough_exporter.serving.server import ExporterServer
+from tests.support import hosts
+from tests.support.client import request
+from tests.support.local import exposition, inspector, local_refresher, scrape_tree
+from tests.support.parse import collect_errors, strict_json
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree
 
 GPU, AUDIO = "0000:01:00.0", "0000:01:00.1"
 MEGABYTE = b"0x8086" + b"0" * (1 << 20)
@@ -346,7 +348,8 @@ def test_every_fault_at_once(host: SysfsTree) -> None:
 
 # --- a device directory that comes and goes while refreshes run ----------------------------------
 
-def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: Path) -> None:
+def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: Path,
+                                                     start_server: Callable[..., ExporterServer]) -> None:
     """Hot-unplug in a loop: a USB stick subtree and a GPU function flip in and out during refreshes."""
     stick = usb_attr("1-1.4", "")(host)
     audio = host.pci_path(AUDIO)
@@ -355,7 +358,7 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
     flipping = {"usb_1_1_4", "usb_1_1_4_1_0", "scsi_host6", "scsi_target6_0_0", "scsi_6_0_0_0", "pci_0000_01_00_1"}
     stable = set(read(host).devices) - flipping
     refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
-    httpd = serve_quick(refresher)
+    httpd = start_server(refresher)
     stop = threading.Event()
     flips = 0
 
@@ -381,15 +384,13 @@ def test_device_removed_and_readded_while_refreshing(host: SysfsTree, tmp_path: 
             seen_kinds = {kind for kind, n in published.status.errors_total.items() if n}
             vanished = published.status.errors_total.get("vanished", 0)
             if refreshes % 10 == 0:
-                status, body = request(httpd, "/metrics")
-                statuses.add(status)
-                assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in body
+                resp = request(httpd, "/metrics")
+                statuses.add(resp.status)
+                assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in resp.body
             refreshes += 1
     finally:
         stop.set()
         flipper.join(10)
-        httpd.shutdown()
-        httpd.server_close()
     assert refreshes >= 20 and flips > 0
     assert statuses == {200}
     # Losing the race shows up as a vanished entry or attribute, never as anything else.

@@ -16,13 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import hosts
 import pytest
-import tar_unpack
-from helpers import EXE
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter.commands.cli import write_atomically
+from tests.support import hosts, tar_unpack
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: other users, device nodes")

@@ -1,21 +1,20 @@
-"""The benchmark's synthetic hosts (benchmarks/generate.py) read back as the generator built them."""
+"""The synthetic hosts the benchmarks run on (tests/support/synthetic.py) read back as the generator built them."""
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from helpers import generate_module
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support.synthetic import generate
+
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    gen = generate_module()
     root = tmp_path_factory.mktemp("gen") / "host"
-    tree, manifest = gen.generate(root, 600)
+    tree, manifest = generate(root, 600)
     snap = Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read())
     return manifest, snap
 

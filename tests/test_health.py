@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 
-import hosts
 import pytest
-from helpers import judge_tree
-from hosts import INTEL, NVIDIA
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter.rendering.metrics import MetricOptions, render
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs import Trace
 from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
 from passthrough_exporter.reading.sysfs.devices import aer_total, link_speed, power_state
+from tests.support import hosts
+from tests.support.hosts import INTEL, NVIDIA
+from tests.support.local import judge_tree
+from tests.support.sysfs_builder import SysfsTree
 
 AER_CORRECTABLE = """Receiver Error 2
 Bad TLP 0

@@ -10,11 +10,12 @@ import json
 import shutil
 import subprocess
 
-import hosts
 import pytest
-from helpers import EXE, judge_tree
 
 from passthrough_exporter.rendering.metrics import render
+from tests.support import hosts
+from tests.support.local import judge_tree
+from tests.support.process import EXE
 
 IOMMU_OFF = "the IOMMU is off: VFIO cannot assign devices on this host"
 REMAPPING_OFF = "interrupt remapping is off: VFIO refuses to assign devices on this host"

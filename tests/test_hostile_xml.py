@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability import inspector
 
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import Inventory
 
 from passthrough_exporter.reading.sources.libvirt_xml import node_device
+from tests.support.local import inspector
 
 
 def parse_node_device(xml):

@@ -16,13 +16,13 @@ import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import judge_tree
 
 from passthrough_exporter.rendering.hostpage import render
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device, Finding, HostFacts, Inventory
+from tests.support import hosts
+from tests.support.local import judge_tree
 
 VOID = {"br", "meta", "img", "hr", "input", "link"}
 
@@ -232,7 +232,7 @@ def sriov_host(tree, vfs: int) -> None:
 
 
 def test_two_thousand_vfs_fold_under_their_pf(tmp_path):
-    from sysfs_builder import SysfsTree
+    from tests.support.sysfs_builder import SysfsTree
 
     tree = SysfsTree(tmp_path / "sriov")
     sriov_host(tree, 2000)
@@ -385,10 +385,10 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
     import gzip
 
     import bcrypt
-    from helpers import get
+    from tests.support.client import request
 
     from passthrough_exporter.serving import webconfig
-    from serving import local_refresher
+    from tests.support.local import local_refresher
     from passthrough_exporter.serving.server import serve
     from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
@@ -399,25 +399,26 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
     httpd = serve(("127.0.0.1", 0), refresher, webconfig.load(str(cfg)))
     auth = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode()}
     try:
-        resp, body = get(httpd, "/", headers=auth)
-        assert resp.status == 503 and b"no snapshot yet" in body  # before the first refresh
+        resp = request(httpd, "/", headers=auth)
+        assert resp.status == 503 and b"no snapshot yet" in resp.body  # before the first refresh
         refresher.refresh()
-        resp, _ = get(httpd, "/")
+        resp = request(httpd, "/")
         assert resp.status == 401
-        resp, body = get(httpd, "/", headers=auth)
+        resp = request(httpd, "/", headers=auth)
+        body = resp.body
         assert resp.status == 200 and resp.getheader("Content-Type") == "text/html; charset=utf-8"
         # The page as the refresh rendered it, the server saying the source is up where it is marked.
         want = render(Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc)).read()))
         assert body == want.replace(b"<!--source-state-->", b'<span class="ok">up</span>')
         assert b"<strong>Source</strong>: sysfs <span class=\"ok\">up</span>" in body
-        resp, zipped = get(httpd, "/", headers={**auth, "Accept-Encoding": "gzip"})
-        assert resp.getheader("Content-Encoding") == "gzip" and gzip.decompress(zipped) == body
+        resp = request(httpd, "/", headers={**auth, "Accept-Encoding": "gzip"})
+        assert resp.getheader("Content-Encoding") == "gzip" and gzip.decompress(resp.body) == body
         tree.sys.rename(tmp_path / "gone")  # the source down: the last good read, saying so
         refresher.refresh()
-        resp, body = get(httpd, "/", headers=auth)
+        resp = request(httpd, "/", headers=auth)
         assert resp.status == 200 and b"<strong>Source</strong>: sysfs <span class=\"bad\">down (showing the last good " \
-            b"read)</span>" in body
-        assert b"pci_0000_01_00_0" in body
+            b"read)</span>" in resp.body
+        assert b"pci_0000_01_00_0" in resp.body
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -11,14 +11,14 @@ import time
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE
 
 from passthrough_exporter.reading import pciids
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.plugins.policy.rules import MAX_FILE_SIZE, MAX_TABLES, PolicyError, load, parse
 from passthrough_exporter.settings import ConfigError
+from tests.support import hosts
+from tests.support.process import EXE
 
 RULE = '[[rule]]\naction = "deny"\nreason = "r"\nname = "*"\n'
 

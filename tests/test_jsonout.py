@@ -8,12 +8,13 @@ import math
 import os
 import subprocess
 
-import hosts
-from helpers import EXE, judge_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passthrough_exporter.rendering.jsonout import dumps, write_array
+from tests.support import hosts
+from tests.support.local import judge_tree
+from tests.support.process import EXE
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
 values = st.recursive(

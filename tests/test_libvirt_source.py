@@ -6,13 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import hosts
 import pytest
 
 libvirt = pytest.importorskip("libvirt", reason="the [libvirt] extra (libvirt-python) is not installed")
-
-from libvirt_host import domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host  # noqa: E402
-from sysfs_builder import SysfsTree, char_number  # noqa: E402
 
 from passthrough_exporter.commands import cli  # noqa: E402
 from passthrough_exporter.judging.inspector import Inspector  # noqa: E402
@@ -22,6 +18,10 @@ from passthrough_exporter.judging.snapshot import Snapshot  # noqa: E402
 from passthrough_exporter.reading.sources import SourceError  # noqa: E402
 from passthrough_exporter.reading.sources.libvirt import LibvirtSource  # noqa: E402
 from passthrough_exporter.reading.sources.sysfs import SysfsSource  # noqa: E402
+from tests.support import hosts  # noqa: E402
+from tests.support.libvirt_host import (  # noqa: E402
+    domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host)
+from tests.support.sysfs_builder import SysfsTree, char_number  # noqa: E402
 
 
 def number_of(device: str) -> tuple[int, int]:
@@ -342,9 +342,9 @@ def test_root_filesystem_device_is_held_back_by_both_sources(tree, tmp_path):
 def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
     """libvirtd stops under a running exporter: the previous devices stay served, the source is
     reported down, and everything comes back when libvirt does."""
-    from helpers import get
+    from tests.support.client import request
 
-    from serving import local_refresher
+    from tests.support.local import local_refresher
     from passthrough_exporter.serving.server import serve
     from passthrough_exporter.serving.webconfig import WebConfig
 
@@ -358,24 +358,25 @@ def test_libvirt_going_away_keeps_the_last_snapshot_served(tree, tmp_path):
     assert refresher.refresh()
     httpd = serve(("127.0.0.1", 0), refresher, WebConfig())
     try:
-        _, before = get(httpd, "/metrics")
+        before = request(httpd, "/metrics").body
         assert b'passthrough_source_up{source="libvirt"} 1.0' in before
         xml.rename(tmp_path / "gone.xml")  # libvirtd is gone: connecting fails from now on
         source._conn.close()  # and the connection in hand dies under the exporter
         refresher.refresh()
-        resp, down = get(httpd, "/metrics")
+        resp = request(httpd, "/metrics")
+        down = resp.body
         assert resp.status == 200
         assert b'passthrough_source_up{source="libvirt"} 0.0' in down
         assert b'passthrough_device_assigned{device="pci_0000_01_00_0",domain="gaming",running="true"} 1.0' in down
         assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in down
-        resp, body = get(httpd, "/api/devices/pci_0000_01_00_0")
-        assert resp.status == 200 and json.loads(body)["assigned_to"] == "gaming"
+        resp = request(httpd, "/api/devices/pci_0000_01_00_0")
+        assert resp.status == 200 and json.loads(resp.body)["assigned_to"] == "gaming"
         refresher.refresh()  # within the backoff: no new connection attempt, still down
-        assert b'source="libvirt"} 0.0' in get(httpd, "/metrics")[1]
+        assert b'source="libvirt"} 0.0' in request(httpd, "/metrics").body
         (tmp_path / "gone.xml").rename(xml)  # libvirtd is back
         now[0] += 120  # past the longest backoff
         refresher.refresh()
-        _, back = get(httpd, "/metrics")
+        back = request(httpd, "/metrics").body
         assert b'passthrough_source_up{source="libvirt"} 1.0' in back
     finally:
         httpd.shutdown()

@@ -13,16 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE, judge_tree
-from hosts import INTEL, NVIDIA
-from sysfs_builder import char_number
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs.procs import qemu_guest_name, scan_holders
+from tests.support import hosts
+from tests.support.hosts import INTEL, NVIDIA
+from tests.support.local import judge_tree
+from tests.support.process import EXE
+from tests.support.sysfs_builder import char_number
 
 MELLANOX = 0x15B3
 # This machine's own character devices, which real and fake processes hold in these tests.

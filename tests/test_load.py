@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from serving import exporter as running_exporter
-from serving import rss_kib
-from helpers import generate_module
+
+from tests.support.client import connection, exchange
+from tests.support.process import exporter as running_exporter, rss_kib
+from tests.support.synthetic import generate
 
 CLIENTS = 64
 HOLD_SECONDS = float(os.environ.get("PASSTHROUGH_LOAD_SECONDS", "5"))
@@ -57,14 +58,12 @@ def client(port: int, n: int, tally: Tally, stop: threading.Event, paths: tuple[
         headers = {"Accept-Encoding": "gzip"} if (n + done) % 4 == 0 else {}
         try:
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn = connection(port, timeout=30)
             t0 = time.perf_counter()
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
+            answer = exchange(conn, path, headers=headers)
             local.append(time.perf_counter() - t0)
-            if resp.status != 200 or not body:
-                errors.append(f"{path}: {resp.status}")
+            if answer.status != 200 or not answer.body:
+                errors.append(f"{path}: {answer.status}")
             if path == "/metrics" and limit is None:
                 metrics += 1
         except (OSError, http.client.HTTPException) as exc:
@@ -100,8 +99,7 @@ def run_clients(port: int, paths: tuple[str, ...], seconds: float | None, limit:
 
 @pytest.fixture
 def exporter(tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    gen = generate_module()
-    tree, _ = gen.generate(tmp_path / "host", DEVICES)
+    tree, _ = generate(tmp_path / "host", DEVICES)
     with running_exporter(tree.sys, tree.proc, "--refresh-interval", "1s", log_level="warn") as running:
         yield running.proc, running.port
     # Nothing at error level and no traceback, however hard it was pushed (refreshes ran every second).

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import judge_tree
 from prometheus_client.registry import CollectorRegistry
 
 from passthrough_exporter.buildinfo import revision
 from passthrough_exporter.rendering.metrics import MetricOptions, SnapshotCollector, render
+from tests.support import hosts
+from tests.support.local import judge_tree
 
 GOLDEN = Path(__file__).parent / "golden" / "workstation.prom"
 TIMING = ("passthrough_refresh_duration_seconds", "passthrough_last_refresh_timestamp_seconds")

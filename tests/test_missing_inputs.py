@@ -5,15 +5,14 @@ exporter says nothing about the host."""
 from __future__ import annotations
 
 import gzip
-import http.client
 import subprocess
 import tempfile
 import time
 
-import hosts
-from helpers import EXE, free_port
-from serving import get
-from sysfs_builder import SysfsTree
+from tests.support import hosts
+from tests.support.client import free_port, request
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree
 
 ROOT_UNKNOWN_LOG = "the root filesystem's device is unknown"
 
@@ -99,14 +98,11 @@ def test_before_the_first_good_refresh_only_the_status_families(tmp_path):
             # No sample without a refresh to tell it: a timestamp of 0 would read as a stale refresh.
             assert b"\npassthrough_last_refresh_timestamp_seconds " not in body
             assert b"\npassthrough_refresh_duration_seconds " not in body
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # as Prometheus asks: gzipped
-            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
-            resp = conn.getresponse()
-            zipped = gzip.decompress(resp.read())
-            conn.close()
+            resp = request(port, "/metrics", headers={"Accept-Encoding": "gzip"})  # as Prometheus asks: gzipped
+            zipped = gzip.decompress(resp.body)
             assert resp.status == 200 and b'passthrough_source_up{source="sysfs"} 0.0' in zipped
             assert b"\npassthrough_iommu_enabled " not in zipped
-            assert get(port, "/api/devices")[0] == 503
+            assert request(port, "/api/devices").status == 503
             hosts.clean_host(SysfsTree(tmp_path / "host"))
             body = _wait_for(port, b'passthrough_source_up{source="sysfs"} 1.0')
             assert b"passthrough_iommu_enabled 1.0" in body and b"passthrough_iommu_group_layout_hash " in body
@@ -124,8 +120,9 @@ def _wait_for(port: int, needle: bytes, timeout: float = 30) -> bytes:
     body = b""
     while time.monotonic() < deadline:
         try:
-            status, body = get(port, "/metrics", timeout=2)
-            if status == 200 and needle in body:
+            resp = request(port, "/metrics", timeout=2)
+            body = resp.body
+            if resp.status == 200 and needle in body:
                 return body
         except OSError:
             pass

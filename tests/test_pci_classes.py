@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 
-import hosts
 import pytest
-from helpers import EXE
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import Device
 from passthrough_exporter.plugins import pci
+from tests.support import hosts
+from tests.support.process import EXE
 
 SETTINGS = Inspector().settings  # every plugin configured with its defaults
 

@@ -3,9 +3,7 @@ from __future__ import annotations
 import io
 import os
 
-import hosts
 import pytest
-from helpers import judge_tree  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +11,7 @@ from passthrough_exporter.reading import pciids
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.settings import ConfigError
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts
 
 SAMPLE = """\
 # comment

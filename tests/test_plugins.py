@@ -10,14 +10,14 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE
 
 from passthrough_exporter import hookimpl
 from passthrough_exporter.judging.inspector import Inspector, make_plugin_manager
 from passthrough_exporter.model import Device, Finding, Inventory, Verdict
 from passthrough_exporter.settings import ConfigError
+from tests.support import hosts
+from tests.support.process import EXE
 
 AMD = 0x1002
 NAVI10 = "pci_0000_0b_00_0"

@@ -8,24 +8,28 @@ import shutil
 import subprocess
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
-import hosts
 import pytest
 import yaml
-from sysfs_builder import SysfsTree, char_number
-from helpers import EXE
-from helpers import free_port
+
+from tests.support import hosts
+from tests.support.client import free_port, request
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree, char_number
 
 GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus (Debian package prometheus) is not installed")
 
 
-def http_json(url: str, timeout: float = 5) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.loads(resp.read())
+def http_json(port: int, path: str) -> dict:
+    """An answer of the Prometheus HTTP API on `port`, parsed; one other than 200 raises an OSError, which
+    wait_for takes for "not yet"."""
+    answer = request(port, "/api/v1" + path, timeout=5)
+    if answer.status != 200:
+        raise ConnectionError(f"/api/v1{path}: {answer.status} {answer.reason}")
+    return json.loads(answer.body)
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -89,7 +93,7 @@ def stack(tmp_path_factory):
             source = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
             if name == "libvirt":  # libvirt's test driver, with a VM holding the GPU: assignments have data
                 pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
-                from libvirt_host import domain, pci_hostdev, write_host
+                from tests.support.libvirt_host import domain, pci_hostdev, write_host
 
                 uri = write_host(tree, base / "libvirt.xml", (
                     domain("gaming", pci_hostdev("0000:01:00.0"), pci_hostdev("0000:01:00.1")),
@@ -117,16 +121,14 @@ def stack(tmp_path_factory):
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={base / 'data'}",
              f"--web.listen-address=127.0.0.1:{prom_port}"],
             stdout=subprocess.DEVNULL, stderr=open(base / "prometheus.log", "w")))
-        api = f"http://127.0.0.1:{prom_port}/api/v1"
-        wait_for(lambda: http_json(f"http://127.0.0.1:{prom_port}/-/ready".replace("/-/ready", "/api/v1/status/buildinfo")),
-                 60, "prometheus to start")
+        wait_for(lambda: http_json(prom_port, "/status/buildinfo"), 60, "prometheus to start")
 
         def scraped_twice():
             q = urllib.parse.quote("count_over_time(passthrough_exporter_build_info[1m]) >= 2")
-            return len(http_json(f"{api}/query?query={q}")["data"]["result"]) == len(targets)
+            return len(http_json(prom_port, f"/query?query={q}")["data"]["result"]) == len(targets)
 
         wait_for(scraped_twice, 60, "two scrapes of each exporter")
-        yield api, targets
+        yield prom_port, targets
     finally:
         for p in procs:
             p.terminate()
@@ -134,8 +136,8 @@ def stack(tmp_path_factory):
             p.wait(15)
 
 
-def query(api: str, expr: str) -> list:
-    body = http_json(f"{api}/query?query={urllib.parse.quote(expr)}")
+def query(prom: int, expr: str) -> list:
+    body = http_json(prom, f"/query?query={urllib.parse.quote(expr)}")
     assert body["status"] == "success", body
     return body["data"]["result"]
 
@@ -163,22 +165,22 @@ def test_dashboard_is_importable_shape():
 
 
 def test_every_panel_query_returns_data(stack):
-    api, _ = stack
-    empty = [title for title, expr in dashboard_queries() if not query(api, expr)]
+    prom, _ = stack
+    empty = [title for title, expr in dashboard_queries() if not query(prom, expr)]
     assert empty == []
 
 
 def test_live_state_queries_return_the_hand_counted_numbers(stack):
-    api, targets = stack
+    prom, targets = stack
 
     def by_instance(expr: str) -> dict[str, str]:
-        return {r["metric"].get("instance", ""): r["value"][1] for r in query(api, expr)}
+        return {r["metric"].get("instance", ""): r["value"][1] for r in query(prom, expr)}
 
     assert by_instance("passthrough_interrupt_remapping_enabled") == {
         targets["safe"]: "1", targets["unsafe"]: "0", targets["libvirt"]: "1"}
     assert by_instance('count by (instance) (passthrough_finding{code="no_interrupt_remapping"})') == {
         targets["unsafe"]: "1"}
-    in_use = query(api, "passthrough_device_in_use == 1")
+    in_use = query(prom, "passthrough_device_in_use == 1")
     # The QEMU process holds group 2's VFIO node, which stands for every function of group 2.
     assert sorted((r["metric"]["device"], r["metric"]["vm"]) for r in in_use) == [
         ("pci_0000_01_00_0", "win11"), ("pci_0000_01_00_1", "win11")]
@@ -188,7 +190,7 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
     assert by_instance('count by (instance) (passthrough_finding{code="assignment_conflict",severity="critical"})') \
         == {targets["libvirt"]: "1"}
     assert by_instance('count by (instance) (passthrough_finding{code="hostdev_missing"})') == {targets["libvirt"]: "1"}
-    running = query(api, 'passthrough_device_assigned{device="pci_0000_04_00_0"}')
+    running = query(prom, 'passthrough_device_assigned{device="pci_0000_04_00_0"}')
     assert sorted((r["metric"]["domain"], r["metric"]["running"]) for r in running) == [
         ("compute", "true"), ("render", "true")]
     # Free PCI devices: the safe workstation's 11 eligible ones (nothing in use). The libvirt twin:
@@ -202,10 +204,10 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
 def test_free_devices_by_model_across_the_fleet(stack):
     """The fleet panel's rule, against a hand count over the three hosts: the safe workstation's
     eligible devices all free, the unsafe host none, its libvirt twin what no domain holds or blocks."""
-    api, _ = stack
+    prom, _ = stack
     rows = {(r["metric"]["type"], r["metric"].get("vendor_id", ""), r["metric"].get("product_id", ""),
              r["metric"].get("product", "") if r["metric"]["type"] == "scsi" else ""): r["value"][1]
-            for r in query(api, "product:passthrough_available_devices:sum")}
+            for r in query(prom, "product:passthrough_available_devices:sum")}
     assert rows == {
         # GPU, its audio, the ASMedia SATA and the chipset xHCI of group 5: free on the safe host only.
         ("pci", "0x10de", "0x2484", ""): "1", ("pci", "0x10de", "0x228b", ""): "1",
@@ -222,10 +224,10 @@ def test_free_devices_by_model_across_the_fleet(stack):
 
 
 def test_unsafe_host_alerts_and_safe_host_does_not(stack):
-    api, targets = stack
+    prom, targets = stack
 
     def alerts():
-        found = http_json(f"{api}/alerts")["data"]["alerts"]
+        found = http_json(prom, "/alerts")["data"]["alerts"]
         by = {}
         for a in found:
             by.setdefault(a["labels"].get("host"), set()).add(a["labels"]["alertname"])
@@ -235,12 +237,12 @@ def test_unsafe_host_alerts_and_safe_host_does_not(stack):
     # Well within a minute of the first evaluation: alerts with a `for` wait (pending), others fire.
     rules = yaml.safe_load((GRAFANA / "alerts.yml").read_text())
     waits = {r["alert"]: "for" in r for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    for a in http_json(f"{api}/alerts")["data"]["alerts"]:
+    for a in http_json(prom, "/alerts")["data"]["alerts"]:
         assert a["state"] == ("pending" if waits[a["labels"]["alertname"]] else "firing"), a
     assert "PassthroughMixedIommuGroup" not in by_host.get("safe", set())
     assert "PassthroughIsolationWeakened" not in by_host.get("safe", set())
     assert "PassthroughMixedIommuGroup" not in by_host.get("libvirt", set())
-    held = query(api, 'passthrough_device_assigned{domain="gaming"}')
+    held = query(prom, 'passthrough_device_assigned{domain="gaming"}')
     assert sorted(r["metric"]["device"] for r in held) == ["pci_0000_01_00_0", "pci_0000_01_00_1"]
-    mixed = query(api, 'instance:passthrough_mixed_groups:count')
+    mixed = query(prom, 'instance:passthrough_mixed_groups:count')
     assert [(r["metric"]["instance"], r["value"][1]) for r in mixed] == [(targets["unsafe"], "1")]

@@ -13,13 +13,13 @@ import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability import inspector
 
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import COMPUTER, Device, Inventory
 from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
 from passthrough_exporter.reading.sysfs.devices import aer_total, link_speed
+from tests.support.local import inspector
 
 TYPES = ("pci", "usb_device", "usb", "scsi_host", "scsi_target", "scsi")
 # Every type a built-in plugin answers for: the device's descendants always go along.

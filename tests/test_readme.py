@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import hosts
-import serving
-from helpers import EXE
+from tests.support import hosts
+from tests.support.client import request
+from tests.support.process import EXE, exporter
 
 TOP = Path(__file__).resolve().parents[1]
 README = (TOP / "README.md").read_text()
@@ -60,9 +60,9 @@ def run_session(command: str, previous_exit: int, paths: list[str], served) -> t
         assert pipe == 3 and words[1] == "-s", command  # curl -s URL [| ...]
         url = urlsplit(words[pipe - 1])
         assert url.netloc == "localhost:9839", command  # the port `serve` answers on by default
-        status, body = serving.get(served(), url.path)
-        assert status == 200, command
-        lines, returncode = body.decode().splitlines(keepends=True), 0
+        answer = request(served(), url.path)
+        assert answer.status == 200, command
+        lines, returncode = answer.body.decode().splitlines(keepends=True), 0
     else:
         assert words[0] == "passthrough-exporter", command
         out = subprocess.run([EXE, words[1], *paths, *words[2:pipe]], capture_output=True, text=True, timeout=60)
@@ -103,7 +103,7 @@ def test_the_samples_are_what_the_commands_print(tree, tmp_path):
         def served() -> int:
             nonlocal port
             if port is None:
-                port = stack.enter_context(serving.exporter(tree.sys, tree.proc, "--path.pci-ids", str(ids))).port
+                port = stack.enter_context(exporter(tree.sys, tree.proc, "--path.pci-ids", str(ids))).port
             return port
 
         for page, pairs in found.items():

@@ -6,10 +6,10 @@ import os
 import subprocess
 
 import pytest
-from helpers import EXE
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support.process import EXE
 
 PCI = "/sys/bus/pci/devices"
 

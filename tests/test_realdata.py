@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import umockdev_tree
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import device_name
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import umockdev_tree
 
 
 def read(sys_root: Path):

@@ -8,17 +8,17 @@ import logging
 import os
 import subprocess
 
-import hosts
 import pytest
-from helpers import EXE
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter import logs
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import Device, Inventory
-from serving import exposition, local_refresher
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts
+from tests.support.local import exposition, local_refresher
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree
 
 
 def fifo_mountinfo(tree: SysfsTree) -> str:

@@ -16,9 +16,7 @@ import threading
 from dataclasses import replace
 from multiprocessing.connection import Connection
 
-import hosts
 import pytest
-from helpers import generate_module, judge_tree
 
 from passthrough_exporter.rendering.metrics import MetricOptions, errors_total, render
 from passthrough_exporter.judging.query import ConflictingFilters, DeviceNotFound, QueryError
@@ -26,6 +24,9 @@ from passthrough_exporter.serving.refresher import Published
 from passthrough_exporter.rendering.rendered import Rendered, receive, send
 from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.rendering.status import Status
+from tests.support import hosts
+from tests.support.local import judge_tree
+from tests.support.synthetic import generate
 
 
 def _text(value: object) -> bytes:
@@ -75,7 +76,7 @@ def test_every_body_of_a_busy_host(tree):
 
 def test_every_body_of_a_generated_host_with_shared_groups(tmp_path):
     """SR-IOV PFs, chipset groups of 14 functions, USB and SCSI trees: sets shared between devices."""
-    tree, _ = generate_module().generate(tmp_path / "gen", 300, seed=3)
+    tree, _ = generate(tmp_path / "gen", 300, seed=3)
     snap = judge_tree(tree)
     shared = {id(a.shared) for a in snap.affected.values() if a.shared}
     assert len(shared) < sum(1 for a in snap.affected.values() if a.shared)  # some set serves several

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hosts
-from helpers import judge_tree
-
 from passthrough_exporter.reading.sysfs.rootfs import root_mount
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts
+from tests.support.local import judge_tree
 
 
 def read(tree):

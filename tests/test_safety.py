@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import judge_tree
-from hosts import INTEL, NVIDIA
 
 from passthrough_exporter.judging.facts import Facts, group_layout_hash
 from passthrough_exporter.plugins.safety import CODES
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts
+from tests.support.hosts import INTEL, NVIDIA
+from tests.support.local import judge_tree
 
 FINDINGS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "findings.md"
 
@@ -234,7 +234,7 @@ def test_no_boot_vga_findings_without_one(tree):
 
 
 def test_group_layout_hash_is_stable_and_follows_regrouping(tmp_path):
-    from sysfs_builder import SysfsTree
+    from tests.support.sysfs_builder import SysfsTree
 
     def layout(name, driver="nvidia", audio_group=2):
         t = SysfsTree(tmp_path / name)

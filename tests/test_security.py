@@ -7,24 +7,25 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from reliability import inspector, request, serve_quick, served
-from serving import exporter, get
-from sysfs_builder import SysfsTree
-from helpers import EXE, log_messages
 
-from serving import local_refresher
+from passthrough_exporter.serving.refresher import Refresher
 from passthrough_exporter.serving.server import ExporterServer
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.serving.webconfig import WebConfig, WebConfigError, load
+from tests.support.client import raw, request
+from tests.support.local import inspector, local_refresher, serve_quick, served
+from tests.support.parse import every_record, log_messages
+from tests.support.process import EXE, exporter
+from tests.support.sysfs_builder import SysfsTree
 
 ROUTES = ("/", "/metrics", "/api/devices", "/api/devices/pci_0000_01_00_0", "/api/findings", "/healthz", "/nowhere")
 # A driver name and a USB product string as hostile as a file name and an attribute can be.
@@ -32,37 +33,17 @@ EVIL_DRIVER = 'evil"drv\\x\nnext_metric{a="b"} 1'
 EVIL_PRODUCT = 'Mouse "pro" \\ </script><b>\ttab'
 
 
-
-
 @pytest.fixture
-def server(host: SysfsTree, caplog: pytest.LogCaptureFixture) -> ExporterServer:
+def server(refresher: Refresher, caplog: pytest.LogCaptureFixture) -> Iterator[ExporterServer]:
     caplog.set_level(logging.DEBUG)
-    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
-    refresher.refresh()
     httpd = serve_quick(refresher)
     yield httpd
     httpd.shutdown()
     httpd.server_close()
     # Whatever the requests were, nothing was logged at error level and no traceback anywhere.
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not [r for r in caplog.records if r.exc_info]
-
-
-def raw(httpd: ExporterServer, data: bytes, timeout: float = 5) -> bytes:
-    """Send bytes as they are and read until the server closes (or `timeout`)."""
-    with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
+    records = every_record(caplog)
+    assert not [r for r in records if r.levelno >= logging.ERROR]
+    assert not [r for r in records if r.exc_info]
 
 
 def closes_after_answer(httpd: ExporterServer, data: bytes) -> tuple[bytes, float]:
@@ -94,7 +75,7 @@ def test_only_get_and_head_on_every_route(server: ExporterServer, method: str) -
         assert status_of(out) == 405, (method, path, out[:80])
         assert b"\r\nAllow: GET, HEAD\r\n" in out
     for path in ROUTES[:-1]:
-        assert request(server, path, method="HEAD")[0] == 200
+        assert request(server, path, method="HEAD").status == 200
 
 
 @pytest.mark.parametrize("method", ["FOO", "get"])
@@ -160,7 +141,7 @@ def test_hostile_requests_get_one_status_line_and_the_connection_closes(server: 
     assert statuses(out) == [expected], (case, out[:300])
     assert took < 2  # closed by the server, not by our read timeout
     assert b"Traceback" not in out and b'File "' not in out and b"root:" not in out
-    assert request(server, "/metrics")[0] == 200  # and it is still fine afterwards
+    assert request(server, "/metrics").status == 200  # and it is still fine afterwards
 
 
 # Requests that are odd but well-formed, answered normally (connection closed when asked to).
@@ -198,12 +179,12 @@ def test_label_values_and_json_are_escaped(host: SysfsTree) -> None:
     (mouse / "manufacturer").write_text('Logi"\\tech\n')
 
     with served(host) as httpd:
-        status, body = request(httpd, "/metrics")
-        _, devices = request(httpd, "/api/devices")
-        _, one = request(httpd, "/api/devices/" + "usb_1_1_2")
-        _, missing = request(httpd, '/api/devices/a%22%0A%5C%3Cb%3E')
-    assert status == 200
-    text = body.decode()
+        metrics = request(httpd, "/metrics")
+        devices = request(httpd, "/api/devices").body
+        one = request(httpd, "/api/devices/" + "usb_1_1_2").body
+        missing = request(httpd, '/api/devices/a%22%0A%5C%3Cb%3E').body
+    assert metrics.status == 200
+    text = metrics.body.decode()
     # One label value: the newline written out (\x0a, as every control character in a label), then
     # the exposition's escapes.
     assert 'driver="evil\\"drv\\\\x\\\\x0anext_metric{a=\\"b\\"} 1"' in text
@@ -285,9 +266,9 @@ def test_a_password_over_72_bytes_is_401_over_http(host: SysfsTree, caplog: pyte
     httpd = serve_quick(refresher, cfg)
     try:
         for path in ("/metrics", "/api/devices", "/healthz?full"):
-            status, _ = request(httpd, path, headers={"Authorization": _auth("alice", "x" * 100)})
+            status = request(httpd, path, headers={"Authorization": _auth("alice", "x" * 100)}).status
             assert status == (401 if path != "/healthz?full" else 200)  # /healthz says only "ready"
-        assert request(httpd, "/metrics", headers={"Authorization": _auth("alice", "ok")})[0] == 200
+        assert request(httpd, "/metrics", headers={"Authorization": _auth("alice", "ok")}).status == 200
     finally:
         httpd.shutdown()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -356,13 +337,14 @@ def test_password_guessing_does_not_delay_a_verified_scraper(host: SysfsTree, tm
                    + "'\n")
     with exporter(host.sys, host.proc, "--web.config.file", str(cfg)) as running:
         legit = {"Authorization": _auth("prometheus", "scrape")}
-        assert get(running.port, "/metrics", legit)[0] == 200  # verified once, remembered from now on
+        assert request(running.port, "/metrics", headers=legit).status == 200  # verified once, remembered from now on
         answers: list[int] = []
         lock = threading.Lock()
 
         def guess(n: int) -> None:
             for i in range(10):
-                status, _ = get(running.port, "/metrics", {"Authorization": _auth("prometheus", f"guess-{n}-{i}")})
+                wrong = {"Authorization": _auth("prometheus", f"guess-{n}-{i}")}
+                status = request(running.port, "/metrics", headers=wrong).status
                 with lock:
                     answers.append(status)
 
@@ -372,9 +354,9 @@ def test_password_guessing_does_not_delay_a_verified_scraper(host: SysfsTree, tm
         latencies = []
         while any(t.is_alive() for t in attackers) and len(latencies) < 200:
             t0 = time.monotonic()
-            status, body = get(running.port, "/metrics", legit)
+            resp = request(running.port, "/metrics", headers=legit)
             latencies.append(time.monotonic() - t0)
-            assert status == 200 and b"passthrough_device_info" in body
+            assert resp.status == 200 and b"passthrough_device_info" in resp.body
             time.sleep(0.05)
         for t in attackers:
             t.join(120)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.client
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,13 +14,15 @@ import zlib
 
 import bcrypt
 import pytest
-from helpers import EXE, get, log_messages, without_process_metrics
 
 from passthrough_exporter.judging.inspector import Inspector
-from serving import local_refresher
 from passthrough_exporter.serving.server import parse_listen_address, serve
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.serving.webconfig import WebConfig, WebConfigError, load
+from tests.support.client import connection, exchange, free_port, request, wait_up
+from tests.support.local import local_refresher
+from tests.support.parse import log_messages, without_process_metrics
+from tests.support.process import EXE
 
 
 class SlowSysfs(SysfsSource):
@@ -61,10 +61,12 @@ def server(host):
 
 
 def test_metrics_plain_and_gzip(server):
-    resp, body = get(server, "/metrics")
+    resp = request(server, "/metrics")
+    body = resp.body
     assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain; version=0.0.4")
     assert b'passthrough_device_eligible{device="pci_0000_01_00_0",type="pci"} 1.0' in body
-    resp, zipped = get(server, "/metrics", headers={"Accept-Encoding": "gzip"})
+    resp = request(server, "/metrics", headers={"Accept-Encoding": "gzip"})
+    zipped = resp.body
     assert resp.getheader("Content-Encoding") == "gzip"
     # One gzip member (a reader that stops after the first gets it all), the same text but for the
     # process's own figures, which move from one scrape to the next.
@@ -76,12 +78,12 @@ def test_metrics_plain_and_gzip(server):
 
 
 def test_api_devices_filters(server):
-    resp, body = get(server, "/api/devices")
-    names = [d["name"] for d in json.loads(body)]
+    resp = request(server, "/api/devices")
+    names = [d["name"] for d in json.loads(resp.body)]
     assert resp.status == 200 and names == sorted(names) and "computer" in names
-    _, body = get(server, "/api/devices?cap=usb_device&passthrough=true")
+    body = request(server, "/api/devices?cap=usb_device&passthrough=true").body
     assert [d["name"] for d in json.loads(body)] == ["usb_1_1_2", "usb_1_1_4"]
-    _, body = get(server, "/api/devices?affected_by=pci_0000_01_00_0")
+    body = request(server, "/api/devices?affected_by=pci_0000_01_00_0").body
     assert [d["name"] for d in json.loads(body)] == ["pci_0000_01_00_1"]
 
 
@@ -93,46 +95,46 @@ def test_api_devices_filters(server):
     ("?cap=gpu", 400, "unknown type 'gpu'; choose from system, pci, usb_device, usb, scsi_host, scsi_target, scsi"),
 ])
 def test_api_errors(server, query, status, message):
-    resp, body = get(server, "/api/devices" + query)
-    assert (resp.status, json.loads(body)) == (status, {"error": message})
+    resp = request(server, "/api/devices" + query)
+    assert (resp.status, json.loads(resp.body)) == (status, {"error": message})
 
 
 def test_one_device_findings_health_landing(server):
-    resp, body = get(server, "/api/devices/pci_0000_01_00_0")
-    obj = json.loads(body)
+    resp = request(server, "/api/devices/pci_0000_01_00_0")
+    obj = json.loads(resp.body)
     assert resp.status == 200 and obj["name"] == "pci_0000_01_00_0" and obj["affected"] == ["pci_0000_01_00_1"]
-    resp, body = get(server, "/api/devices/nope")
-    assert (resp.status, json.loads(body)) == (404, {"error": "Node device 'nope' not found"})
-    resp, body = get(server, "/api/findings")
-    assert resp.status == 200 and isinstance(json.loads(body), list)
-    resp, body = get(server, "/healthz")
-    assert resp.status == 200 and json.loads(body)["ready"] is True
-    resp, body = get(server, "/")
-    assert resp.status == 200 and b'href="/metrics"' in body
-    resp, _ = get(server, "/nowhere")
+    resp = request(server, "/api/devices/nope")
+    assert (resp.status, json.loads(resp.body)) == (404, {"error": "Node device 'nope' not found"})
+    resp = request(server, "/api/findings")
+    assert resp.status == 200 and isinstance(json.loads(resp.body), list)
+    resp = request(server, "/healthz")
+    assert resp.status == 200 and json.loads(resp.body)["ready"] is True
+    resp = request(server, "/")
+    assert resp.status == 200 and b'href="/metrics"' in resp.body
+    resp = request(server, "/nowhere")
     assert resp.status == 404
 
 
 def test_only_get_and_head(server):
-    resp, body = get(server, "/metrics", method="HEAD")
-    assert resp.status == 200 and body == b"" and int(resp.getheader("Content-Length")) > 0
+    resp = request(server, "/metrics", method="HEAD")
+    assert resp.status == 200 and resp.body == b"" and int(resp.getheader("Content-Length")) > 0
     for method in ("POST", "PUT", "DELETE"):
-        resp, _ = get(server, "/metrics", method=method)
+        resp = request(server, "/metrics", method=method)
         assert resp.status == 405 and resp.getheader("Allow") == "GET, HEAD"
 
 
 def test_scrape_during_slow_refresh_gets_previous_snapshot_at_once(host):
     httpd, refresher, source = start(host)
     try:
-        _, before = get(httpd, "/metrics")
+        before = request(httpd, "/metrics").body
         source.gate.clear()
         source.reading.clear()
         worker = threading.Thread(target=refresher.refresh)
         worker.start()
         assert source.reading.wait(5)
         t0 = time.monotonic()
-        resp, during = get(httpd, "/metrics")
-        assert resp.status == 200 and without_process_metrics(during) == without_process_metrics(before)
+        resp = request(httpd, "/metrics")
+        assert resp.status == 200 and without_process_metrics(resp.body) == without_process_metrics(before)
         assert time.monotonic() - t0 < 2  # did not wait for the 30 s gate
         assert refresher.refresh() is False  # a second refresh does not start beside the first
         source.gate.set()
@@ -147,13 +149,13 @@ def test_failed_refresh_keeps_previous_snapshot_and_marks_source_down(host, tmp_
     try:
         host.sys.rename(tmp_path / "moved")  # the source root disappears
         refresher.refresh()
-        _, body = get(httpd, "/metrics")
+        body = request(httpd, "/metrics").body
         assert b'passthrough_source_up{source="sysfs"} 0.0' in body
         assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in body
         assert b'device="pci_0000_01_00_0"' in body  # the previous devices are still served
         (tmp_path / "moved").rename(host.sys)
         refresher.refresh()
-        _, body = get(httpd, "/metrics")
+        body = request(httpd, "/metrics").body
         assert b'passthrough_source_up{source="sysfs"} 1.0' in body
         assert b'passthrough_collect_errors_total{kind="source_error"} 1.0' in body  # a counter: never goes back
     finally:
@@ -203,19 +205,19 @@ def test_tls_and_basic_auth(host, certs, tmp_path):
     ctx = ssl.create_default_context(cafile=str(certs / "server.crt"))
     auth = lambda user, pw: {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}  # noqa: E731
     try:
-        resp, _ = get(httpd, "/metrics", context=ctx)
+        resp = request(httpd, "/metrics", context=ctx)
         assert resp.status == 401 and resp.getheader("WWW-Authenticate").startswith("Basic")
-        resp, _ = get(httpd, "/metrics", headers=auth("alice", "wrong"), context=ctx)
+        resp = request(httpd, "/metrics", headers=auth("alice", "wrong"), context=ctx)
         assert resp.status == 401
-        resp, _ = get(httpd, "/metrics", headers=auth("mallory", "s3cret"), context=ctx)
+        resp = request(httpd, "/metrics", headers=auth("mallory", "s3cret"), context=ctx)
         assert resp.status == 401
-        resp, _ = get(httpd, "/api/devices", headers={"Authorization": "Basic !!notbase64"}, context=ctx)
+        resp = request(httpd, "/api/devices", headers={"Authorization": "Basic !!notbase64"}, context=ctx)
         assert resp.status == 401
         for _ in range(2):  # the second time from the verified cache
-            resp, body = get(httpd, "/metrics", headers=auth("alice", "s3cret"), context=ctx)
-            assert resp.status == 200 and b"passthrough_device_info" in body
-        resp, body = get(httpd, "/metrics")  # plain HTTP to a TLS port: answered as Go answers it
-        assert (resp.status, body) == (400, b"Client sent an HTTP request to an HTTPS server.\n")
+            resp = request(httpd, "/metrics", headers=auth("alice", "s3cret"), context=ctx)
+            assert resp.status == 200 and b"passthrough_device_info" in resp.body
+        resp = request(httpd, "/metrics")  # plain HTTP to a TLS port: answered as Go answers it
+        assert (resp.status, resp.body) == (400, b"Client sent an HTTP request to an HTTPS server.\n")
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -250,31 +252,13 @@ def test_listen_address_parsing():
 # --- the serve and textfile commands -------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_command_end_to_end_and_port_in_use(host):
     port = free_port()
     args = [EXE, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", str(host.sys),
             "--path.procfs", str(host.proc)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline, status = time.monotonic() + 15, None
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                status = conn.getresponse().status
-                conn.close()
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        assert status == 200
+        wait_up(port, proc=proc, timeout=15)
         second = subprocess.run(args, capture_output=True, text=True, timeout=30)
         assert second.returncode == 1
         assert log_messages(second.stderr, "error") == [f"cannot listen on 127.0.0.1:{port}: Address already in use"]
@@ -379,13 +363,13 @@ def test_api_answers_503_before_the_first_refresh(host):
     try:
         for path in ("/api/devices", "/api/devices?cap=pci", "/api/devices?affected_by=pci_0000_01_00_0",
                      "/api/devices/pci_0000_01_00_0", "/api/findings"):
-            resp, body = get(httpd, path)
+            resp = request(httpd, path)
             assert resp.status == 503 and resp.getheader("Content-Type") == "application/json", path
-            assert json.loads(body) == {"error": "no snapshot yet: the first refresh has not finished"}
-        resp, body = get(httpd, "/healthz")
-        assert resp.status == 503 and json.loads(body)["ready"] is False
+            assert json.loads(resp.body) == {"error": "no snapshot yet: the first refresh has not finished"}
+        resp = request(httpd, "/healthz")
+        assert resp.status == 503 and json.loads(resp.body)["ready"] is False
         refresher.refresh()
-        assert get(httpd, "/api/devices")[0].status == 200
+        assert request(httpd, "/api/devices").status == 200
     finally:
         httpd.shutdown()
 
@@ -394,26 +378,26 @@ def test_each_body_is_rendered_once_per_snapshot(host):
     httpd, refresher, _ = start(host)
     try:
         first = refresher.current()
-        plain = {get(httpd, "/api/devices")[1] for _ in range(10)}
-        zipped = {get(httpd, "/api/devices", headers={"Accept-Encoding": "gzip"})[1] for _ in range(10)}
+        plain = {request(httpd, "/api/devices").body for _ in range(10)}
+        zipped = {request(httpd, "/api/devices", headers={"Accept-Encoding": "gzip"}).body for _ in range(10)}
         assert len(plain) == 1 and len(zipped) == 1 and gzip.decompress(zipped.pop()) == plain.pop()
         for _ in range(5):
-            get(httpd, "/api/devices?cap=pci&passthrough=true")
-            get(httpd, "/api/devices?passthrough=true&cap=pci&utm_source=x")  # same documented filters
-            get(httpd, "/api/devices/pci_0000_01_00_0")
-            get(httpd, "/api/findings")
-            get(httpd, "/api/devices/nope")  # an error: nothing to keep
+            request(httpd, "/api/devices?cap=pci&passthrough=true")
+            request(httpd, "/api/devices?passthrough=true&cap=pci&utm_source=x")  # same documented filters
+            request(httpd, "/api/devices/pci_0000_01_00_0")
+            request(httpd, "/api/findings")
+            request(httpd, "/api/devices/nope")  # an error: nothing to keep
         assert first.bodies.renders == 4 and len(first.bodies) == 4
         refresher.refresh()  # the host reads as before: the same record, and the bodies made from it
         same = refresher.current()
         assert same is not first and same.rendered is first.rendered and same.bodies is first.bodies
-        get(httpd, "/api/devices")
+        request(httpd, "/api/devices")
         assert first.bodies.renders == 4
         (host.pci_path("0000:01:00.1") / "numa_node").write_text("0\n")  # a change: a new record
         refresher.refresh()
         second = refresher.current()
         assert second.rendered is not first.rendered
-        resp, body = get(httpd, "/api/devices")
+        resp = request(httpd, "/api/devices")
         assert resp.status == 200 and second.bodies.renders == 1 and first.bodies.renders == 4
     finally:
         httpd.shutdown()
@@ -424,7 +408,7 @@ def test_parallel_first_requests_share_one_render(host):
     try:
         published = refresher.current()
         results = []
-        threads = [threading.Thread(target=lambda: results.append(get(httpd, "/api/devices")[1])) for _ in range(16)]
+        threads = [threading.Thread(target=lambda: results.append(request(httpd, "/api/devices").body)) for _ in range(16)]
         for t in threads:
             t.start()
         for t in threads:
@@ -442,15 +426,15 @@ def test_probes_reach_healthz_when_basic_auth_is_on(host):
     httpd = serve(("127.0.0.1", 0), refresher, WebConfig(users={"alice": hashed}))
     auth = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
     try:
-        resp, body = get(httpd, "/healthz")
-        assert (resp.status, json.loads(body)) == (503, {"ready": False})
+        resp = request(httpd, "/healthz")
+        assert (resp.status, json.loads(resp.body)) == (503, {"ready": False})
         refresher.refresh()
-        resp, body = get(httpd, "/healthz")
-        assert (resp.status, json.loads(body)) == (200, {"ready": True})
-        resp, body = get(httpd, "/healthz", headers=auth)
-        assert resp.status == 200 and json.loads(body)["devices"] == len(refresher.current().rendered.index)
+        resp = request(httpd, "/healthz")
+        assert (resp.status, json.loads(resp.body)) == (200, {"ready": True})
+        resp = request(httpd, "/healthz", headers=auth)
+        assert resp.status == 200 and json.loads(resp.body)["devices"] == len(refresher.current().rendered.index)
         for path in ("/metrics", "/api/devices", "/api/findings", "/"):
-            assert get(httpd, path)[0].status == 401
+            assert request(httpd, path).status == 401
     finally:
         httpd.shutdown()
 
@@ -509,13 +493,11 @@ def test_the_server_module_imports_no_library_it_does_not_need(module):
 def test_answers_are_not_held_back_by_nagle(server):
     """An answer is written as its headers, then its body: with Nagle's algorithm on, the body waits
     for the client's delayed acknowledgement of the headers (40 ms a scrape on Linux)."""
-    import http.client
     import socket
 
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    conn = connection(server, timeout=10)
     try:
-        conn.request("GET", "/healthz")
-        conn.getresponse().read()  # the connection stays open: its socket can be looked at
+        exchange(conn, "/healthz")  # the connection stays open: its socket can be looked at
         sockets = [proto.transport.get_extra_info("socket") for proto in list(server.pool.by_protocol)]
         assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
     finally:

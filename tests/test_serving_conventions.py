@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import errno
 import gzip
-import http.client
 import json
 import logging
 import os
@@ -24,13 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
-import hosts
 import pytest
-from helpers import EXE, free_port, log_messages, logfmt
 from prometheus_client.parser import text_string_to_metric_families
-from reliability import inspector
-from serving import exporter, get
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter import __version__
 from passthrough_exporter.serving import server
@@ -38,10 +32,15 @@ from passthrough_exporter.rendering.bodies import gzip_append, gzipped_open
 from passthrough_exporter.buildinfo import git_revision, revision
 from passthrough_exporter.rendering.metrics import MetricOptions
 from passthrough_exporter.serving.refresher import Refresher
-from serving import local_refresher
 from passthrough_exporter.serving.server import ExporterServer, ListenError, serve
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.serving.webconfig import WebConfig, load
+from tests.support import hosts
+from tests.support.client import connect, free_port, raw, request
+from tests.support.local import inspector, local_refresher
+from tests.support.parse import log_messages, logfmt
+from tests.support.process import EXE, exporter
+from tests.support.sysfs_builder import SysfsTree
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_PLAIN_HTTP_TO_TLS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -61,31 +60,12 @@ def ipv6_loopback() -> bool:
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
 
 
-def raw(port: int, data: bytes | list[bytes], host: str = "127.0.0.1", pause: float = 0.0) -> bytes:
-    """Send `data` (parts `pause` apart) and read until the server closes."""
-    with socket.create_connection((host, port), timeout=10) as s:
-        for part in [data] if isinstance(data, bytes) else data:
-            s.sendall(part)
-            time.sleep(pause)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
-
-
 def wait_until(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def refresher(host: SysfsTree) -> Refresher:
-    r = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
-    r.refresh()
-    return r
 
 
 @pytest.fixture
@@ -112,7 +92,7 @@ def test_two_listen_addresses_both_answer(refresher: Refresher, running: list[Ex
     ports = [address[1] for address in httpd.server_addresses]
     assert len(set(ports)) == 2
     for port in ports:
-        assert get(port, "/healthz")[0] == 200
+        assert request(port, "/healthz").status == 200
 
 
 def test_an_address_that_cannot_be_listened_on_leaves_none_open(refresher: Refresher) -> None:
@@ -126,12 +106,12 @@ def test_an_address_that_cannot_be_listened_on_leaves_none_open(refresher: Refre
         assert str(caught.value) == f"cannot listen on 127.0.0.1:{port}: Address already in use"
         assert caught.value.errno == errno.EADDRINUSE
     with pytest.raises(ConnectionRefusedError):  # the first address was let go too
-        socket.create_connection(("127.0.0.1", free), timeout=5).close()
+        connect(free, timeout=5).close()
 
 
 def test_port_alone_answers_on_ipv4(refresher: Refresher, running: list[ExporterServer]) -> None:
     httpd = started(running, ("", 0), refresher)
-    assert get(httpd.server_address[1], "/healthz")[0] == 200
+    assert request(httpd.server_address[1], "/healthz").status == 200
 
 
 @needs_ipv6
@@ -140,16 +120,16 @@ def test_port_alone_is_one_socket_for_ipv6_and_ipv4(refresher: Refresher, runnin
     (sock,) = httpd.sockets
     assert sock.family == socket.AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
     port = httpd.server_address[1]
-    assert get(port, "/healthz", host="::1")[0] == 200
-    assert get(port, "/healthz")[0] == 200
+    assert request(port, "/healthz", host="::1").status == 200
+    assert request(port, "/healthz").status == 200
 
 
 @needs_ipv6
 def test_a_loopback_address_is_listened_on_as_given(refresher: Refresher, running: list[ExporterServer]) -> None:
     v6 = started(running, ("::1", 0), refresher)
-    assert get(v6.server_address[1], "/healthz", host="::1")[0] == 200
+    assert request(v6.server_address[1], "/healthz", host="::1").status == 200
     v4 = started(running, ("127.0.0.1", 0), refresher)
-    assert v4.sockets[0].family == socket.AF_INET and get(v4.server_address[1], "/healthz")[0] == 200
+    assert v4.sockets[0].family == socket.AF_INET and request(v4.server_address[1], "/healthz").status == 200
 
 
 def test_port_alone_falls_back_to_ipv4_without_ipv6(refresher: Refresher, running: list[ExporterServer],
@@ -164,13 +144,13 @@ def test_port_alone_falls_back_to_ipv4_without_ipv6(refresher: Refresher, runnin
     monkeypatch.setattr(server, "_bound", no_ipv6)
     httpd = started(running, ("", 0), refresher)
     assert httpd.sockets[0].family == socket.AF_INET
-    assert get(httpd.server_address[1], "/healthz")[0] == 200
+    assert request(httpd.server_address[1], "/healthz").status == 200
 
 
 def test_serve_listens_on_every_address_given(host: SysfsTree) -> None:
     second = free_port()
     with exporter(host.sys, host.proc, "--web.listen-address", f"127.0.0.1:{second}") as run:
-        assert get(run.port, "/healthz")[0] == 200 and get(second, "/healthz")[0] == 200
+        assert request(run.port, "/healthz").status == 200 and request(second, "/healthz").status == 200
         wait_until(lambda: f"127.0.0.1:{run.port}, 127.0.0.1:{second}" in run.log(), what="the listening line")
 
 
@@ -182,18 +162,19 @@ def test_the_telemetry_path_moves_the_metrics(host: SysfsTree, running: list[Exp
     refresher.refresh()
     httpd = started(running, ("127.0.0.1", 0), refresher, telemetry_path="/x/metrics")
     port = httpd.server_address[1]
-    status, body = get(port, "/x/metrics")
-    assert status == 200 and b"passthrough_device_info{" in body
-    assert get(port, "/metrics")[0] == 404
-    status, page = get(port, "/")
-    assert status == 200 and b'<a href="/x/metrics">/x/metrics</a>' in page and b'href="/metrics"' not in page
+    resp = request(port, "/x/metrics")
+    assert resp.status == 200 and b"passthrough_device_info{" in resp.body
+    assert request(port, "/metrics").status == 404
+    resp = request(port, "/")
+    page = resp.body
+    assert resp.status == 200 and b'<a href="/x/metrics">/x/metrics</a>' in page and b'href="/metrics"' not in page
 
 
 def test_serve_takes_the_telemetry_path_and_refuses_a_taken_one(host: SysfsTree) -> None:
     with exporter(host.sys, host.proc, "--web.telemetry-path", "/prom") as run:
-        assert get(run.port, "/prom")[0] == 200
-        assert get(run.port, "/metrics")[0] == 404
-        assert b'href="/prom"' in get(run.port, "/")[1]
+        assert request(run.port, "/prom").status == 200
+        assert request(run.port, "/metrics").status == 404
+        assert b'href="/prom"' in request(run.port, "/").body
     for bad, why in (("metrics", "expected a path such as /metrics"), ("/healthz", "that path serves something else")):
         out = subprocess.run([EXE, "serve", "--web.telemetry-path", bad, "--web.listen-address", "127.0.0.1:0"],
                              capture_output=True, text=True, timeout=30)
@@ -231,7 +212,7 @@ def test_json_logs_from_a_start_up_error(host: SysfsTree) -> None:
 
 def test_json_logs_from_start_to_shutdown(host: SysfsTree) -> None:
     with exporter(host.sys, host.proc, "--log.format", "json", log_level="debug") as run:
-        assert get(run.port, "/metrics")[0] == 200
+        assert request(run.port, "/metrics").status == 200
         run.proc.send_signal(signal.SIGTERM)
         assert run.proc.wait(15) == 0
     lines = json_lines(run.final_log)
@@ -284,7 +265,7 @@ def test_process_metrics_are_served_per_scrape_and_pass_promtool(refresher: Refr
                                                                   running: list[ExporterServer]) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher)
     port = httpd.server_address[1]
-    _, body = get(port, "/metrics")
+    body = request(port, "/metrics").body
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     for name in ("process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds", "process_max_fds",
                  "process_start_time_seconds", "process_virtual_memory_bytes"):
@@ -294,10 +275,7 @@ def test_process_metrics_are_served_per_scrape_and_pass_promtool(refresher: Refr
     start = families["process_start_time_seconds"].samples[0].value
     assert time.time() - 3600 < start <= time.time()
     # The same whether gzipped or not: one gzip member joined from the refresh's and this scrape's.
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
-    zipped = conn.getresponse().read()
-    conn.close()
+    zipped = request(port, "/metrics", headers={"Accept-Encoding": "gzip"}).body
     assert b"process_open_fds " in gzip.decompress(zipped)
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -327,14 +305,14 @@ def test_a_20_kb_request_line_gets_our_own_431_without_echo(refresher: Refresher
     httpd = started(running, ("127.0.0.1", 0), refresher)
     port = httpd.server_address[1]
     marker = b"echo-me-" * 2500  # 20 kB
-    out = raw(port, b"GET /api/devices/" + marker + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = raw(port, b"GET /api/devices/" + marker + b" HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10, until_closed=True)
     head, _, body = out.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0].split(b" ", 1)[1] == b"431 Request Header Fields Too Large"
     assert body == b"Request Header Fields Too Large\n"
     assert b"echo-me" not in out and b"bytearray" not in out and b"Got more than" not in out
     headers = head.decode().lower()
     assert "server: passthrough-exporter/" in headers and "x-content-type-options: nosniff" in headers
-    assert get(port, "/healthz")[0] == 200  # and it serves on
+    assert request(port, "/healthz").status == 200  # and it serves on
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -346,7 +324,7 @@ def test_a_20_kb_request_line_gets_our_own_431_without_echo(refresher: Refresher
 def test_a_malformed_request_gets_our_own_400_without_echo(refresher: Refresher, running: list[ExporterServer],
                                                           request_bytes: bytes) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher)
-    out = raw(httpd.server_address[1], request_bytes)
+    out = raw(httpd, request_bytes, timeout=10, until_closed=True)
     head, _, body = out.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0].split(b" ", 1)[1] == b"400 Bad Request" and body == b"Bad Request\n"
     assert b"echo" not in out.lower()
@@ -379,15 +357,15 @@ def test_plain_http_to_the_tls_port_gets_gos_answer(refresher: Refresher, runnin
                                                    certs: Path, tmp_path: Path, request_bytes: list[bytes]) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher, load(str(tls_config(certs, tmp_path))))
     port = httpd.server_address[1]
-    assert raw(port, request_bytes, pause=0.2) == GO_PLAIN_HTTP_TO_TLS
-    status, _ = get(port, "/healthz", context=ssl.create_default_context(cafile=str(certs / "server.crt")))
-    assert status == 200  # TLS clients are served as before
+    assert raw(port, request_bytes, pause=0.2, timeout=10, until_closed=True) == GO_PLAIN_HTTP_TO_TLS
+    context = ssl.create_default_context(cafile=str(certs / "server.crt"))
+    assert request(port, "/healthz", context=context).status == 200  # TLS clients are served as before
 
 
 def test_what_is_neither_http_nor_tls_on_the_tls_port_is_closed(refresher: Refresher, running: list[ExporterServer],
                                                                  certs: Path, tmp_path: Path) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher, load(str(tls_config(certs, tmp_path))))
-    assert raw(httpd.server_address[1], b"BREW /pot HTCPCP/1.0\r\n\r\n") == b""
+    assert raw(httpd, b"BREW /pot HTCPCP/1.0\r\n\r\n", timeout=10, until_closed=True) == b""
 
 
 # --- SIGHUP ----------------------------------------------------------------------------------------
@@ -405,18 +383,18 @@ def test_sighup_reloads_the_web_config_and_a_broken_one_keeps_the_old(host: Sysf
     cfg = tmp_path / "web.yml"
     cfg.write_text(users(alice="first"))
     with exporter(host.sys, host.proc, "--web.config.file", str(cfg)) as run:
-        assert get(run.port, "/metrics", basic("alice", "first"))[0] == 200
+        assert request(run.port, "/metrics", headers=basic("alice", "first")).status == 200
         cfg.write_text(users(alice="second"))
         run.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reloaded the web config from" in run.log(), what="the reload")
-        assert get(run.port, "/metrics", basic("alice", "second"))[0] == 200
-        assert get(run.port, "/metrics", basic("alice", "first"))[0] == 401
+        assert request(run.port, "/metrics", headers=basic("alice", "second")).status == 200
+        assert request(run.port, "/metrics", headers=basic("alice", "first")).status == 401
         cfg.write_text("basic_auth_users: [broken\n")
         run.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "cannot reload the web config" in run.log(), what="the failed reload")
         assert run.proc.poll() is None
-        assert get(run.port, "/metrics", basic("alice", "second"))[0] == 200
-        assert get(run.port, "/metrics", basic("alice", "first"))[0] == 401
+        assert request(run.port, "/metrics", headers=basic("alice", "second")).status == 200
+        assert request(run.port, "/metrics", headers=basic("alice", "first")).status == 401
     errors = [logfmt(line) for line in run.final_log.splitlines() if "level=error" in line]
     assert len(errors) == 1 and errors[0]["msg"].startswith(f"cannot reload the web config, keeping the one in force: "
                                                             f"web config {cfg}")
@@ -430,12 +408,12 @@ def test_sighup_can_turn_tls_on(host: SysfsTree, tmp_path: Path, certs: Path) ->
         run.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reloaded the web config" in run.log(), what="the reload")
         ctx = ssl.create_default_context(cafile=str(certs / "server.crt"))
-        assert get(run.port, "/healthz", context=ctx)[0] == 200
-        assert raw(run.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == GO_PLAIN_HTTP_TO_TLS
+        assert request(run.port, "/healthz", context=ctx).status == 200
+        assert raw(run.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10, until_closed=True) == GO_PLAIN_HTTP_TO_TLS
 
 
 def gpu_reasons(port: int) -> list[str]:
-    return json.loads(get(port, "/api/devices/pci_0000_01_00_0")[1])["reasons"]
+    return json.loads(request(port, "/api/devices/pci_0000_01_00_0").body)["reasons"]
 
 
 def test_sighup_reloads_the_policy_and_a_broken_one_keeps_the_old(host: SysfsTree, tmp_path: Path) -> None:
@@ -453,7 +431,7 @@ def test_sighup_reloads_the_policy_and_a_broken_one_keeps_the_old(host: SysfsTre
         wait_until(lambda: "reload failed, refreshing as before" in run.log(), what="the failed reload")
         assert run.proc.poll() is None
         assert "site policy: kept for the render farm" in gpu_reasons(run.port)
-        assert b'passthrough_source_up{source="sysfs"} 1.0' in get(run.port, "/metrics")[1]
+        assert b'passthrough_source_up{source="sysfs"} 1.0' in request(run.port, "/metrics").body
     (error,) = log_messages(run.final_log, "error")
     assert error.startswith("reload failed, refreshing as before: ") and str(policy) in error
 
@@ -482,7 +460,7 @@ def test_version_names_the_commit(host: SysfsTree) -> None:
 
 def test_build_info_carries_version_and_revision(refresher: Refresher, running: list[ExporterServer]) -> None:
     httpd = started(running, ("127.0.0.1", 0), refresher)
-    _, body = get(httpd.server_address[1], "/metrics")
+    body = request(httpd, "/metrics").body
     (family,) = [f for f in text_string_to_metric_families(body.decode()) if f.name == "passthrough_exporter_build_info"]
     assert [s.labels for s in family.samples] == [{"version": __version__, "revision": revision()}]
 
@@ -532,12 +510,12 @@ def test_the_scrape_tail_is_made_once_a_second_and_anew_for_each_refresh(refresh
     reads = []
     real = httpd.app.process.render
     httpd.app.process.render = lambda: reads.append(1) or real()
-    bodies = [get(port, "/metrics")[1] for _ in range(20)]
+    bodies = [request(port, "/metrics").body for _ in range(20)]
     assert 1 <= len(reads) <= 2 and len(set(bodies)) == len(reads)  # a second boundary may fall in between
     before = refresher.current().status.finished_at
     time.sleep(0.01)
     refresher.refresh()
-    _, body = get(port, "/metrics")
+    body = request(port, "/metrics").body
     from passthrough_exporter.rendering.exposition import go_float
 
     assert f"passthrough_last_refresh_timestamp_seconds {go_float(before)}\n".encode() not in body

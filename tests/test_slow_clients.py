@@ -10,33 +10,20 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from reliability import inspector, request
-from serving import cpu_seconds, exporter, get, raise_own_file_limit
-from sysfs_builder import SysfsTree
 
 from passthrough_exporter.serving.connections import MAX_CONNECTIONS, RESERVED_FDS
-from serving import local_refresher
+from passthrough_exporter.serving.refresher import Refresher
 from passthrough_exporter.serving.server import ExporterServer
-from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from passthrough_exporter.serving.webconfig import WebConfig
+from tests.support.client import connect, request, trickling
+from tests.support.parse import every_record
+from tests.support.process import cpu_seconds, exporter, raise_own_file_limit
+from tests.support.sysfs_builder import SysfsTree
 
 HEAD_START = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
-
-
-
-
-def start(host: SysfsTree, **kw) -> ExporterServer:
-    refresher = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
-    refresher.refresh()
-    httpd = ExporterServer(("127.0.0.1", 0), refresher, WebConfig(), **kw)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    httpd.wait_started()
-    return httpd
 
 
 @pytest.fixture
@@ -44,8 +31,9 @@ def quiet(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Whatever the clients do, nothing is logged at warning level or above, and no traceback."""
     caplog.set_level(logging.DEBUG)
     yield
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text[-2000:]
-    assert not [r for r in caplog.records if r.exc_info], caplog.text[-2000:]
+    records = every_record(caplog)
+    assert not [r for r in records if r.levelno >= logging.WARNING], caplog.text[-2000:]
+    assert not [r for r in records if r.exc_info], caplog.text[-2000:]
 
 
 def closed_by_server(s: socket.socket) -> bool:
@@ -104,83 +92,60 @@ def test_1100_trickling_connections_under_1024_files_do_not_stop_a_scrape(host: 
     """The open-file limit systemd gives a service, and more slow connections than it allows: a
     scrape still gets in, because the connection that waited longest makes room."""
     raise_own_file_limit(1400)
-    socks: list[socket.socket] = []
-    stop = threading.Event()
     with exporter(host.sys, host.proc, nofile=1024) as running:
-        try:
-            for _ in range(1100):
-                s = socket.create_connection(("127.0.0.1", running.port), timeout=5)
-                s.sendall(HEAD_START)
-                socks.append(s)
-
-            def drip() -> None:  # one byte per connection per second: never a complete request
-                while not stop.wait(1):
-                    for s in socks:
-                        try:
-                            s.send(b"x", socket.MSG_DONTWAIT)
-                        except OSError:
-                            pass
-
-            dripper = threading.Thread(target=drip, daemon=True)
-            dripper.start()
+        # One byte per connection per second: never a complete request.
+        with trickling(running.port, 1100, HEAD_START, drip=b"x", every=1, timeout=5) as socks:
             time.sleep(1.5)
             for _ in range(3):
                 t0 = time.monotonic()
-                status, body = get(running.port, "/metrics", timeout=10)
+                resp = request(running.port, "/metrics", timeout=10)
                 took = time.monotonic() - t0
-                assert status == 200 and body.endswith(b"\n") and b"passthrough_exporter_build_info" in body
+                body = resp.body
+                assert resp.status == 200 and body.endswith(b"\n") and b"passthrough_exporter_build_info" in body
                 assert took < 2, took
             closed = sum(closed_by_server(s) for s in socks)
             # The bound is the file limit less the exporter's own descriptors: the rest were closed.
             assert closed >= 1100 - (1024 - RESERVED_FDS), closed
-        finally:
-            stop.set()
-            for s in socks:
-                s.close()
         time.sleep(0.5)
-        assert get(running.port, "/healthz")[0] == 200
+        assert request(running.port, "/healthz").status == 200
     log = running.log()
     assert "level=error" not in log and "level=warn" not in log and "Traceback" not in log, log[-2000:]
 
 
-def test_header_deadline(host: SysfsTree, quiet: None) -> None:
-    httpd = start(host, header_timeout=1.0)
-    port = httpd.server_address[1]
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # one byte every 0.2 s
-            s.sendall(HEAD_START)
-            assert 0.9 <= seconds_until_closed(s, b"x", 5) <= 2.5
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # nothing at all
-            assert 0.9 <= seconds_until_closed(s, None, 5) <= 2.5
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # slow, but within the deadline
-            for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
-                s.sendall(piece)
-                time.sleep(0.2)
-            assert answer(s).startswith(b"HTTP/1.1 200 ")
-            # Idle between requests is not under the header deadline (keep-alive across scrapes).
-            time.sleep(1.6)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert answer(s).startswith(b"HTTP/1.1 200 ")
-            # The next request's deadline starts with its first byte.
-            s.sendall(b"GET /healthz HTTP/1.1\r\n")
-            assert 0.9 <= seconds_until_closed(s, None, 5) <= 2.5
-        assert httpd.pool.expired == 3
-    finally:
-        httpd.shutdown()
+def test_header_deadline(quiet: None, refresher: Refresher, start_server: Callable[..., ExporterServer]) -> None:
+    httpd = start_server(refresher, header_timeout=1.0)
+    with connect(httpd, timeout=5) as s:  # one byte every 0.2 s
+        s.sendall(HEAD_START)
+        assert 0.9 <= seconds_until_closed(s, b"x", 5) <= 2.5
+    with connect(httpd, timeout=5) as s:  # nothing at all
+        assert 0.9 <= seconds_until_closed(s, None, 5) <= 2.5
+    with connect(httpd, timeout=5) as s:  # slow, but within the deadline
+        for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+            s.sendall(piece)
+            time.sleep(0.2)
+        assert answer(s).startswith(b"HTTP/1.1 200 ")
+        # Idle between requests is not under the header deadline (keep-alive across scrapes).
+        time.sleep(1.6)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer(s).startswith(b"HTTP/1.1 200 ")
+        # The next request's deadline starts with its first byte.
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert 0.9 <= seconds_until_closed(s, None, 5) <= 2.5
+    assert httpd.pool.expired == 3
 
 
-def test_at_the_connection_bound_the_longest_waiting_connection_makes_room(host: SysfsTree, quiet: None) -> None:
-    httpd = start(host, bound=16)
-    port = httpd.server_address[1]
+def test_at_the_connection_bound_the_longest_waiting_connection_makes_room(
+        quiet: None, refresher: Refresher, start_server: Callable[..., ExporterServer]) -> None:
+    httpd = start_server(refresher, bound=16)
     socks = []
     try:
         for _ in range(16):
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            socks.append(connect(httpd, timeout=5))
             time.sleep(0.01)  # a distinct age for each
         time.sleep(0.2)
         assert len(httpd.pool.conns) == 16
         t0 = time.monotonic()
-        assert request(httpd, "/metrics")[0] == 200
+        assert request(httpd, "/metrics").status == 200
         assert time.monotonic() - t0 < 1
         time.sleep(0.1)
         assert [closed_by_server(s) for s in socks] == [True] + [False] * 15  # the oldest one, only
@@ -188,7 +153,6 @@ def test_at_the_connection_bound_the_longest_waiting_connection_makes_room(host:
     finally:
         for s in socks:
             s.close()
-        httpd.shutdown()
 
 
 HOG = r"""
@@ -227,7 +191,7 @@ def test_a_failing_accept_is_logged_once_and_does_not_spin(host: SysfsTree) -> N
                             text=True)
     try:
         port = int(proc.stdout.readline())
-        keep = socket.create_connection(("127.0.0.1", port), timeout=10)
+        keep = connect(port, timeout=10)
         ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         keep.sendall(ask)
         assert answer(keep).startswith(b"HTTP/1.1 200 ")
@@ -238,7 +202,7 @@ def test_a_failing_accept_is_logged_once_and_does_not_spin(host: SysfsTree) -> N
         # No descriptor left, but no connection waiting either: the ones open are left alone.
         keep.sendall(ask)
         assert answer(keep).startswith(b"HTTP/1.1 200 ")
-        client = socket.create_connection(("127.0.0.1", port), timeout=10)  # waits in the listen backlog
+        client = connect(port, timeout=10)  # waits in the listen backlog
         client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         cpu0 = cpu_seconds(proc.pid)
         time.sleep(2)
@@ -252,7 +216,7 @@ def test_a_failing_accept_is_logged_once_and_does_not_spin(host: SysfsTree) -> N
         except OSError as exc:
             got = repr(exc).encode()
         client.close()
-        assert get(port, "/healthz")[0] == 200  # a new connection, with descriptors to spare
+        assert request(port, "/healthz").status == 200  # a new connection, with descriptors to spare
         keep.close()
         proc.stdin.write("stop\n")
         proc.stdin.flush()
@@ -270,27 +234,24 @@ def test_a_failing_accept_is_logged_once_and_does_not_spin(host: SysfsTree) -> N
     assert "Traceback" not in err and "level=error" not in err
 
 
-def test_clients_that_go_away_are_not_errors(host: SysfsTree, quiet: None) -> None:
+def test_clients_that_go_away_are_not_errors(quiet: None, refresher: Refresher,
+                                             start_server: Callable[..., ExporterServer]) -> None:
     """Closing mid-headers, resetting with answers still to send, timing out: debug lines at most."""
-    httpd = start(host, header_timeout=0.5)
-    port = httpd.server_address[1]
-    try:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(HEAD_START)
-        for _ in range(3):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(b"GET /api/devices HTTP/1.1\r\nHost: x\r\n\r\n" * 200)  # pipelined, never read
-            time.sleep(0.2)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            s.close()  # reset
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(HEAD_START)
-            assert seconds_until_closed(s, None, 3) < 2  # timed out
-        time.sleep(0.3)
-        assert request(httpd, "/healthz")[0] == 200
-    finally:
-        httpd.shutdown()
+    httpd = start_server(refresher, header_timeout=0.5)
+    with connect(httpd, timeout=None) as s:
+        s.sendall(HEAD_START)
+    for _ in range(3):
+        s = connect(httpd, timeout=None)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /api/devices HTTP/1.1\r\nHost: x\r\n\r\n" * 200)  # pipelined, never read
+        time.sleep(0.2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # reset
+    with connect(httpd, timeout=None) as s:
+        s.sendall(HEAD_START)
+        assert seconds_until_closed(s, None, 3) < 2  # timed out
+    time.sleep(0.3)
+    assert request(httpd, "/healthz").status == 200
 
 
 def test_the_systemd_unit_allows_the_connection_bound() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hosts
-from helpers import judge_tree
+from tests.support import hosts
+from tests.support.local import judge_tree
 
 
 def parents(snap):

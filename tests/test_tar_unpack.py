@@ -11,8 +11,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import tar_unpack
-from tar_unpack import UnsafeMember, unpack
+
+from tests.support import tar_unpack
+from tests.support.tar_unpack import UnsafeMember, unpack
 
 
 @pytest.fixture(params=["as on this Python", "without the data filter"])

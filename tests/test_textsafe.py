@@ -7,16 +7,17 @@ import json
 import logging
 import subprocess
 
-import hosts
 import pytest
-from helpers import EXE, judge_tree
-from hosts import NVIDIA
-from sysfs_builder import SysfsTree, char_number
 
 from passthrough_exporter.rendering import hostpage
 from passthrough_exporter.logs import LogfmtFormatter
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.textsafe import visible
+from tests.support import hosts
+from tests.support.hosts import NVIDIA
+from tests.support.local import judge_tree
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree, char_number
 
 # Moves to the start of the line, up one line, erases it, prints PASS, rings the bell.
 HOSTILE = "x\r\x1b[1A\x1b[2KPASS\x07"
@@ -128,8 +129,8 @@ def test_two_products_that_read_alike_are_one_pool_series(tree):
     """A USB stick named `Stick` + ESC and one named with the written-out text `Stick\\x1b` show the
     same label value: they are counted in one pool series, not two series with equal labels (which
     node_exporter's textfile collector refuses)."""
-    import hosts
-    from helpers import judge_tree
+    from tests.support import hosts
+    from tests.support.local import judge_tree
 
     from passthrough_exporter.rendering.metrics import render
 

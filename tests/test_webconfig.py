@@ -7,21 +7,22 @@ import base64
 import http.client
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
-import hosts
 import pytest
-from reliability import inspector, serve_quick
-from sysfs_builder import SysfsTree
-from helpers import EXE, log_messages
 
 from passthrough_exporter.serving.refresher import Refresher
-from serving import local_refresher
 from passthrough_exporter.serving.server import ExporterServer
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.serving.webconfig import WebConfigError, load
+from tests.support import hosts
+from tests.support.client import request
+from tests.support.local import inspector, local_refresher
+from tests.support.parse import log_messages
+from tests.support.process import EXE
+from tests.support.sysfs_builder import SysfsTree
 
 FAILED_TLS = (ssl.SSLError, ConnectionError, http.client.HTTPException)
 
@@ -65,24 +66,22 @@ def refresher(tmp_path_factory: pytest.TempPathFactory) -> Refresher:
 
 
 class Served:
-    def __init__(self, refresher: Refresher, tmp_path: Path) -> None:
-        self.refresher, self.tmp_path = refresher, tmp_path
-        self.servers: list[ExporterServer] = []
+    """Served(yaml_text): the port of a server of `refresher` under that web config."""
+
+    def __init__(self, refresher: Refresher, tmp_path: Path, start: Callable[..., ExporterServer]) -> None:
+        self.refresher, self.tmp_path, self.start = refresher, tmp_path, start
+        self.count = 0
 
     def __call__(self, yaml_text: str) -> int:
-        cfg = self.tmp_path / f"web{len(self.servers)}.yml"
+        cfg = self.tmp_path / f"web{self.count}.yml"
+        self.count += 1
         cfg.write_text(yaml_text)
-        httpd = serve_quick(self.refresher, load(str(cfg)))
-        self.servers.append(httpd)
-        return httpd.server_address[1]
+        return self.start(self.refresher, load(str(cfg))).server_address[1]
 
 
 @pytest.fixture
-def serve_with(refresher: Refresher, tmp_path: Path) -> Iterator[Served]:
-    served = Served(refresher, tmp_path)
-    yield served
-    for httpd in served.servers:
-        httpd.shutdown()
+def serve_with(refresher: Refresher, tmp_path: Path, start_server: Callable[..., ExporterServer]) -> Served:
+    return Served(refresher, tmp_path, start_server)
 
 
 def client(pki: Path, cert: str | None = None, **kw) -> ssl.SSLContext:
@@ -101,15 +100,9 @@ def client(pki: Path, cert: str | None = None, **kw) -> ssl.SSLContext:
 def tls_get(port: int, ctx: ssl.SSLContext, path: str = "/healthz",
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str, str]:
     """(status, headers, TLS version, cipher) of one request; raises when the server refuses us."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        resp.read()
-        sock = conn.sock
-        return resp.status, dict(resp.getheaders()), sock.version(), sock.cipher()[0]
-    finally:
-        conn.close()
+    answer = request(port, path, headers=headers, context=ctx)
+    version, cipher = answer.tls
+    return answer.status, dict(answer.getheaders()), version, cipher
 
 
 def tls(pki: Path, extra: str = "") -> str:

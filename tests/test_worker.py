@@ -7,18 +7,17 @@ import signal
 import subprocess
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
-import hosts
 import pytest
-from helpers import EXE, free_port
-
-from serving import exposition, local_refresher
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.serving.refresher import Refresher, WorkerError
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from tests.support import hosts
+from tests.support.client import free_port, wait_up
+from tests.support.local import exposition, local_refresher
+from tests.support.process import EXE
 
 
 def _argv(tree, *extra: str) -> list[str]:
@@ -62,7 +61,7 @@ def test_the_worker_serves_what_the_process_itself_would(worker_refresher, host)
 def test_the_worker_reads_libvirt_as_the_process_itself_would(tree, tmp_path):
     """libvirt's test driver, opened in the child: the same devices, assignments and bodies."""
     pytest.importorskip("libvirt")
-    import libvirt_host
+    from tests.support import libvirt_host
 
     from passthrough_exporter.reading.sources.libvirt import LibvirtSource
 
@@ -273,16 +272,7 @@ def test_the_worker_leaves_with_the_server(host):
         proc = subprocess.Popen([EXE, *_argv(host, "--web.listen-address", f"127.0.0.1:{port}")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+            wait_up(port, proc=proc, timeout=30)
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             assert len(children) == 1
             child = int(children[0])

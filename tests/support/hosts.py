@@ -5,7 +5,7 @@ Each function adds its devices to a SysfsTree; a host may combine several.
 
 from __future__ import annotations
 
-from sysfs_builder import SysfsTree, char_number
+from .sysfs_builder import SysfsTree, char_number
 
 INTEL, NVIDIA, LINUX, SAMSUNG = 0x8086, 0x10DE, 0x1D6B, 0x144D
 

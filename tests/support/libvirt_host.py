@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from sysfs_builder import SysfsTree
+from .sysfs_builder import SysfsTree
 
 SCSI_TYPE_NAMES = {0: "disk", 1: "tape", 5: "cdrom", 8: "changer", 13: "enclosure"}
 
