@@ -228,6 +228,7 @@ def worker(size: int, repeat: int, floor_lib: str) -> dict:
     from benchmarks.floor import floor_read
 
     from passthrough_exporter.rendering import hostpage
+    from passthrough_exporter.rendering.objects import device_object
     from passthrough_exporter.reading import pciids
     from passthrough_exporter.commands.gcpause import gc_paused
     from passthrough_exporter.judging.inspector import Inspector
@@ -285,7 +286,7 @@ def worker(size: int, repeat: int, floor_lib: str) -> dict:
         snap = inspector.judge(inv)
         text = render(snap)
         stages = {"read": source.read, "judge": lambda: inspector.judge(inv), "render": lambda: render(snap),
-                  "bodies": lambda: (DeviceIndex.of(snap), [snap.device_object(n) for n in snap.inventory.devices],
+                  "bodies": lambda: (DeviceIndex.of(snap), [device_object(snap, n) for n in snap.inventory.devices],
                                      hostpage.render(snap)),
                   "gzip": lambda: gzip.compress(text, compresslevel=6, mtime=0)}
         assert text.startswith(bytes(Rendered.of(snap, MetricOptions()).metrics))

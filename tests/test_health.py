@@ -12,6 +12,7 @@ from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs import Trace
 from passthrough_exporter.reading.sysfs.attrs import BadAttribute, link_width, numa_node, parse_int, sriov_count
 from passthrough_exporter.reading.sysfs.devices import aer_total, link_speed, power_state
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.hosts import INTEL, NVIDIA
 from tests.support.local import judge_tree
@@ -80,7 +81,7 @@ def test_link_aer_and_power_are_read_in_the_kernels_format(tree):
     assert asleep.header_type is None and asleep.power_state == "D3cold"
     assert asleep.aer_errors == (None,) * 3
     assert snap.inventory.devices["pci_0000_41_00_0"].link_speed == (8.0, 8.0)
-    health = snap.device_object(gpu.name)["health"]
+    health = device_object(snap, gpu.name)["health"]
     assert health == {"link_speed_gts": {"current": 8.0, "max": 16.0}, "link_width": {"current": 4, "max": 16},
                       "aer_errors": {"correctable": 3, "nonfatal": 5, "fatal": 1}, "power_state": "D0"}
 
@@ -219,8 +220,8 @@ def test_a_d3cold_device_is_not_woken_but_its_cached_max_speed_is_read(tree):
     assert {"max_link_speed", "power_state"} <= touched
     assert not touched & {"config", "current_link_speed", "current_link_width", "max_link_width"}
     snap = judge_tree(tree)
-    assert snap.device_object(dev.name)["health"]["link_speed_gts"] == {"current": None, "max": 32.0}
-    assert snap.device_object(dev.name)["health"]["link_width"] == {"current": None, "max": None}
+    assert device_object(snap, dev.name)["health"]["link_speed_gts"] == {"current": None, "max": 32.0}
+    assert device_object(snap, dev.name)["health"]["link_width"] == {"current": None, "max": None}
     text = render(snap).decode()
     assert 'passthrough_pcie_link_speed_gts{device="pci_0000_01_00_0",kind="max"} 32.0' in text
     assert 'passthrough_pcie_link_speed_gts{device="pci_0000_01_00_0",kind="current"}' not in text
@@ -237,7 +238,7 @@ def test_unknown_and_error_power_states_are_kept_as_they_are(tree):
     tree.pci("0000:00:16.0", INTEL, 0xA360, 0x078000, driver="mei_me", group=4)  # no power_state file
     snap = judge_tree(tree)
     assert dict(snap.inventory.errors) == {}
-    states = {n: snap.device_object(n)["health"]["power_state"]
+    states = {n: device_object(snap, n)["health"]["power_state"]
               for n in ("pci_0000_00_02_0", "pci_0000_00_14_0", "pci_0000_00_16_0")}
     assert states == {"pci_0000_00_02_0": "error", "pci_0000_00_14_0": "unknown", "pci_0000_00_16_0": None}
     series = [line for line in render(snap).decode().splitlines() if line.startswith("passthrough_device_power_state{")]

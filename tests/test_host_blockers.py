@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 from passthrough_exporter.rendering.metrics import render
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.local import judge_tree
 from tests.support.process import EXE
@@ -37,14 +38,14 @@ def test_iommu_off_blocks_every_pci_function_but_not_usb(tree):
     assert not snap.inventory.host.iommu_groups_present
     # virtio NIC and xHCI: eligible endpoints, blocked by the host, with the reason in the object.
     for name in ("pci_0000_00_03_0", "pci_0000_00_14_0"):
-        obj = snap.device_object(name)
+        obj = device_object(snap, name)
         assert (obj["eligible"], obj["available"], obj["blocked_by"]) == (True, False, IOMMU_OFF), name
         assert snap.states[name] == "blocked"
     # The root disk's controller is not eligible at all (it holds `/`); the bridge is infrastructure.
     assert snap.states["pci_0000_00_02_0"] == "ineligible" and snap.states["pci_0000_00_00_0"] == "ineligible"
     # USB needs no IOMMU: the mouse and the stick are forwarded alone and stay available (the root is known).
     for name in ("usb_1_1_2", "usb_1_1_4", "scsi_6_0_0_0"):
-        assert snap.states[name] == "available" and snap.device_object(name)["blocked_by"] is None, name
+        assert snap.states[name] == "available" and device_object(snap, name)["blocked_by"] is None, name
     text = render(snap).decode()
     assert 'passthrough_device_available{device="pci_0000_00_03_0",type="pci"} 0.0' in text
     assert 'passthrough_device_available{device="usb_1_1_4",type="usb_device"} 1.0' in text
@@ -82,7 +83,7 @@ def test_groups_without_interrupt_remapping(tree, unsafe, expected):
     assert snap.inventory.host.interrupt_remapping is False
     for name in ("pci_0000_00_19_0", "pci_0000_01_00_0", "pci_0000_01_00_1"):
         assert snap.states[name] == ("blocked" if expected else "available"), name
-        assert snap.device_object(name)["blocked_by"] == expected
+        assert device_object(snap, name)["blocked_by"] == expected
     codes = {f.code for f in snap.findings}
     assert ("unsafe_interrupts" in codes) == (unsafe == "Y")
     assert ("no_interrupt_remapping" in codes) == (unsafe != "Y")

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passthrough_exporter.rendering.jsonout import dumps, write_array
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.local import judge_tree
 from tests.support.process import EXE
@@ -52,7 +53,7 @@ def test_values_json_converts_are_converted_the_same():
 def test_device_objects_of_a_workstation(tree):
     hosts.workstation(tree)
     snap = judge_tree(tree)
-    objects = [snap.device_object(n, full=True) for n in snap.inventory.devices]
+    objects = [device_object(snap, n, full=True) for n in snap.inventory.devices]
     assert len(objects) > 10
     assert dumps(objects) == json.dumps(objects, indent=2)
 
@@ -64,7 +65,7 @@ def test_devices_json_prints_the_indented_text(tree):
                           "--path.procfs", str(tree.proc)], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr
-    expected = json.dumps([snap.device_object(n) for n in snap.inventory.devices], indent=2) + "\n"
+    expected = json.dumps([device_object(snap, n) for n in snap.inventory.devices], indent=2) + "\n"
     assert out.stdout == expected
 
 

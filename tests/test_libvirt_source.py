@@ -18,6 +18,7 @@ from passthrough_exporter.judging.snapshot import Snapshot  # noqa: E402
 from passthrough_exporter.reading.sources import SourceError  # noqa: E402
 from passthrough_exporter.reading.sources.libvirt import LibvirtSource  # noqa: E402
 from passthrough_exporter.reading.sources.sysfs import SysfsSource  # noqa: E402
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts  # noqa: E402
 from tests.support.libvirt_host import (  # noqa: E402
     domain, pci_hostdev, scsi_hostdev, usb_hostdev, vf_interface, write_host)
@@ -59,7 +60,7 @@ def _shared(snap: Snapshot) -> dict[str, dict]:
     out = {}
     for dev in snap.inventory:
         if dev.type in KNOWN_TYPES:
-            obj = snap.device_object(dev.name, full=True)
+            obj = device_object(snap, dev.name, full=True)
             obj.pop("notes", None)
             out[dev.name] = obj
     return out
@@ -127,7 +128,7 @@ def test_filled_fields_are_noted(tree, tmp_path):
     hosts.base(tree)
     hosts.desktop_gpu(tree)
     _, snap = _both(tree, tmp_path)
-    obj = snap.device_object("pci_0000_01_00_0")
+    obj = device_object(snap, "pci_0000_01_00_0")
     # The test driver, like some libvirt versions, gives no <driver>: it comes from sysfs.
     assert obj["driver"] == "nvidia" and obj["boot_vga"] is True and obj["reset_methods"] == ["bus"]
     assert obj["notes"] == ["filled from sysfs: boot_vga, driver, header_type, reset_methods, "
@@ -163,10 +164,10 @@ def test_holders_by_device_number_in_both_sources(tree, tmp_path):
     for snap in (by_sysfs, by_libvirt):
         assert snap.inventory.host.holders == {number_of("/dev/zero"): Holder(4242, "qemu-system-x86", "win11"),
                                                number_of("/dev/random"): Holder(4243, "qemu-kvm", "desk")}
-        assert snap.device_object("pci_0000_01_00_0")["held_by"] == win11
-        assert snap.device_object("pci_0000_01_00_1")["held_by"] == win11
-        assert snap.device_object("usb_1_1_2")["held_by"] == {"vm": "desk", "pid": 4243, "process": "qemu-kvm"}
-        assert snap.device_object("usb_1_1_4")["in_use"] is False
+        assert device_object(snap, "pci_0000_01_00_0")["held_by"] == win11
+        assert device_object(snap, "pci_0000_01_00_1")["held_by"] == win11
+        assert device_object(snap, "usb_1_1_2")["held_by"] == {"vm": "desk", "pid": 4243, "process": "qemu-kvm"}
+        assert device_object(snap, "usb_1_1_4")["in_use"] is False
         assert snap.inventory.devices["usb_1_1_4"].char_dev == number_of("/dev/full")
     assert by_libvirt.inventory.host == by_sysfs.inventory.host
     assert dict(by_libvirt.facts.in_use) == dict(by_sysfs.facts.in_use)
@@ -206,7 +207,7 @@ def test_assignments(tree, tmp_path):
     gpu = snap.inventory.devices["pci_0000_01_00_0"]
     assert gpu.assignments == (("gaming", True), ("spare", False))  # the running domain first
     assert gpu.assigned_running is True and snap.inventory.devices["usb_1_1_4"].assigned_running is False
-    assert snap.device_object("usb_1_1_2")["assigned_to"] == "gaming"
+    assert device_object(snap, "usb_1_1_2")["assigned_to"] == "gaming"
     assert snap.inventory.errors["hostdev_unmatched"] == 2
 
 

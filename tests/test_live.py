@@ -19,6 +19,7 @@ from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.reading.sysfs.procs import qemu_guest_name, scan_holders
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.hosts import INTEL, NVIDIA
 from tests.support.local import judge_tree
@@ -105,7 +106,7 @@ def test_the_vfio_device_node_counts_even_under_another_driver_name(tree):
     tree.pci("0000:5e:00.0", 0x1DD8, 0x0008, 0x020000, driver="newvendor_accel", group=30, vfio_dev="vfio7")
     snap = judge_tree(tree)
     assert snap.facts.groups[30].vfio == ("pci_0000_5e_00_0",) and snap.facts.groups[30].viable
-    assert snap.device_object("pci_0000_5e_00_0")["vfio_dev"] == "vfio7"
+    assert device_object(snap, "pci_0000_5e_00_0")["vfio_dev"] == "vfio7"
 
 
 # --- interrupt remapping -----------------------------------------------------------------
@@ -193,11 +194,11 @@ def test_in_use_held_by_and_available(tree):
     snap = judge_tree(hosts.busy_host(tree))
     gpu, audio, nic, spare = "pci_0000_01_00_0", "pci_0000_01_00_1", "pci_0000_00_19_0", "pci_0000_00_1f_0"
     held = {"vm": "win11", "pid": 4242, "process": "qemu-system-x86"}
-    assert snap.device_object(gpu)["held_by"] == held
-    assert snap.device_object(audio)["held_by"] == held and snap.device_object(audio)["in_use"] is True
-    assert snap.device_object(nic)["in_use"] is True and snap.device_object(nic)["held_by"] is None
-    assert snap.device_object("usb_1_1_2")["in_use"] is True and snap.device_object("usb_1_1_2")["held_by"] is None
-    assert snap.device_object(spare)["in_use"] is False and snap.device_object(spare)["available"] is True
+    assert device_object(snap, gpu)["held_by"] == held
+    assert device_object(snap, audio)["held_by"] == held and device_object(snap, audio)["in_use"] is True
+    assert device_object(snap, nic)["in_use"] is True and device_object(snap, nic)["held_by"] is None
+    assert device_object(snap, "usb_1_1_2")["in_use"] is True and device_object(snap, "usb_1_1_2")["held_by"] is None
+    assert device_object(snap, spare)["in_use"] is False and device_object(snap, spare)["available"] is True
     # The xHCI controller is eligible but a device below it is in use: blocked, not available.
     assert snap.verdicts["pci_0000_00_14_0"].eligible and snap.states["pci_0000_00_14_0"] == "blocked"
     assert snap.states["usb_1_1_4"] == "available"
@@ -237,7 +238,7 @@ def test_a_cdev_and_a_usbfs_node_name_their_devices(tree):
     assert snap.inventory.devices["pci_0000_3b_00_2"].char_dev == number_of("/dev/full")
     assert snap.inventory.devices["usb_1_1_2"].char_dev == (189, 2)
     for name in ("pci_0000_3b_00_2", "usb_1_1_4"):
-        assert snap.device_object(name)["held_by"] == {"vm": "db1", "pid": 77, "process": "qemu-kvm"}
+        assert device_object(snap, name)["held_by"] == {"vm": "db1", "pid": 77, "process": "qemu-kvm"}
     assert set(snap.facts.in_use) == {"pci_0000_3b_00_2", "usb_1_1_4"}
     assert snap.states["usb_1_1_2"] == "available"
 
@@ -249,8 +250,8 @@ def test_the_scan_can_be_switched_off(tree):
 
     snap = Inspector().judge(SysfsSource(str(tree.sys), str(tree.proc), scan_processes=False).read())
     assert snap.inventory.host.holders is None
-    assert snap.device_object("pci_0000_01_00_0")["held_by"] is None  # still in use: enable=1
-    assert snap.device_object("pci_0000_01_00_0")["in_use"] is True
+    assert device_object(snap, "pci_0000_01_00_0")["held_by"] is None  # still in use: enable=1
+    assert device_object(snap, "pci_0000_01_00_0")["in_use"] is True
 
 
 @pytest.mark.parametrize("argv, name", [
@@ -338,7 +339,7 @@ def test_a_file_only_named_like_a_device_holds_nothing(tree, tmp_path):
         tree.process(31, "qemu-system-x86", ["qemu-system-x86_64", "-name", "guest=prod-db-01"], fds)
         snap = judge_tree(tree)
     assert snap.inventory.host.holders == {}  # scanned: nothing held
-    assert snap.facts.in_use == {} and snap.device_object(gpu)["held_by"] is None
+    assert snap.facts.in_use == {} and device_object(snap, gpu)["held_by"] is None
     assert snap.states[gpu] == "available"
 
 
@@ -355,7 +356,7 @@ def test_only_a_device_open_for_writing_holds_it(tree, flags, held):
     if flags is None:
         (tree.proc / "41" / "fdinfo" / "6").unlink()
     snap = judge_tree(tree)
-    assert snap.device_object(gpu)["held_by"] == ({"vm": "db1", "pid": 41, "process": "qemu-kvm"} if held else None)
+    assert device_object(snap, gpu)["held_by"] == ({"vm": "db1", "pid": 41, "process": "qemu-kvm"} if held else None)
     assert snap.states[gpu] == ("in_use" if held else "available")
 
 
@@ -367,9 +368,9 @@ def test_a_link_outside_dev_is_never_stated(tree, tmp_path):
     elsewhere.symlink_to("/dev/zero")
     tree.process(51, "spoof", ["spoof", "-name", "prod-db-01"], {3: str(elsewhere)})
     snap = judge_tree(tree)
-    assert snap.inventory.host.holders == {} and snap.device_object(gpu)["held_by"] is None
+    assert snap.inventory.host.holders == {} and device_object(snap, gpu)["held_by"] is None
     tree.process(52, "qemu-kvm", ["qemu-kvm", "-name", "db1"], {3: "/dev/zero"})
-    assert judge_tree(tree).device_object(gpu)["held_by"] == {"vm": "db1", "pid": 52, "process": "qemu-kvm"}
+    assert device_object(judge_tree(tree), gpu)["held_by"] == {"vm": "db1", "pid": 52, "process": "qemu-kvm"}
 
 
 @pytest.mark.parametrize("garbage", ["banana", "0:0", "1:2:3", "-1:5", "1:", "4096:0", "1:1048576", "٣:1"])
@@ -468,7 +469,7 @@ def test_a_local_user_cannot_forge_a_holder_through_the_real_proc(tree, tmp_path
         assert scan_holders("/proc", {number}) == {}
         snap = Inspector().judge(SysfsSource(str(tree.sys), "/proc").read())
         assert snap.inventory.host.vfio_groups == {4: number}
-        assert snap.facts.in_use == {} and snap.device_object("pci_0000_01_00_0")["held_by"] is None
+        assert snap.facts.in_use == {} and device_object(snap, "pci_0000_01_00_0")["held_by"] is None
 
         ready = tmp_path / "ready"
         legit = holder_process(device, ready, "-name", "guest=legit-vm")
@@ -477,7 +478,7 @@ def test_a_local_user_cannot_forge_a_holder_through_the_real_proc(tree, tmp_path
         holders = scan_holders("/proc", {number})
         assert holders is not None and holders[number].pid == legit.pid and holders[number].vm == "legit-vm"
         snap = Inspector().judge(SysfsSource(str(tree.sys), "/proc").read())
-        assert snap.device_object("pci_0000_01_00_0")["held_by"] == {
+        assert device_object(snap, "pci_0000_01_00_0")["held_by"] == {
             "vm": "legit-vm", "pid": legit.pid, "process": Path(sys.executable).name[:15]}
     finally:
         for child in children:

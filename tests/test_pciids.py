@@ -11,6 +11,7 @@ from passthrough_exporter.reading import pciids
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.settings import ConfigError
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 
 SAMPLE = """\
@@ -37,7 +38,7 @@ def test_names_from_pci_ids(tree, tmp_path):
     assert ids.names("0x1234", "0x0001") == (None, None)
     inv = SysfsSource(str(tree.sys), str(tree.proc), ids).read()
     assert inv.devices["pci_0000_01_00_1"].product == "GA104 High Definition Audio Controller"
-    assert Inspector().judge(inv).device_object("pci_0000_01_00_0")["vendor"] == "NVIDIA Corporation"
+    assert device_object(Inspector().judge(inv), "pci_0000_01_00_0")["vendor"] == "NVIDIA Corporation"
     with pytest.raises(ConfigError, match=r"missing.ids: cannot read pci.ids file: No such file"):
         pciids.load(str(tmp_path / "missing.ids"))  # named by the operator: their mistake
 

@@ -15,6 +15,7 @@ from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.local import exposition, local_refresher
 from tests.support.process import EXE
@@ -137,9 +138,9 @@ def test_one_group_of_5000_functions_shares_one_set():
     assert all(not s.own for s in sets)
     assert devices[1].name in sets[0] and devices[0].name not in sets[0]
     assert b'passthrough_device_affected_devices{device="pci_0000_00_00_0",type="pci"} 4999.0' in render(snap)
-    assert "affected" not in snap.device_object(devices[0].name)
-    assert snap.device_object(devices[0].name)["affected_count"] == n - 1
-    assert len(snap.device_object(devices[0].name, full=True)["affected"]) == n - 1
+    assert "affected" not in device_object(snap, devices[0].name)
+    assert device_object(snap, devices[0].name)["affected_count"] == n - 1
+    assert len(device_object(snap, devices[0].name, full=True)["affected"]) == n - 1
 
 
 RAISER = '''

@@ -24,6 +24,7 @@ from passthrough_exporter.serving.refresher import Published
 from passthrough_exporter.rendering.rendered import Rendered, receive, send
 from passthrough_exporter.judging.snapshot import Snapshot
 from passthrough_exporter.rendering.status import Status
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.local import judge_tree
 from tests.support.synthetic import generate
@@ -50,11 +51,11 @@ def _check_every_body(snap: Snapshot) -> None:
     index = rendered.index
     assert index.names == tuple(snap.inventory.devices)
     for kwargs in FILTERS:
-        want = _text([snap.device_object(n) for n in _matching(snap, **kwargs)])
+        want = _text([device_object(snap, n) for n in _matching(snap, **kwargs)])
         assert rendered.list_body(index.select(**kwargs)) == want, kwargs
     for name in snap.inventory.devices:
-        assert rendered.device_body(name) == _text(snap.device_object(name, full=True)), name
-        want = _text([snap.device_object(n) for n in sorted(snap.affected[name])])
+        assert rendered.device_body(name) == _text(device_object(snap, name, full=True)), name
+        want = _text([device_object(snap, n) for n in sorted(snap.affected[name])])
         assert rendered.list_body(index.select(affected_by=name)) == want, name
     assert rendered.findings == _text([f.to_json() for f in snap.findings])
 

@@ -13,6 +13,7 @@ from passthrough_exporter.rendering import hostpage
 from passthrough_exporter.logs import LogfmtFormatter
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.textsafe import visible
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.hosts import NVIDIA
 from tests.support.local import judge_tree
@@ -71,7 +72,7 @@ def test_reading_keeps_the_name_as_it_is(tree):
     assert snap.facts.in_use[GPU].vm == HOSTILE and snap.facts.in_use[AUDIO].vm == "other"
     assert snap.inventory.devices["usb_1_1"].product == HOSTILE
     # JSON escapes control characters itself: the name goes out exactly as read.
-    assert snap.device_object(GPU)["held_by"]["vm"] == HOSTILE
+    assert device_object(snap, GPU)["held_by"]["vm"] == HOSTILE
 
 
 def test_the_check_report_cannot_be_rewritten(tree):

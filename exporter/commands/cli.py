@@ -21,6 +21,7 @@ from ..model import KNOWN_TYPES, PASSABLE_TYPES
 from ..reading.sources import SOURCES, Source, SourceError
 from ..rendering import jsonout
 from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
+from ..rendering.objects import device_object
 from ..settings import ConfigError
 from ..textsafe import visible
 from . import serve as serve_command
@@ -143,7 +144,7 @@ def _devices(args: argparse.Namespace) -> int:
     if args.json:
         # Pieces of a megabyte: json.dump would write every token, one system call each when stdout
         # is unbuffered (PYTHONUNBUFFERED=1); one string would hold 20,000 objects' text twice over.
-        jsonout.write_array((snapshot.device_object(n) for n in names), sys.stdout.write)
+        jsonout.write_array((device_object(snapshot, n) for n in names), sys.stdout.write)
         sys.stdout.write("\n")
     else:
         for name in names:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..judging.query import DeviceIndex, DeviceNotFound
 from . import jsonout
 from .bodies import gzipped_open
+from .objects import device_object
 
 if TYPE_CHECKING:
     from ..judging.snapshot import Snapshot
@@ -60,7 +61,7 @@ class Rendered:
         ends = array("q")
         item = jsonout.array_item
         for name in index.names:
-            objects += item(snap.device_object(name)).encode()
+            objects += item(device_object(snap, name)).encode()
             ends.append(len(objects))
         return cls(metrics, gzipped_open(metrics), (jsonout.dumps([f.to_json() for f in snap.findings]) + "\n").encode(),
                    hostpage.render(snap, options.telemetry_path), index, bytes(objects), ends, dict(snap.errors),
