@@ -44,11 +44,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import run as bench
+from benchmarks import common as bench
+from benchmarks import generate
 from tests.support.client import connection, exchange, free_port, wait_up
 
 HERE = Path(__file__).resolve().parent
-generate = bench.generate
+generate = generate
 PEER_HELPER = HERE.parents[1] / "shared" / "bin" / "peer-node-exporter"
 WARMUP = 2  # refreshes (ours) or scrapes (the peer) not measured
 TICK = os.sysconf("SC_CLK_TCK")

@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gzip
-import importlib.util
 import json
 import os
-import platform
 import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +41,8 @@ import time
 from pathlib import Path
 
 from benchmarks import generate
+from benchmarks.common import (PCI_IDS, START_TIMEOUT, compile_product, machine, median, product_cmd,
+                               product_env, ratios)
 from tests.support.client import connection, exchange, free_port, request, wait_up
 
 HERE = Path(__file__).resolve().parent
@@ -57,12 +56,9 @@ SERIES_HOST = (200, 2)  # (devices, generator seed): a 200-device host with ever
 SCRAPE_INTERVAL = 60  # seconds, for the fleet estimate
 FLEET = 1000  # hosts
 RSS_REFRESHES = 6  # serve's peak RSS is read once it has refreshed this many times
-START_TIMEOUT = 300  # seconds for a server to answer (ours reads the host once before it listens)
 # Prometheus head memory per active series: Robust Perception, "How much RAM does Prometheus 2.x need
 # for cardinality and ingestion?" (about 2 GiB per million series for cardinality alone, GC included).
 PROM_BYTES_PER_SERIES = 2 * 1024**3 / 1_000_000
-PCI_IDS = next((p for p in ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
-                if os.path.exists(p)), None)
 
 TARGETS = {
     "devices_20k": 2.0,  # devices --json / C floor, whole processes
@@ -77,30 +73,12 @@ TARGETS = {
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
-def product_env(unbuffered: bool = False) -> dict[str, str]:
-    """The environment the product runs in, as installed: bytecode cached, stdout buffered."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")}
-    if unbuffered:
-        env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
-def product_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("passthrough-exporter")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "passthrough_exporter"]
 
 
-def compile_product() -> None:
-    """Bytecode for the project's modules, as `pip install` leaves it: an editable install run under
-    PYTHONDONTWRITEBYTECODE would otherwise compile every module on every start."""
-    spec = importlib.util.find_spec("passthrough_exporter")
-    plugins = importlib.util.find_spec("passthrough_exporter.plugins")
-    dirs = [*(spec.submodule_search_locations or []), *(plugins.submodule_search_locations or [])]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, env=product_env())
 
 
 def build_floor(tmp: Path) -> tuple[Path, Path]:
@@ -133,10 +111,6 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def ratios(a: list[dict] | list[float], b: list[dict] | list[float], key: str = "wall") -> float:
-    """Median of the pairwise ratios a[i] / b[i]."""
-    get = (lambda r: r[key]) if a and isinstance(a[0], dict) else (lambda r: r)  # noqa: E731
-    return median([get(x) / get(y) for x, y in zip(a, b)])
 
 
 def check_floor(floor_exe: Path, size: int, seed: int = 7) -> int:
@@ -468,15 +442,6 @@ def _sub(args: list[str]) -> dict:
 # --- report ----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()} ({platform.python_implementation()})")
 
 
 def ms(s: float) -> str:
