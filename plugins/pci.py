@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..judging.batch import batched
 from ..judging.facts import Facts
 from ..model import Check, Device, Finding, Inventory, Verdict
 from ..judging.options import OptionParser
@@ -115,25 +114,19 @@ def passthrough_configure(settings: Settings) -> None:
     settings.stash[DENIED] = class_prefixes(settings.getoption("pci_denied_classes") or "")
 
 
-def _verdicts(inventory: Inventory, settings: Settings, facts: Facts) -> dict[str, Verdict | None]:
-    return {d.name: passthrough_verdict(d, settings) for d in inventory if d.type == "pci"}
-
-
-def _affected(inventory: Inventory, settings: Settings, facts: Facts) -> dict[str, frozenset[str] | set[str] | None]:
-    return {d.name: passthrough_affected(d, inventory, facts) for d in inventory if d.type == "pci"}
-
-
 # tryfirst: the type's base rule speaks first, so its reason leads a device's reasons.
 @hookimpl(tryfirst=True)
-@batched(_verdicts)
-def passthrough_verdict(device: Device, settings: Settings) -> Verdict | None:
-    if device.type != "pci":
-        return None
+def passthrough_verdicts(inventory: Inventory, settings: Settings) -> dict[str, Verdict]:
+    denied = settings.stash[DENIED]
+    return {d.name: _verdict(d, denied) for d in inventory if d.type == "pci"}
+
+
+def _verdict(device: Device, denied: tuple[str, ...]) -> Verdict:
     if device.unreachable:  # before the class: the class sysfs shows is from before it fell off
         return Verdict.deny(UNREACHABLE)
     what = class_description(device.pci_class)
     cls = (device.pci_class or "").lower()
-    for prefix in settings.stash[DENIED]:
+    for prefix in denied:
         if cls.startswith(prefix.lower()):
             return Verdict.deny(f"{what} ({device.pci_class}) is host infrastructure, not an endpoint")
     if device.header_type not in (None, 0):
@@ -161,10 +154,11 @@ def passthrough_checks() -> list[Check]:
 
 
 @hookimpl
-@batched(_affected)
-def passthrough_affected(device: Device, inventory: Inventory, facts: Facts) -> frozenset[str] | set[str] | None:
-    if device.type != "pci":
-        return None
+def passthrough_affected_sets(inventory: Inventory, facts: Facts) -> dict[str, frozenset[str] | set[str]]:
+    return {d.name: _affected(d, inventory, facts) for d in inventory if d.type == "pci"}
+
+
+def _affected(device: Device, inventory: Inventory, facts: Facts) -> frozenset[str] | set[str]:
     # The group and everything below it is one frozenset for all its members (kept by reference:
     # a group of 5,000 functions costs one set, not 5,000). Without IOMMU groups the answer falls
     # back to the device's own descendants and VFs.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from .. import hookimpl
-from ..judging.batch import batched
 from ..judging.facts import Facts, GroupStatus
 from ..model import Check, Device, Finding, Inventory, Verdict
 
@@ -118,16 +117,14 @@ def passthrough_checks() -> tuple[Check, ...]:
     return CHECKS
 
 
-def _verdicts(inventory: Inventory, settings: object, facts: Facts) -> dict[str, Verdict | None]:
-    # Only these types can hold the root filesystem; of them only PCI functions get more rules.
-    return {d.name: passthrough_verdict(d, inventory, facts) for d in inventory
-            if d.type in ("pci", "scsi", "usb_device")}
-
-
 @hookimpl
-@batched(_verdicts)
-def passthrough_verdict(device: Device, inventory: Inventory, facts: Facts) -> Verdict | None:
-    if device.name in (inventory.host.root_devices or ()) and device.type in ("pci", "scsi", "usb_device"):
+def passthrough_verdicts(inventory: Inventory, facts: Facts) -> dict[str, Verdict | None]:
+    # Only these types can hold the root filesystem; of them only PCI functions get more rules.
+    return {d.name: _verdict(d, inventory, facts) for d in inventory if d.type in ("pci", "scsi", "usb_device")}
+
+
+def _verdict(device: Device, inventory: Inventory, facts: Facts) -> Verdict | None:
+    if device.name in (inventory.host.root_devices or ()):
         return Verdict.deny(f"holds the root filesystem ({_disks(inventory)}): the host cannot give it away")
     if device.type != "pci":
         return None

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from passthrough_exporter.judging.inspector import Inspector
-from passthrough_exporter.model import Device
+from passthrough_exporter.model import Device, Inventory
 from passthrough_exporter.plugins import pci
 from tests.support import hosts
 from tests.support.process import EXE
@@ -20,7 +20,7 @@ SETTINGS = Inspector().settings  # every plugin configured with its defaults
 def verdict(pci_class: str | None, header_type: int | None = 0):
     """The PCI plugin's own verdict (the other plugins' reset and root-device notes left out)."""
     dev = Device("pci_0000_07_00_0", "pci", address="0000:07:00.0", pci_class=pci_class, header_type=header_type)
-    return pci.passthrough_verdict(device=dev, settings=SETTINGS)
+    return pci.passthrough_verdicts(inventory=Inventory([dev]), settings=SETTINGS)[dev.name]
 
 
 @pytest.mark.parametrize("cls, name", [

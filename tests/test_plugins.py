@@ -90,7 +90,7 @@ def test_plugins_lists_name_distribution_and_version(example_installed):
     listed = json.loads(run(None, "--json", "--disable-plugin", "usb", command="plugins").stdout)
     names = [r["name"] for r in listed]
     assert names == sorted(names) and "usb" not in names and {"pci", "scsi", "policy"} <= set(names)
-    assert next(r for r in listed if r["name"] == "scsi")["hooks"] == "passthrough_affected,passthrough_verdict"
+    assert next(r for r in listed if r["name"] == "scsi")["hooks"] == "passthrough_affected_sets,passthrough_verdicts"
 
 
 def test_example_plugin_adds_an_option_a_finding_with_its_fix_and_a_check(host, example_installed):

@@ -8,20 +8,31 @@ way too. The plugin author's guide is docs/plugins.md.
 A hook implementation may accept any subset of a hook's arguments, by name. Implementations
 run in pluggy's order: `tryfirst` ones first, `trylast` ones last, otherwise the plugin registered
 last runs first (entry points in the order the installed distributions list them, then the
-`--plugin` modules in command-line order). The per-device hooks are called by the inspector one implementation at a time, so
-that a plugin that raises is contained; `hookwrapper`/`wrapper` implementations of them are
-refused at load. The built-in rules also carry a batch form of their per-device hooks
-(`passthrough_exporter.judging.batch`), asked once per refresh in their place in the order.
+`--plugin` modules in command-line order). The inspector calls every implementation on its own,
+so that a plugin that fails is contained; `hookwrapper`/`wrapper` implementations are refused at
+load.
 
 At start: `passthrough_addoption` (the plugin's command-line options), then
-`passthrough_configure` (their values). Per refresh: `passthrough_verdict` and
-`passthrough_affected` for every device, then `passthrough_findings` once. For reports:
+`passthrough_configure` (their values). Per refresh: each rule in one of two forms, per device
+(`passthrough_verdict` and `passthrough_affected`, asked for every device) or per refresh
+(`passthrough_verdicts` and `passthrough_affected_sets`, asked once for every device's answer,
+which the built-in rules use), then `passthrough_findings` once. For reports:
 `passthrough_checks` and `passthrough_report_header`.
 
-The per-refresh hooks are functions of the inventory, the facts derived from it and the options:
-`serve` asks them again only when a refresh reads the host differently from the last one (any
-device, attribute, holder or host fact). A refresh that reads the same host serves the answers
+The hooks asked on every refresh are functions of the inventory, the facts derived from it and the
+options: `serve` asks them again only when a refresh reads the host differently from the last one
+(any device, attribute, holder or host fact). A refresh that reads the same host serves the answers
 they gave it, without calling them.
+
+A plugin fails when its implementation raises (SystemExit from `sys.exit()` and any other
+BaseException included; only KeyboardInterrupt, the operator's, passes), answers something that
+is not the hook's answer, or raises while its answer is read. At start a failure stops the
+exporter with one line naming the plugin. Afterwards it is contained (all of it in
+`passthrough_exporter.judging.calls`): logged with the plugin's name and what it was asked about,
+counted as `plugin_error` once per failure (not once per device it concerns), its answer dropped
+where it failed while the other plugins still rule; each device it failed on carries the warning
+"plugin NAME failed on this device; its rule was skipped", so a failed deny rule never leaves a
+device looking cleanly eligible. Names or findings read from an iterator before it failed are kept.
 """
 
 from __future__ import annotations
@@ -75,7 +86,8 @@ def passthrough_configure(settings: Settings) -> None:
 def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings, facts: Facts) -> Verdict | None:
     """Rule on whether `device` can be handed to a VM.
 
-    Called once per device per refresh. Return a `Verdict` (`Verdict.allow(reason)` or
+    Called once per device per refresh (see `passthrough_verdicts` for the form asked once for
+    every device, and how the two combine). Return a `Verdict` (`Verdict.allow(reason)` or
     `Verdict.deny(reason)`, optionally with warnings) for devices your plugin has an opinion on,
     or None to abstain, or `Verdict.warn(warning)` to add a caveat without ruling. Every plugin is
     asked; the answers combine as follows: any deny makes the device not eligible and its reasons
@@ -94,13 +106,60 @@ def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings
 def passthrough_affected(device: Device, inventory: Inventory, settings: Settings, facts: Facts) -> Iterable[str] | None:
     """Name the devices that leave the host, or stop working, if `device` is handed to a VM.
 
-    Return an iterable of device names (or None when your plugin has nothing to add). The
-    answer for a device is the union over all plugins, without the device itself, sorted by name.
+    Called once per device per refresh (see `passthrough_affected_sets` for the form asked once
+    for every device). Return an iterable of device names (or None when your plugin has nothing to
+    add). The answer for a device is the union over all plugins, without the device itself, sorted
+    by name; names that are not devices of the inventory are dropped and counted as `plugin_error`.
     Built-in plugins contribute for their own types: the IOMMU group, descendants and SR-IOV
     virtual functions of a PCI function; the descendants of a USB or SCSI device.
 
     Use the inventory's indexes (`children`, `groups`, `descendants()`, `group_peers()`,
     `virtual_functions()`): the answer is computed for every device on every refresh.
+    """
+
+
+@hookspec
+def passthrough_verdicts(inventory: Inventory, settings: Settings, facts: Facts) -> Mapping[str, Verdict | None] | None:
+    """Rule on every device at once: the per-refresh form of `passthrough_verdict`.
+
+    Called once per refresh, with the arguments of `passthrough_verdict` but `device`. Return a
+    mapping from device name to what `passthrough_verdict` would answer for that device (a
+    `Verdict`, or None to abstain); a device the mapping leaves out abstains, and None abstains on
+    every device. Use this form when a call per device would cost more than the rule: at 20,000
+    devices it does, and the built-in rules are written this way. Implement one form of a rule,
+    not both: a plugin that implements both is asked both ways and its answers count twice.
+
+    The answers of both forms combine as `passthrough_verdict` says. They are taken in one order,
+    which is the order of a device's reasons and warnings: pluggy's three bands across both hooks
+    (every `tryfirst` implementation, then the plain ones, then the `trylast` ones) and, within a
+    band, the implementations of this hook (in pluggy's order) before those of
+    `passthrough_verdict` (in pluggy's order). The built-in type rules (PCI, USB, SCSI) are
+    `tryfirst`, so their reason leads; the site policy is `trylast`, so its word comes last.
+
+    The answer is checked as strictly as a per-device one, and a failure is contained as the
+    module says: an answer that is not a mapping, or that names a device the inventory does not
+    have (keyed by address instead of name, say), is refused whole and the plugin failed on every
+    device; a value that is not a well-formed `Verdict` (or None) fails on its device alone. Each
+    failure counts once, however many devices it concerns.
+    """
+
+
+@hookspec
+def passthrough_affected_sets(
+    inventory: Inventory, settings: Settings, facts: Facts
+) -> Mapping[str, Iterable[str] | None] | None:
+    """Name what goes along for every device at once: the per-refresh form of `passthrough_affected`.
+
+    Called once per refresh, with the arguments of `passthrough_affected` but `device`. Return a
+    mapping from device name to what `passthrough_affected` would answer for that device (an
+    iterable of device names, or None); a device the mapping leaves out gets nothing from the
+    plugin, and None adds nothing for any device. Devices that give the same answer can share one
+    `frozenset` (`facts.group_reach[group]`): it is kept by reference and checked once.
+
+    The answers of both forms are joined as `passthrough_affected` says, in the order
+    `passthrough_verdicts` gives (the union does not depend on it). The answer is checked as
+    `passthrough_verdicts`' is: not a mapping, or a name that is not a device, and the plugin
+    failed on every device; a value that is a string or not an iterable fails on its device alone.
     """
 
 

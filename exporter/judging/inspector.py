@@ -1,9 +1,9 @@
 """The inspector: loads rule plugins and turns an inventory into a judged snapshot.
 
-Each hook implementation is called on its own, in pluggy's order, so a plugin that raises or
-answers garbage is contained: its error is logged and counted, the others still rule, and the
-device carries a warning naming the plugin that failed. "Raises" includes SystemExit (a plugin's
-`sys.exit()` ends nothing) and any other BaseException but KeyboardInterrupt, the operator's.
+Each hook implementation is called on its own, in pluggy's order, through `calls`, so a plugin
+that raises or answers garbage is contained: its error is logged and counted, the others still
+rule, and each device it failed on carries a warning naming it. "Raises" includes SystemExit (a
+plugin's `sys.exit()` ends nothing) and any other BaseException but KeyboardInterrupt, the operator's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs, live
-from .batch import BATCH
+from .calls import FAILED, Impl, ask, ask_all, call, contain, implementations, one_line, refuse, short
 from .facts import Facts
 from ..model import KNOWN_TYPES, AffectedSet, Check, Finding, Inventory, Verdict
 from .options import configure
@@ -59,13 +59,13 @@ def make_plugin_manager(
             raise
         except BaseException as exc:
             raise ConfigError(
-                f"plugin {ep.name!r} ({ep.value}) failed to load: {_one_line(exc)}; "
+                f"plugin {ep.name!r} ({ep.value}) failed to load: {one_line(exc)}; "
                 f"skip it with --disable-plugin {ep.name}"
             ) from None
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     except (ValueError, pluggy.PluginValidationError) as exc:
-        raise ConfigError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r} is invalid: {_one_line(exc)}") from None
+        raise ConfigError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r} is invalid: {one_line(exc)}") from None
     for path in plugins:
         _register_module(pm, path)
     _refuse_wrappers(pm)
@@ -97,11 +97,11 @@ def _register_module(pm: pluggy.PluginManager, path: str) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        raise ConfigError(f"--plugin {path}: cannot import module: {_one_line(exc)}") from None
+        raise ConfigError(f"--plugin {path}: cannot import module: {one_line(exc)}") from None
     try:
         pm.register(module, name=path)
     except (ValueError, pluggy.PluginValidationError) as exc:
-        raise ConfigError(f"--plugin {path}: {_one_line(exc)}") from None
+        raise ConfigError(f"--plugin {path}: {one_line(exc)}") from None
     if not pm.get_hookcallers(module):  # most likely a wrong module path
         pm.unregister(module)
         raise ConfigError(f"--plugin {path}: the module has no @hookimpl passthrough_* functions")
@@ -118,11 +118,6 @@ def _refuse_wrappers(pm: pluggy.PluginManager) -> None:
                 plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
                 raise ConfigError(f"plugin {plugin}: {name} is a hook wrapper, which passthrough-exporter "
                                   f"does not support; implement the hook plainly (tryfirst/trylast set the order)")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def plugin_table(pm: pluggy.PluginManager) -> list[dict[str, str | None]]:
@@ -168,31 +163,22 @@ class Inspector:
         out: list[Check] = []
         # Contained like every hook: a plugin that fails here loses its lines (its findings still
         # show, under a check of their own), never the report.
-        for _, answer in _call_each(self._impls("passthrough_checks"), {"settings": self.settings}, Iterable,
-                                    Counter(), [], "the check list"):
-            out += [c for c in answer or () if isinstance(c, Check)]
+        uncounted: Counter[str] = Counter()
+        for impl in implementations(self.pm, "passthrough_checks"):
+            answer = ask(impl, {"settings": self.settings}, "the check list", uncounted, Iterable)
+            if answer is not None and answer is not FAILED:
+                contain(impl.plugin, "the check list", uncounted, _checks, answer, out)
         return out
 
     def report_header(self) -> list[str]:
         """What the plugins say about their configuration, for the `plugins` command."""
         out: list[str] = []
-        for plugin, function, argnames in self._impls("passthrough_report_header"):
-            try:
-                answer = function(*[{"settings": self.settings}[a] for a in argnames])
-                out += [answer] if isinstance(answer, str) else [str(line) for line in answer or ()]
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                log.exception("plugin %s failed telling its configuration", plugin)
+        uncounted: Counter[str] = Counter()
+        for impl in implementations(self.pm, "passthrough_report_header"):
+            answer = contain(impl.plugin, "its configuration", uncounted, call, impl, {"settings": self.settings})
+            if answer is not FAILED:
+                contain(impl.plugin, "its configuration", uncounted, _lines, answer, out)
         return out
-
-    def _impls(self, hook_name: str) -> list[tuple[str, Any, tuple[str, ...]]]:
-        """(plugin, function, argument names) in the order pluggy calls them: its list reversed."""
-        caller = getattr(self.pm.hook, hook_name)
-        return [
-            (self.pm.get_name(impl.plugin) or repr(impl.plugin), impl.function, tuple(impl.argnames))
-            for impl in reversed(caller.get_hookimpls())
-        ]
 
     def judge(
         self,
@@ -204,45 +190,46 @@ class Inspector:
         started = time.monotonic() if started is None else started
         errors: Counter[str] = Counter(inventory.errors)
         facts = Facts.of(inventory)
-        verdict_impls = self._impls("passthrough_verdict")
-        affected_impls = self._impls("passthrough_affected")
-        verdict_batches = _batches(verdict_impls, inventory, self.settings, facts)
-        affected_batches = _batches(affected_impls, inventory, self.settings, facts)
+        verdict_rules = self._rules(inventory, facts, errors, "passthrough_verdicts", "passthrough_verdict", Verdict)
+        affected_rules = self._rules(inventory, facts, errors, "passthrough_affected_sets", "passthrough_affected",
+                                     Iterable)
+        per_device = any(impl is not None for _, _, impl in verdict_rules + affected_rules)
         verdicts: dict[str, Verdict] = {}
         affected: dict[str, AffectedSet] = {}
         shared = _SharedSets(inventory, errors)
+        kwargs: dict[str, Any] = {}
         for dev in inventory:
-            kwargs = {"device": dev, "inventory": inventory, "settings": self.settings, "facts": facts}
+            name = dev.name
+            if per_device:  # only per-device implementations need them
+                kwargs = {"device": dev, "inventory": inventory, "settings": self.settings, "facts": facts}
             failed: list[str] = []
-            answers = [
-                v for _, v in _call_each(verdict_impls, kwargs, Verdict, errors, failed, dev.name, verdict_batches)
-                if v is not None
-            ]
+            answers: list[Verdict] = []
+            for plugin, by_name, impl in verdict_rules:
+                answer = by_name.get(name) if impl is None else ask(impl, kwargs, name, errors, Verdict)
+                if answer is FAILED:
+                    failed.append(plugin)
+                elif answer is not None:
+                    answers.append(answer)
             common: frozenset[str] = frozenset()
             own: set[str] = set()
-            for plugin, answer in _call_each(affected_impls, kwargs, Iterable, errors, failed, dev.name,
-                                             affected_batches):
+            for plugin, by_name, impl in affected_rules:
+                answer = by_name.get(name) if impl is None else ask(impl, kwargs, name, errors, Iterable)
                 if answer is None:
                     continue
-                if isinstance(answer, frozenset) and not common:
-                    common = shared.checked(answer, f"{dev.name} (plugin {plugin})")  # by reference, no copy
-                    continue
-                try:
-                    # Names read before an iterator fails are kept: over-reporting what goes along
-                    # is the safe side; the device still gets the failed-plugin warning.
-                    own.update(answer)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    log.exception("plugin %s failed while listing affected devices of %s", plugin, dev.name)
-                    errors["plugin_error"] += 1
+                if answer is FAILED:
+                    failed.append(plugin)
+                elif isinstance(answer, frozenset) and not common:
+                    common = shared.checked(answer, f"{name} (plugin {plugin})")  # by reference, no copy
+                # Names read before an iterator fails are kept: over-reporting what goes along is the
+                # safe side; the device still gets the failed-plugin warning.
+                elif contain(plugin, f"{name} (listing its affected devices)", errors, own.update, answer) is FAILED:
                     failed.append(plugin)
             if own:
-                own.discard(dev.name)
+                own.discard(name)
                 own.difference_update(common)
-                own = shared.known(own, dev.name)
-            verdicts[dev.name] = _combine(answers, failed)
-            affected[dev.name] = AffectedSet(dev.name, common, frozenset(own) if own else _NONE)
+                own = shared.known(own, name)
+            verdicts[name] = _combine(answers, failed)
+            affected[name] = AffectedSet(name, common, frozenset(own) if own else _NONE)
         findings = self._findings(inventory, verdicts, facts, errors)
         now = live.states(inventory, facts, verdicts, affected)
         counts = dict(errors)
@@ -262,27 +249,46 @@ class Inspector:
             duration=time.monotonic() - started,
         )
 
+    def _rules(self, inventory: Inventory, facts: Facts, errors: Counter[str], per_refresh: str, per_device: str,
+               expected: type) -> list[tuple[str, Mapping[str, Any], Impl | None]]:
+        """(plugin, answers by device name, None) for each per-refresh implementation, asked here
+        once; (plugin, {}, implementation) for each per-device one, asked device by device; in the
+        order their answers are taken (see hookspecs.passthrough_verdicts)."""
+        kwargs = {"inventory": inventory, "settings": self.settings, "facts": facts}
+        return [
+            (impl.plugin, ask_all(impl, kwargs, inventory.devices, errors, expected), None) if impl.hook == per_refresh
+            else (impl.plugin, {}, impl)
+            for impl in implementations(self.pm, per_refresh, per_device)
+        ]
+
     def _findings(self, inventory: Inventory, verdicts: dict[str, Verdict], facts: Facts,
                   errors: Counter[str]) -> tuple[Finding, ...]:
         kwargs = {"inventory": inventory, "settings": self.settings, "verdicts": MappingProxyType(verdicts),
                   "facts": facts}
         found: dict[tuple[str, str], Finding] = {}
-        for plugin, answer in _call_each(self._impls("passthrough_findings"), kwargs, Iterable, errors, [], "host"):
-            if answer is None:
-                continue
-            try:
-                for f in answer:
-                    if isinstance(f, Finding):
-                        found.setdefault((f.code, f.subject), f)
-                    else:
-                        log.warning("plugin %s returned a non-Finding: %r", plugin, f)
-                        errors["plugin_error"] += 1
-            except KeyboardInterrupt:
-                raise
-            except BaseException:  # an iterator that raises halfway through: keep what came before
-                log.exception("plugin %s failed while listing findings", plugin)
-                errors["plugin_error"] += 1
+        for impl in implementations(self.pm, "passthrough_findings"):
+            answer = ask(impl, kwargs, "host", errors, Iterable)
+            if answer is not None and answer is not FAILED:
+                # An iterator that raises halfway through: what came before is kept.
+                contain(impl.plugin, "host (listing its findings)", errors, _collect, impl.plugin, answer, found,
+                        errors)
         return tuple(sorted(found.values(), key=Finding.order))
+
+
+def _collect(plugin: str, answer: Iterable[Any], found: dict[tuple[str, str], Finding], errors: Counter[str]) -> None:
+    for f in answer:
+        if isinstance(f, Finding):
+            found.setdefault((f.code, f.subject), f)
+        else:
+            refuse(f"plugin {plugin} answered {short(f)} among its findings, not a Finding; dropped", errors)
+
+
+def _checks(answer: Iterable[Any], out: list[Check]) -> None:
+    out += [c for c in answer if isinstance(c, Check)]
+
+
+def _lines(answer: Any, out: list[str]) -> None:
+    out += [answer] if isinstance(answer, str) else [str(line) for line in answer or ()]
 
 
 _NONE: frozenset[str] = frozenset()
@@ -311,84 +317,9 @@ class _SharedSets:
         devices = self.inventory.devices
         unknown = [n for n in names if not isinstance(n, str) or n not in devices]
         if unknown:
-            log.warning("plugins named unknown affected devices for %s: %s", subject, unknown[:5])
-            self.errors["plugin_error"] += 1
+            refuse(f"plugins named unknown affected devices for {subject}: {unknown[:5]}", self.errors)
             names.difference_update(unknown)
         return {n for n in names if devices[n].type in KNOWN_TYPES}
-
-
-def _batches(impls: list[tuple[str, Any, tuple[str, ...]]], inventory: Inventory, settings: Any,
-             facts: Facts) -> list[Mapping[str, Any] | None]:
-    """Each implementation's answers for every device from its batch form (see `batch`), or None:
-    no batch form, or it failed, and the implementation is asked device by device."""
-    out: list[Mapping[str, Any] | None] = []
-    for plugin, function, _ in impls:
-        batch = getattr(function, BATCH, None)
-        answers = None
-        if batch is not None:
-            try:
-                answers = batch(inventory, settings, facts)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                log.exception("plugin %s failed answering for all devices at once; asking device by device", plugin)
-        out.append(answers)
-    return out
-
-
-def _call_each(
-    impls: list[tuple[str, Any, tuple[str, ...]]],
-    kwargs: dict[str, Any],
-    expected: type,
-    errors: Counter[str],
-    failed: list[str],
-    subject: str,
-    batches: list[Mapping[str, Any] | None] | None = None,
-) -> list[tuple[str, Any]]:
-    """(plugin, answer) for each implementation that answered None or a well-formed `expected`.
-
-    Called for every device and hook: arguments go positionally, in the order pluggy read them
-    from the implementation's signature (no dict per call). `batches`, aligned with `impls`:
-    the answers of the implementations that gave them all at once, by device name (`subject`).
-    """
-    out = []
-    for i, (plugin, function, argnames) in enumerate(impls):
-        if batches is not None and (answers := batches[i]) is not None:
-            out.append((plugin, answers.get(subject)))
-            continue
-        try:
-            result = function(*[kwargs[a] for a in argnames])
-        except KeyboardInterrupt:
-            raise
-        except BaseException:
-            log.exception("plugin %s failed on %s", plugin, subject)
-            errors["plugin_error"] += 1
-            failed.append(plugin)
-            continue
-        if result is not None and not _well_formed(result, expected):
-            log.warning("plugin %s answered %r for %s; ignored", plugin, _short(result), subject)
-            errors["plugin_error"] += 1
-            failed.append(plugin)
-            continue
-        out.append((plugin, result))
-    return out
-
-
-def _well_formed(result: Any, expected: type) -> bool:
-    if isinstance(result, (str, bytes)) or not isinstance(result, expected):
-        return False
-    if isinstance(result, Verdict):  # a hand-built Verdict can still hold garbage
-        return (
-            (result.eligible is None or isinstance(result.eligible, bool))
-            and all(isinstance(t, tuple) and all(isinstance(x, str) for x in t)
-                    for t in (result.reasons, result.warnings))
-        )
-    return True
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _combine(answers: list[Verdict], failed: list[str]) -> Verdict:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pluggy
 
+from .calls import at_start, implementations
 from ..settings import ConfigError, Settings
 
 
@@ -33,13 +34,9 @@ class OptionParser:
 def add_plugin_options(pm: pluggy.PluginManager, parser: argparse.ArgumentParser) -> list[str]:
     """Every loaded plugin's options added to `parser`, each plugin in a group of its own; their dests."""
     dests: list[str] = []
-    for impl in reversed(pm.hook.passthrough_addoption.get_hookimpls()):  # pluggy's call order
-        name = pm.get_name(impl.plugin) or repr(impl.plugin)
-        options = OptionParser(parser, name)
-        try:
-            impl.function(parser=options) if "parser" in impl.argnames else impl.function()
-        except argparse.ArgumentError as exc:
-            raise ConfigError(f"plugin {name}: cannot add its options: {exc}") from None
+    for impl in implementations(pm, "passthrough_addoption"):
+        options = OptionParser(parser, impl.plugin)
+        at_start(impl, {"parser": options}, "add its options")  # a clash with another option included
         dests += options.dests
     return dests
 
@@ -68,12 +65,6 @@ def configure(
     values.update((k, v) for k, v in given.items() if k in values)
     settings = Settings(options=MappingProxyType(values), plugins=tuple(plugins),
                         disabled_plugins=tuple(disabled_plugins))
-    for impl in reversed(pm.hook.passthrough_configure.get_hookimpls()):
-        name = pm.get_name(impl.plugin) or repr(impl.plugin)
-        try:
-            impl.function(settings=settings) if "settings" in impl.argnames else impl.function()
-        except (ConfigError, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # SystemExit too: a plugin does not end the exporter
-            raise ConfigError(f"plugin {name} failed to configure: {type(exc).__name__}: {exc}") from None
+    for impl in implementations(pm, "passthrough_configure"):
+        at_start(impl, {"settings": settings}, "configure")
     return settings

@@ -9,8 +9,7 @@ plugin abstains and reports nothing.
 from __future__ import annotations
 
 from ... import hookimpl
-from ...judging.batch import batched
-from ...model import Check, Device, Finding, Inventory, Verdict
+from ...model import Check, Finding, Inventory, Verdict
 from ...judging.options import OptionParser
 from ...settings import Settings
 from .expect import CHECK, findings
@@ -34,19 +33,13 @@ def passthrough_configure(settings: Settings) -> None:
     settings.stash[POLICY] = load(path) if path else None
 
 
-def _verdicts(inventory: Inventory, settings: Settings, facts: object) -> dict[str, Verdict | None]:
-    policy: Policy | None = settings.stash.get(POLICY)
-    return {} if policy is None else {d.name: policy.verdict(d, inventory) for d in inventory}
-
-
 # trylast: the site's word comes after every built-in rule's, in the reasons too.
 @hookimpl(trylast=True)
-@batched(_verdicts)
-def passthrough_verdict(device: Device, inventory: Inventory, settings: Settings) -> Verdict | None:
+def passthrough_verdicts(inventory: Inventory, settings: Settings) -> dict[str, Verdict | None] | None:
     policy: Policy | None = settings.stash.get(POLICY)
     if policy is None:
         return None
-    return policy.verdict(device, inventory)
+    return {d.name: policy.verdict(d, inventory) for d in inventory}
 
 
 @hookimpl
