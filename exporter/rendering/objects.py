@@ -6,10 +6,12 @@ refresh (`rendered`), and the CLI writes them as it goes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..judging.snapshot import Snapshot
 from ..model import AffectedSet, Device, Verdict
+
+if TYPE_CHECKING:  # the server imports this module (through `rendered`), and no judging but the query
+    from ..judging.snapshot import Snapshot
 
 
 def device_object(snap: Snapshot, name: str, full: bool = False) -> dict[str, Any]:
