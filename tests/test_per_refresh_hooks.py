@@ -344,3 +344,127 @@ def test_garbage_that_cannot_even_be_shown_is_contained(inventory, caplog):
     snap = judge(inventory, Answers(verdicts=lambda inv: {GPU: Unprintable()}))
     assert FAILED in snap.verdicts[GPU].warnings and snap.errors["plugin_error"] == 1
     assert "<Unprintable that cannot be shown>" in caplog.text
+
+
+# --- a failed rule never leaves a device available ---------------------------------------------
+
+CANNOT_TELL = "plugin site failed on this device: cannot tell whether it can be handed out"
+
+
+class FailsOnTheGpu:
+    @hookimpl
+    def passthrough_verdict(self, device):
+        if device.name == GPU:
+            raise RuntimeError("rule pack bug")
+        return None
+
+
+def test_a_device_a_plugin_failed_on_is_blocked_not_available(inventory):
+    """The skipped rule might have denied it, or named a device that goes with it and is in use:
+    "available" is what a scheduler trusts, so it is not said where a rule could not be asked."""
+    plain = judge(inventory)
+    free = sorted(n for n, s in plain.states.items() if s == "available")
+    # The fixture: IOMMU on, nothing in use, `/` unknown (no mountinfo), so the stick and the xHCI above
+    # it may hold it; the GPU with its audio function and the mouse are free.
+    assert free == sorted([GPU, AUDIO, MOUSE])
+    one = judge(inventory, FailsOnTheGpu())
+    assert one.states[GPU] == "blocked" and one.blocked_by[GPU] == CANNOT_TELL
+    assert one.verdicts[GPU].eligible and FAILED in one.verdicts[GPU].warnings  # what the others said stays
+    assert {n: s for n, s in one.states.items() if n != GPU} == {n: s for n, s in plain.states.items() if n != GPU}
+    every = judge(inventory, Answers(verdicts=_raise))  # a per-refresh rule fails for every device at once
+    assert sorted(n for n, s in every.states.items() if s == "available") == []
+    assert {every.blocked_by[n] for n in free} == {CANNOT_TELL}
+
+
+def test_a_failed_built_in_deny_leaves_the_root_disk_blocked(tree, monkeypatch):
+    """The NVMe that holds `/` is denied by the safety rule; with that rule failing, the PCI rule alone
+    calls it eligible, and it must still not read as free."""
+    from passthrough_exporter.plugins import safety
+
+    hosts.base(tree)
+    hosts.nvme_lvm_root(tree)
+    inventory = SysfsSource(str(tree.sys), str(tree.proc)).read()
+    nvme = "pci_0000_3d_00_0"
+    assert judge(inventory).states[nvme] == "ineligible"
+
+    def broken(inventory):
+        raise RuntimeError("rule pack bug")
+
+    monkeypatch.setattr(safety, "passthrough_verdicts", hookimpl(broken))
+    snap = Inspector().judge(inventory)
+    assert snap.verdicts[nvme].eligible  # the PCI rule allows it, with the failed-plugin warning
+    assert snap.states[nvme] == "blocked"
+    assert snap.blocked_by[nvme] == ("plugin safety failed on this device: cannot tell whether it can be "
+                                     "handed out")
+    assert snap.errors["plugin_error"] == 1
+
+
+# --- answers that would run plugin code after their check ---------------------------------------
+
+
+class ChangesOnSecondRead(Mapping):
+    """A deny for the GPU when checked, garbage when read again."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def __getitem__(self, name):
+        self.reads += 1
+        return Verdict.deny(NVIDIA_DENY) if self.reads == 1 else "garbage"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([GPU])
+
+    def __len__(self) -> int:
+        return 1
+
+
+class RaisingKey:
+    """Equal in hash to the GPU's name; comparing it raises."""
+
+    def __hash__(self):
+        return hash(GPU)
+
+    def __eq__(self, other):
+        raise RuntimeError("compared")
+
+
+class ComputedVerdict(Verdict):
+    """Eligible when checked, ineligible when combined."""
+
+    __slots__ = ()
+
+
+class Hiding(frozenset):
+    """Holds the audio function, lists nothing: kept by reference, it would hide what goes along."""
+
+    def __iter__(self):
+        return iter(())
+
+
+def test_a_mapping_is_read_once_inside_the_containment(inventory):
+    snap = judge(inventory, Answers(verdicts=lambda inv: ChangesOnSecondRead()))
+    assert not snap.verdicts[GPU].eligible and snap.verdicts[GPU].reasons == (NVIDIA_DENY,)
+    assert FAILED not in snap.verdicts[GPU].warnings
+    assert "plugin_error" not in snap.errors
+
+
+def test_keys_that_are_not_plain_names_are_refused_whole(inventory, caplog):
+    snap = judge(inventory, Answers(verdicts=lambda inv: {RaisingKey(): Verdict.deny(NVIDIA_DENY)}))
+    assert FAILED in snap.verdicts[GPU].warnings and snap.verdicts[GPU].eligible  # refused, not crashed
+    assert snap.errors["plugin_error"] == 1
+    assert "its whole answer ignored" in caplog.text
+
+
+def test_a_verdict_subclass_is_refused_for_its_device(inventory):
+    snap = judge(inventory, Answers(verdicts=lambda inv: {GPU: ComputedVerdict(False, (NVIDIA_DENY,))}))
+    assert FAILED in snap.verdicts[GPU].warnings and NVIDIA_DENY not in snap.verdicts[GPU].reasons
+    assert snap.errors["plugin_error"] == 1
+
+
+def test_a_frozenset_subclass_takes_no_shared_slot(inventory):
+    """Per-refresh answers of a plain plugin come before the PCI rule's group set: a set of the
+    plugin's own kind is iterated like any answer, never kept in its place."""
+    snap = judge(inventory, Answers(affected=lambda inv: {GPU: Hiding({AUDIO})}))
+    assert AUDIO in snap.affected[GPU].names()
+    assert "plugin_error" not in snap.errors

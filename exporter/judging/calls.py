@@ -95,9 +95,14 @@ def refuse(message: str, errors: Counter[str]) -> Any:
 
 
 def ask(impl: Impl, kwargs: Mapping[str, Any], subject: str, errors: Counter[str], expected: type) -> Any:
-    """One implementation's answer for `subject`: None, a well-formed `expected`, or FAILED."""
-    answer = contain(impl.plugin, subject, errors, call, impl, kwargs)
-    if answer is None or answer is FAILED or well_formed(answer, expected):
+    """One implementation's answer for `subject`: None, a well-formed `expected`, or FAILED. The
+    answer is checked inside the containment too: checking it can run plugin code (a subclass)."""
+    return contain(impl.plugin, subject, errors, _answer, impl, kwargs, subject, errors, expected)
+
+
+def _answer(impl: Impl, kwargs: Mapping[str, Any], subject: str, errors: Counter[str], expected: type) -> Any:
+    answer = call(impl, kwargs)
+    if answer is None or well_formed(answer, expected):
         return answer
     return refuse(f"plugin {impl.plugin} answered {short(answer)} for {subject}; ignored", errors)
 
@@ -123,20 +128,23 @@ def ask_all(impl: Impl, kwargs: Mapping[str, Any], devices: Mapping[str, object]
 
 def _checked(impl: Impl, subject: str, answers: Any, devices: Mapping[str, object], errors: Counter[str],
              expected: type) -> Mapping[str, Any]:
+    """The answers as a plain dict read once (a Mapping of the plugin's own runs its code here, inside
+    the containment, never later), keyed by exact `str` names of devices the host has."""
     plugin = impl.plugin
     if not isinstance(answers, Mapping):
         return refuse(f"plugin {plugin} answered {short(answers)} for {subject}, not a mapping of device names; "
                       "ignored", errors)
-    unknown = [] if answers.keys() <= devices.keys() else [n for n in answers if n not in devices]
-    if unknown:
-        return refuse(f"plugin {plugin} named {len(unknown)} device(s) this host does not have for {subject} "
-                      f"({short(unknown[:5])}); its whole answer ignored", errors)
-    bad = [name for name, answer in answers.items() if answer is not None and not well_formed(answer, expected)]
-    if not bad and type(answers) is dict:
-        return answers  # the common case: kept as it is, no copy
-    out = dict(answers)  # a plain dict: the inspector reads it once per device
+    out = answers if type(answers) is dict else dict(answers.items())
+    names = out.keys()
+    # The type first: comparing anything but a str with the host's names could run the plugin's code.
+    if not all(type(n) is str for n in names) or not names <= devices.keys():
+        unknown = [n for n in names if type(n) is not str or n not in devices][:5]
+        return refuse(f"plugin {plugin} named device(s) this host does not have for {subject} "
+                      f"({short(unknown)}); its whole answer ignored", errors)
+    bad = [name for name, answer in out.items() if answer is not None and not well_formed(answer, expected)]
     if bad:
-        refuse(f"plugin {plugin} answered {short(answers[bad[0]])} for {bad[0]}" +
+        out = dict(out)  # not the plugin's own dict: it may keep it
+        refuse(f"plugin {plugin} answered {short(out[bad[0]])} for {bad[0]}" +
                (f" and garbage for {len(bad) - 1} other device(s)" if len(bad) > 1 else "") +
                f" ({impl.hook}); ignored for those devices", errors)
         out.update(dict.fromkeys(bad, FAILED))
@@ -172,10 +180,11 @@ def at_start(impl: Impl, kwargs: Mapping[str, Any], doing: str) -> Any:
 
 
 def well_formed(answer: Any, expected: type) -> bool:
-    """`answer` is an `expected`; a str is no iterable of names, and a Verdict holds a bool or
-    None and tuples of strings (a hand-built one can hold anything)."""
+    """`answer` is an `expected` that runs no plugin code when it is read later: a Verdict of exactly
+    that type holding a bool or None and tuples of `str` (a subclass could compute its fields on
+    every read); an iterable of names that is not a str."""
     if expected is Verdict:  # every device's verdict from every rule: kept to plain checks
-        if not isinstance(answer, Verdict):
+        if type(answer) is not Verdict:
             return False
         eligible = answer.eligible
         return (eligible is None or eligible is True or eligible is False) and _strings(answer.reasons) \
@@ -189,10 +198,10 @@ _ITERABLES = {frozenset, set, tuple, list}  # what rules answer most: no isinsta
 
 
 def _strings(value: Any) -> bool:
-    if not isinstance(value, tuple):
+    if type(value) is not tuple:
         return False
     for item in value:  # a loop, not all(...): this runs for every verdict of every device
-        if not isinstance(item, str):
+        if type(item) is not str:
             return False
     return True
 

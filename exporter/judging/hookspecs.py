@@ -31,8 +31,11 @@ exporter with one line naming the plugin. Afterwards it is contained (all of it 
 `passthrough_exporter.judging.calls`): logged with the plugin's name and what it was asked about,
 counted as `plugin_error` once per failure (not once per device it concerns), its answer dropped
 where it failed while the other plugins still rule; each device it failed on carries the warning
-"plugin NAME failed on this device; its rule was skipped", so a failed deny rule never leaves a
-device looking cleanly eligible. Names or findings read from an iterator before it failed are kept.
+"plugin NAME failed on this device; its rule was skipped", and is never "available" (it is
+blocked, "plugin NAME failed on this device: cannot tell whether it can be handed out"): the skipped
+rule might have denied it. Names or findings read from an iterator before it failed are kept. An
+answer is read once, inside the containment, and kept only in the exact built-in types (`Verdict`,
+`str`, `tuple`, `frozenset`), so no plugin code runs after its check.
 """
 
 from __future__ import annotations

@@ -197,6 +197,7 @@ class Inspector:
         verdicts: dict[str, Verdict] = {}
         affected: dict[str, AffectedSet] = {}
         shared = _SharedSets(inventory, errors)
+        failures: dict[str, tuple[str, ...]] = {}  # device -> the plugins that failed on it
         kwargs: dict[str, Any] = {}
         for dev in inventory:
             name = dev.name
@@ -218,20 +219,26 @@ class Inspector:
                     continue
                 if answer is FAILED:
                     failed.append(plugin)
-                elif isinstance(answer, frozenset) and not common:
-                    common = shared.checked(answer, f"{name} (plugin {plugin})")  # by reference, no copy
+                elif type(answer) is frozenset and not common:  # by reference, no copy; checked once a set
+                    common = contain(plugin, f"{name} (listing its affected devices)", errors, shared.checked,
+                                     answer, f"{name} (plugin {plugin})")
+                    if common is FAILED:
+                        common = _NONE
+                        failed.append(plugin)
                 # Names read before an iterator fails are kept: over-reporting what goes along is the
                 # safe side; the device still gets the failed-plugin warning.
                 elif contain(plugin, f"{name} (listing its affected devices)", errors, own.update, answer) is FAILED:
                     failed.append(plugin)
             if own:
+                own = shared.known(own, name)  # first: only exact names of devices are compared below
                 own.discard(name)
                 own.difference_update(common)
-                own = shared.known(own, name)
+            if failed:
+                failures[name] = tuple(dict.fromkeys(failed))
             verdicts[name] = _combine(answers, failed)
             affected[name] = AffectedSet(name, common, frozenset(own) if own else _NONE)
         findings = self._findings(inventory, verdicts, facts, errors)
-        now = live.states(inventory, facts, verdicts, affected)
+        now = live.states(inventory, facts, verdicts, affected, failures)
         counts = dict(errors)
         return Snapshot(
             inventory=inventory,
@@ -277,14 +284,14 @@ class Inspector:
 
 def _collect(plugin: str, answer: Iterable[Any], found: dict[tuple[str, str], Finding], errors: Counter[str]) -> None:
     for f in answer:
-        if isinstance(f, Finding):
+        if type(f) is Finding:  # a subclass could compute its fields on every read
             found.setdefault((f.code, f.subject), f)
         else:
             refuse(f"plugin {plugin} answered {short(f)} among its findings, not a Finding; dropped", errors)
 
 
 def _checks(answer: Iterable[Any], out: list[Check]) -> None:
-    out += [c for c in answer if isinstance(c, Check)]
+    out += [c for c in answer if type(c) is Check]
 
 
 def _lines(answer: Any, out: list[str]) -> None:
@@ -315,11 +322,12 @@ class _SharedSets:
         """`names` without unknown ones (counted) and without libvirt-only kinds (silently: they are
         views of a device already counted, and would make the same host's answers differ by source)."""
         devices = self.inventory.devices
-        unknown = [n for n in names if not isinstance(n, str) or n not in devices]
-        if unknown:
-            refuse(f"plugins named unknown affected devices for {subject}: {unknown[:5]}", self.errors)
-            names.difference_update(unknown)
-        return {n for n in names if devices[n].type in KNOWN_TYPES}
+        # type(n) is str first: a str subclass, or any object, would run its own hash and eq here.
+        known = {n for n in names if type(n) is str and n in devices}
+        if len(known) < len(names):
+            unknown = [n for n in names if type(n) is not str or n not in devices][:5]
+            refuse(f"plugins named unknown affected devices for {subject}: {short(unknown)}", self.errors)
+        return {n for n in known if devices[n].type in KNOWN_TYPES}
 
 
 def _combine(answers: list[Verdict], failed: list[str]) -> Verdict:

@@ -47,7 +47,10 @@ def host_blocker(inventory: Inventory, facts: Facts) -> str | None:
 
 
 def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
-           affected: Mapping[str, AffectedSet]) -> Live:
+           affected: Mapping[str, AffectedSet], failed: Mapping[str, tuple[str, ...]] | None = None) -> Live:
+    """Each device's state; `failed`: the plugins that failed on a device (its rule skipped there), so
+    that device is never "available": what the skipped rule would have said cannot be told."""
+    failed = failed or {}
     busy = set(facts.in_use)
     busy.update(d.name for d in inventory if d.assigned_to)
     # Mediated devices carved out of a function: libvirt lists them as children, sysfs per type.
@@ -73,7 +76,10 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             continue
         reason = None
         along = affected[name]
-        if dev.type == "pci" and no_vfio is not None:
+        if name in failed:
+            reason = (f"plugin {', '.join(failed[name])} failed on this device: cannot tell whether it can be "
+                      "handed out")
+        elif dev.type == "pci" and no_vfio is not None:
             reason = no_vfio
         elif dev.type == "pci" and dev.iommu_group is None:
             reason = "no IOMMU group: the IOMMU does not cover it, so VFIO cannot assign it"
