@@ -21,7 +21,7 @@ def check(tree, *args):
 
 
 def status_lines(text):
-    return dict(re.findall(r"^(\S.*?)\s+: (PASS|WARN|FAIL)$", text, re.M))
+    return dict(re.findall(r"^(\S.*?)\s+: (PASS|WARN|UNKNOWN|FAIL)$", text, re.M))
 
 
 def test_clean_host_passes_with_exit_0(tree):
@@ -193,3 +193,40 @@ def test_findings_of_other_plugins_get_their_own_check_and_see_verdicts(tree):
     text = chk.render_text(snap, results)
     assert "warning policy_gpu_unassigned [pci_0000_00_19_0]: 1 eligible" in text
     assert "fix:" not in text  # no hint known for a foreign code
+
+
+def test_a_plugin_that_failed_makes_the_report_unknown_not_pass(tree):
+    """The safety plugin's findings hook failing on a host with the ACS override: its line would read
+    PASS, as if nothing were wrong; the report says a rule is missing and exits 3 (UNKNOWN)."""
+    from passthrough_exporter import hookimpl
+    from passthrough_exporter.judging.inspector import Inspector
+    from passthrough_exporter.plugins import safety
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
+    from passthrough_exporter.rendering import check as chk
+
+    hosts.clean_host(tree)
+    tree.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 intel_iommu=on pcie_acs_override=downstream")
+    inventory = SysfsSource(str(tree.sys), str(tree.proc)).read()
+    inspector = Inspector()
+    found = chk.run_checks(inspector.judge(inventory), inspector.checks())
+    assert dict((r.title, r.status) for r in found)["No ACS override on the kernel command line"] == "FAIL"
+
+    def broken(inventory):
+        raise RuntimeError("rule pack bug")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(safety, "passthrough_findings", hookimpl(broken))
+        inspector = Inspector()
+        snap = inspector.judge(inventory)
+    results = chk.run_checks(snap, inspector.checks())
+    status = {r.title: r.status for r in results}
+    assert status["No ACS override on the kernel command line"] == "PASS"  # nothing found: the rule did not run
+    assert list(status)[-1] == chk.PLUGINS_RAN and status[chk.PLUGINS_RAN] == "UNKNOWN"
+    assert chk.exit_code(results) == 3
+    text = chk.render_text(snap, results)
+    assert ("Every rule plugin ran" in text and "1 plugin failure(s) while judging (see the log): what a failed "
+            "rule would have found is not in this report" in text)
+    assert chk.render_json(snap, results)["status"] == "UNKNOWN"
+    # A failure found outranks what could not be told: FAIL, exit 2.
+    failing = [*results, chk.CheckResult("x", "FAIL", ())]
+    assert chk.exit_code(failing) == 2

@@ -3,12 +3,13 @@
 The plugins name the checks (`passthrough_checks`: a title and the finding codes it covers) and
 give each finding its fix; this module knows no code. A check's status is the worst severity
 among its findings (critical -> FAIL, warning -> WARN, info or nothing -> PASS). Codes no check
-claims go under a last check of their own, so nothing a plugin reports is lost.
+claims go under a last check of their own, so nothing a plugin reports is lost; a plugin that failed
+while judging adds a last line UNKNOWN, so a report with a rule missing never reads as a clean PASS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,21 +18,28 @@ from ..model import Check, Finding
 from ..textsafe import visible
 
 STATUS_BY_SEVERITY = {"critical": "FAIL", "warning": "WARN", "info": "PASS"}
-EXIT_CODES = {"PASS": 0, "WARN": 1, "FAIL": 2}
+# Worst last: a failure found outranks what could not be told, which outranks a warning.
+STATUSES = ("PASS", "WARN", "UNKNOWN", "FAIL")
+EXIT_CODES = {"PASS": 0, "WARN": 1, "FAIL": 2, "UNKNOWN": 3}  # the monitoring-plugin convention
 INFO_SHOWN = 5  # info findings printed per check; more are counted (a big host has many groups)
 OTHER = "Findings of other plugins"
+PLUGINS_RAN = "Every rule plugin ran"
 
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     title: str
-    status: str  # PASS | WARN | FAIL
+    status: str  # PASS | WARN | UNKNOWN | FAIL
     findings: tuple[Finding, ...]
+    note: str = ""  # why the status, when no finding says it
 
 
 def _status(findings: tuple[Finding, ...]) -> str:
-    worst = max((EXIT_CODES[STATUS_BY_SEVERITY[f.severity]] for f in findings), default=0)
-    return next(s for s, code in EXIT_CODES.items() if code == worst)
+    return _worst(STATUS_BY_SEVERITY[f.severity] for f in findings)
+
+
+def _worst(statuses: Iterable[str]) -> str:
+    return max(statuses, key=STATUSES.index, default="PASS")
 
 
 def run_checks(snapshot: Snapshot, checks: Sequence[Check]) -> list[CheckResult]:
@@ -43,12 +51,17 @@ def run_checks(snapshot: Snapshot, checks: Sequence[Check]) -> list[CheckResult]
     other = tuple(f for f in snapshot.findings if f.code not in known)
     if other:
         results.append(CheckResult(OTHER, _status(other), other))
+    # A plugin that failed reported nothing where it failed: its checks' PASS cannot be trusted.
+    failed = snapshot.errors.get("plugin_error", 0)
+    if failed:
+        results.append(CheckResult(PLUGINS_RAN, "UNKNOWN", (), f"{failed} plugin failure(s) while judging "
+                                   "(see the log): what a failed rule would have found is not in this report"))
     return results
 
 
 def exit_code(results: list[CheckResult]) -> int:
-    """0 when every check passes, 1 with warnings, 2 with failures."""
-    return max((EXIT_CODES[r.status] for r in results), default=0)
+    """0 when every check passes, 1 with warnings, 3 when a plugin failed, 2 with failures."""
+    return EXIT_CODES[_worst(r.status for r in results)]
 
 
 def _notes(snapshot: Snapshot) -> list[str]:
@@ -74,6 +87,8 @@ def render_text(snapshot: Snapshot, results: list[CheckResult]) -> str:
             lines.append(f"    {f.severity} {f.code} [{f.subject}]: {f.message}")
         if len(infos) > INFO_SHOWN:
             lines.append(f"    ... and {len(infos) - INFO_SHOWN} more info findings (see --json)")
+        if r.note:
+            lines.append(f"    {r.note}")
         for hint in dict.fromkeys(f.fix for f in r.findings if f.severity != "info" and f.fix):
             lines.append(f"    fix: {hint}")
     lines += [f"note: {n}" for n in _notes(snapshot)]
@@ -84,9 +99,10 @@ def render_text(snapshot: Snapshot, results: list[CheckResult]) -> str:
 def render_json(snapshot: Snapshot, results: list[CheckResult]) -> dict[str, Any]:
     inv = snapshot.inventory
     return {
-        "status": next(s for s, c in EXIT_CODES.items() if c == exit_code(results)),
+        "status": _worst(r.status for r in results),
         "checks": [
             {"check": r.title, "status": r.status, "findings": [f.to_json() for f in r.findings]}
+            | ({"note": r.note} if r.note else {})
             for r in results
         ],
         "root_devices": None if inv.host.root_devices is None else list(inv.host.root_devices),
