@@ -5,10 +5,11 @@ its own, started under a 1024 open-file limit as systemd gives a service. The cl
 the hostile requests, measures how long a connection that trickles its headers is kept, opens
 1,100 trickling connections and times a scrape beside them, and runs 64 keep-alive clients.
 
-    python -m benchmarks.http_servers --body /tmp/m5k.prom [--candidates stdlib,aiohttp,...]
-        [--host /dev/shm/passthrough-bench/host-5000-s7-v1]
-    (the body: passthrough-exporter textfile /tmp/m5k.prom on a generated 5,000-device host; with
-    --host, the candidate passthrough-exporter is the product itself serving that host)
+    python -m benchmarks.http_servers --body BODY.prom [--candidates stdlib,aiohttp,...]
+        [--host /dev/shm/passthrough-bench/host-5000-s7-v1] [--log-dir DIR]
+    (the body: passthrough-exporter textfile BODY.prom on a generated 5,000-device host; with
+    --host, the candidate passthrough-exporter is the product itself serving that host; each
+    candidate's stderr goes to DIR/http-servers-NAME.log, DIR the system's temporary folder unless given)
 
 Needs the candidates installed (pip install aiohttp uvicorn h11 hypercorn cheroot). Every
 candidate runs with its defaults plus what its documentation offers against slow clients.
@@ -25,6 +26,7 @@ import resource
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -226,10 +228,11 @@ def load(port: int, seconds: float = 10, clients: int = 64) -> str:
     return f"{len(lat) / seconds:.0f}/s p50 {p(0.5):.1f} ms p99 {p(0.99):.1f} ms errors {errors[0]}"
 
 
-def measure(name: str, body: str, seconds: float, host: str | None = None) -> dict[str, str]:
+def measure(name: str, body: str, seconds: float, host: str | None = None,
+            log_dir: str | None = None) -> dict[str, str]:
     port = free_port()
     # A file, not a pipe: a server logging every failed accept would fill a pipe and stall.
-    log = open(f"/tmp/http-servers-{name}.log", "wb")
+    log = open(os.path.join(log_dir or tempfile.gettempdir(), f"http-servers-{name}.log"), "wb")
     if name == EXPORTER:
         exe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", EXPORTER)
         cmd = [exe, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", f"{host}/sys",
@@ -267,13 +270,14 @@ def main() -> None:
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--host", help="a generated host for the passthrough-exporter candidate")
+    ap.add_argument("--log-dir", help="where each candidate's stderr is written (default: the temporary folder)")
     args = ap.parse_args()
     if args.serve:
         run_server(args.serve, args.port, args.body)
         return
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     for name in args.candidates.split(","):
-        measure(name, args.body, args.seconds, args.host)
+        measure(name, args.body, args.seconds, args.host, args.log_dir)
 
 
 if __name__ == "__main__":

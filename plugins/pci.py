@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 from .. import hookimpl
 from ..judging.facts import Facts
-from ..model import Check, Device, Finding, Inventory, Verdict
 from ..judging.options import OptionParser
-from ..settings import ConfigError, Settings
+from ..model import Check, Device, Finding, Inventory, Verdict
 from ..reading.sysfs.attrs import BadAttribute, hex_id
+from ..settings import ConfigError, Settings
 
 # Bridges and other infrastructure (0x06), memory controllers (0x05), processors (0x0b):
 # passing them cannot work and can take the host down with them.

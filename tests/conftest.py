@@ -1,11 +1,12 @@
 """Fixtures several test modules use: a fixture tree and the desktop host in it, the captured trees
-beside the checkout, that host refreshed in this process, and the real server started on 127.0.0.1.
-The helpers they are made of are in tests/support."""
+beside the checkout, that host refreshed in this process, the real server started on 127.0.0.1, and
+a self-signed certificate for it. The helpers they are made of are in tests/support."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +71,17 @@ def refresher(host: SysfsTree) -> Refresher:
     r = local_refresher(SysfsSource(str(host.sys), str(host.proc)), inspector(), interval=3600)
     r.refresh()
     return r
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with `server.crt` and `server.key`: a self-signed certificate for 127.0.0.1 (CN
+    localhost), made once per run."""
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "server.key"),
+                    "-out", str(d / "server.crt")], check=True, capture_output=True, timeout=60)
+    return d
 
 
 @pytest.fixture

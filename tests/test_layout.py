@@ -1,9 +1,10 @@
 """The package's shape: imports run down through the layers, form no cycle, stay relative, and reach
-no private names."""
+no private names; pyproject.toml lists every package."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,9 +156,25 @@ def test_imports_run_only_down_through_the_layers():
 
 
 def test_every_layer_says_what_it_holds_and_what_it_may_import():
-    for name in LAYERS[1:]:
-        doc = ast.get_docstring(ast.parse((ROOT / "exporter" / name / "__init__.py").read_text())) or ""
-        assert "May import" in doc, name
+    for folder in [*(ROOT / "exporter" / name for name in LAYERS[1:]), ROOT / "plugins"]:
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        assert "May import" in doc, folder.name
+
+
+def packages() -> list[str]:
+    """Every folder of the two roots that holds an __init__.py, by import name."""
+    return sorted(".".join([package, *init.parent.relative_to(folder).parts])
+                  for folder, package in FOLDERS.items() for init in folder.rglob("__init__.py"))
+
+
+def test_pyproject_lists_every_package():
+    """An editable install finds a package pyproject.toml leaves out (it imports from the folders);
+    a wheel would not hold it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {ROOT / folder: package for package, folder in setuptools["package-dir"].items()} == FOLDERS
+    assert "passthrough_exporter.plugins.policy" in packages()  # subpackages are found
+    listed = sorted(setuptools["packages"])
+    assert listed == packages(), (set(packages()) - set(listed), set(listed) - set(packages()))  # unlisted, unknown
 
 
 def test_the_checker_finds_a_cycle():

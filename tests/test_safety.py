@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from passthrough_exporter.judging.facts import Facts, group_layout_hash
+from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.plugins.safety import CODES
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from tests.support import hosts
@@ -252,15 +253,35 @@ def test_group_layout_hash_is_stable_and_follows_regrouping(tmp_path):
     assert layout_id == int(group_layout_hash(a), 16) and float(layout_id) == layout_id
 
 
-def test_every_code_is_catalogued_and_documented(tree):
+def builtin_codes(tmp_path: Path) -> dict[str, str]:
+    """code -> the built-in plugin whose `check` lines claim it (policy's with an [[expect]] table)."""
+    policy = tmp_path / "site.toml"
+    policy.write_text('[[expect]]\naddress = "0000:01:00.0"\n')
+    inspector = Inspector({"policy": str(policy)})
+    out: dict[str, str] = {}
+    for impl in inspector.pm.hook.passthrough_checks.get_hookimpls():
+        if impl.plugin.__name__.startswith("passthrough_exporter.plugins."):
+            for check in impl.function(**{arg: inspector.settings for arg in impl.argnames}):
+                out.update(dict.fromkeys(check.codes, impl.plugin_name))
+    return out
+
+
+def test_every_code_is_catalogued_and_documented(tree, tmp_path):
+    """Every code of every built-in plugin (safety's `CODES`, and the codes the others claim in their
+    check lines) has its row in docs/findings.md: safety's in the first table, the others' in the
+    second with the plugin's name."""
     hosts.workstation(tree)
     tree.cmdline("pcie_acs_override=downstream")
     snap = judge_tree(tree)
+    codes = builtin_codes(tmp_path)
     for f in snap.findings:
-        assert f.code in CODES and re.fullmatch(r"[a-z][a-z0-9_]*", f.code)
+        assert f.code in codes and re.fullmatch(r"[a-z][a-z0-9_]*", f.code)
+    assert {code for code, plugin in codes.items() if plugin == "safety"} == set(CODES)
+    assert {"health", "assignments", "policy", "pci"} <= set(codes.values())
     page = FINDINGS_PAGE.read_text()
-    for code in CODES:
-        assert f"| `{code}` |" in page, f"{code} missing from the findings table of docs/findings.md"
+    for code, plugin in codes.items():
+        row = f"| `{code}` |" if plugin == "safety" else f"| `{code}` | `{plugin}` |"
+        assert row in page, f"{code} ({plugin}) missing from the findings tables of docs/findings.md"
 
 
 def test_findings_are_listed_critical_first_then_by_code_then_subject_in_natural_order(tree):

@@ -185,17 +185,6 @@ def test_stale_snapshot_is_refreshed_early_at_scrape(host):
 # --- TLS and basic auth ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "server.key"), "-out", str(d / "server.crt")],
-        check=True, capture_output=True,
-    )
-    return d
-
-
 def test_tls_and_basic_auth(host, certs, tmp_path):
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     cfg = tmp_path / "web.yml"

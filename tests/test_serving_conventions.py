@@ -332,15 +332,6 @@ def test_a_malformed_request_gets_our_own_400_without_echo(refresher: Refresher,
 
 # --- plain HTTP to the TLS port --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "server.key"),
-                    "-out", str(d / "server.crt")], check=True, capture_output=True, timeout=60)
-    return d
-
-
 def tls_config(certs: Path, tmp_path: Path, extra: str = "") -> Path:
     cfg = tmp_path / "web.yml"
     cfg.write_text(f"tls_server_config:\n  cert_file: {certs}/server.crt\n  key_file: {certs}/server.key\n{extra}")

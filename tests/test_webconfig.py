@@ -56,7 +56,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def refresher(tmp_path_factory: pytest.TempPathFactory) -> Refresher:
+def gpu_host_refresher(tmp_path_factory: pytest.TempPathFactory) -> Refresher:
+    """One refresher for the whole module, of a smaller host than conftest's `refresher` (host bridge
+    and GPU only): the web config is what these tests vary, never the host."""
     tree = SysfsTree(tmp_path_factory.mktemp("host") / "host")
     hosts.base(tree)
     hosts.desktop_gpu(tree)
@@ -66,7 +68,7 @@ def refresher(tmp_path_factory: pytest.TempPathFactory) -> Refresher:
 
 
 class Served:
-    """Served(yaml_text): the port of a server of `refresher` under that web config."""
+    """Served(yaml_text): the port of a server of `gpu_host_refresher` under that web config."""
 
     def __init__(self, refresher: Refresher, tmp_path: Path, start: Callable[..., ExporterServer]) -> None:
         self.refresher, self.tmp_path, self.start = refresher, tmp_path, start
@@ -80,8 +82,8 @@ class Served:
 
 
 @pytest.fixture
-def serve_with(refresher: Refresher, tmp_path: Path, start_server: Callable[..., ExporterServer]) -> Served:
-    return Served(refresher, tmp_path, start_server)
+def serve_with(gpu_host_refresher: Refresher, tmp_path: Path, start_server: Callable[..., ExporterServer]) -> Served:
+    return Served(gpu_host_refresher, tmp_path, start_server)
 
 
 def client(pki: Path, cert: str | None = None, **kw) -> ssl.SSLContext:

@@ -9,8 +9,8 @@ plugin abstains and reports nothing.
 from __future__ import annotations
 
 from ... import hookimpl
-from ...model import Check, Finding, Inventory, Verdict
 from ...judging.options import OptionParser
+from ...model import Check, Finding, Inventory, Verdict
 from ...settings import Settings
 from .expect import CHECK, findings
 from .rules import Policy, load

@@ -40,8 +40,8 @@ import tomllib
 
 from ...inputs import read_operator_file
 from ...model import KNOWN_TYPES, PASSABLE_TYPES, Device, Inventory, Verdict
-from ...settings import ConfigError
 from ...reading.sysfs.attrs import BadAttribute, hex_id
+from ...settings import ConfigError
 from .expect import FIELDS, ID_FIELDS, Expectation
 
 ACTIONS = ("allow", "deny")
