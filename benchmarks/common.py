@@ -54,5 +54,11 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.release()}, "
+    return (f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {_kernel()}, "
             f"Python {platform.python_version()} ({platform.python_implementation()})")
+
+
+def _kernel() -> str:
+    """The kernel's version without its build's local suffix (`6.1.0-18-amd64` -> `6.1.0`)."""
+    return platform.release().split("-")[0]
+
