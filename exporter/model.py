@@ -45,6 +45,10 @@ class Device:
     pci_class: str | None = None  # "0x030000"
     subsystem_vendor_id: str | None = None
     subsystem_product_id: str | None = None
+    # Who the device is, where the address says only where it sits: the serial number the host gives.
+    # PCI: the NVMe controller's `nvme/nvme<N>/serial`, else the `SN` keyword of `vpd` (root only);
+    # USB device: `serial`. None when the host gives none (or not to this user).
+    serial: str | None = None
     driver: str | None = None
     iommu_group: int | None = None
     numa_node: int | None = None

@@ -3,6 +3,7 @@ the archive holds only what the source reads, with safe names and no secrets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -245,14 +246,14 @@ def test_clear_errors(tmp_path):
 def test_umockdev_recording_round_trips(realdata, tmp_path):
     sys_root = tmp_path / "rec" / "sys"
     umockdev_tree.build(realdata / "umockdev/devices/cameras/canon-powershot-sx200.umockdev", sys_root)
-    _, copy = round_trip(tmp_path, sys_root, tmp_path / "rec" / "no-proc")
+    _, copy = round_trip(tmp_path, sys_root, tmp_path / "rec" / "no-proc", "--include-serials")  # the camera has one
     assert_same_read(sys_root, tmp_path / "rec" / "no-proc", copy)
 
 
 def test_real_sysfs_round_trips(tmp_path):
     if not os.path.isdir("/sys/bus"):
         pytest.skip("no sysfs mounted")
-    archive, copy = round_trip(tmp_path, "/sys", "/proc")
+    archive, copy = round_trip(tmp_path, "/sys", "/proc", "--include-serials")  # the same serials too
     live = {d["name"]: d for d in devices_json("/sys", "/proc")}
     copied = {d["name"]: d for d in devices_json(copy / "sys", copy / "proc")}
     assert sorted(copied) == sorted(live)
@@ -290,3 +291,32 @@ def test_unreadable_attribute_is_left_out_not_emptied(tree, tmp_path):
     (mouse_json,) = [d for d in devices_json(copy / "sys", copy / "proc") if d["name"] == "usb_1_1_2"]
     assert mouse_json["vendor"] is None
     assert mouse_json == next(d for d in devices_json(tree.sys, tree.proc) if d["name"] == "usb_1_1_2")
+
+
+def test_vpd_and_serials_travel_when_asked(tree, tmp_path):
+    """What identity needs is in a capture taken with --include-serials: the VPD blobs (the one that fails
+    its checksum too, so the copy counts it the same), the NVMe and USB serials; the copy reads the
+    same serials. Without it, none of them and no placeholder: the copy reads devices without one."""
+    hosts.serials(tree)
+    for name in ("with", "without"):
+        (tmp_path / name).mkdir()
+    archive, copy = round_trip(tmp_path / "with", tree.sys, tree.proc, "--include-serials")
+    with tarfile.open(archive) as tar:
+        held = {m.name: tar.extractfile(m).read() for m in tar.getmembers()
+                if m.name.endswith(("/vpd", "/serial"))}
+    assert held == {
+        "sys/devices/pci0000:3b/0000:3b:00.0/vpd": hosts.NIC_VPD,
+        "sys/devices/pci0000:3c/0000:3c:00.0/vpd": (tree.pci_path("0000:3c:00.0") / "vpd").read_bytes(),
+        "sys/devices/pci0000:3d/0000:3d:00.0/nvme/nvme0/serial": b"S4EWNX0R123456      \n",
+        "sys/devices/pci0000:00/0000:00:14.0/usb1/serial": b"0000:00:14.0\n",
+        "sys/devices/pci0000:00/0000:00:14.0/usb1/1-4/serial": b"4C530001230117115290\n",
+    }
+    assert_same_read(tree.sys, tree.proc, copy)
+    assert SysfsSource(str(copy / "sys"), str(copy / "proc")).read().devices["pci_0000_3b_00_0"].serial == "MT1234X00001"
+
+    archive, copy = round_trip(tmp_path / "without", tree.sys, tree.proc)
+    assert not [n for n in members(archive) if n.endswith(("/vpd", "/serial"))]
+    read = SysfsSource(str(copy / "sys"), str(copy / "proc")).read()
+    assert {d.serial for d in read.devices.values()} == {None} and dict(read.errors) == {}
+    original = SysfsSource(str(tree.sys), str(tree.proc)).read()
+    assert [dataclasses.replace(d, serial=None) for d in original.devices.values()] == list(read.devices.values())

@@ -8,6 +8,7 @@ the bad device is gone (or kept without the bad field) and every other device re
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -494,6 +495,39 @@ def test_unreadable_vendor_as_unprivileged_user(public_host: SysfsTree, nobody_e
         assert 'device="pci_0000_01_00_1"' not in prom.read_text()
     finally:
         shutil.rmtree(outdir)
+
+
+def test_vpd_is_root_only_and_unreadable_is_no_error(nobody_exe) -> None:
+    """`vpd` is mode 0600: an unprivileged exporter reads no VPD serial, and counts nothing for it.
+    The NVMe and USB serials, which anyone may read, are there."""
+    exe, env = nobody_exe
+    root = Path(tempfile.mkdtemp(prefix="pt-serials-"))
+    try:
+        t = SysfsTree(root / "host")
+        hosts.serials(t)
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+        for addr in ("0000:3b:00.0", "0000:3c:00.0"):
+            (t.pci_path(addr) / "vpd").chmod(0o600)  # as the kernel makes it, owned by root
+        paths = ["--path.sysfs", str(t.sys), "--path.procfs", str(t.proc)]
+        out = _as_nobody(*exe, "devices", "--json", *paths, env=env)
+        assert out.returncode == 0, out.stderr
+        serials = {d["name"]: d["serial"] for d in json.loads(out.stdout) if "serial" in d}
+        assert serials == {"pci_0000_00_00_0": None, "pci_0000_00_14_0": None, "pci_0000_3b_00_0": None,
+                           "pci_0000_3c_00_0": None, "pci_0000_3d_00_0": "S4EWNX0R123456",
+                           "usb_1_4": "4C530001230117115290", "usb_usb1": "0000:00:14.0"}
+        assert "vpd skipped" not in out.stderr
+        prom = root / "out" / "passthrough.prom"
+        prom.parent.mkdir()
+        os.chown(prom.parent, 65534, 65534)
+        out = _as_nobody(*exe, "textfile", str(prom), *paths, env=env)
+        assert out.returncode == 0, out.stderr
+        assert {k: v for k, v in collect_errors(prom.read_text()).items() if v} == {}
+        # Root reads both: one serial, one VPD that fails its checksum (counted).
+        inv = read(t)
+        assert inv.devices["pci_0000_3b_00_0"].serial == "MT1234X00001"
+        assert dict(inv.errors) == {"bad_attribute": 1}
+    finally:
+        shutil.rmtree(root)
 
 
 # --- broken trees handed straight to the Inventory -------------------------------------------------

@@ -40,7 +40,7 @@ def _orphan(t: SysfsTree) -> None:
     hosts.orphan_vf(t)
 
 
-HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan}
+HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan, "serials": hosts.serials}
 
 
 def _both(tree: SysfsTree, tmp_path: Path, fill: bool = True, domains: tuple[str, ...] = ()) -> tuple[Snapshot, Snapshot]:
@@ -122,6 +122,34 @@ def test_without_sysfs_the_answers_still_match(tree, tmp_path):
     hub = by_libvirt.inventory.devices["usb_1_1"]
     assert hub.usb_class == "09" and hub.notes == ("usb_class 09 inferred from its hub interface",)
     assert by_libvirt.inventory.host.iommu_groups_present
+
+
+def test_serials_through_libvirt(tree, tmp_path):
+    """libvirt's XML carries the VPD's serial (libvirtd reads `vpd` as root), not an NVMe controller's or a
+    USB device's: those come from sysfs where it can be read, and are noted as filled."""
+    hosts.serials(tree)
+    by_sysfs, by_libvirt = _both(tree, tmp_path)
+    _, remote = _both(tree, tmp_path, fill=False)
+    want = {"pci_0000_3b_00_0": "MT1234X00001", "pci_0000_3d_00_0": "S4EWNX0R123456",
+            "usb_1_4": "4C530001230117115290", "usb_usb1": "0000:00:14.0"}
+    for snap in (by_sysfs, by_libvirt):
+        assert {d.name: d.serial for d in snap.inventory if d.serial is not None} == want
+    assert {d.name: d.serial for d in remote.inventory if d.serial is not None} == {"pci_0000_3b_00_0": "MT1234X00001"}
+    assert "serial" not in by_libvirt.inventory.devices["pci_0000_3b_00_0"].notes[0]
+    assert "serial" in by_libvirt.inventory.devices["pci_0000_3d_00_0"].notes[0]
+
+
+def test_sysfs_decides_the_serial_when_it_has_one(tree, tmp_path):
+    """An NVMe drive with a VPD: libvirt says the VPD's SN, sysfs the controller's serial, which anyone
+    can read; sysfs' wins, so both sources give one identity."""
+    hosts.base(tree)
+    tree.pci("0000:3d:00.0", hosts.SAMSUNG, 0xA808, 0x010802, driver="nvme", group=22)
+    tree.nvme_controller("0000:3d:00.0", "S4EWNX0R123456")
+    tree.vpd("0000:3d:00.0", hosts.NIC_VPD, name="Example NIC", serial_number="MT1234X00001")
+    by_sysfs, by_libvirt = _both(tree, tmp_path)
+    _, remote = _both(tree, tmp_path, fill=False)
+    for snap, serial in ((by_sysfs, "S4EWNX0R123456"), (by_libvirt, "S4EWNX0R123456"), (remote, "MT1234X00001")):
+        assert snap.inventory.devices["pci_0000_3d_00_0"].serial == serial
 
 
 def test_filled_fields_are_noted(tree, tmp_path):

@@ -61,6 +61,7 @@ def test_pci_sample_fields(realdata):
     assert (nic.name, nic.parent, nic.address, nic.vendor_id, nic.product_id, nic.pci_class) == (
         "pci_0000_42_00_0", "computer", "0000:42:00.0", "0x15b3", "0xa2d6", "0x020000")
     assert (nic.iommu_group, nic.numa_node, nic.sriov_totalvfs, nic.vendor) == (65, 0, 16, "Mellanox Technologies")
+    assert nic.serial == "MT2113X00000><"  # the VPD's read-only serial_number, not a read-write field
     pf = _sample(realdata, "pci_8086_10c9_sriov_pf.xml")  # file name and device name differ
     assert pf.name == "pci_0000_02_00_0" and pf.iommu_group == 12
     odd = _sample(realdata, "pci_0000_00_02_0_header_type.xml")  # bus 4294967295
@@ -131,6 +132,21 @@ def test_oversized_document_is_refused_before_parsing():
 def test_garbage_fields_leave_them_empty():
     dev = node_device(DEVICE.format("<class>zz</class><domain>0</domain><bus>x</bus><vendor id='0x123456'/>")).device
     assert (dev.type, dev.pci_class, dev.address, dev.vendor_id) == ("pci", None, None, None)
+
+
+@pytest.mark.parametrize("vpd, serial", [
+    ("<name>NIC</name><fields access='readonly'><serial_number> MT1234X00001 </serial_number></fields>",
+     "MT1234X00001"),
+    ("<name>NIC</name><fields access='readonly'><part_number>EX-1</part_number></fields>", None),
+    ("<fields access='readonly'><serial_number>  </serial_number></fields>", None),
+    ("<fields access='readwrite'><serial_number>RW1</serial_number></fields>", None),  # not the card's own
+    ("", None),
+])
+def test_the_serial_is_the_vpds_read_only_serial_number(vpd, serial):
+    dev = node_device(DEVICE.format(f"<domain>0</domain><bus>0</bus><slot>0</slot><function>0</function>"
+                                    f"<capability type='vpd'>{vpd}</capability>")).device
+    assert dev.serial == serial
+    assert node_device(DEVICE.format("<domain>0</domain>")).device.serial is None
 
 
 def test_numbers_go_through_the_sysfs_bounds_and_are_counted():

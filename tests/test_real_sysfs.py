@@ -52,3 +52,26 @@ def test_passthrough_listing_on_this_host(snap):
         assert dev.type in ("pci", "usb_device", "scsi")
         if dev.type == "pci":  # bridges and host bridges never show up
             assert not dev.pci_class.startswith("0x06")
+
+
+def test_serials_are_the_hosts_own(snap):
+    """Each USB device's and NVMe controller's `serial` as the host gives it; a readable `vpd` is
+    parsed without a counted error (test_real_host_reads_cleanly), an unreadable one gives none."""
+    devices = snap.inventory.devices
+    for dev in snap.inventory:
+        if dev.type == "usb_device":
+            path = f"/sys/bus/usb/devices/{dev.address}/serial"
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    assert dev.serial == (f.read().decode(errors="backslashreplace").strip() or None), dev.name
+            else:
+                assert dev.serial is None, dev.name
+    for addr in sorted(os.listdir(PCI)) if os.path.isdir(PCI) else []:
+        dev = devices["pci_" + addr.replace(":", "_").replace(".", "_")]
+        nvme = os.path.join(PCI, addr, "nvme")
+        ctrls = sorted(n for n in os.listdir(nvme) if n.startswith("nvme")) if os.path.isdir(nvme) else []
+        if ctrls and os.path.exists(os.path.join(nvme, ctrls[0], "serial")):
+            with open(os.path.join(nvme, ctrls[0], "serial")) as f:
+                assert dev.serial == (f.read().strip() or None), dev.name
+        elif not os.access(os.path.join(PCI, addr, "vpd"), os.R_OK):
+            assert dev.serial is None, dev.name

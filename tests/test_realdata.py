@@ -9,12 +9,34 @@ import pytest
 
 from passthrough_exporter.judging.inspector import Inspector
 from passthrough_exporter.model import device_name
+from passthrough_exporter.reading.sources.libvirt_xml import node_device
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from tests.support import umockdev_tree
+from tests.support.sysfs_builder import SysfsTree, vpd_blob
 
 
 def read(sys_root: Path):
     return Inspector().judge(SysfsSource(str(sys_root), str(sys_root / "no-proc")).read())
+
+
+def test_vpd_serial_as_libvirt_reads_it(realdata, tmp_path):
+    """libvirt's BlueField-2 sample (nodedevschemadata/pci_0000_42_00_0_vpd.xml): a VPD laid out from its
+    read-only fields, read by the sysfs source, gives the serial libvirt's XML gives, `><` and all."""
+    xml = (realdata / "libvirt-nodedev" / "nodedevschemadata" / "pci_0000_42_00_0_vpd.xml").read_text()
+    by_libvirt = node_device(xml).device
+    name = ("BlueField-2 DPU 25GbE Dual-Port SFP56, Crypto Enabled, 16GB on-board DDR, 1GbE OOB management, "
+            "Tall Bracket")
+    blob = vpd_blob(name.encode(), [
+        (b"EC", b"B1"), (b"MN", b"foobar"), (b"PN", b"MBF2H332A-AEEOT"), (b"SN", b"MT2113X00000><"),
+        (b"V0", b"PCIeGen4 x8"), (b"V2", b"MBF2H332A-AEEOT"), (b"V3", b"3c53d07eec484d8aab34dabd24fe575aa"),
+        (b"VA", b"MLX:MN=MLNX:CSKU=V2:UUID=V3:PCI=V0:MODL=BF2H332A")])
+    t = SysfsTree(tmp_path)
+    t.pci("0000:42:00.0", 0x15B3, 0xA2D6, 0x020000, group=65)
+    t.vpd("0000:42:00.0", blob)
+    inv = SysfsSource(str(t.sys), str(t.proc)).read()
+    by_sysfs = inv.devices["pci_0000_42_00_0"]
+    assert by_libvirt.serial == by_sysfs.serial == "MT2113X00000><"
+    assert dict(inv.errors) == {}
 
 
 def test_libvirt_usb_capture(realdata, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.local import judge_tree
 
@@ -198,3 +199,57 @@ def test_host_facts(tree):
     assert dict(host.module_params) == {"vfio.enable_unsafe_noiommu_mode": "Y",
                                         "vfio_iommu_type1.allow_unsafe_interrupts": "N"}
     assert not host.iommu_groups_present and host.iommu_units == ()
+
+
+def test_serials_the_host_gives(tree, caplog):
+    """VPD `SN`, an NVMe controller's `serial` (trailing padding trimmed), a USB device's `serial`; a VPD
+    that fails its checksum gives none and is counted once, as one bad input."""
+    hosts.serials(tree)
+    snap = judge_tree(tree)
+    serials = {d.name: d.serial for d in snap.inventory if d.type in ("pci", "usb_device")}
+    assert serials == {
+        "pci_0000_00_00_0": None,
+        "pci_0000_00_14_0": None,
+        "pci_0000_3b_00_0": "MT1234X00001",
+        "pci_0000_3c_00_0": None,
+        "pci_0000_3d_00_0": "S4EWNX0R123456",
+        "usb_1_4": "4C530001230117115290",
+        "usb_usb1": "0000:00:14.0",
+    }
+    assert dict(snap.inventory.errors) == {"bad_attribute": 1}
+    assert [r.getMessage() for r in caplog.records if "vpd" in r.getMessage()] == [
+        "0000:3c:00.0: vpd skipped (bad_attribute): checksum at offset 65 does not match"]
+    assert snap.inventory.devices["usb_1_4_1_0"].serial is None  # an interface has none of its own
+
+
+def test_nvme_serial_comes_before_the_vpd(tree):
+    """The NVMe controller's serial anyone can read; the VPD only root: one identity for both."""
+    hosts.base(tree)
+    tree.pci("0000:3d:00.0", hosts.SAMSUNG, 0xA808, 0x010802, driver="nvme", group=22)
+    tree.nvme_controller("0000:3d:00.0", "S4EWNX0R123456")
+    tree.vpd("0000:3d:00.0", hosts.NIC_VPD)
+    assert judge_tree(tree).inventory.devices["pci_0000_3d_00_0"].serial == "S4EWNX0R123456"
+
+
+def test_the_vpd_of_a_sleeping_or_unreachable_device_is_not_read(tree):
+    """Reading VPD goes through config space: a D3cold device would be woken, one off the bus answers
+    all ones. Neither is read, nor counted."""
+    hosts.base(tree)
+    tree.pci("0000:3b:00.0", 0x15B3, 0x1017, 0x020000, group=20, power_state="D3cold")
+    tree.pci("0000:3c:00.0", 0x15B3, 0x1017, 0x020000, group=21, unreachable=True)
+    for addr in ("0000:3b:00.0", "0000:3c:00.0"):
+        tree.vpd(addr, b"\xff" * 64)  # garbage: read, it would be counted
+    snap = judge_tree(tree)
+    assert snap.inventory.devices["pci_0000_3b_00_0"].serial is None
+    assert snap.inventory.devices["pci_0000_3c_00_0"].serial is None
+    assert dict(snap.inventory.errors) == {}
+
+
+def test_serials_in_the_device_object(tree):
+    hosts.serials(tree)
+    snap = judge_tree(tree)
+    assert device_object(snap, "pci_0000_3b_00_0")["serial"] == "MT1234X00001"
+    assert device_object(snap, "pci_0000_3c_00_0")["serial"] is None
+    assert device_object(snap, "usb_1_4")["serial"] == "4C530001230117115290"
+    assert "serial" not in device_object(snap, "usb_1_4_1_0")  # interfaces: not a device of their own
+    assert "serial" not in device_object(snap, "computer")

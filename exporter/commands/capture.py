@@ -4,7 +4,8 @@ No file list is kept here. The source reads the host once with a `Trace`, and th
 what that read touched: the bytes it read and no more (so config space stops at the 64-byte
 header), the links it followed (rewritten as relative links inside the archive), and empty
 placeholders for names it only listed or tested for. Unpacked, `--path.sysfs DIR/sys
---path.procfs DIR/proc` reads the same inventory.
+--path.procfs DIR/proc` reads the same inventory; the files that hold serial numbers (USB and NVMe
+`serial`, PCI `vpd`) travel only when asked, and without them the copy reads as devices without one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import BinaryIO
 
 from ..reading.sources import SourceError
 from ..reading.sources.sysfs import SysfsSource
-from ..reading.sysfs import ATTR_LIMIT, Trace, read_opened
+from ..reading.sysfs import Trace
 from .fileutil import RefusedPath, atomic_file, preflight, stdout_binary
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,10 @@ class _Plan:
 
 
 def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False) -> dict[str, Entry]:
-    """Archive members that reproduce, for the sysfs source, what `trace` saw."""
+    """Archive members that reproduce, for the sysfs source, what `trace` saw; the files that hold
+    serial numbers (`trace.serials`: USB and NVMe `serial`, PCI `vpd`) only with `include_serials`."""
     p = _Plan(sysfs, procfs)
+    left_out = set() if include_serials else trace.serials
     for path in trace.dirs:
         p.add(p.real_name(os.path.realpath(path)), Entry("dir"), path)
     for path, names in trace.listed.items():
@@ -116,6 +119,8 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
         for n in names:
             p.add(p.name(os.path.join(path, n)), Entry("dir", rank=_LISTED), path)
     for path, data in trace.files.items():
+        if path in left_out:
+            continue
         # The bytes go under the file the read opened, never under a link's name, and only if that
         # file is in the tree: a link to /etc/shadow is archived as a link (below), not as its bytes.
         real = trace.opened.get(path)
@@ -125,31 +130,16 @@ def plan(sysfs: str, procfs: str, trace: Trace, *, include_serials: bool = False
             continue
         p.add(name, Entry("file", data=data, rank=_FILE), path)
     for path, text in trace.links.items():
-        p.link(path, os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(path)), text)), text)
+        if path not in left_out:
+            p.link(path, os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(path)), text)), text)
     for path, real in trace.resolved.items():
         p.link(path, real, real)
         p.add(p.real_name(real), Entry("dir"), real)
     # An empty placeholder would read as "" where the source saw an error: leave unreadable ones out.
-    for path in trace.present - trace.unreadable:
+    # A serial left out leaves no placeholder either: the copy reads as a device without one.
+    for path in trace.present - trace.unreadable - left_out:
         p.add(p.name(path), Entry("file", rank=_PRESENT), path)
-    if include_serials:
-        for path, real in trace.resolved.items():
-            if _bus_of(path) == "usb" and ":" not in os.path.basename(path):
-                serial = os.path.join(real, "serial")
-                try:
-                    data, opened = read_opened(serial, ATTR_LIMIT)
-                except OSError:
-                    continue  # most devices have none
-                if os.path.islink(serial) or opened is None:
-                    log.warning("capture: %s is not a file of the tree; left out", serial)
-                    continue
-                p.add(p.real_name(opened), Entry("file", data=data, rank=_FILE), serial)
     return p.complete()
-
-
-def _bus_of(entry_path: str) -> str:
-    """`.../bus/<bus>/devices/<name>` -> `<bus>`."""
-    return os.path.basename(os.path.dirname(os.path.dirname(entry_path)))
 
 
 def write_archive(entries: dict[str, Entry], output: str, *, force: bool = False) -> Summary:

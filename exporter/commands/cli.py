@@ -263,12 +263,14 @@ def add_capture_command(sub: argparse._SubParsersAction, common: argparse.Argume
         "capture", parents=[common],
         help="capture what the sysfs source reads into a tar.gz, for bug reports",
         description="Capture exactly the sysfs and procfs entries the sysfs source reads (config space "
-        "only up to the 64-byte header, no USB serial numbers) into a tar.gz. Unpacked, "
+        "only up to the 64-byte header; no serial numbers unless asked) into a tar.gz. Unpacked, "
         "--path.sysfs DIR/sys --path.procfs DIR/proc reads the same devices.",
     )
     snap.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz", help="archive to write (- for standard output)")
     snap.add_argument("--force", action="store_true", help="overwrite FILE if it is a regular file")
-    snap.add_argument("--include-serials", action="store_true", help="also capture USB devices' serial numbers")
+    snap.add_argument("--include-serials", action="store_true",
+                      help="also capture the files that hold serial numbers (USB and NVMe serial, PCI vpd): "
+                      "what tells a card from another of the same model")
     add_path_options(snap)
     add_timeout_option(snap)
     snap.set_defaults(func=cmd_capture)

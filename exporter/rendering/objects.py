@@ -61,6 +61,7 @@ def _fields(dev: Device, verdict: Verdict, affected_count: int) -> dict[str, Any
         # Item by item rather than update(**...): one object per device of a 20,000-device listing.
         obj["subsystem_vendor_id"] = dev.subsystem_vendor_id
         obj["subsystem_product_id"] = dev.subsystem_product_id
+        obj["serial"] = dev.serial
         obj["boot_vga"] = dev.boot_vga
         obj["reset_methods"] = None if dev.reset_methods is None else list(dev.reset_methods)
         obj["header_type"] = dev.header_type
@@ -82,6 +83,8 @@ def _fields(dev: Device, verdict: Verdict, affected_count: int) -> dict[str, Any
     else:
         obj["health"] = None  # the kernel keeps link, AER and power state for PCI functions
     if kind == "usb_device" or kind == "usb":
+        if kind == "usb_device":
+            obj["serial"] = dev.serial
         obj["usb_class"] = dev.usb_class
         obj["busnum"] = dev.busnum
         obj["devnum"] = dev.devnum

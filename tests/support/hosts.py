@@ -5,7 +5,7 @@ Each function adds its devices to a SysfsTree; a host may combine several.
 
 from __future__ import annotations
 
-from .sysfs_builder import SysfsTree, char_number
+from .sysfs_builder import SysfsTree, char_number, vpd_blob
 
 INTEL, NVIDIA, LINUX, SAMSUNG = 0x8086, 0x10DE, 0x1D6B, 0x144D
 
@@ -141,6 +141,34 @@ def nvme_lvm_root(t: SysfsTree) -> None:
     part = t.partition(disk, "nvme0n1p3", dev="259:3", number=3)
     t.virtual_block("dm-0", dev="253:0", slaves=(part,), dm_name="vg0-root")
     t.root_mount("253:0", "/dev/mapper/vg0-root")
+
+
+NIC_VPD = vpd_blob(b"Example NIC", [(b"PN", b"EX-1234"), (b"EC", b"A01"), (b"SN", b"MT1234X00001"),
+                                      (b"V0", b"PCIeGen3 x8")])
+
+
+def serials(t: SysfsTree) -> None:
+    """Devices that say who they are, each alone in its group: a NIC 3b:00.0 (group 20) whose VPD
+    gives serial MT1234X00001, a NIC 3c:00.0 (group 21) whose VPD fails its checksum (no serial, one
+    `bad_attribute`), an NVMe controller 3d:00.0 (group 22) with serial S4EWNX0R123456 and an xHCI
+    00:14.0 (group 3) with a USB stick 1-4 of serial 4C530001230117115290 on root hub usb1, whose
+    serial is its controller's address, as the kernel gives a root hub."""
+    base(t)
+    t.pci("0000:3b:00.0", 0x15B3, 0x1017, 0x020000, driver="mlx5_core", group=20)
+    t.vpd("0000:3b:00.0", NIC_VPD, name="Example NIC", part_number="EX-1234", serial_number="MT1234X00001")
+    t.pci("0000:3c:00.0", 0x15B3, 0x1017, 0x020000, driver="mlx5_core", group=21)
+    bad = bytearray(NIC_VPD)
+    bad[bad.index(b"MT1234X00001")] ^= 0x01  # one bit flipped in the serial: the sum is off by one
+    t.vpd("0000:3c:00.0", bytes(bad))
+    t.pci("0000:3d:00.0", SAMSUNG, 0xA808, 0x010802, driver="nvme", group=22)
+    t.nvme_controller("0000:3d:00.0", "S4EWNX0R123456")
+    xhci = t.pci("0000:00:14.0", INTEL, 0xA36D, 0x0C0330, driver="xhci_hcd", group=3)
+    usb1 = t.usb_device("usb1", LINUX, 0x0002, parent=xhci, device_class=9, busnum=1, devnum=1,
+                        serial="0000:00:14.0")
+    t.usb_interface("1-0:1.0", parent=usb1, interface_class=9, driver="hub")
+    stick = t.usb_device("1-4", 0x0781, 0x5567, parent=usb1, busnum=1, devnum=2, product_name="Cruzer Blade",
+                         serial="4C530001230117115290")
+    t.usb_interface("1-4:1.0", parent=stick, interface_class=8, driver="usb-storage")
 
 
 def clean_host(t: SysfsTree) -> None:

@@ -101,6 +101,11 @@ class _Host:
             vfs = sorted((p for p in os.listdir(path) if re.fullmatch(r"virtfn\d+", p)), key=lambda p: int(p[6:]))
             addrs = "".join(_addr_el(_link(path, v) or "") for v in vfs)
             parts.append(f"<capability type='virt_functions' maxCount='{total}'>{addrs}</capability>")
+        vpd = self.tree.vpd_fields.get(sysname)
+        if vpd is not None:  # libvirtd reads `vpd` itself; what it makes of it is given with the blob
+            name = f"<name>{escape(vpd['name'])}</name>" if "name" in vpd else ""
+            ro = "".join(f"<{k}>{escape(vpd[k])}</{k}>" for k in ("part_number", "serial_number") if k in vpd)
+            parts.append(f"<capability type='vpd'>{name}<fields access='readonly'>{ro}</fields></capability>")
         if (path / "config").read_bytes()[0x0E] & 0x7F == 1:
             parts.append("<capability type='pci-bridge'/>")
         group = _link(path, "iommu_group")

@@ -32,6 +32,7 @@ class SysfsTree:
         self.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet")
         self.interrupts("IR-IO-APIC", "IR-PCI-MSI")  # a host with interrupt remapping, as most are
         self._pci: dict[str, Path] = {}
+        self.vpd_fields: dict[str, dict[str, str]] = {}  # PCI address -> what its VPD says, for libvirt's XML
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -245,6 +246,25 @@ class SysfsTree:
                 self.write(pf / "sriov_numvfs", str(n + 1))
         return path
 
+    def vpd(self, addr: str, blob: bytes, **fields: str) -> Path:
+        """A PCI function's `vpd`, mode 0600 as the kernel makes it. `fields` is what the blob says in
+        libvirt's words (`name`, `part_number`, `serial_number`), for the libvirt fixture of the host:
+        none for a blob libvirt would refuse."""
+        path = self._pci[addr] / "vpd"
+        self.write(path, blob)
+        path.chmod(0o600)
+        if fields:
+            self.vpd_fields[addr] = fields
+        return path
+
+    def nvme_controller(self, addr: str, serial: str, n: int = 0) -> Path:
+        """The NVMe controller `nvme/nvme<n>` of a PCI function, with its `serial` as older kernels
+        print it: the controller's 20 bytes, padded with spaces."""
+        path = self._pci[addr] / "nvme" / f"nvme{n}"
+        self.write(path / "serial", serial.ljust(20))
+        self.write(path / "model", "Fixture NVMe")
+        return path
+
     def mdev_type(self, addr: str, type_id: str, name: str, available: int, instances: int = 0) -> None:
         """A mediated device type under a PCI function, with `instances` created from it."""
         tdir = self._pci[addr] / "mdev_supported_types" / type_id
@@ -273,12 +293,16 @@ class SysfsTree:
         devnum: int = 1,
         driver: str = "usb",
         dev: str | None = None,
+        serial: str | None = None,
     ) -> Path:
-        """`dev`: the "MAJ:MIN" of its usbfs node, as the kernel's `dev` attribute."""
+        """`dev`: the "MAJ:MIN" of its usbfs node, as the kernel's `dev` attribute; `serial`: its
+        iSerialNumber string, as the kernel's `serial` attribute."""
         path = parent / sysname
         path.mkdir(parents=True)
         if dev is not None:
             self.write(path / "dev", dev)
+        if serial is not None:
+            self.write(path / "serial", serial)
         self.write(path / "idVendor", f"{vendor:04x}")
         self.write(path / "idProduct", f"{product:04x}")
         self.write(path / "bDeviceClass", f"{device_class:02x}")
@@ -339,3 +363,14 @@ def pci_config(vendor: int, device: int, cls: int, header_type: int, revision: i
     header[0x09:0x0C] = cls.to_bytes(3, "little")  # prog-if, subclass, base class
     header[0x0E] = header_type
     return bytes(header)
+
+
+def vpd_blob(identifier: bytes, keywords: list[tuple[bytes, bytes]], *, reserved: int = 4) -> bytes:
+    """A VPD as the PCI spec lays it out: the identifier string (0x82), a VPD-R section (0x90) of
+    `keywords` closed by `RV` (its checksum byte, then `reserved` - 1 zero bytes), the end tag (0x78)."""
+    ident = bytes([0x82]) + struct.pack("<H", len(identifier)) + identifier
+    fields = b"".join(k + bytes([len(v)]) + v for k, v in keywords)
+    body_len = len(fields) + 3 + reserved
+    head = ident + bytes([0x90]) + struct.pack("<H", body_len) + fields + b"RV" + bytes([reserved])
+    checksum = -sum(head) & 0xFF
+    return head + bytes([checksum]) + bytes(reserved - 1) + bytes([0x78])

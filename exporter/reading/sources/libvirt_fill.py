@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 BUS = {"pci": "pci", "usb_device": "usb", "usb": "usb", "scsi_host": "scsi", "scsi_target": "scsi", "scsi": "scsi"}
 # Fields libvirt never reports: sysfs wins over the default.
 SYSFS_ONLY = {"boot_vga", "reset_methods", "subsystem_vendor_id", "subsystem_product_id"}
+# Fields libvirt may report but sysfs decides when it has a value. `serial`: libvirt knows only the
+# VPD's, where the sysfs reader takes an NVMe controller's first, so the sources agree; libvirt's
+# stays where sysfs has none (an unprivileged exporter cannot read `vpd`, libvirtd can).
+SYSFS_FIRST = SYSFS_ONLY | {"serial"}
 # Never taken from sysfs: identity, tree and assignment (libvirt names them for the operator).
 KEEP = {"name", "type", "parent", "address", "assigned_to", "notes"}
 _DEFAULTS = {f.name: f.default for f in fields(Device) if f.name not in ("name", "type")}
@@ -91,7 +95,7 @@ def _merge(dev: Device, seen: Fields) -> Device:
         ours, theirs = getattr(dev, key), seen.get(key, default)
         if theirs == default or theirs == ours:
             continue
-        if ours == default or key in SYSFS_ONLY:
+        if ours == default or key in SYSFS_FIRST:
             filled[key] = theirs
     if not filled:
         return dev

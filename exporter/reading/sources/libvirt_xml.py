@@ -221,6 +221,7 @@ def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
         virtfns=tuple(device_name("pci", a) for a in vfs),
         sriov_totalvfs=total_vfs,
         sriov_numvfs=len(vfs) if vfs_cap is not None else None,
+        serial=_text(cap.find("capability[@type='vpd']/fields[@access='readonly']/serial_number")),
         notes=notes,
     )
 

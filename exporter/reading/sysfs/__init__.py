@@ -3,6 +3,7 @@
 - `files`: non-blocking, bounded, traceable file access (`Reader`, `Trace`);
 - `attrs`: parsing attribute text (hex ids, numbers, escaped bytes);
 - `devices`: one reader per bus (PCI, USB, SCSI), a device directory -> a device's fields;
+- `vpd`: a PCI function's Vital Product Data -> its identifier, part number and serial number;
 - `host`: IOMMU and isolation facts of the host;
 - `rootfs`: which devices hold the root filesystem.
 

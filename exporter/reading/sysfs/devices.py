@@ -8,6 +8,7 @@ attribute (a PCI vendor id, a USB idVendor) raises, and the caller skips the who
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Collection
@@ -17,6 +18,7 @@ from ...model import MdevType, device_name
 from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width,
                     numa_node, parse_int, shape, sriov_count)
 from .files import Reader, error_kind
+from .vpd import VPD_MAX, parse_vpd
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     power = opt(attrs, path, "power_state", power_state, sysname)
     asleep = power == "D3cold"
     header_type, unreachable = (None, False) if asleep else _config(reader, path, attrs, sysname)
+    awake = not (asleep or unreachable)  # config space answers: what reads through it (VPD) may be read
     no_link = physfn is not None  # a VF's link is its PF's
     if "reset_method" in attrs:
         reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
@@ -82,7 +85,60 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
                        opt(attrs, path, "aer_dev_fatal", aer_total, sysname)),
         "power_state": power,
         "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
+        "serial": (_pci_serial(reader, path, attrs, sysname, awake)
+                   if "nvme" in attrs or (awake and "vpd" in attrs) else None),
     }
+
+
+def _pci_serial(reader: Reader, path: str, attrs: Collection[str], sysname: str, awake: bool) -> str | None:
+    """The NVMe controller's serial, else the VPD's `SN`. The NVMe one first: anyone may read it,
+    where `vpd` is root's, so a device keeps one identity whoever runs the exporter (and the slow VPD
+    read is spared). A sleeping or unreachable device's VPD is not read: the read goes through config
+    space, as the header's does."""
+    if "nvme" in attrs:
+        serial = _nvme_serial(reader, path, sysname)
+        if serial is not None:
+            return serial
+    return _vpd_serial(reader, f"{path}/vpd", sysname) if awake and "vpd" in attrs else None
+
+
+def _nvme_serial(reader: Reader, path: str, sysname: str) -> str | None:
+    """`nvme/nvme<N>/serial`: the serial of the NVMe controller this function is."""
+    base = f"{path}/nvme"
+    for ctrl in reader.listdir(base):
+        if ctrl.startswith("nvme"):
+            cdir = f"{base}/{ctrl}"
+            try:
+                attrs = reader.entries(cdir)
+            except OSError:
+                return None  # gone with its controller (a reset): nothing to tell
+            return reader.serial_in(attrs, cdir, "serial", f"{sysname} {ctrl}")
+    return None
+
+
+# Not errors: `vpd` is mode 0600 (an unprivileged exporter cannot read it), and ENODEV is the
+# kernel's answer for a function without a VPD capability.
+_NO_VPD = (errno.EACCES, errno.EPERM, errno.ENODEV)
+
+
+def _vpd_serial(reader: Reader, vpd: str, sysname: str) -> str | None:
+    """The `SN` keyword of a PCI function's VPD; None when it has none, or it cannot be read by this
+    user. Read whole (32 KiB at most, a byte more to tell a longer one), parsed by `parse_vpd`; a
+    bad VPD or a failed read is counted and logged, never raised."""
+    try:
+        data = reader.serial_file(vpd, VPD_MAX + 1)
+    except OSError as exc:
+        if exc.errno in _NO_VPD:
+            return None
+        kind = error_kind(exc)
+        log.warning("%s: vpd skipped (%s): %s", sysname, kind, exc)
+        reader.count(kind)
+        return None
+    found = parse_vpd(data)
+    if found.error is not None:
+        log.warning("%s: vpd skipped (bad_attribute): %s", sysname, found.error)
+        reader.count("bad_attribute")
+    return found.serial
 
 
 def _virtfn_number(link: str) -> int:
@@ -225,6 +281,7 @@ def usb(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "devnum": opt("devnum", parse_int),
         "char_dev": opt("dev", dev_number),
         "driver": driver,
+        "serial": reader.serial_in(attrs, path, "serial", sysname),
     }
 
 

@@ -118,6 +118,9 @@ class Trace:
     present: set[str] = field(default_factory=set)  # entries tested for existence
     unreadable: set[str] = field(default_factory=set)  # present, but reading failed
     opened: dict[str, str | None] = field(default_factory=dict)  # path read -> the file it opened
+    # Files that hold a serial number (USB and NVMe `serial`, a PCI function's `vpd`): read like any
+    # other, but a capture leaves them out unless asked (`capture --include-serials`).
+    serials: set[str] = field(default_factory=set)
 
 
 class _TracedEntries:
@@ -164,10 +167,26 @@ class Reader:
     def count(self, kind: str) -> None:
         self.errors[kind] += 1
 
-    def read_bytes(self, path: str, limit: int) -> bytes:
+    def read_bytes(self, path: str, limit: int, *, whole: bool = False) -> bytes:
+        """At most `limit` bytes of `path`: one read (a text attribute comes whole in one), or with
+        `whole` as many as it takes (sysfs hands a binary attribute out a page per read)."""
         if self.trace is not None:
-            return self._traced(path, limit)
-        return read_bytes(path, limit)
+            return self._traced(path, limit, whole=whole)
+        return read_all(path, limit) if whole else read_bytes(path, limit)
+
+    def serial_file(self, path: str, limit: int) -> bytes:
+        """`read_bytes(path, limit, whole=True)` of a binary file holding a serial number (a PCI
+        function's `vpd`), marked so a capture leaves it out unless asked. Raises OSError."""
+        if self.trace is not None:
+            self.trace.serials.add(path)
+        return self.read_bytes(path, limit, whole=True)
+
+    def serial_in(self, attrs: Collection[str], dirpath: str, name: str, what: str) -> str | None:
+        """`optional` for a text attribute holding a serial number (USB and NVMe `serial`): missing or
+        empty -> None, garbage -> None and counted; marked so a capture leaves it out unless asked."""
+        if self.trace is not None:
+            self.trace.serials.add(f"{dirpath}/{name}")
+        return self.optional(attrs, dirpath, name, _text_or_none, what)
 
     def _traced(self, path: str, limit: int, whole: bool = False) -> bytes:
         """A read recorded with the file it opened, and the link's text when `path` is a link."""
@@ -314,6 +333,10 @@ class Reader:
         if self.trace is not None:
             self.trace.resolved.update((os.path.join(base, entry), real) for entry, real in out)
         return out
+
+
+def _text_or_none(text: str) -> str | None:
+    return text or None
 
 
 def _resolve(base: str, real_base: str, entry: str) -> str:
