@@ -19,6 +19,7 @@ from ..judging.query import DeviceIndex, QueryError, check_filters
 from ..judging.snapshot import Snapshot
 from ..model import KNOWN_TYPES, PASSABLE_TYPES
 from ..reading.sources import SOURCES, Source, SourceError
+from ..reading.state import DEFAULT_STATE_PATH, BootState
 from ..rendering import jsonout
 from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
 from ..rendering.objects import device_object
@@ -64,6 +65,13 @@ def add_source_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager
         "--libvirt.uri", dest="libvirt_uri", default="qemu:///system", metavar="URI",
         help="libvirt connection URI, opened read-only (default: qemu:///system)",
     )
+    group.add_argument(
+        "--state.path", dest="state_path", default=DEFAULT_STATE_PATH, metavar="FILE",
+        help="the devices of this boot and the previous one, to tell what changed since the previous boot; "
+        "serve writes it, the other commands only read it (default: %(default)s)",
+    )
+    group.add_argument("--no-state", dest="state", action="store_false",
+                       help="neither read nor write the state file: no upgrade-impact findings")
     add_rule_options(parser, pm)
 
 
@@ -84,12 +92,14 @@ def add_rule_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager |
 
 def open_source(args: argparse.Namespace) -> Source:
     cls = SOURCES[args.source].load(args.source)
+    state = BootState(args.state_path, args.procfs) if args.state else None
     if args.source == "sysfs":
         from ..reading import pciids
 
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
-        return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan)
-    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs, scan_processes=args.process_scan)
+        return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan, state=state)
+    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs, scan_processes=args.process_scan,
+               state=state)
 
 
 def inspector_from(args: argparse.Namespace) -> Inspector:
