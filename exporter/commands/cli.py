@@ -394,6 +394,9 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
     plugins.set_defaults(func=cmd_plugins)
 
     add_capture_command(sub, common)
+    from .diff import add_diff_command
+
+    add_diff_command(sub, common)
     return parser
 
 
