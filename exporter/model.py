@@ -6,6 +6,7 @@ metrics, the API) only queries it, in O(1) or O(answer) per question.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -131,6 +132,15 @@ class HostFacts:
     holders: Mapping[tuple[int, int], Holder] | None = None
     # libvirt: (domain, what its <hostdev> names) for host devices this host does not have.
     missing_hostdevs: tuple[tuple[str, str], ...] = ()
+    # Upgrade impact: this boot's id (<procfs>/sys/kernel/random/boot_id; None when unreadable), and
+    # what the state file (--state.path) said about the previous boot. `state_read` False: the state
+    # was not consulted (--no-state, or a source used without it); `state_problem` says in one line why
+    # it could not be used (unreadable, corrupt, newer version, no boot id); `previous_boot` None
+    # with neither: no earlier boot on record (the first boot, or a fresh start).
+    boot_id: str | None = None
+    state_read: bool = False
+    state_problem: str | None = None
+    previous_boot: BootRecord | None = None
 
     def cmdline_params(self) -> dict[str, str]:
         """The kernel command line as key -> value (flags map to "")."""
@@ -141,6 +151,110 @@ class HostFacts:
             key, _, value = word.partition("=")
             out[key] = value
         return out
+
+
+BOOT_RECORD_VERSION = 1
+RECORDED_TYPES = ("pci", "usb_device")  # what a boot record keeps: what can be handed to a VM by address
+
+
+def _serial_digest(serial: str | None) -> str | None:
+    """A serial as the record keeps it: a digest, enough to tell two units apart, not the number."""
+    if serial is None:
+        return None
+    return "sha256:" + hashlib.sha256(serial.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """One PCI function or USB device as a boot saw it: who it is (ids, class, serial digest), its
+    IOMMU group and its driver. A field the host did not give is None: unknown, never a difference."""
+
+    name: str
+    type: str
+    address: str | None = None
+    vendor_id: str | None = None
+    product_id: str | None = None
+    subsystem_vendor_id: str | None = None
+    subsystem_product_id: str | None = None
+    device_class: str | None = None  # PCI class "0x030000", or the USB device class "09"
+    serial: str | None = None  # "sha256:...": a digest of Device.serial, never the serial itself
+    iommu_group: int | None = None
+    driver: str | None = None
+
+    IDENTITY = ("vendor_id", "product_id", "subsystem_vendor_id", "subsystem_product_id", "device_class", "serial")
+
+    @classmethod
+    def of(cls, dev: Device) -> DeviceRecord:
+        return cls(dev.name, dev.type, dev.address, dev.vendor_id, dev.product_id, dev.subsystem_vendor_id,
+                   dev.subsystem_product_id, dev.pci_class if dev.type == "pci" else dev.usb_class,
+                   _serial_digest(dev.serial), dev.iommu_group if dev.type == "pci" else None, dev.driver)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, data: object) -> DeviceRecord:
+        """ValueError when `data` is not a record this version wrote."""
+        if not isinstance(data, dict):
+            raise ValueError("a device record is not an object")
+        fields: dict[str, Any] = {}
+        for name in cls.__slots__:  # type: ignore[attr-defined]
+            value = data.get(name)
+            if name == "iommu_group":
+                ok = value is None or (type(value) is int and value >= 0)
+            elif name in ("name", "type"):
+                ok = isinstance(value, str)
+            else:
+                ok = value is None or isinstance(value, str)
+            if not ok:
+                raise ValueError(f"device record field {name}: {value!r}")
+            fields[name] = value
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class BootRecord:
+    """What one boot's devices were (RECORDED_TYPES, by name), to compare the next boot with."""
+
+    boot_id: str | None
+    devices: tuple[DeviceRecord, ...] = ()  # sorted by name
+
+    @classmethod
+    def of(cls, inventory: Inventory, boot_id: str | None = None) -> BootRecord:
+        """The record of an inventory (this boot's id from its host facts unless given)."""
+        bid = boot_id if boot_id is not None else inventory.host.boot_id
+        return cls(bid, tuple(DeviceRecord.of(d) for d in inventory if d.type in RECORDED_TYPES))
+
+    def by_name(self) -> dict[str, DeviceRecord]:
+        return {d.name: d for d in self.devices}
+
+    def groups(self) -> dict[int, frozenset[str]]:
+        """IOMMU group number -> the names of its members."""
+        out: dict[int, set[str]] = {}
+        for d in self.devices:
+            if d.iommu_group is not None:
+                out.setdefault(d.iommu_group, set()).add(d.name)
+        return {k: frozenset(v) for k, v in sorted(out.items())}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": BOOT_RECORD_VERSION, "boot_id": self.boot_id,
+                "devices": [d.to_json() for d in self.devices]}
+
+    @classmethod
+    def from_json(cls, data: object) -> BootRecord:
+        """ValueError when `data` is not a record, or one of a version this one does not know."""
+        if not isinstance(data, dict):
+            raise ValueError("a boot record is not an object")
+        version = data.get("version")
+        if type(version) is not int or version < 1:
+            raise ValueError(f"boot record version {version!r}")
+        if version > BOOT_RECORD_VERSION:
+            raise ValueError(f"boot record of version {version}, newer than this exporter's {BOOT_RECORD_VERSION}")
+        boot_id, devices = data.get("boot_id"), data.get("devices")
+        if not (boot_id is None or isinstance(boot_id, str)) or not isinstance(devices, list):
+            raise ValueError("boot record without boot_id or devices")
+        records = sorted((DeviceRecord.from_json(d) for d in devices), key=lambda d: d.name)
+        return cls(boot_id, tuple(records))
 
 
 @dataclass(frozen=True, slots=True)

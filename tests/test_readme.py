@@ -86,7 +86,9 @@ def test_the_samples_are_what_the_commands_print(tree, tmp_path):
     hosts.small_vm(tree)
     ids = tmp_path / "pci.ids"
     ids.write_text("8086  Intel Corporation\n\t1234  Some other device\n")
-    paths = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc), "--path.pci-ids", str(ids)]
+    # The VM's own state file, as it was on the first boot with the exporter: none yet.
+    paths = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc), "--path.pci-ids", str(ids),
+             "--state.path", str(tmp_path / "state.json")]
     found = {page: sessions(text) for page, text in SAMPLED.items()}
     commands = {page: [c for c, _ in pairs] for page, pairs in found.items()}
     # The samples are still there: the tour in the README, the whole of them in the CLI's page.

@@ -28,10 +28,11 @@ def found(snap) -> dict[str, list[tuple[str, str, str]]]:
 def test_clean_host_has_no_findings(tree):
     hosts.clean_host(tree)
     snap = judge_tree(tree)
-    # Only where `/` is: the NVMe disk alone in group 12, which the host drives (so VFIO would refuse it).
+    # Only where `/` is: the NVMe disk alone in group 12, which the host drives (so VFIO would refuse it);
+    # and, read without a state file, that changes since the previous boot are not tracked.
     assert [(f.code, f.severity, f.subject) for f in snap.findings] == [
-        ("group_not_viable", "info", "group:12"), ("group_root_device", "info", "group:12"),
-        ("root_device", "info", "pci_0000_3d_00_0")]
+        ("changes_not_tracked", "info", "host"), ("group_not_viable", "info", "group:12"),
+        ("group_root_device", "info", "group:12"), ("root_device", "info", "pci_0000_3d_00_0")]
     assert snap.verdicts["pci_0000_00_19_0"].eligible and not snap.verdicts["pci_0000_00_19_0"].warnings
 
 
@@ -88,7 +89,8 @@ def test_weakened_settings_off_give_no_findings(tree):
     tree.module_param("vfio_iommu_type1", "allow_unsafe_interrupts", "N")
     tree.module_param("vfio", "enable_unsafe_noiommu_mode", "N")
     tree.cmdline("root=/dev/sda1 intel_iommu=on iommu=pt -- pcie_acs_override=downstream")  # after --: init's
-    assert set(found(judge_tree(tree))) == {"group_not_viable", "group_root_device", "root_device"}  # info only, as on the clean host
+    assert set(found(judge_tree(tree))) == {"changes_not_tracked", "group_not_viable", "group_root_device",
+                                            "root_device"}  # info only, as on the clean host
 
 
 def test_group_mixing_vfio_and_host_drivers_is_critical(tree):

@@ -19,6 +19,7 @@ from ..judging.query import DeviceIndex, QueryError, check_filters
 from ..judging.snapshot import Snapshot
 from ..model import KNOWN_TYPES, PASSABLE_TYPES
 from ..reading.sources import SOURCES, Source, SourceError
+from ..reading.state import DEFAULT_STATE_PATH, BootState
 from ..rendering import jsonout
 from ..rendering.exposition import DEFAULT_TELEMETRY_PATH
 from ..rendering.objects import device_object
@@ -64,6 +65,14 @@ def add_source_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager
         "--libvirt.uri", dest="libvirt_uri", default="qemu:///system", metavar="URI",
         help="libvirt connection URI, opened read-only (default: qemu:///system)",
     )
+    group.add_argument(
+        "--state.path", dest="state_path", default=None, metavar="FILE",
+        help="the devices of this boot and the previous one, to tell what changed since the previous boot; "
+        f"serve writes it, the other commands only read it (default: {DEFAULT_STATE_PATH} when reading this "
+        "host's own /sys and /proc, none for another root)",
+    )
+    group.add_argument("--no-state", dest="state", action="store_false",
+                       help="neither read nor write the state file: no upgrade-impact findings")
     add_rule_options(parser, pm)
 
 
@@ -82,14 +91,28 @@ def add_rule_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager |
         add_plugin_options(pm, parser)
 
 
+def state_path(args: argparse.Namespace) -> str | None:
+    """The state file of these arguments, or None. A state file belongs to one host: by default it is
+    kept only for this host's own /sys and /proc; a tree from elsewhere (a capture, a fixture, a
+    container's mount) compared with this host's previous boot would report changes that are not."""
+    if not args.state:
+        return None
+    if args.state_path is not None:
+        return args.state_path
+    return DEFAULT_STATE_PATH if (args.sysfs, args.procfs) == ("/sys", "/proc") else None
+
+
 def open_source(args: argparse.Namespace) -> Source:
     cls = SOURCES[args.source].load(args.source)
+    path = state_path(args)
+    state = BootState(path, args.procfs) if path is not None else None
     if args.source == "sysfs":
         from ..reading import pciids
 
         names = None if args.pci_ids == "none" else pciids.load(args.pci_ids)
-        return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan)
-    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs, scan_processes=args.process_scan)
+        return cls(args.sysfs, args.procfs, names, scan_processes=args.process_scan, state=state)
+    return cls(args.libvirt_uri, sysfs_path=args.sysfs, procfs_path=args.procfs, scan_processes=args.process_scan,
+               state=state)
 
 
 def inspector_from(args: argparse.Namespace) -> Inspector:
@@ -386,6 +409,9 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
     plugins.set_defaults(func=cmd_plugins)
 
     add_capture_command(sub, common)
+    from .diff import add_diff_command
+
+    add_diff_command(sub, common)
     return parser
 
 

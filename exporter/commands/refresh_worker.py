@@ -29,6 +29,7 @@ from ..reading.sources import Source
 from ..rendering.metrics import ERROR_KINDS, MetricOptions
 from ..rendering.rendered import Rendered, send
 from .gcpause import gc_paused
+from .statefile import StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class Builder:
     equal to the last one judges and renders to the same bodies: the server keeps serving those,
     and the refresh costs the read alone (about half of it on a large host, benchmarks/RESULTS.md)."""
 
-    def __init__(self, source: Source, inspector: Inspector, options: MetricOptions) -> None:
+    def __init__(self, source: Source, inspector: Inspector, options: MetricOptions,
+                 state: StateWriter | None = None) -> None:
         self.source, self.inspector, self.options = source, inspector, options
+        self.state = state  # writes this boot's record after a refresh (None: --no-state)
         self._last: Inventory | None = None  # the read behind the last record made
         self.token = 0  # that record's: the server says which record it serves
 
@@ -69,6 +72,8 @@ class Builder:
             log.exception("refresh failed unexpectedly")
             return Failed("refresh_error", f"{type(exc).__name__}: {exc}")
         self._last, self.token = inventory, rendered.token
+        if self.state is not None:  # after the refresh succeeded; a failure to write is a warning
+            self.state.after_refresh(inventory)
         return rendered
 
     def answer(self, held: int = 0) -> tuple:
@@ -109,7 +114,7 @@ def main(argv: Sequence[str]) -> int:
     conn = Connection(os.dup(sock.fileno()))  # the messages; `sock` itself carries the records' buffers
     from ..reading.sources import SourceError
     from ..settings import ConfigError
-    from .cli import inspector_from, metric_options, open_source, parse_command_line
+    from .cli import inspector_from, metric_options, open_source, parse_command_line, state_path
     from .cmdline import early_args, setup_early_logging
 
     setup_early_logging(early_args(argv[1:]))  # a usage error is a log line in --log.format, as the server's
@@ -122,7 +127,8 @@ def main(argv: Sequence[str]) -> int:
         conn.send(("error", "refresh_error", str(exc)))
         return 1
     try:
-        builder = Builder(open_source(args), inspector_from(args), metric_options(args))
+        builder = Builder(open_source(args), inspector_from(args), metric_options(args),
+                          StateWriter(path) if (path := state_path(args)) is not None else None)
     except SourceError as exc:
         conn.send(("error", "source_error", str(exc)))
         return 1

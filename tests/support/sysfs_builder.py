@@ -31,6 +31,7 @@ class SysfsTree:
         self.proc.mkdir(parents=True, exist_ok=True)
         self.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet")
         self.interrupts("IR-IO-APIC", "IR-PCI-MSI")  # a host with interrupt remapping, as most are
+        self.boot_id("6e1c3b52-2a0f-4d7e-9a63-0c5d1f3e8b21")
         self._pci: dict[str, Path] = {}
         self.vpd_fields: dict[str, dict[str, str]] = {}  # PCI address -> what its VPD says, for libvirt's XML
 
@@ -62,6 +63,14 @@ class SysfsTree:
 
     def cmdline(self, text: str) -> None:
         self.write(self.proc / "cmdline", text)
+
+    def boot_id(self, text: str | None) -> None:
+        """<procfs>/sys/kernel/random/boot_id; None removes it."""
+        path = self.proc / "sys" / "kernel" / "random" / "boot_id"
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            self.write(path, text)
 
     def module_param(self, module: str, param: str, value: str) -> None:
         self.write(self.sys / "module" / module / "parameters" / param, value)

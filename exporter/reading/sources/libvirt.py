@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from ...model import Device, HostFacts, Inventory
+from ..state import BootState
 from . import SOURCES, SourceError
 from .libvirt_assign import assign
 from .libvirt_fill import SysfsFiller
@@ -46,6 +47,7 @@ class LibvirtSource:
         procfs_path: str = "/proc",
         clock: Callable[[], float] = time.monotonic,
         scan_processes: bool = True,
+        state: BootState | None = None,
     ) -> None:
         self.uri = uri
         self._clock = clock
@@ -55,6 +57,7 @@ class LibvirtSource:
         # The host's sysfs only describes the devices of a local libvirt.
         remote = bool(urlsplit(uri).hostname)
         self._filler = SysfsFiller(sysfs_path, procfs_path, scan_processes) if sysfs_path and not remote else None
+        self.state = None if remote else state  # another host's boots are not this host's boot id
         libvirt.registerErrorHandler(_quiet, None)
 
     # --- connection ----------------------------------------------------------------------
@@ -140,6 +143,8 @@ class LibvirtSource:
         domains = [(name, active, refs) for name, refs, active in domains]
         devices, missing = assign(devices, domains, count)
         host = replace(host, missing_hostdevs=tuple(missing))
+        if self.state is not None:
+            host = replace(host, **self.state.facts())
         log.debug("read %d node devices and %d domains from %s", len(devices), len(domains), self.uri)
         return Inventory(devices, host, errors)
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from ...model import COMPUTER, Device, Inventory
 from ..pciids import PciIds
+from ..state import BootState
 from ..sysfs import Reader, Trace, error_kind
 from ..sysfs.devices import READERS, Fields, usb_name_parent
 from ..sysfs.host import host_facts
@@ -32,11 +33,12 @@ class SysfsSource:
     error_kinds = SOURCES["sysfs"].error_kinds
 
     def __init__(self, sysfs: str = "/sys", procfs: str = "/proc", pci_ids: PciIds | None = None,
-                 scan_processes: bool = True) -> None:
+                 scan_processes: bool = True, state: BootState | None = None) -> None:
         self.sysfs = sysfs
         self.procfs = procfs
         self.pci_ids = pci_ids
         self.scan_processes = scan_processes  # who holds which device: <procfs>/<pid>/fd
+        self.state = state  # the previous boot's record, from --state.path (None: --no-state)
 
     def read(self, trace: Trace | None = None) -> Inventory:
         """Read every device once; `trace`, when given, records every path the read touched."""
@@ -70,6 +72,8 @@ class SysfsSource:
             host = replace(host, root_devices=roots[0], root_disks=roots[1])
         if self.scan_processes and trace is None:  # a capture holds no other process's files
             host = replace(host, holders=scan_holders(self.procfs, wanted_numbers(devices, host)))
+        if self.state is not None and trace is None:
+            host = replace(host, **self.state.facts())
         log.debug("read %d devices from %s", len(devices), self.sysfs)
         return Inventory(devices, host, reader.errors)
 
