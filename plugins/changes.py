@@ -16,7 +16,7 @@ from ..judging.facts import Facts
 from ..model import BootRecord, Check, Device, Finding, Inventory
 
 CODES = ("device_replaced", "group_changed", "group_renumbered", "device_gone", "device_new", "state_unreadable",
-         "no_previous_boot", "changes_not_tracked")
+         "no_previous_boot", "changes_not_tracked", "hostdev_changed")
 FIXES = {
     "device_replaced": "check that the new device is the one meant (`lspci -nn -s ADDRESS`), then update the "
     "domains that use this address (`virsh edit DOMAIN`) or put the old device back",
@@ -25,6 +25,8 @@ FIXES = {
     "group_renumbered": "update whatever names /dev/vfio/<N> by number (scripts, container device lists) to the new number",
     "device_gone": "reseat or reinstall the device, check the firmware's slot settings, or remove it from the "
     "domains configured with it",
+    "hostdev_changed": "before starting the domain, point its <hostdev> at the device it is meant to have "
+    "(`virsh edit DOMAIN`), or put the hardware back as it was",
     "state_unreadable": "fix or remove the state file (--state.path) and give the exporter a writable state "
     "directory; until then changes since the previous boot cannot be told",
 }
@@ -51,8 +53,28 @@ def passthrough_findings(inventory: Inventory, facts: Facts) -> Iterator[Finding
         yield Finding("no_previous_boot", "info", "host", "no record of a previous boot (the first boot with the "
                       "exporter, or its state was started afresh): nothing to compare with yet")
         return
+    configured: dict[str, list[str]] = {}  # domain -> what changed among the devices it is configured with
     for change in compare(host.previous_boot, BootRecord.of(inventory)):
-        yield _finding(change, inventory, facts, host.previous_boot)
+        finding = _finding(change, inventory, facts, host.previous_boot)
+        for domain in _domains(change, inventory, host.previous_boot):
+            configured.setdefault(domain, []).append(f"{change.subject} ({change.kind.replace('_', ' ')})")
+        yield finding
+    for domain, what in sorted(configured.items()):
+        yield Finding("hostdev_changed", "critical", f"domain:{domain}",
+                      f"domain {domain} is configured with {', '.join(what)}, changed since the previous boot: "
+                      "it will not start, or will start with another device", FIXES["hostdev_changed"])
+
+
+def _domains(change: Change, inventory: Inventory, previous: BootRecord) -> list[str]:
+    """The domains whose <hostdev> names the device a change is about (none for a renumbered group or
+    a new device: a domain names an address, which still holds what it held)."""
+    if change.kind in ("replaced", "group_changed"):
+        dev = inventory.devices.get(change.subject)
+        return [name for name, _ in dev.assignments] if dev is not None else []
+    if change.kind == "gone":
+        was = previous.by_name()[change.subject]
+        return sorted({d for d, what in inventory.host.missing_hostdevs if _names(what, was.address)})
+    return []
 
 
 def _users(dev: Device | None, facts: Facts) -> list[str]:

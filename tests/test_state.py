@@ -133,6 +133,11 @@ def test_critical_when_a_domain_is_configured_with_the_device():
     [f] = [f for f in snap.findings if f.code == "device_replaced"]
     assert f.severity == "critical" and "domain win11 (shut off)" in f.message and f.fix
     assert "A1" not in f.message and "B2" not in f.message
+    # The domain itself: its <hostdev> now names another card.
+    [h] = [f for f in snap.findings if f.code == "hostdev_changed"]
+    assert (h.severity, h.subject) == ("critical", "domain:win11")
+    assert h.message == ("domain win11 is configured with pci_0000_01_00_0 (replaced), changed since the previous "
+                         "boot: it will not start, or will start with another device")
 
 
 def test_a_gone_device_a_domain_names_is_critical():
@@ -141,9 +146,26 @@ def test_a_gone_device_a_domain_names_is_critical():
                      missing_hostdevs=(("win11", "pci address=0000:01:00.0"),))
     [f] = [f for f in inspector().judge(Inventory([], host)).findings if f.code == "device_gone"]
     assert (f.severity, f.subject) == ("critical", "pci_0000_01_00_0") and "win11" in f.message
+    [h] = [f for f in inspector().judge(Inventory([], host)).findings if f.code == "hostdev_changed"]
+    assert (h.subject, h.message.split(",")[0]) == ("domain:win11", "domain win11 is configured with "
+                                                                     "pci_0000_01_00_0 (gone)")
     host = HostFacts(boot_id=BOOT_B, state_read=True, previous_boot=before)
-    [f] = [f for f in inspector().judge(Inventory([], host)).findings if f.code == "device_gone"]
+    found = inspector().judge(Inventory([], host)).findings
+    [f] = [f for f in found if f.code == "device_gone"]
     assert f.severity == "warning"
+    assert not [f for f in found if f.code == "hostdev_changed"]  # no domain names it
+
+
+def test_an_untouched_device_of_a_domain_gives_no_hostdev_finding():
+    """A domain on a device that did not change: nothing about it, whatever changed elsewhere."""
+    nic = Device(name="pci_0000_05_00_0", type="pci", address="0000:05:00.0", vendor_id="0x8086",
+                 product_id="0x1572", pci_class="0x020000", iommu_group=7,
+                 assignments=(("router", True),), assigned_to="router", assigned_running=True)
+    before = BootRecord.of(Inventory([_gpu(serial="A1"), nic]), BOOT_A)
+    inv = Inventory([_gpu(serial="B2"), nic], HostFacts(boot_id=BOOT_B, state_read=True, previous_boot=before))
+    found = inspector().judge(inv).findings
+    assert [(f.code, f.severity, f.subject) for f in found if f.code in ("device_replaced", "hostdev_changed")] == [
+        ("device_replaced", "warning", "pci_0000_01_00_0")]
 
 
 def test_the_default_state_file_is_this_hosts_alone():
