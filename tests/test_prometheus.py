@@ -62,6 +62,23 @@ def unsafe_host(tree: SysfsTree) -> None:
     tree.mdev_type("0000:41:00.0", "nvidia-222", "GRID T4-1Q", available=15, instances=1)
 
 
+def previous_boot_with_another_gpu(tree: SysfsTree, state: Path) -> None:
+    """The unsafe host's state file as its previous boot left it: another GPU model (10de:2482) at
+    01:00.0, which a QEMU holds now, so `device_replaced` is critical."""
+    from passthrough_exporter.commands.statefile import StateWriter
+    from passthrough_exporter.reading.sources.sysfs import SysfsSource
+    from passthrough_exporter.reading.state import BootState
+
+    device = tree.pci_path("0000:01:00.0") / "device"
+    now, boot = device.read_text(), "aaaaaaaa-0000-4000-8000-00000000000a"
+    tree.boot_id(boot)
+    device.write_text("0x2482\n")
+    StateWriter(str(state)).after_refresh(SysfsSource(str(tree.sys), str(tree.proc),
+                                                      state=BootState(str(state), str(tree.proc))).read())
+    device.write_text(now)
+    tree.boot_id("bbbbbbbb-0000-4000-8000-00000000000b")
+
+
 def with_root_disk(tree: SysfsTree) -> None:
     """The workstation with `/` on an NVMe disk of its own: the root device is known, so nothing is held
     back for it but that disk."""
@@ -90,7 +107,10 @@ def stack(tmp_path_factory):
         for name, build in (("safe", safe_host), ("unsafe", unsafe_host), ("libvirt", with_root_disk)):
             tree = SysfsTree(base / name)
             build(tree)
-            source = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]
+            state = base / f"{name}-state.json"
+            if name == "unsafe":
+                previous_boot_with_another_gpu(tree, state)
+            source = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc), "--state.path", str(state)]
             if name == "libvirt":  # libvirt's test driver, with a VM holding the GPU: assignments have data
                 pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
                 from tests.support.libvirt_host import domain, pci_hostdev, write_host
@@ -231,7 +251,8 @@ def test_unsafe_host_alerts_and_safe_host_does_not(stack):
         by = {}
         for a in found:
             by.setdefault(a["labels"].get("host"), set()).add(a["labels"]["alertname"])
-        return by if {"PassthroughMixedIommuGroup", "PassthroughIsolationWeakened"} <= by.get("unsafe", set()) else None
+        return by if {"PassthroughMixedIommuGroup", "PassthroughIsolationWeakened",
+                      "PassthroughDeviceChangedSinceBoot"} <= by.get("unsafe", set()) else None
 
     by_host = wait_for(alerts, 30, "the unsafe host's alerts")
     # Well within a minute of the first evaluation: alerts with a `for` wait (pending), others fire.
@@ -242,6 +263,11 @@ def test_unsafe_host_alerts_and_safe_host_does_not(stack):
     assert "PassthroughMixedIommuGroup" not in by_host.get("safe", set())
     assert "PassthroughIsolationWeakened" not in by_host.get("safe", set())
     assert "PassthroughMixedIommuGroup" not in by_host.get("libvirt", set())
+    # The unsafe host's held GPU is another model than at its previous boot; the others have no previous boot.
+    assert [h for h, names in by_host.items() if "PassthroughDeviceChangedSinceBoot" in names] == ["unsafe"]
+    replaced = query(prom, 'passthrough_finding{code="device_replaced"}')
+    assert [(r["metric"]["host"], r["metric"]["subject"], r["metric"]["severity"]) for r in replaced] == [
+        ("unsafe", "pci_0000_01_00_0", "critical")]
     held = query(prom, 'passthrough_device_assigned{domain="gaming"}')
     assert sorted(r["metric"]["device"] for r in held) == ["pci_0000_01_00_0", "pci_0000_01_00_1"]
     mixed = query(prom, 'instance:passthrough_mixed_groups:count')
