@@ -128,7 +128,7 @@ def test_a_mixed_group_carries_critical_on_its_box(tree):
     assert page.element("group-0") == ({"group"}, "IOMMU group 0 · 1 function · viable pci_0000_00_00_0 0x8086 "
                                        "0x3e30 · no driver not eligible: host bridge (0x060000) is host "
                                        "infrastructure, not an endpoint")
-    assert "Findings (8: 1 critical, 2 warning, 5 info)" in page.words
+    assert "Findings (9: 1 critical, 2 warning, 6 info)" in page.words
     assert "script" not in page.tags
 
 
@@ -152,7 +152,7 @@ def test_warnings_on_their_cards_and_host_drivers_in_plain_words(tree):
     classes, bridge = page.element("dev-pci_0000_00_01_0")
     assert classes == {"dev", "ineligible"} and "warning" not in bridge  # nothing to say: no flags
     # Info asks nothing: one folded line on top, nothing on the boxes.
-    assert "info: group multi device (2), group not viable (6)" in page.words
+    assert "info: changes not tracked (1), group multi device (2), group not viable (6)" in page.words
     assert "info:" not in page.element("group-5")[1]
 
 
@@ -422,3 +422,24 @@ def test_served_at_the_root_behind_basic_auth_and_gzipped(tree, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_changes_since_the_previous_boot_come_first():
+    """After an upgrade the page opens with what changed: here the GPU at 01:00.0 is another model and
+    its group was renumbered 2 -> 12 (worked out from the two records below)."""
+    from passthrough_exporter.model import BootRecord
+
+    def gpu(product: str, group: int) -> Device:
+        return Device(name="pci_0000_01_00_0", type="pci", address="0000:01:00.0", vendor_id="0x10de",
+                      product_id=product, pci_class="0x030000", iommu_group=group)
+
+    before = BootRecord.of(Inventory([gpu("0x2484", 2)]), "aaaaaaaa-0000-4000-8000-00000000000a")
+    inv = Inventory([gpu("0x2204", 12)], HostFacts(iommu_groups_present=True, boot_id="b", state_read=True,
+                                                   previous_boot=before))
+    page = render(Inspector().judge(inv)).decode()
+    top = page.index('<h2 class="changes">Changed since the previous boot (2)</h2>')
+    assert top < page.index("<h2>Findings")
+    assert ("<li>group:12: group renumbered: group 2 -&gt; group 12</li>"
+            "<li>pci_0000_01_00_0: replaced: 10de:2484 -&gt; 10de:2204</li>") in page
+    # Without a previous boot on record there is nothing to show on top.
+    assert 'class="changes"' not in render(Inspector().judge(Inventory([gpu("0x2204", 12)]))).decode()
