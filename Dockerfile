@@ -55,7 +55,8 @@ RUN pkgs=pci.ids \
  && groupadd --system --gid 10001 exporter \
  && useradd --system --no-log-init --uid 10001 --gid exporter --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin exporter \
- && mkdir -p /host/sys
+ && mkdir -p /host/sys \
+ && install -d -o 10001 -g 10001 -m 0755 /var/lib/passthrough-exporter
 COPY --from=build /opt/passthrough-exporter /opt/passthrough-exporter
 # No PYTHONUNBUFFERED: a buffered stdout keeps `devices --json` fast, and logs go to stderr, which
 # Python flushes line by line anyway.
@@ -66,5 +67,10 @@ USER 10001:10001
 EXPOSE 9839
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
   CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9839/healthz', timeout=4)"]
+# This boot's and the previous boot's devices, for the upgrade-impact findings: mount a host directory
+# here so the record outlives the container (the host's /sys is read at /host/sys, so the state file
+# is named, not taken by default).
+VOLUME ["/var/lib/passthrough-exporter"]
 ENTRYPOINT ["passthrough-exporter"]
-CMD ["serve", "--web.listen-address", ":9839", "--path.sysfs", "/host/sys", "--path.procfs", "/host/proc"]
+CMD ["serve", "--web.listen-address", ":9839", "--path.sysfs", "/host/sys", "--path.procfs", "/host/proc", \
+     "--state.path", "/var/lib/passthrough-exporter/state.json"]

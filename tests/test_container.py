@@ -178,8 +178,9 @@ def image_env(final: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def at_host(cmd: list[str], host) -> list[str]:
-    """The command with its sysfs/procfs paths pointed at a fixture host."""
-    out, paths = list(cmd), {"--path.sysfs": str(host.sys), "--path.procfs": str(host.proc)}
+    """The command with its sysfs/procfs paths pointed at a fixture host, its state file beside it."""
+    out, paths = list(cmd), {"--path.sysfs": str(host.sys), "--path.procfs": str(host.proc),
+                             "--state.path": str(host.sys.parent / "state.json")}
     for i, word in enumerate(out[:-1]):
         if word in paths:
             out[i + 1] = paths[word]
