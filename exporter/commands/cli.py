@@ -85,7 +85,7 @@ def add_rule_options(parser: argparse.ArgumentParser, pm: pluggy.PluginManager |
     )
     rules.add_argument(
         "--disable-plugin", dest="disabled_plugins", action="append", default=[], metavar="NAME",
-        help="do not load the plugin NAME, built-ins (pci, usb, scsi, safety, health, assignments, policy) included (repeatable)",
+        help="do not load the plugin NAME, built-ins (pci, usb, scsi, safety, health, assignments, changes, policy) included (repeatable)",
     )
     if pm is not None:
         add_plugin_options(pm, parser)
