@@ -462,3 +462,35 @@ def test_a_hostdev_naming_a_device_this_host_lacks(tree, tmp_path):
     assert "pci address=0000:0a:00.0" in finding.message
     assert 'passthrough_finding{code="hostdev_missing",severity="warning",subject="domain:old"} 1.0' in \
         render(snap).decode()
+
+
+def test_a_domain_on_a_replaced_device_and_one_on_an_untouched_device(tree, tmp_path):
+    """libvirt's test driver: at the previous boot 01:00.0 was a 10de:2482; now it is a 10de:2484. The
+    domain `gaming` is configured with it, `compute` with the NIC at 04:00.0, which did not change. By
+    hand: device_replaced on 01:00.0, critical (a domain is configured with it), and hostdev_changed
+    for domain:gaming alone; nothing about 04:00.0 or compute."""
+    from passthrough_exporter.commands.statefile import StateWriter
+    from passthrough_exporter.reading.state import BootState
+
+    hosts.workstation(tree)
+    state = tmp_path / "state.json"
+    device = tree.pci_path("0000:01:00.0") / "device"
+    now = device.read_text()
+    tree.boot_id("aaaaaaaa-0000-4000-8000-00000000000a")
+    device.write_text("0x2482\n")
+    assert StateWriter(str(state)).after_refresh(
+        SysfsSource(str(tree.sys), str(tree.proc), state=BootState(str(state), str(tree.proc))).read())
+    device.write_text(now)
+    tree.boot_id("bbbbbbbb-0000-4000-8000-00000000000b")
+    uri = write_host(tree, tmp_path / "host.xml", (domain("gaming", pci_hostdev("0000:01:00.0"), running=False),
+                                                    domain("compute", pci_hostdev("0000:04:00.0"))))
+    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc),
+                           state=BootState(str(state), str(tree.proc)))
+    try:
+        snap = Inspector().judge(source.read(), source="libvirt")
+    finally:
+        source.close()
+    changed = [(f.code, f.severity, f.subject) for f in snap.findings
+               if f.code in ("device_replaced", "group_changed", "device_gone", "hostdev_changed")]
+    assert changed == [("device_replaced", "critical", "pci_0000_01_00_0"),
+                       ("hostdev_changed", "critical", "domain:gaming")]
