@@ -223,7 +223,10 @@ class BootRecord:
     def of(cls, inventory: Inventory, boot_id: str | None = None) -> BootRecord:
         """The record of an inventory (this boot's id from its host facts unless given)."""
         bid = boot_id if boot_id is not None else inventory.host.boot_id
-        return cls(bid, tuple(DeviceRecord.of(d) for d in inventory if d.type in RECORDED_TYPES))
+        # SR-IOV virtual functions are not recorded: they are made after boot (sriov_numvfs), so a boot's
+        # first refresh may come before them; a domain naming one that is missing is hostdev_missing.
+        return cls(bid, tuple(DeviceRecord.of(d) for d in inventory
+                              if d.type in RECORDED_TYPES and d.physfn is None))
 
     def by_name(self) -> dict[str, DeviceRecord]:
         return {d.name: d for d in self.devices}
@@ -254,6 +257,8 @@ class BootRecord:
         if not (boot_id is None or isinstance(boot_id, str)) or not isinstance(devices, list):
             raise ValueError("boot record without boot_id or devices")
         records = sorted((DeviceRecord.from_json(d) for d in devices), key=lambda d: d.name)
+        if len({d.name for d in records}) != len(records):
+            raise ValueError("boot record with a device named twice")
         return cls(boot_id, tuple(records))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -10,6 +11,7 @@ from passthrough_exporter.judging.changes import compare
 from passthrough_exporter.model import BootRecord, Device, DeviceRecord, Inventory
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 
+from .support import hosts
 from .support.sysfs_builder import SysfsTree
 
 NVME = dict(vendor_id="0x144d", product_id="0xa80a", pci_class="0x010802",
@@ -143,3 +145,44 @@ def test_records_read_from_sysfs_trees(tmp_path):
         "group:4: group renumbered: group 3 -> group 4",
         "pci_0000_03_00_0: replaced: 144d:a80a -> 144d:a808",
     ]
+
+
+# --- what a normal reboot must not report ------------------------------------------------------
+
+
+def test_an_nvme_drive_handed_to_vfio_is_not_replaced(tree):
+    """On `nvme` the controller's serial is read; on vfio-pci there is no `nvme/` and its VPD's SN (if
+    any) is another number: the serial is unknown then, never a second identity."""
+    tree.pci("0000:3d:00.0", 0x144D, 0xA808, 0x010802, driver="nvme", group=22)
+    tree.nvme_controller("0000:3d:00.0", "S4EWNX0R123456")
+    tree.vpd("0000:3d:00.0", hosts.NIC_VPD, name="Example NIC", serial_number="S4EWNX0R123456-VPD")
+    on_nvme = SysfsSource(str(tree.sys), str(tree.proc)).read()
+    assert on_nvme.devices["pci_0000_3d_00_0"].serial == "S4EWNX0R123456"
+    shutil.rmtree(tree.pci_path("0000:3d:00.0") / "nvme")
+    on_vfio = SysfsSource(str(tree.sys), str(tree.proc)).read()
+    assert on_vfio.devices["pci_0000_3d_00_0"].serial is None
+    assert compare(BootRecord.of(on_nvme, "a"), BootRecord.of(on_vfio, "b")) == []
+
+
+def test_a_group_unknown_in_one_boot_is_no_change():
+    """An unreadable iommu_group link, or the IOMMU off after an update (told by the host's own
+    findings), is a missing input, not a regrouping."""
+    a = record(pci("0000:01:00.0", 2, vendor_id="0x10de"), pci("0000:01:00.1", 2, vendor_id="0x10de"), boot="a")
+    b = record(pci("0000:01:00.0", None, vendor_id="0x10de"), pci("0000:01:00.1", None, vendor_id="0x10de"))
+    assert compare(a, b) == [] and compare(b, a) == []
+
+
+def test_virtual_functions_are_not_recorded():
+    """VFs are made after boot (sriov_numvfs): a boot's first refresh may come before them."""
+    pf = pci("0000:3b:00.0", 40, vendor_id="0x8086", product_id="0x1572", pci_class="0x020000")
+    vf = pci("0000:3b:02.0", 41, vendor_id="0x8086", product_id="0x154c", pci_class="0x020000",
+             physfn="pci_0000_3b_00_0")
+    assert [d.name for d in record(pf, vf).devices] == ["pci_0000_3b_00_0"]
+    assert compare(record(pf, vf, boot="a"), record(pf)) == []
+
+
+def test_a_record_naming_a_device_twice_is_refused():
+    data = record(pci("0000:03:00.0", 5)).to_json()
+    data["devices"] = data["devices"] * 2
+    with pytest.raises(ValueError, match="named twice"):
+        BootRecord.from_json(data)

@@ -45,3 +45,26 @@ def test_a_bad_input_is_a_usage_error(tmp_path):
     out = diff(a.root, junk)
     assert out.returncode == 2 and "not a capture archive" in out.stderr
     assert diff(a.root).returncode == 2
+
+
+def test_an_archive_too_big_to_be_a_capture_is_refused_before_it_fills_the_disk(tmp_path, monkeypatch):
+    """A small .tar.gz can hold gigabytes of zeros: the sizes its members declare are summed before
+    anything of that size is written, and past the bound the answer is one line and exit 2."""
+    import io
+    import tarfile
+
+    from passthrough_exporter.commands import diff
+
+    monkeypatch.setattr(diff, "MAX_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        info = tarfile.TarInfo("sys/zeros")
+        info.size = 2 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    try:
+        diff._unpack(str(bomb), str(tmp_path / "out"))
+    except diff.DiffInputError as exc:
+        assert "not a capture archive" in str(exc) and "1 MiB" in str(exc)
+    else:
+        raise AssertionError("the archive was unpacked")
+    assert not (tmp_path / "out" / "sys" / "zeros").exists()

@@ -148,7 +148,9 @@ def test_sysfs_decides_the_serial_when_it_has_one(tree, tmp_path):
     tree.vpd("0000:3d:00.0", hosts.NIC_VPD, name="Example NIC", serial_number="MT1234X00001")
     by_sysfs, by_libvirt = _both(tree, tmp_path)
     _, remote = _both(tree, tmp_path, fill=False)
-    for snap, serial in ((by_sysfs, "S4EWNX0R123456"), (by_libvirt, "S4EWNX0R123456"), (remote, "MT1234X00001")):
+    # Remote, libvirt gives only the VPD's SN: another number space than the controller's, so an NVMe
+    # controller's serial is unknown there rather than a second identity (see attrs.nvme_class).
+    for snap, serial in ((by_sysfs, "S4EWNX0R123456"), (by_libvirt, "S4EWNX0R123456"), (remote, None)):
         assert snap.inventory.devices["pci_0000_3d_00_0"].serial == serial
 
 

@@ -20,6 +20,10 @@ from ..rendering import jsonout
 from ..textsafe import visible
 
 USAGE = 2
+# A capture of a large host is some 10 MB of attribute files in 100,000 members; an archive well past
+# that is not one, and unpacking it would fill the disk (a small .tar.gz can hold gigabytes of zeros).
+MAX_MEMBERS = 500_000
+MAX_BYTES = 256 << 20
 
 
 class DiffInputError(Exception):
@@ -29,14 +33,21 @@ class DiffInputError(Exception):
 def _unpack(archive: str, dest: str) -> None:
     """A capture archive into `dest`: regular files, directories and links that stay inside only."""
     root = os.path.realpath(dest)
+    members = size = 0
     try:
         with tarfile.open(archive) as tar:
             for member in tar:
                 name = member.name
+                members, size = members + 1, size + max(member.size, 0)
+                if members > MAX_MEMBERS or size > MAX_BYTES:
+                    raise DiffInputError(f"{archive}: more than {MAX_MEMBERS} members or {MAX_BYTES >> 20} MiB: "
+                                         "not a capture archive")
                 if (name.startswith("/") or ".." in name.split("/")
                         or not (member.isreg() or member.isdir() or member.issym())):
                     raise DiffInputError(f"{archive}: member {name!r} is not one a capture writes")
                 if member.issym():
+                    if os.path.lexists(os.path.join(root, name)):  # a link replaced later could lead outside
+                        raise DiffInputError(f"{archive}: link {name!r} is given twice")
                     parent = os.path.realpath(os.path.join(root, os.path.dirname(name)))
                     target = os.path.realpath(os.path.join(parent, member.linkname))
                     if member.linkname.startswith("/") or not (target == root or target.startswith(root + os.sep)):

@@ -88,8 +88,8 @@ def compare(previous: BootRecord, now: BootRecord) -> list[Change]:
     - replaced: the same address (name) holds another identity (ids, subsystem ids, class, serial);
     - gone / new: a device of one boot only;
     - group_changed: a device of both boots whose IOMMU group holds other functions now (merged,
-      split, a new function joined; functions gone are told as gone, not again here), or that
-      gained or lost its group;
+      split, a new function joined; functions gone are told as gone, not again here); a group
+      unknown in either boot is no difference;
     - group_renumbered: a group with exactly the same functions under another number.
     """
     before, after = previous.by_name(), now.by_name()
@@ -109,12 +109,14 @@ def compare(previous: BootRecord, now: BootRecord) -> list[Change]:
         fields = identity_differs(a, b)
         if fields:
             changes.append(_replaced(name, a, b, fields))
-        if a.type != "pci" or (a.iommu_group is None and b.iommu_group is None):
+        # A group unknown on either side (no IOMMU, an unreadable link) is no difference: the host's own
+        # findings tell an IOMMU that is off; a missing input is never taken for a regrouping.
+        if a.type != "pci" or a.iommu_group is None or b.iommu_group is None:
             continue
-        was = groups_before.get(a.iommu_group, frozenset()) if a.iommu_group is not None else frozenset()
-        now_members = groups_after.get(b.iommu_group, frozenset()) if b.iommu_group is not None else frozenset()
+        was = groups_before.get(a.iommu_group, frozenset())
+        now_members = groups_after.get(b.iommu_group, frozenset())
         was_kept = frozenset(m for m in was if m in after)  # a function gone is a change of its own
-        if (a.iommu_group is None) != (b.iommu_group is None) or was_kept != now_members:
+        if was_kept != now_members:
             changes.append(Change("group_changed", name, _group_text(a.iommu_group, was),
                                   _group_text(b.iommu_group, now_members)))
     # Renumbered: the same members, another number (group_changed covers every other case).

@@ -25,7 +25,7 @@ from ..settings import ConfigError
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-STATE_LIMIT = 64 << 20  # two records of a host with 100,000 devices fit
+STATE_LIMIT = 8 << 20  # two records of about 300 bytes a device (VFs are not recorded): 13,000 devices; a hostile file of empty lists costs some 230 MB to refuse
 BOOT_ID = ("sys", "kernel", "random", "boot_id")
 DEFAULT_STATE_PATH = "/var/lib/passthrough-exporter/state.json"
 
@@ -75,6 +75,9 @@ class BootState:
     path: str
     procfs: str = "/proc"
     _told: str | None = field(default=None, repr=False)  # the problem last logged
+    # The records last parsed and the file they came from (device, inode, size, mtime): a refresh
+    # re-reads the file only when it changed (serve writes it once a boot, when the record changes).
+    _parsed: tuple[tuple[int, int, int, int], list[BootRecord]] | None = field(default=None, repr=False)
 
     def facts(self) -> dict[str, Any]:
         """boot_id, state_read, state_problem and previous_boot for the host facts. Never raises."""
@@ -97,16 +100,21 @@ class BootState:
         """The file's records, newest first: [] when there is no file. ConfigError or ValueError
         when it cannot be read or is not a state file of this version."""
         try:
-            os.stat(self.path)
+            st = os.stat(self.path)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return []
             raise ConfigError(f"cannot read it: {exc.strerror}") from None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._parsed is not None and self._parsed[0] == key:
+            return self._parsed[1]
         try:
             data = read_operator_file(self.path, STATE_LIMIT, "state file")
         except ConfigError as exc:
             raise ConfigError(str(exc).removeprefix(f"{self.path}: ")) from None
         try:
-            return parse_state(data)
+            records = parse_state(data)
         except ValueError as exc:
             raise ValueError(f"corrupt or unknown: {exc}") from None
+        self._parsed = (key, records)
+        return records

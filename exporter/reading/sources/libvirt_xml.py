@@ -16,7 +16,7 @@ from typing import TypeVar
 from lxml import etree
 
 from ...model import COMPUTER, Device, device_name
-from ..sysfs.attrs import BadAttribute, bounded_int, hex_id, numa_node, parse_int, sriov_count
+from ..sysfs.attrs import BadAttribute, bounded_int, hex_id, numa_node, nvme_class, parse_int, sriov_count
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,8 @@ def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
         virtfns=tuple(device_name("pci", a) for a in vfs),
         sriov_totalvfs=total_vfs,
         sriov_numvfs=len(vfs) if vfs_cap is not None else None,
-        serial=_text(cap.find("capability[@type='vpd']/fields[@access='readonly']/serial_number")),
+        # The VPD's SN, but an NVMe controller's serial is its controller's (sysfs fills it): see nvme_class.
+        serial=None if nvme_class(cls) else _text(cap.find("capability[@type='vpd']/fields[@access='readonly']/serial_number")),
         notes=notes,
     )
 

@@ -136,3 +136,10 @@ def dev_number(text: str) -> tuple[int, int]:
     if not 0 < number[0] <= MAX_MAJOR or number[1] > MAX_MINOR:
         raise BadAttribute(f"not a device number: major 1..{MAX_MAJOR}, minor 0..{MAX_MINOR} expected")
     return number
+
+
+def nvme_class(pci_class: str | None) -> bool:
+    """An NVMe controller (class 0x0108xx): its serial is the controller's alone. Bound to vfio-pci it
+    has no `nvme/` and its serial is unknown; its VPD `SN` is another number space, which would read
+    as another device every time the driver changes (on every VM start)."""
+    return pci_class is not None and pci_class.startswith("0x0108")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ...model import MdevType, device_name
-from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width,
+from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width, nvme_class,
                     numa_node, parse_int, shape, sriov_count)
 from .files import Reader, error_kind
 from .vpd import VPD_MAX, parse_vpd
@@ -51,13 +51,14 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         reset_methods = None if "reset" in attrs else ()
     vfio_dev = _vfio_dev(reader, path) if "vfio-dev" in attrs else None
     attr = reader.attr_in
+    pci_class = hex_id(attr(attrs, path, "class"), 6)
     return {
         "name": device_name("pci", sysname),
         "type": "pci",
         "address": escape_bytes(sysname),
         "vendor_id": hex_id(attr(attrs, path, "vendor"), 4),
         "product_id": hex_id(attr(attrs, path, "device"), 4),
-        "pci_class": hex_id(attr(attrs, path, "class"), 6),
+        "pci_class": pci_class,
         "subsystem_vendor_id": opt(attrs, path, "subsystem_vendor", _hex4, sysname),
         "subsystem_product_id": opt(attrs, path, "subsystem_device", _hex4, sysname),
         "driver": link(attrs, path, "driver") if "driver" in attrs else None,
@@ -85,7 +86,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
                        opt(attrs, path, "aer_dev_fatal", aer_total, sysname)),
         "power_state": power,
         "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
-        "serial": (_pci_serial(reader, path, attrs, sysname, awake)
+        "serial": (_pci_serial(reader, path, attrs, sysname, awake and not nvme_class(pci_class))
                    if "nvme" in attrs or (awake and "vpd" in attrs) else None),
     }
 
