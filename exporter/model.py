@@ -212,6 +212,15 @@ class DeviceRecord:
         return cls(**fields)
 
 
+def known_version(version: object, newest: int, what: str) -> None:
+    """ValueError unless `version` is one this exporter reads (1 up to `newest`): a file of a newer
+    exporter is refused, never read as if it were this one's."""
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{what} without a version ({version!r})")
+    if version > newest:
+        raise ValueError(f"{what} of version {version}, written by a newer exporter (this one reads {newest})")
+
+
 @dataclass(frozen=True, slots=True)
 class BootRecord:
     """What one boot's devices were (RECORDED_TYPES, by name), to compare the next boot with."""
@@ -248,11 +257,7 @@ class BootRecord:
         """ValueError when `data` is not a record, or one of a version this one does not know."""
         if not isinstance(data, dict):
             raise ValueError("a boot record is not an object")
-        version = data.get("version")
-        if type(version) is not int or version < 1:
-            raise ValueError(f"boot record version {version!r}")
-        if version > BOOT_RECORD_VERSION:
-            raise ValueError(f"boot record of version {version}, newer than this exporter's {BOOT_RECORD_VERSION}")
+        known_version(data.get("version"), BOOT_RECORD_VERSION, "boot record")
         boot_id, devices = data.get("boot_id"), data.get("devices")
         if not (boot_id is None or isinstance(boot_id, str)) or not isinstance(devices, list):
             raise ValueError("boot record without boot_id or devices")

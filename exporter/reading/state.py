@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..inputs import read_operator_file
-from ..model import BootRecord
+from ..model import BootRecord, known_version
 from ..settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,7 @@ def parse_state(data: bytes) -> list[BootRecord]:
         raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError("not a state file (no object)")
-    version = doc.get("version")
-    if type(version) is not int or version < 1:
-        raise ValueError(f"not a state file (version {version!r})")
-    if version > STATE_VERSION:
-        raise ValueError(f"of version {version}, written by a newer exporter (this one reads {STATE_VERSION})")
+    known_version(doc.get("version"), STATE_VERSION, "state file")
     records = doc.get("records")
     if not isinstance(records, list):
         raise ValueError("not a state file (no records)")
