@@ -25,7 +25,9 @@ from ..settings import ConfigError
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-STATE_LIMIT = 8 << 20  # two records of about 300 bytes a device (VFs are not recorded): 13,000 devices; a hostile file of empty lists costs some 230 MB to refuse
+# Two records of about 300 bytes a device (VFs are not recorded) fit for 13,000 devices; a hostile
+# file of this size made of empty lists costs some 230 MB to refuse, within the unit's MemoryMax.
+STATE_LIMIT = 8 << 20
 BOOT_ID = ("sys", "kernel", "random", "boot_id")
 DEFAULT_STATE_PATH = "/var/lib/passthrough-exporter/state.json"
 

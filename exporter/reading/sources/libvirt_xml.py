@@ -222,9 +222,12 @@ def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
         sriov_totalvfs=total_vfs,
         sriov_numvfs=len(vfs) if vfs_cap is not None else None,
         # The VPD's SN, but an NVMe controller's serial is its controller's (sysfs fills it): see nvme_class.
-        serial=None if nvme_class(cls) else _text(cap.find("capability[@type='vpd']/fields[@access='readonly']/serial_number")),
+        serial=None if nvme_class(cls) else _text(cap.find(VPD_SERIAL)),
         notes=notes,
     )
+
+
+VPD_SERIAL = "capability[@type='vpd']/fields[@access='readonly']/serial_number"
 
 
 def _ids(cap: etree._Element) -> dict[str, str | None]:
