@@ -33,7 +33,7 @@ def test_clean_host_passes_with_exit_0(tree):
         "IOMMU enabled in firmware and kernel", "No ACS override on the kernel command line",
         "VFIO requires interrupt remapping", "VFIO no-IOMMU mode off", "No IOMMU group split between VMs and host",
         "Eligible devices have a function-level reset", "Eligible devices alone in their IOMMU group",
-        "Root filesystem devices kept on the host", "Boot VGA device", "PCI devices answer on the bus",
+        "No group needs a firmware 1:1 mapping (RMRR)", "Root filesystem devices kept on the host", "Boot VGA device", "PCI devices answer on the bus",
         "PCIe links at full width, no fatal PCIe errors", "Devices unchanged since the previous boot",
         "Each device and IOMMU group with one VM", "Domains' host devices present",
     ]
