@@ -126,6 +126,10 @@ class HostFacts:
     acpi_iommu_tables: tuple[str, ...] = ()  # DMAR (Intel) / IVRS (AMD): the firmware describes an IOMMU
     # IOMMU group -> (major, minor) of its VFIO group character device, `<sysfs>/class/vfio/<N>/dev`.
     vfio_groups: Mapping[int, tuple[int, int]] = field(default_factory=lambda: MappingProxyType({}))
+    # IOMMU groups with a `direct` line in `<sysfs>/kernel/iommu_groups/<N>/reserved_regions`: a 1:1
+    # mapping the firmware requires (an RMRR), for which the kernel refuses VFIO. `direct-relaxable`
+    # (USB, graphics) does not count. A group without the file (before 4.11) is not in it: unknown.
+    rmrr_groups: frozenset[int] = frozenset()
     # (major, minor) of a group's or a device's character device (`vfio_groups`, Device.char_dev)
     # -> the process that has it open for writing. None: the processes were not scanned (switched
     # off, or nothing readable).

@@ -25,6 +25,7 @@ CHECKS = (
     Check("No IOMMU group split between VMs and host", ("group_mixed", "group_not_viable")),
     Check("Eligible devices have a function-level reset", ("no_flr", "no_reset")),
     Check("Eligible devices alone in their IOMMU group", ("group_multi_device",)),
+    Check("No group needs a firmware 1:1 mapping (RMRR)", ("group_rmrr",)),
     Check("Root filesystem devices kept on the host", ("root_device", "group_root_device", "root_device_unknown")),
     Check("Boot VGA device", ("boot_vga", "group_boot_vga")),
 )
@@ -50,6 +51,8 @@ FIXES = {
     "vfio-pci`, or libvirt managed='yes' hostdevs for all of them), or give it all back to the host",
     "group_not_viable": "to pass a device of such a group, bind every endpoint of the group to vfio-pci",
     "group_multi_device": "pass the whole group to one VM, or move the card to a slot with its own group",
+    "group_rmrr": "the kernel will refuse VFIO for its devices: move the card to another slot, or change the "
+    "firmware setting that requires the mapping (firmware setup or the vendor's tool); else keep the group on the host",
     "no_flr": "expect failed or disruptive resets: avoid moving the device between VMs without a host "
     "reboot; for GPUs see vendor-reset",
     "no_reset": "the device cannot be reset: give it to one VM for good and reboot the host before "
@@ -78,6 +81,7 @@ CODES: dict[str, str] = {
     "group_mixed": "critical",
     "group_not_viable": "info",
     "group_multi_device": "info",
+    "group_rmrr": "warning",
     "no_flr": "warning",
     "no_reset": "warning",
     "root_device": "info",
@@ -109,6 +113,9 @@ def _disks(inventory: Inventory) -> str:
     return ", ".join(inventory.host.root_disks) or "?"
 
 
+RMRR = "firmware requires a 1:1 mapping (RMRR)"  # DESIGN's wording for the reason
+
+
 # --- verdicts --------------------------------------------------------------------------------
 
 
@@ -131,6 +138,8 @@ def _verdict(device: Device, inventory: Inventory, facts: Facts) -> Verdict | No
     root = facts.root_peers.get(device.name)
     if root is not None:
         return Verdict.deny(f"shares IOMMU group {device.iommu_group} with {root}, which holds the root filesystem")
+    if device.iommu_group is not None and device.iommu_group in inventory.host.rmrr_groups:
+        return Verdict.deny(RMRR)
     warning = _reset_warning(device)
     # A caveat, not a ruling: shown only on devices the other rules make eligible.
     return Verdict.warn(warning) if warning is not None else None
@@ -158,6 +167,7 @@ def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict], 
     yield from _interrupts(inventory, facts)
     statuses = facts.groups
     yield from _groups(inventory, statuses, verdicts)
+    yield from _rmrr(inventory, statuses)
     yield from _resets(inventory, verdicts)
     yield from _root(inventory, statuses, facts)
     yield from _boot_vga(inventory, statuses)
@@ -256,6 +266,15 @@ def _groups(inventory: Inventory, statuses: Mapping[int, GroupStatus], verdicts:
             yield _finding("group_multi_device", subject, (
                 f"group {number} holds {len(endpoints)} endpoints: {', '.join(endpoints)}{bridges}; "
                 "passing any of them to a VM takes all of them along"))
+
+
+def _rmrr(inventory: Inventory, statuses: Mapping[int, GroupStatus]) -> Iterator[Finding]:
+    for number in sorted(inventory.host.rmrr_groups):
+        st = statuses.get(number)
+        functions = f" ({', '.join(st.devices)})" if st is not None and st.devices else ""
+        yield _finding("group_rmrr", group_subject(number), (
+            f"group {number}{functions} has a 1:1 mapping the firmware requires (an RMRR, a `direct` reserved "
+            "region): the kernel refuses to attach its devices to VFIO"))
 
 
 def _resets(inventory: Inventory, verdicts: Mapping[str, Verdict]) -> Iterator[Finding]:

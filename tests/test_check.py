@@ -33,7 +33,7 @@ def test_clean_host_passes_with_exit_0(tree):
         "IOMMU enabled in firmware and kernel", "No ACS override on the kernel command line",
         "VFIO requires interrupt remapping", "VFIO no-IOMMU mode off", "No IOMMU group split between VMs and host",
         "Eligible devices have a function-level reset", "Eligible devices alone in their IOMMU group",
-        "Root filesystem devices kept on the host", "Boot VGA device", "PCI devices answer on the bus",
+        "No group needs a firmware 1:1 mapping (RMRR)", "Root filesystem devices kept on the host", "Boot VGA device", "PCI devices answer on the bus",
         "PCIe links at full width, no fatal PCIe errors", "Devices unchanged since the previous boot",
         "Each device and IOMMU group with one VM", "Domains' host devices present",
     ]
@@ -230,3 +230,13 @@ def test_a_plugin_that_failed_makes_the_report_unknown_not_pass(tree):
     # A failure found outranks what could not be told: FAIL, exit 2.
     failing = [*results, chk.CheckResult("x", "FAIL", ())]
     assert chk.exit_code(failing) == 2
+
+
+def test_a_firmware_1to1_mapping_warns_its_line(tree):
+    """`hosts.rmrr_server`: the NIC's group 9 has a `direct` region (an RMRR), the iGPU's and the
+    xHCI's only `direct-relaxable` ones: the RMRR line warns, naming group 9 alone, with its fix."""
+    hosts.rmrr_server(tree)
+    out = check(tree)
+    assert status_lines(out.stdout)["No group needs a firmware 1:1 mapping (RMRR)"] == "WARN"
+    assert re.findall(r"^    warning group_rmrr \[(\S+)\]", out.stdout, re.M) == ["group:9"]
+    assert "fix: the kernel will refuse VFIO for its devices: move the card to another slot" in out.stdout

@@ -240,3 +240,28 @@ def resetless_nics(t: SysfsTree) -> None:
     reset method (`no_reset` nine times, one fix)."""
     for i in range(9):
         t.pci(f"0000:{0x20 + i:02x}:00.0", INTEL, 0x1533, 0x020000, driver="vfio-pci", group=40 + i, reset_method="")
+
+
+MSI_REGION = "0x00000000fee00000 0x00000000feefffff msi"
+HT_REGION = "0x000000fd00000000 0x000000ffffffffff reserved"
+NIC_RMRR = "0x0000000079e1a000 0x0000000079e1cfff direct"
+
+
+def rmrr_server(t: SysfsTree) -> None:
+    """A server whose firmware keeps a 1:1 mapping (RMRR) on its onboard dual-port NIC: root port
+    00:1c.0 (group 8) above the NIC 02:00.0/02:00.1 (igb, group 9, a `direct` region); the iGPU 00:02.0
+    (group 1) and the xHCI 00:14.0 (group 3, from `usb_tree`) carry `direct-relaxable` RMRRs (graphics
+    stolen memory, USB legacy emulation). Every group has the MSI window and a `reserved` region; `/`
+    is on the NVMe disk 3d:00.0 (group 12)."""
+    base(t)
+    nvme_lvm_root(t)
+    usb_tree(t)
+    t.pci("0000:00:02.0", INTEL, 0x3E92, 0x030000, driver="i915", group=1, reset_method="flr")
+    t.pci("0000:00:1c.0", INTEL, 0xA33C, 0x060400, driver="pcieport", group=8, reset_method=None)
+    for fn in ("0000:02:00.0", "0000:02:00.1"):
+        t.pci(fn, INTEL, 0x1521, 0x020000, parent="0000:00:1c.0", driver="igb", group=9, reset_method="flr")
+    t.reserved_regions(1, "0x000000003c000000 0x000000003fffffff direct-relaxable", MSI_REGION, HT_REGION)
+    t.reserved_regions(3, "0x000000003e2e0000 0x000000003e2fffff direct-relaxable", MSI_REGION, HT_REGION)
+    t.reserved_regions(9, NIC_RMRR, MSI_REGION, HT_REGION)
+    for group in (0, 8, 11, 12):
+        t.reserved_regions(group, MSI_REGION, HT_REGION)

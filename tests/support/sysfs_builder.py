@@ -113,6 +113,12 @@ class SysfsTree:
             self.write(self.sys / "kernel" / "iommu_groups" / str(number) / "name", "vfio-noiommu")
         return path
 
+    def reserved_regions(self, group: int, *regions: str) -> None:
+        """Group `group`'s `reserved_regions`, one line per region as the kernel writes it:
+        `0x00000000fee00000 0x00000000feefffff msi` (start, end, type)."""
+        self.write(self.sys / "kernel" / "iommu_groups" / str(group) / "reserved_regions",
+                   "\n".join(regions))
+
     def iommu_unit(self, name: str) -> None:
         (self.sys / "class" / "iommu" / name).mkdir(parents=True, exist_ok=True)
 

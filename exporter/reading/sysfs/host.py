@@ -3,12 +3,15 @@ module parameters, the kernel command line and interrupt remapping."""
 
 from __future__ import annotations
 
+import logging
 import os
 from types import MappingProxyType
 
 from ...model import HostFacts
 from .devices import char_dev
-from .files import Reader
+from .files import Reader, error_kind
+
+log = logging.getLogger(__name__)
 
 MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci", "iommufd")  # iommufd: the VFIO device nodes' backend
 CMDLINE_LIMIT = 64 << 10  # bytes; the kernel caps its command line far below this
@@ -16,6 +19,14 @@ INTERRUPTS_LIMIT = 16 << 20  # bytes; 1,000 interrupts on 1,024 CPUs take about 
 IOMMU_TABLES = ("DMAR", "IVRS")  # ACPI tables describing an Intel / AMD IOMMU
 # x86 interrupt chips as the kernel names them without remapping; with it they are "IR-IO-APIC" ...
 X86_CHIPS = ("IO-APIC", "PCI-MSI", "PCI-MSIX", "HPET-MSI", "DMAR-MSI", "AMD-Vi")
+# <sysfs>/kernel/iommu_groups/<N>/reserved_regions (since 4.11), as the kernel's
+# Documentation/ABI/testing/sysfs-kernel-iommu_groups describes it: one region a line, its base IOVA,
+# its end IOVA and its type, e.g. `0x00000000fee00000 0x00000000feefffff msi`; the types are `direct`,
+# `direct-relaxable`, `reserved` and `msi`. `direct` is a region the firmware requires mapped 1:1 (an
+# RMRR): the kernel refuses to attach the group's devices to VFIO. Since 5.3 an RMRR used only by USB
+# or graphics devices reads `direct-relaxable` instead, which the ABI calls relaxable and safe for
+# device assignment: it does not count.
+RMRR_REGION = "direct"
 
 
 def host_facts(reader: Reader) -> HostFacts:
@@ -32,8 +43,9 @@ def host_facts(reader: Reader) -> HostFacts:
     tables = reader.listdir(os.path.join(reader.sysfs, "firmware", "acpi", "tables"))
     nodes, noiommu = vfio_groups(reader)
     groups = reader.listdir(os.path.join(reader.sysfs, "kernel", "iommu_groups"))
+    numbers = [int(g) for g in groups if g.isascii() and g.isdigit()]
     return HostFacts(
-        iommu_groups_present=any(g.isascii() and g.isdigit() and int(g) not in noiommu for g in groups),
+        iommu_groups_present=any(n not in noiommu for n in numbers),
         noiommu_groups=noiommu,
         iommu_units=tuple(reader.listdir(os.path.join(reader.sysfs, "class", "iommu"))),
         cmdline=cmdline,
@@ -41,7 +53,53 @@ def host_facts(reader: Reader) -> HostFacts:
         interrupt_remapping=interrupt_remapping(interrupts, cmdline),
         acpi_iommu_tables=tuple(t for t in IOMMU_TABLES if t in tables),
         vfio_groups=MappingProxyType(nodes),
+        rmrr_groups=rmrr_groups(reader, numbers),
     )
+
+
+def rmrr_groups(reader: Reader, numbers: list[int]) -> frozenset[int]:
+    """The IOMMU groups whose `reserved_regions` hold a `direct` region (an RMRR). A group without
+    the file (a kernel before 4.11) or whose file cannot be read is left out: unknown, never a claim."""
+    out = set()
+    base = os.path.join(reader.sysfs, "kernel", "iommu_groups")
+    for number in numbers:
+        gdir = os.path.join(base, str(number))
+        try:
+            attrs = reader.entries(gdir)
+        except FileNotFoundError:  # the group went away since the listing
+            continue
+        except OSError as exc:
+            log.warning("cannot list %s: %s", gdir, exc)
+            reader.count(error_kind(exc))
+            continue
+        text = reader.optional(attrs, gdir, "reserved_regions", str, f"iommu group {number}")
+        if text is None:
+            continue
+        types, bad = region_types(text)
+        if bad:  # one count for the attribute, however many lines are bad; the good ones still count
+            log.warning("iommu group %d: %d line%s of reserved_regions skipped (bad_attribute): not "
+                        "<start> <end> <type>", number, bad, "" if bad == 1 else "s")
+            reader.count("bad_attribute")
+        if RMRR_REGION in types:
+            out.add(number)
+    return frozenset(out)
+
+
+def region_types(text: str) -> tuple[set[str], int]:
+    """The region types a `reserved_regions` text holds, and how many of its lines are malformed (not
+    two hex addresses, start <= end, then one type word). A type this code does not know is kept as
+    it is: only `direct` is acted on."""
+    types = set()
+    bad = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or not _ordered(fields[0], fields[1]):
+            bad += 1
+            continue
+        types.add(fields[2])
+    return types, bad
 
 
 def vfio_groups(reader: Reader) -> tuple[dict[int, tuple[int, int]], frozenset[int]]:
@@ -82,3 +140,13 @@ def interrupt_remapping(interrupts: str | None, cmdline: str | None) -> bool | N
     if any(c.startswith(X86_CHIPS) for c in chips):
         return False
     return None
+
+
+def _ordered(start: str, end: str) -> bool:
+    """Two addresses as the kernel writes them (`0x` and hex digits), the first not above the second."""
+    if not (start.startswith("0x") and end.startswith("0x")):
+        return False
+    try:
+        return int(start, 16) <= int(end, 16)
+    except ValueError:
+        return False
