@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import hookimpl
-from ..judging.changes import Change, compare
+from ..judging.changes import Change
 from ..judging.facts import Facts
 from ..model import BootRecord, Check, Device, Finding, Inventory
 
@@ -54,7 +54,7 @@ def passthrough_findings(inventory: Inventory, facts: Facts) -> Iterator[Finding
                       "exporter, or its state was started afresh): nothing to compare with yet")
         return
     configured: dict[str, list[str]] = {}  # domain -> what changed among the devices it is configured with
-    for change in compare(host.previous_boot, BootRecord.of(inventory)):
+    for change in facts.changes:
         finding = _finding(change, inventory, facts, host.previous_boot)
         for domain in _domains(change, inventory, host.previous_boot):
             configured.setdefault(domain, []).append(f"{change.subject} ({change.kind.replace('_', ' ')})")

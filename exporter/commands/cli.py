@@ -384,13 +384,14 @@ def build_parser(pm: pluggy.PluginManager | None = None, usage_exit: int = 2,
     chk = sub.add_parser(
         "check", parents=[common],
         help="validate the host for safe device passthrough (like virt-host-validate)",
-        description="One line per check, PASS, WARN or FAIL, with the findings behind it and how to fix them.",
+        description="One line per check, PASS, WARN, UNKNOWN or FAIL, with the findings behind it and how to fix "
+        "them.",
         epilog="Exit codes, as monitoring plugins (Nagios, Icinga) use them:\n"
         "  0  every check passes\n"
         "  1  a warning\n"
         "  2  a critical finding (a check FAILs)\n"
         "  3  could not check: bad flags, a source that cannot be read, a bad policy file or plugin,\n"
-        "     or not done within --timeout",
+        "     a plugin that failed while judging (and nothing FAILs), or not done within --timeout",
         formatter_class=argparse.RawDescriptionHelpFormatter, usage_exit=CHECK_UNKNOWN,
     )
     chk.add_argument("--json", action="store_true", help="print the checks and their findings as JSON")

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ..model import KNOWN_TYPES, Device, Holder, HostFacts, Inventory
+from ..model import KNOWN_TYPES, BootRecord, Device, Holder, HostFacts, Inventory
+from .changes import Change, compare
 
 VFIO_SAFE_DRIVERS = ("pci-stub",)  # besides vfio-pci, its variant drivers and other vfio* drivers
 VARIANT_SUFFIXES = ("vfio_pci", "vfio-pci")  # mlx5_vfio_pci, hisi_acc_vfio_pci, nvgrace_gpu_vfio_pci ...
@@ -78,6 +79,9 @@ class Facts:
     # The source could not tell which PCI function holds the root filesystem (procfs unreadable,
     # `/` not on a block device traced to one): `root_device_unknown`, and storage is not available.
     root_unknown: bool = False
+    # What changed since the previous boot (the state file's record, `HostFacts.previous_boot`): for
+    # the changes rule and the host page alike; () with no previous boot on record.
+    changes: tuple[Change, ...] = ()
 
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
@@ -95,6 +99,7 @@ class Facts:
             group_reach=MappingProxyType(group_reach(inventory)),
             in_use=MappingProxyType(in_use(inventory)),
             root_unknown=not roots and any(d.type == "pci" for d in inventory),
+            changes=since_previous_boot(inventory),
         )
 
     @property
@@ -102,6 +107,12 @@ class Facts:
         """`layout_hash` as an integer, exact in a float64 sample value: published as
         `passthrough_iommu_group_layout_hash`, so an alert can fire on `changes(...[1h]) > 0`."""
         return int(self.layout_hash, 16)
+
+
+def since_previous_boot(inventory: Inventory) -> tuple[Change, ...]:
+    """The changes from the previous boot on record to this read; () when there is none."""
+    previous = inventory.host.previous_boot
+    return () if previous is None else tuple(compare(previous, BootRecord.of(inventory)))
 
 
 def group_status(inventory: Inventory) -> dict[int, GroupStatus]:

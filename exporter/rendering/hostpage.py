@@ -22,11 +22,10 @@ from html import escape as _html_escape
 from urllib.parse import quote
 
 from .. import __version__
-from ..judging.changes import compare
 from ..judging.facts import GroupStatus
 from ..judging.live import host_blocker
 from ..judging.snapshot import Snapshot
-from ..model import COMPUTER, BootRecord, Device, Finding, Inventory, natural_key
+from ..model import COMPUTER, Device, Finding, Inventory, natural_key
 from ..textsafe import visible
 from .exposition import DEFAULT_TELEMETRY_PATH
 from .status import SOURCE_STATE_MARK
@@ -105,7 +104,7 @@ def _page(snap: Snapshot, metrics: str) -> Iterator[str]:
            '<meta name="viewport" content="width=device-width, initial-scale=1">'
            f"<title>passthrough-exporter: {len(inv) - 1} devices</title><style>{CSS}</style></head><body>")
     yield "<h1>Device passthrough on this host</h1>"
-    yield from _changes(inv)
+    yield from _changes(snap)
     yield from _facts(snap)
     yield from _findings(ctx)
     yield '<h2 class="groups">IOMMU groups</h2><div class="groups">'
@@ -143,13 +142,10 @@ def _facts(snap: Snapshot) -> Iterator[str]:
     yield '<div class="facts">' + " ".join(items) + "</div>"
 
 
-def _changes(inv: Inventory) -> Iterator[str]:
+def _changes(snap: Snapshot) -> Iterator[str]:
     """On top: what changed since the previous boot (the state file's record), the first thing to
     read after an upgrade; its findings, with what they mean for the VMs, are below."""
-    previous = inv.host.previous_boot
-    if previous is None:
-        return
-    changes = compare(previous, BootRecord.of(inv))
+    changes = snap.facts.changes
     if changes:
         yield f'<h2 class="changes">Changed since the previous boot ({len(changes)})</h2><ul class="changes">'
         yield "".join(f"<li>{escape(c.line())}</li>" for c in changes)
