@@ -53,6 +53,9 @@ class Device:
     driver: str | None = None
     iommu_group: int | None = None
     numa_node: int | None = None
+    # PCI: the root bus directory above the function in /sys/devices ("pci0000:40"): which PCIe root
+    # complex it hangs below, as Kubernetes DRA's resource.kubernetes.io/pcieRoot spells it.
+    pcie_root: str | None = None
     boot_vga: bool = False
     reset_methods: tuple[str, ...] | None = None  # None: kernel does not say; () no reset at all
     header_type: int | None = None  # PCI header layout, multi-function bit masked off

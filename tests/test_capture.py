@@ -119,6 +119,7 @@ HOSTS = {
     "sata_root": sata_root,
     "nvme_lvm_root": hosts.nvme_lvm_root,
     "virtio_root": hosts.virtio_root,
+    "two_roots": hosts.two_roots,
     "broken": broken,
     "empty": lambda t: None,
 }

@@ -40,7 +40,8 @@ def _orphan(t: SysfsTree) -> None:
     hosts.orphan_vf(t)
 
 
-HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan, "serials": hosts.serials}
+HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan, "serials": hosts.serials,
+         "two_roots": hosts.two_roots}
 
 
 def _both(tree: SysfsTree, tmp_path: Path, fill: bool = True, domains: tuple[str, ...] = ()) -> tuple[Snapshot, Snapshot]:
@@ -122,6 +123,15 @@ def test_without_sysfs_the_answers_still_match(tree, tmp_path):
     hub = by_libvirt.inventory.devices["usb_1_1"]
     assert hub.usb_class == "09" and hub.notes == ("usb_class 09 inferred from its hub interface",)
     assert by_libvirt.inventory.host.iommu_groups_present
+
+
+def test_pcie_root_from_libvirts_path(tree, tmp_path):
+    """Without a sysfs to fill from, the root complex comes from the node device's <path>."""
+    hosts.two_roots(tree)
+    _, by_libvirt = _both(tree, tmp_path, fill=False)
+    devices = by_libvirt.inventory.devices
+    assert (devices["pci_0000_41_00_0"].pcie_root, devices["pci_0000_01_00_0"].pcie_root) == ("pci0000:40", "pci0000:00")
+    assert devices["usb_1_1_2"].pcie_root is None
 
 
 def test_serials_through_libvirt(tree, tmp_path):

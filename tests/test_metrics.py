@@ -36,7 +36,8 @@ def test_device_series(workstation):
     assert reg.get_sample_value("passthrough_device_affected_devices", gpu) == 1
     assert reg.get_sample_value("passthrough_device_info", {
         **gpu, "parent": "pci_0000_00_01_0", "vendor_id": "0x10de", "product_id": "0x2484",
-        "class": "0x030000", "driver": "nvidia", "iommu_group": "2", "numa_node": ""}) == 1
+        "class": "0x030000", "driver": "nvidia", "iommu_group": "2", "numa_node": "",
+        "pcie_root": "pci0000:00"}) == 1
     nic = {"device": "pci_0000_06_00_0", "type": "pci"}
     # 8 group peers + 6 below them (usb3, 3-1, its interface; host2, its target, its LUN)
     assert reg.get_sample_value("passthrough_device_affected_devices", nic) == 14

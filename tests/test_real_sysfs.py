@@ -31,6 +31,10 @@ def test_every_pci_function_is_listed_with_name_vendor_and_class(snap):
         with open(os.path.join(PCI, addr, "class")) as f:
             assert int(dev.pci_class, 16) == int(f.read(), 16)
         assert dev.type == "pci" and dev.address == addr
+        # Kubernetes' rule for resource.kubernetes.io/pcieRoot: the first directory under
+        # /sys/devices of the function's canonical path (x86 root buses sit right there).
+        top = os.path.realpath(os.path.join(PCI, addr)).removeprefix("/sys/devices/").split("/")[0]
+        assert dev.pcie_root == top and top.startswith("pci"), addr
     assert len([d for d in snap.inventory if d.type == "pci"]) == len(entries)
 
 

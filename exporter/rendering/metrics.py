@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 # Every metric, in exposition order: name (a counter without its "_total") -> type, help, labels.
 METRICS: dict[str, Spec] = {
     "passthrough_device_info": Spec("gauge", "Host device, with its identity as labels.",
-        ("device", "type", "parent", "vendor_id", "product_id", "class", "driver", "iommu_group", "numa_node")),
+        ("device", "type", "parent", "vendor_id", "product_id", "class", "driver", "iommu_group", "numa_node",
+         "pcie_root")),
     "passthrough_device_eligible": Spec("gauge", "1 when the device can be passed through to a VM.",
         ("device", "type")),
     "passthrough_device_affected_devices": Spec("gauge",
@@ -133,7 +134,8 @@ def host_families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
             continue
         name, typ = dev.name, dev.type
         info.append(((name, typ, _label(dev.parent), _label(dev.vendor_id), _label(dev.product_id),
-                      _label(dev.pci_class), _label(dev.driver), _label(dev.iommu_group), _label(dev.numa_node)), 1))
+                      _label(dev.pci_class), _label(dev.driver), _label(dev.iommu_group), _label(dev.numa_node),
+                      _label(dev.pcie_root)), 1))
         eligible.append(((name, typ), 1 if verdicts[name].eligible else 0))
         affected.append(((name, typ), len(affected_sets[name])))
         if name in holders:

@@ -62,6 +62,7 @@ def _fields(dev: Device, verdict: Verdict, affected_count: int) -> dict[str, Any
         obj["subsystem_vendor_id"] = dev.subsystem_vendor_id
         obj["subsystem_product_id"] = dev.subsystem_product_id
         obj["serial"] = dev.serial
+        obj["pcie_root"] = dev.pcie_root
         obj["boot_vga"] = dev.boot_vga
         obj["reset_methods"] = None if dev.reset_methods is None else list(dev.reset_methods)
         obj["header_type"] = dev.header_type

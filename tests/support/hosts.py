@@ -265,3 +265,21 @@ def rmrr_server(t: SysfsTree) -> None:
     t.reserved_regions(9, NIC_RMRR, MSI_REGION, HT_REGION)
     for group in (0, 8, 11, 12):
         t.reserved_regions(group, MSI_REGION, HT_REGION)
+
+
+AMD = 0x1022
+
+
+def two_roots(t: SysfsTree) -> None:
+    """Two PCIe root complexes, as on a two-socket or chiplet server: root bus pci0000:00 holds the host
+    bridge 00:00.0 and the root port 00:01.0 (group 1) above the NIC 01:00.0 (igb, group 2); root bus
+    pci0000:40 holds the host bridge 40:00.0 (group 20) and the root port 40:01.1 (group 21) above the
+    GPU 41:00.0 and its audio 41:00.1 (group 22). The USB tree hangs below the xHCI 00:14.0."""
+    base(t)
+    usb_tree(t)
+    t.pci("0000:00:01.0", INTEL, 0x1901, 0x060400, driver="pcieport", group=1, reset_method=None)
+    t.pci("0000:01:00.0", INTEL, 0x1521, 0x020000, parent="0000:00:01.0", driver="igb", group=2)
+    t.pci("0000:40:00.0", AMD, 0x1480, 0x060000, group=20, reset_method=None)
+    t.pci("0000:40:01.1", AMD, 0x1483, 0x060400, driver="pcieport", group=21, reset_method=None)
+    t.pci("0000:41:00.0", NVIDIA, 0x2684, 0x030000, parent="0000:40:01.1", driver="nvidia", group=22)
+    t.pci("0000:41:00.1", NVIDIA, 0x22BA, 0x040300, parent="0000:40:01.1", driver="snd_hda_intel", group=22)

@@ -16,7 +16,8 @@ from typing import TypeVar
 from lxml import etree
 
 from ...model import COMPUTER, Device, device_name
-from ..sysfs.attrs import BadAttribute, bounded_int, hex_id, numa_node, nvme_class, parse_int, sriov_count
+from ..sysfs.attrs import (BadAttribute, bounded_int, hex_id, numa_node, nvme_class, parse_int, pcie_root,
+                           sriov_count)
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def node_device(text: str | bytes, count: Count | None = None) -> NodeDevice:
     base = dict(name=name, type=kind, parent=parent, driver=_text(root.find("driver/name")))
     path = _text(root.find("path"))
     if kind == "pci":
-        return NodeDevice(_pci(cap, base, count), path)
+        return NodeDevice(_pci(cap, base, path, count), path)
     if kind in ("usb_device", "usb"):
         return NodeDevice(_usb(cap, base, path, count), path)
     if kind == "scsi_host":
@@ -189,7 +190,7 @@ def node_device(text: str | bytes, count: Count | None = None) -> NodeDevice:
     return NodeDevice(Device(**base), path)  # net, drm, mdev, css, ...: kept so the tree stays whole
 
 
-def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
+def _pci(cap: etree._Element, base: dict, path: str | None, count: Count | None) -> Device:
     parts = [_int(_text(cap.find(k)), 0) for k in ("domain", "bus", "slot", "function")]
     address = pci_address(*parts)
     notes = () if address else ("PCI address missing or out of range in libvirt's XML",)
@@ -216,6 +217,7 @@ def _pci(cap: etree._Element, base: dict, count: Count | None) -> Device:
         pci_class=cls,
         iommu_group=group_number,
         numa_node=node,
+        pcie_root=pcie_root(path),  # <path> is the function's directory in its host's /sys/devices
         header_type=header,
         physfn=device_name("pci", pf) if pf else None,
         virtfns=tuple(device_name("pci", a) for a in vfs),

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...model import MdevType, device_name
 from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width, nvme_class,
-                    numa_node, parse_int, shape, sriov_count)
+                    numa_node, parse_int, pcie_root, shape, sriov_count)
 from .files import Reader, error_kind
 from .vpd import VPD_MAX, parse_vpd
 
@@ -64,6 +64,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "driver": link(attrs, path, "driver") if "driver" in attrs else None,
         "iommu_group": _group_number(reader, group, sysname),
         "numa_node": opt(attrs, path, "numa_node", numa_node, sysname),
+        "pcie_root": pcie_root(path),
         "boot_vga": opt(attrs, path, "boot_vga", _is_one, sysname) or False,
         "reset_methods": reset_methods,
         "header_type": header_type,
