@@ -20,7 +20,8 @@ from tests.support import hosts
 from tests.support.hosts import H200_VFS, VGPU_1_18C, VGPU_2_35C
 from tests.support.local import judge_tree
 
-PF, VF4, VF5, VF6, VF7 = "pci_0000_41_00_0", "pci_0000_41_00_4", "pci_0000_41_00_5", "pci_0000_41_00_6", "pci_0000_41_00_7"
+PF = "pci_0000_41_00_0"
+VF4, VF5, VF6, VF7 = "pci_0000_41_00_4", "pci_0000_41_00_5", "pci_0000_41_00_6", "pci_0000_41_00_7"
 NO_TYPE = "no vGPU type set on this VF"
 UNREADABLE = "its vGPU type cannot be read: cannot tell whether it can be handed out"
 PF_REASON = f"vGPUs are set on its virtual functions ({VF4} carries type 1414)"

@@ -6,6 +6,10 @@ configured with it), else `ineligible`, else `available` when nothing blocks it,
 Host drivers are not "in use": handing the device out unbinds them, and the affected set says what
 the host loses.
 
+NVIDIA's vendor-specific vGPU (a VF with `nvidia/`, no mdev) is handed out VF by VF: a VF carrying a
+type follows the rules above; one without a type, or whose type cannot be read, is blocked, and so
+is its PF while any VF carries a type (or may: its type cannot be read).
+
 This is the one availability rule: the JSON `available` and `blocked_by`, the metrics, the pools,
 `devices --available` and the host page all read what `states` returns.
 """
