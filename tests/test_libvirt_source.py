@@ -40,7 +40,8 @@ def _orphan(t: SysfsTree) -> None:
     hosts.orphan_vf(t)
 
 
-HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan, "serials": hosts.serials}
+HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan, "serials": hosts.serials,
+         "h200_vgpu": hosts.h200_vgpu}
 
 
 def _both(tree: SysfsTree, tmp_path: Path, fill: bool = True, domains: tuple[str, ...] = ()) -> tuple[Snapshot, Snapshot]:
