@@ -74,6 +74,13 @@ class Device:
     aer_errors: tuple[int | None, int | None, int | None] = (None, None, None)  # correctable, nonfatal, fatal
     power_state: str | None = None  # D0, D1, D2, D3hot, D3cold
     mdev_types: tuple[MdevType, ...] = ()
+    # NVIDIA's vendor-specific vGPU (no mdev): an SR-IOV VF of the GPU with a `nvidia/` directory.
+    # `nvidia_vgpu` says the directory is there, so a type that cannot be read (vgpu_type None) is
+    # told from a function without one: the first is blocked, never "available".
+    nvidia_vgpu: bool = False
+    vgpu_type: int | None = None  # nvidia/current_vgpu_type: 0 none set, else the type's id; None unknown
+    # nvidia/creatable_vgpu_types: the types that can be created on this VF now; None unknown
+    vgpu_creatable: tuple[VgpuType, ...] | None = None
     vfio_dev: str | None = None  # "vfio3": the kernel's VFIO device node (vfio-dev/), when it has one
     # (major, minor) of the device's own character device: PCI `vfio-dev/vfio<N>/dev` (its VFIO
     # cdev), USB device `dev` (its usbfs node). What a holder's open file must be to hold it.
@@ -96,6 +103,26 @@ class MdevType:
     device_api: str | None  # vfio-pci ...
     available: int | None  # instances that can still be created
     instances: int  # instances that exist
+
+
+@dataclass(frozen=True, slots=True)
+class VgpuType:
+    """One line of a VF's `nvidia/creatable_vgpu_types`: `1414 : NVIDIA H200X-1-18C`."""
+
+    type_id: int  # 1414
+    name: str  # "NVIDIA H200X-1-18C"
+
+
+def vgpu_type_names(inventory: Inventory, pf: str) -> dict[int, str]:
+    """Type id -> name, from the creatable lists of the PF's VFs: a VF carrying a type often lists
+    nothing (the GPU's capacity is used), so its type's name is only known from a sibling."""
+    out: dict[int, str] = {}
+    parent = inventory.get(pf)
+    for vf in parent.virtfns if parent is not None else ():
+        dev = inventory.get(vf)
+        for t in (dev.vgpu_creatable or ()) if dev is not None else ():
+            out.setdefault(t.type_id, t.name)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

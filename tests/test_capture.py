@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -115,6 +116,8 @@ HOSTS = {
     "sriov_and_orphan_vf": lambda t: (hosts.sriov_nic(t), hosts.orphan_vf(t)),
     "usb_tree": hosts.usb_tree,
     "vfio_nodes": vfio_nodes,
+    # nvidia/ of each VF: its type and creatable list travel (a capture holds no processes: no QEMU)
+    "h200_vgpu": lambda t: (hosts.h200_vgpu(t), shutil.rmtree(t.proc / "5150")),
     "sata_disks": hosts.sata_disks,
     "sata_root": sata_root,
     "nvme_lvm_root": hosts.nvme_lvm_root,

@@ -41,7 +41,7 @@ def _orphan(t: SysfsTree) -> None:
 
 
 HOSTS = {"workstation": hosts.workstation, "no_groups": _no_groups, "orphan_vf": _orphan, "serials": hosts.serials,
-         "two_roots": hosts.two_roots}
+         "two_roots": hosts.two_roots, "h200_vgpu": hosts.h200_vgpu}
 
 
 def _both(tree: SysfsTree, tmp_path: Path, fill: bool = True, domains: tuple[str, ...] = ()) -> tuple[Snapshot, Snapshot]:

@@ -104,7 +104,8 @@ def stack(tmp_path_factory):
     procs = []
     targets = {}
     try:
-        for name, build in (("safe", safe_host), ("unsafe", unsafe_host), ("libvirt", with_root_disk)):
+        for name, build in (("safe", safe_host), ("unsafe", unsafe_host), ("libvirt", with_root_disk),
+                            ("vgpu", hosts.h200_vgpu)):
             tree = SysfsTree(base / name)
             build(tree)
             state = base / f"{name}-state.json"
@@ -197,13 +198,14 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
         return {r["metric"].get("instance", ""): r["value"][1] for r in query(prom, expr)}
 
     assert by_instance("passthrough_interrupt_remapping_enabled") == {
-        targets["safe"]: "1", targets["unsafe"]: "0", targets["libvirt"]: "1"}
+        targets["safe"]: "1", targets["unsafe"]: "0", targets["libvirt"]: "1", targets["vgpu"]: "1"}
     assert by_instance('count by (instance) (passthrough_finding{code="no_interrupt_remapping"})') == {
         targets["unsafe"]: "1"}
     in_use = query(prom, "passthrough_device_in_use == 1")
-    # The QEMU process holds group 2's VFIO node, which stands for every function of group 2.
+    # The QEMU process holds group 2's VFIO node, which stands for every function of group 2; on the
+    # vGPU host, another holds the cdev of the H200's VF 41:00.4.
     assert sorted((r["metric"]["device"], r["metric"]["vm"]) for r in in_use) == [
-        ("pci_0000_01_00_0", "win11"), ("pci_0000_01_00_1", "win11")]
+        ("pci_0000_01_00_0", "win11"), ("pci_0000_01_00_1", "win11"), ("pci_0000_41_00_4", "llm1")]
     assert by_instance('count by (instance) (passthrough_finding{code="device_unreachable"})') == {
         targets["unsafe"]: "1"}
     assert by_instance('count by (instance) (passthrough_finding{code="group_split"})') == {targets["libvirt"]: "1"}
@@ -215,9 +217,10 @@ def test_live_state_queries_return_the_hand_counted_numbers(stack):
         ("compute", "true"), ("render", "true")]
     # Free PCI devices: the safe workstation's 11 eligible ones (nothing in use). The libvirt twin:
     # 01:00.0, 01:00.1, 04:00.0 and 05:00.0 are assigned, 06:00.0 and 06:00.1 blocked (group 5 with
-    # the assigned ones); left are 00:14.0, 00:17.0 and the SR-IOV PF 81:00.0 with its two VFs.
+    # the assigned ones); left are 00:14.0, 00:17.0 and the SR-IOV PF 81:00.0 with its two VFs. The
+    # vGPU host: the H200's VF 41:00.5 alone (it carries a type nobody holds).
     free = by_instance('sum by (instance) (passthrough_device_available{type="pci"})')
-    assert free == {targets["safe"]: "11", targets["unsafe"]: "0", targets["libvirt"]: "5"}
+    assert free == {targets["safe"]: "11", targets["unsafe"]: "0", targets["libvirt"]: "5", targets["vgpu"]: "1"}
     assert by_instance('count by (instance) (passthrough_finding{code="link_downtrained"})') == {targets["safe"]: "1"}
 
 
@@ -234,6 +237,7 @@ def test_free_devices_by_model_across_the_fleet(stack):
         ("pci", "0x1b21", "0x0612", ""): "1", ("pci", "0x8086", "0x15ec", ""): "1",
         ("pci", "0x8086", "0x1521", ""): "2",  # the two-port NIC of group 5: blocked on the libvirt twin
         ("pci", "0x10de", "0x1eb8", ""): "0",  # the vGPU card: carved up, so blocked; the model is known
+        ("pci", "0x10de", "0x2335", ""): "1",  # the H200's VF 41:00.5; its PF and other VFs are blocked or held
         ("pci", "0x8086", "0x154c", ""): "4", ("pci", "0x8086", "0x1572", ""): "2",  # VFs and their PF
         ("pci", "0x8086", "0xa352", ""): "2", ("pci", "0x8086", "0xa36d", ""): "2",  # SATA, xHCI
         ("usb_device", "0x046d", "0xc077", ""): "2", ("usb_device", "0x046d", "0xc31c", ""): "2",
@@ -241,6 +245,21 @@ def test_free_devices_by_model_across_the_fleet(stack):
         ("scsi", "", "", "Cruzer Blade"): "2", ("scsi", "", "", "DISK"): "2", ("scsi", "", "", "DVD-RW"): "2",
         ("scsi", "", "", "Samsung SSD 860"): "2",
     }
+
+
+def test_the_vgpu_capacity_panel_shows_mdev_and_vendor_specific_vgpu(stack):
+    """The unsafe host's mdev type and the vGPU host's vendor-specific types, in the panel's one table."""
+    prom, targets = stack
+    queries = dict(dashboard_queries())
+
+    def rows(ref: str) -> dict[tuple[str, str], str]:
+        return {(r["metric"]["instance"], r["metric"]["mdev_type"]): r["value"][1]
+                for r in query(prom, queries[f"vGPU capacity / {ref}"])}
+
+    unsafe, vgpu = targets["unsafe"], targets["vgpu"]
+    assert rows("A") == {(unsafe, "nvidia-222"): "15", (vgpu, "1414"): "2", (vgpu, "1415"): "1"}
+    assert rows("B") == {(unsafe, "nvidia-222"): "1", (vgpu, "1414"): "2", (vgpu, "1415"): "0"}
+    assert query(prom, queries["vGPU instances / A"])[0]["value"][1] == "3"  # one mdev, two VFs carrying 1414
 
 
 def test_unsafe_host_alerts_and_safe_host_does_not(stack):

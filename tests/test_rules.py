@@ -213,6 +213,8 @@ L4 = 'type="pci",vendor_id="0x10de",product_id="0x27b8",product="AD104GL [L4]"'
 ROOT_PORT = 'type="pci",vendor_id="0x8086",product_id="0x1901",product="6th-10th Gen Core Processor PCIe Controller (x16)"'
 MOUSE = 'type="usb_device",vendor_id="0x046d",product_id="0xc077",product="M105 Optical Mouse"'
 GPU, GPU2, PF, VF, VGPU = "pci_0000_41_00_0", "pci_0000_42_00_0", "pci_0000_81_00_0", "pci_0000_81_02_0", "pci_0000_3b_00_0"
+H200 = "pci_0000_61_00_0"  # a PF on NVIDIA's vendor-specific vGPU (no mdev): its VFs carry the types
+N118, N235 = 'name="NVIDIA H200X-1-18C"', 'name="NVIDIA H200X-2-35C"'
 
 
 def pools(instance: str, model: str, numa: str, **states: int) -> dict[str, str]:
@@ -238,7 +240,8 @@ def aer(instance: str, device: str, correctable: str, nonfatal: str, fatal: str)
 # non-fatal errors at minute 40; the second L4-class GPU idles at 8 GT/s (full width) in D3hot and had a
 # fatal error before the exporter started; an i40e PF with 8 of 64 VFs enabled; an A100 split into two
 # 4C vGPUs (18 more can be made, none of type 8C now). hv2: two A100s (one free), a free USB mouse, a PF
-# with all 16 VFs enabled, and a fatal error on its A100 at minute 68. Evaluated at minute 70.
+# with all 16 VFs enabled, a fatal error on its A100 at minute 68, and an H200 on the vendor-specific vGPU
+# whose VFs carry two of type 1414 and could take 1414 on two more, 1415 on one. Evaluated at minute 70.
 CAPACITY_HOSTS = {
     **pools("hv1", A100, "0", available=2),
     **pools("hv1", A100, "1", available=1, in_use=1),
@@ -269,6 +272,10 @@ CAPACITY_HOSTS = {
     f'passthrough_mdev_available_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559",name="GRID A100-8C"}}': "0x75",
     f'passthrough_mdev_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558"}}': "2x75",
     f'passthrough_mdev_instances{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559"}}': "0x75",
+    f'passthrough_vgpu_available{{instance="hv2",device="{H200}",vgpu_type="1414",{N118}}}': "2x75",
+    f'passthrough_vgpu_available{{instance="hv2",device="{H200}",vgpu_type="1415",{N235}}}': "1x75",
+    f'passthrough_vgpu_instances{{instance="hv2",device="{H200}",vgpu_type="1414",{N118}}}': "2x75",
+    f'passthrough_vgpu_instances{{instance="hv2",device="{H200}",vgpu_type="1415",{N235}}}': "0x75",
     f'passthrough_finding{{instance="hv1",code="link_downtrained",severity="warning",subject="{GPU}"}}': "1x75",
     f'passthrough_finding{{instance="hv1",code="pcie_fatal_errors",severity="critical",subject="{GPU2}"}}': "1x75",
     f'passthrough_finding{{instance="hv2",code="pcie_fatal_errors",severity="critical",subject="{GPU}"}}': "_x68 1x7",
@@ -292,7 +299,7 @@ CAPACITY_PANELS = {
     (36, "A"): {"{}": 2},  # the missing card on hv1, the changed one on hv2; not hostdev_missing
     (37, "A"): {"{}": 24},
     (37, "B"): {"{}": 80},
-    (38, "A"): {"{}": 2},
+    (38, "A"): {"{}": 4},  # hv1's two mdev instances, hv2's two VFs carrying a vendor-specific type
     (39, "A"): {"product:passthrough_available_devices:sum{" + m + "}": n  # no root ports: never eligible
                 for m, n in ((A100, 4), (L4, 0), (MOUSE, 1))},
     (40, "A"): {FREE + k: v for k, v in {**rows(A100, ("hv1", 3), ("hv2", 1)), **rows(L4, ("hv1", 0)),
@@ -335,9 +342,13 @@ CAPACITY_PANELS = {
         f'{{instance="hv1",device="{PF}",vendor_id="0x8086",product_id="0x1572",numa_node="0"}}': 1,
         f'{{instance="hv2",device="{PF}",vendor_id="0x8086",product_id="0x1572",numa_node="1"}}': 1},
     (45, "A"): {f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558",name="GRID A100-4C"}}': 18,
-                f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559",name="GRID A100-8C"}}': 0},
+                f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559",name="GRID A100-8C"}}': 0,
+                f'{{instance="hv2",device="{H200}",mdev_type="1414",{N118}}}': 2,  # VFs without a type
+                f'{{instance="hv2",device="{H200}",mdev_type="1415",{N235}}}': 1},
     (45, "B"): {f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-558"}}': 2,
-                f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559"}}': 0},
+                f'{{instance="hv1",device="{VGPU}",mdev_type="nvidia-559"}}': 0,
+                f'{{instance="hv2",device="{H200}",mdev_type="1414"}}': 2,  # VFs carrying it
+                f'{{instance="hv2",device="{H200}",mdev_type="1415"}}': 0},
 }
 
 

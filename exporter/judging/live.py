@@ -6,6 +6,10 @@ configured with it), else `ineligible`, else `available` when nothing blocks it,
 Host drivers are not "in use": handing the device out unbinds them, and the affected set says what
 the host loses.
 
+NVIDIA's vendor-specific vGPU (a VF with `nvidia/`, no mdev) is handed out VF by VF: a VF carrying a
+type follows the rules above; one without a type, or whose type cannot be read, is blocked, and so
+is its PF while any VF carries a type (or may: its type cannot be read).
+
 This is the one availability rule: the JSON `available` and `blocked_by`, the metrics, the pools,
 `devices --available` and the host page all read what `states` returns.
 """
@@ -87,6 +91,11 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             reason = "its group is VFIO's no-IOMMU group (unsafe no-IOMMU mode): VFIO cannot assign it to a VM"
         elif name in carved:
             reason = "mediated devices are carved out of it"
+        elif dev.nvidia_vgpu and not dev.vgpu_type:
+            reason = ("its vGPU type cannot be read: cannot tell whether it can be handed out"
+                      if dev.vgpu_type is None else "no vGPU type set on this VF")
+        elif dev.virtfns and (vgpu := _vgpu_on_vfs(inventory, dev.virtfns)) is not None:
+            reason = vgpu
         elif (hit := _first_in(along, busy, busy_in)) is not None:
             reason = f"{hit}, which goes with it, is {'in use' if hit in facts.in_use else 'assigned'}"
         elif name in storage or _first_in(along, storage, storage_in) is not None:
@@ -97,6 +106,21 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             out[name] = "blocked"
             why[name] = reason
     return Live(MappingProxyType(out), MappingProxyType(why))
+
+
+def _vgpu_on_vfs(inventory: Inventory, virtfns: tuple[str, ...]) -> str | None:
+    """Why a PF is blocked by its VFs' vendor-specific vGPUs: one carries a type (the GPU is shared
+    out), or one's type cannot be read (it may carry one). None when neither."""
+    unknown = None
+    for vf in virtfns:
+        dev = inventory.get(vf)
+        if dev is None or not dev.nvidia_vgpu:
+            continue
+        if dev.vgpu_type:
+            return f"vGPUs are set on its virtual functions ({vf} carries type {dev.vgpu_type})"
+        if dev.vgpu_type is None and unknown is None:
+            unknown = f"the vGPU type of its virtual function {vf} cannot be read: it may carry one"
+    return unknown
 
 
 def _first_in(along: AffectedSet, names: AbstractSet[str], cache: dict[int, tuple[str, ...]]) -> str | None:

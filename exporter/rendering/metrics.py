@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..judging.facts import WEAKENED_REASONS
 from ..judging.snapshot import Snapshot
-from ..model import PASSABLE_TYPES, Device
+from ..model import PASSABLE_TYPES, Device, vgpu_type_names
 from ..reading.sources import error_kinds
 from ..textsafe import visible
 from .exposition import DEFAULT_TELEMETRY_PATH, Family, Row, Spec, render_families
@@ -68,6 +68,13 @@ METRICS: dict[str, Spec] = {
         ("device", "mdev_type", "name")),
     "passthrough_mdev_instances": Spec("gauge", "Mediated devices (vGPUs) of this type that exist on the device.",
         ("device", "mdev_type")),
+    "passthrough_vgpu_available": Spec("gauge",
+        "Virtual functions of this PF without a vGPU type on which this vendor-specific vGPU type can be "
+        "created now; one series per type any of its VFs lists or carries, 0 included.",
+        ("device", "vgpu_type", "name")),
+    "passthrough_vgpu_instances": Spec("gauge",
+        "Virtual functions of this PF carrying this vendor-specific vGPU type; one series per type any of "
+        "its VFs lists or carries, 0 included.", ("device", "vgpu_type", "name")),
     "passthrough_iommu_group_devices": Spec("gauge", "PCI functions in the IOMMU group.", ("group",)),
     "passthrough_iommu_group_viable": Spec("gauge",
         "1 when VFIO would accept the group: every endpoint driverless, on a vfio driver or pci-stub.", ("group",)),
@@ -145,6 +152,8 @@ def host_families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
         if typ == "pci":
             _pci_rows(dev, rows, opts.include_health)
     rows["passthrough_pool_devices"] += _pools(snap, types)
+    if "pci" in types:  # capacity of a PF, even with --metrics.skip-vfs (as the pools count VFs)
+        _vgpu_rows(snap, rows)
 
     for number, st in facts.groups.items():
         g = (str(number),)
@@ -186,6 +195,27 @@ def _pci_rows(dev: Device, rows: dict[str, list[Row]], health: bool) -> None:
             rows["passthrough_pcie_aer_errors"].append(((name, severity), count))
     if dev.power_state is not None:
         rows["passthrough_device_power_state"].append(((name, dev.power_state), 1))
+
+
+def _vgpu_rows(snap: Snapshot, rows: dict[str, list[Row]]) -> None:
+    """NVIDIA's vendor-specific vGPU per PF and type: VFs without a type on which it can be created
+    now, and VFs carrying it. A VF whose type cannot be read counts in neither."""
+    inv = snap.inventory
+    counts: dict[str, dict[int, list[int]]] = {}  # PF -> type -> [available, instances]
+    for dev in inv:
+        if not dev.nvidia_vgpu or dev.physfn is None:
+            continue
+        per_type = counts.setdefault(dev.physfn, {})
+        for type_id in {t.type_id for t in dev.vgpu_creatable or ()}:  # a type listed twice is one
+            per_type.setdefault(type_id, [0, 0])[0] += 1 if dev.vgpu_type == 0 else 0
+        if dev.vgpu_type:
+            per_type.setdefault(dev.vgpu_type, [0, 0])[1] += 1
+    for pf in sorted(counts):
+        names = vgpu_type_names(inv, pf)
+        for type_id, (free, carried) in sorted(counts[pf].items()):
+            labels = (pf, str(type_id), names.get(type_id, ""))
+            rows["passthrough_vgpu_available"].append((labels, free))
+            rows["passthrough_vgpu_instances"].append((labels, carried))
 
 
 def _pools(snap: Snapshot, types: set[str]) -> list[Row]:

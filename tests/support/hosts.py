@@ -283,3 +283,40 @@ def two_roots(t: SysfsTree) -> None:
     t.pci("0000:40:01.1", AMD, 0x1483, 0x060400, driver="pcieport", group=21, reset_method=None)
     t.pci("0000:41:00.0", NVIDIA, 0x2684, 0x030000, parent="0000:40:01.1", driver="nvidia", group=22)
     t.pci("0000:41:00.1", NVIDIA, 0x22BA, 0x040300, parent="0000:40:01.1", driver="snd_hda_intel", group=22)
+
+
+H200_PF = "0000:41:00.0"
+H200_VFS = ("0000:41:00.4", "0000:41:00.5", "0000:41:00.6", "0000:41:00.7")
+VGPU_1_18C = (1414, "NVIDIA H200X-1-18C")
+VGPU_2_35C = (1415, "NVIDIA H200X-2-35C")
+
+
+def h200_vgpu(t: SysfsTree) -> None:
+    """An H200 on NVIDIA's vendor-specific vGPU (no mdev), remapping on. The PF 41:00.0 (10de:2335,
+    class 0x030200, on `nvidia`, 16 VFs at most, group 50) has four VFs 41:00.4-.7 in groups 51-54,
+    each on the vendor's VFIO driver (vfio-dev/vfio0-3, driver `nvidia`), each with `nvidia/`:
+
+    - .4 carries type 1414 and lists nothing (the GPU's capacity is taken); a QEMU (pid 5150, guest
+      `llm1`) holds its cdev (vfio0's number is /dev/full's): in use, held by llm1.
+    - .5 carries 1414, lists nothing, nobody holds it (vfio1 is 511:1): available.
+    - .6 carries no type (0) and lists 1414 and 1415: blocked, "no vGPU type set on this VF".
+    - .7 carries no type and lists 1414: blocked, the same.
+    - the PF: blocked, "vGPUs are set on its virtual functions (pci_0000_41_00_4 carries type 1414)"
+      (the first VF carrying one; its held VF would block it too, the vGPU reason comes first).
+
+    vgpu series of the PF: available 1414 = 2 (.6, .7), 1415 = 1 (.6); instances 1414 = 2 (.4, .5),
+    1415 = 0. Names come from .6 and .7's lists: the VFs carrying 1414 list nothing.
+    """
+    base(t)
+    t.interrupts("IR-IO-APIC", "IR-PCI-MSI")
+    t.pci(H200_PF, NVIDIA, 0x2335, 0x030200, driver="nvidia", group=50, reset_method="flr", sriov_totalvfs=16)
+    for n, addr in enumerate(H200_VFS):
+        t.pci(addr, NVIDIA, 0x2335, 0x030200, driver="nvidia", group=51 + n, reset_method="flr",
+              physfn=H200_PF, vfio_dev=f"vfio{n}", cdev=char_number("/dev/full") if n == 0 else f"511:{n}")
+    t.nvidia_vgpu(H200_VFS[0], 1414, [])
+    t.nvidia_vgpu(H200_VFS[1], 1414, [])
+    t.nvidia_vgpu(H200_VFS[2], 0, [VGPU_1_18C, VGPU_2_35C])
+    t.nvidia_vgpu(H200_VFS[3], 0, [VGPU_1_18C])
+    # A fake procfs cannot hold a real /dev/vfio/devices/vfio0: the QEMU holds /dev/full, vfio0's number.
+    t.process(5150, "qemu-system-x86", ["/usr/bin/qemu-system-x86_64", "-name", "guest=llm1,debug-threads=on"],
+              {3: "/dev/iommu", 4: "/dev/full"})

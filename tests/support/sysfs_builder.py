@@ -292,6 +292,17 @@ class SysfsTree:
             (self._pci[addr] / uuid).mkdir()
             self.link(tdir / "devices" / uuid, self._pci[addr] / uuid)
 
+    def nvidia_vgpu(self, addr: str, current: int | str, creatable: list[tuple[int, str]] | str) -> Path:
+        """A VF's `nvidia/` on NVIDIA's vendor-specific VFIO: `current_vgpu_type` (0, or the type it
+        carries) and `creatable_vgpu_types`, one `ID : NAME` line per type under the driver's header
+        (nothing but the header when the list is empty); a str is written as it is (hostile input)."""
+        base = self._pci[addr] / "nvidia"
+        self.write(base / "current_vgpu_type", str(current))
+        if not isinstance(creatable, str):
+            creatable = "\n".join(["ID    : vGPU Name", *(f"{i} : {name}" for i, name in creatable)])
+        self.write(base / "creatable_vgpu_types", creatable)
+        return base
+
     # --- USB -----------------------------------------------------------------------------
 
     def usb_device(

@@ -159,3 +159,37 @@ def nvme_class(pci_class: str | None) -> bool:
     has no `nvme/` and its serial is unknown; its VPD `SN` is another number space, which would read
     as another device every time the driver changes (on every VM start)."""
     return pci_class is not None and pci_class.startswith("0x0108")
+
+
+VGPU_TYPE_MAX = 0xFFFFFFFF  # NVIDIA's vGPU type ids are 32-bit
+VGPU_TYPES_MAX = 256  # lines of a creatable list: a GPU offers a few dozen types; the page bounds it too
+
+
+def vgpu_type(text: str) -> int:
+    """`nvidia/current_vgpu_type`: 0 (none set) or the decimal id of the type the VF carries."""
+    return bounded_int(text, 0, VGPU_TYPE_MAX)
+
+
+def vgpu_types(text: str) -> tuple[tuple[int, str], ...]:
+    """`nvidia/creatable_vgpu_types` -> ((id, name), ...), in the file's order; else BadAttribute.
+
+    One type a line, `ID : NAME` (`1414 : NVIDIA H200X-1-18C`), under a header line `ID : vGPU Name`;
+    empty when nothing can be created on the VF now. The format is NVIDIA's (vGPU software's user
+    guide, vendor-specific VFIO framework), read as NVIDIA's own parser reads it (vgpu-device-manager,
+    pkg/vfio): fields trimmed, blank lines and the header (ID field `ID`) skipped. Any other line is
+    not a type: the whole list is then unknown, never a shorter list.
+    """
+    out: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        type_id, sep, name = line.partition(":")
+        type_id, name = type_id.strip(), name.strip()
+        if not type_id and not sep:
+            continue  # a blank line
+        if type_id == "ID":
+            continue  # the header
+        if not sep or not name:
+            raise BadAttribute(f"a line is not `ID : NAME` ({shape(line)})")
+        if len(out) == VGPU_TYPES_MAX:
+            raise BadAttribute(f"more than {VGPU_TYPES_MAX} types")
+        out.append((bounded_int(type_id, 1, VGPU_TYPE_MAX), name))
+    return tuple(out)

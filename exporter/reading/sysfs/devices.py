@@ -14,9 +14,9 @@ import os
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ...model import MdevType, device_name
+from ...model import MdevType, VgpuType, device_name
 from .attrs import (SPEED_MAX, BadAttribute, bounded_float, dev_number, escape_bytes, hex_id, link_width, nvme_class,
-                    numa_node, parse_int, pcie_root, shape, sriov_count)
+                    numa_node, parse_int, pcie_root, shape, sriov_count, vgpu_type, vgpu_types)
 from .files import Reader, error_kind
 from .vpd import VPD_MAX, parse_vpd
 
@@ -50,6 +50,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     else:
         reset_methods = None if "reset" in attrs else ()
     vfio_dev = _vfio_dev(reader, path) if "vfio-dev" in attrs else None
+    vgpu = _nvidia_vgpu(reader, path, sysname) if "nvidia" in attrs else _NO_VGPU
     attr = reader.attr_in
     pci_class = hex_id(attr(attrs, path, "class"), 6)
     return {
@@ -87,6 +88,9 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
                        opt(attrs, path, "aer_dev_fatal", aer_total, sysname)),
         "power_state": power,
         "mdev_types": _mdev_types(reader, path, sysname) if "mdev_supported_types" in attrs else (),
+        "nvidia_vgpu": vgpu[0],
+        "vgpu_type": vgpu[1],
+        "vgpu_creatable": vgpu[2],
         "serial": (_pci_serial(reader, path, attrs, sysname, awake and not nvme_class(pci_class))
                    if "nvme" in attrs or (awake and "vpd" in attrs) else None),
     }
@@ -208,6 +212,30 @@ def _mdev_types(reader: Reader, path: str, sysname: str) -> tuple[MdevType, ...]
             instances=len(reader.listdir(os.path.join(tdir, "devices"))) if "devices" in attrs else 0,
         ))
     return tuple(out)
+
+
+_NO_VGPU: tuple[bool, int | None, tuple[VgpuType, ...] | None] = (False, None, None)
+_VGPU_FILES = ("current_vgpu_type", "creatable_vgpu_types")
+
+
+def _nvidia_vgpu(reader: Reader, path: str, sysname: str) -> tuple[bool, int | None, tuple[VgpuType, ...] | None]:
+    """(nvidia/ is a vGPU directory, current type, creatable types) of a VF on NVIDIA's
+    vendor-specific VFIO. A directory without either file is something else: no vGPU. One that
+    cannot be listed is a vGPU directory whose type is unknown (blocked, never available)."""
+    base = f"{path}/nvidia"
+    try:
+        attrs = reader.entries(base)
+    except OSError as exc:
+        kind = error_kind(exc)
+        log.warning("%s: nvidia/ skipped (%s): %s", sysname, kind, exc)
+        reader.count(kind)
+        return True, None, None
+    if not any(name in attrs for name in _VGPU_FILES):
+        return _NO_VGPU
+    what = f"{sysname} nvidia/"
+    creatable = reader.optional(attrs, base, "creatable_vgpu_types", vgpu_types, what)
+    return (True, reader.optional(attrs, base, "current_vgpu_type", vgpu_type, what),
+            None if creatable is None else tuple(VgpuType(i, n) for i, n in creatable))
 
 
 def _group_number(reader: Reader, group: str | None, sysname: str) -> int | None:
