@@ -179,6 +179,39 @@ def clean_host(t: SysfsTree) -> None:
     nvme_lvm_root(t)
 
 
+def iommufd_host(t: SysfsTree) -> None:
+    """A host of Linux 6.6+ built with CONFIG_VFIO_DEVICE_CDEV and iommufd: every backend.
+
+    The NIC 00:19.0 on vfio-pci alone in group 7 (FLR) has vfio-dev/vfio0 whose `dev` is 237:0
+    (/dev/vfio/devices/vfio0); group 7's VFIO node is 243:7 (/dev/vfio/7); class/misc holds `vfio`
+    (10:196, /dev/vfio/vfio) and `iommu` (10:122, /dev/iommu). `/` is on an NVMe disk alone in group 12.
+    Worked out: group (a group node), cdev (the one VFIO device has its node), iommufd (class/misc/iommu);
+    `passthrough_vfio_cdev_enabled 1`, `passthrough_iommufd_enabled 1`, no `vfio_no_cdev`."""
+    base(t)
+    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus",
+          vfio_dev="vfio0", cdev="237:0")
+    t.vfio_group(7, "243:7")
+    t.misc("vfio", "10:196")
+    t.iommufd()
+    nvme_lvm_root(t)
+
+
+def group_only_host(t: SysfsTree) -> None:
+    """A host of Linux 6.1 to 6.5 (or later, built without CONFIG_VFIO_DEVICE_CDEV and iommufd): only
+    VFIO's group interface.
+
+    As `iommufd_host`, but vfio-dev/vfio0 of the NIC 00:19.0 has no `dev`, and class/misc holds `vfio`
+    only. Worked out: group yes; cdev no (the one device VFIO drives has no node); iommufd no (class/misc
+    is there, `iommu` is not): `passthrough_vfio_cdev_enabled 0`, `passthrough_iommufd_enabled 0`, and
+    one `vfio_no_cdev` warning naming pci_0000_00_19_0."""
+    base(t)
+    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus",
+          vfio_dev="vfio0")
+    t.vfio_group(7, "243:7")
+    t.misc("vfio", "10:196")
+    nvme_lvm_root(t)
+
+
 def busy_host(tree: SysfsTree) -> SysfsTree:
     """GPU + audio (group 2) on vfio-pci held by a QEMU process through group 2's VFIO node; a USB
     mouse claimed by usbfs; a NIC on vfio-pci that is enabled, with no process to see; `/` on an NVMe disk.
