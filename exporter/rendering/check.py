@@ -80,7 +80,7 @@ def _notes(snapshot: Snapshot) -> list[str]:
 # Why a backend cannot be told (Facts.backends is None), in a few words.
 UNKNOWN_BECAUSE = {
     "group": "no VFIO group node",
-    "cdev": "no device on a VFIO driver",
+    "cdev": "no VFIO device",
     "iommufd": "no <sysfs>/class/misc",
 }
 
