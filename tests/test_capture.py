@@ -115,6 +115,8 @@ HOSTS = {
     "sriov_and_orphan_vf": lambda t: (hosts.sriov_nic(t), hosts.orphan_vf(t)),
     "usb_tree": hosts.usb_tree,
     "vfio_nodes": vfio_nodes,
+    "iommufd_host": hosts.iommufd_host,
+    "group_only_host": hosts.group_only_host,
     "sata_disks": hosts.sata_disks,
     "sata_root": sata_root,
     "nvme_lvm_root": hosts.nvme_lvm_root,
