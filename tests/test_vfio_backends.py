@@ -101,33 +101,51 @@ def test_pci_stub_never_counts(tree):
     assert no_cdev(snap) == []
 
 
-def test_a_kernel_before_6_1_has_no_vfio_dev_at_all(tree):
-    """vfio-pci without a vfio-dev/ directory (before 6.1): no cdev. Beside it a pci-stub device,
-    which is not named; no class/misc in the tree: iommufd unknown, its metric absent."""
+def before_6_1(tree) -> None:
+    """vfio-pci without a vfio-dev/ directory (a kernel before 6.1), a pci-stub device beside it."""
     hosts.base(tree)
     tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, driver="vfio-pci", group=2, reset_method="flr")
     tree.pci("0000:02:00.0", INTEL, 0x15BC, 0x020000, driver="pci-stub", group=3, reset_method="flr")
+
+
+def test_a_kernel_before_6_1_has_no_vfio_dev_at_all(tree):
+    """No cdev for the vfio-pci GPU; the pci-stub NIC is not named. class/misc without `iommu`."""
+    before_6_1(tree)
+    tree.misc("vfio", "10:196")
     snap = judge_tree(tree)
-    assert dict(snap.facts.backends) == {"group": None, "cdev": False, "iommufd": None}
+    assert dict(snap.facts.backends) == {"group": None, "cdev": False, "iommufd": False}
     assert snap.facts.cdev_missing == ("pci_0000_01_00_0",)
-    assert samples(snap) == {CDEV: 0.0}
+    assert samples(snap) == {CDEV: 0.0, IOMMUFD: 0.0}
+
+
+def test_a_tree_without_class_misc_proves_no_device_lacks_a_cdev(tree):
+    """The same devices in a tree without class/misc (a partial capture, or a source without sysfs):
+    not a host's whole sysfs, so a vfio-dev/ missing there proves nothing. Both metrics absent, no
+    finding."""
+    before_6_1(tree)
+    snap = judge_tree(tree)
+    assert dict(snap.facts.backends) == {"group": None, "cdev": None, "iommufd": None}
+    assert snap.facts.cdev_missing == () and samples(snap) == {} and no_cdev(snap) == []
 
 
 def test_the_kernels_vfio_dev_counts_whatever_the_driver_is_called(tree):
     """A variant driver's VF with its cdev, and a function under a driver name no list knows whose
-    vfio-dev/vfio1 has no `dev`: the second is VFIO's (vfio-dev/ says so) and lacks a node."""
+    vfio-dev/vfio1 has no `dev`: the second is VFIO's (vfio-dev/ says so) and lacks a node. iommufd is
+    there (it needs the cdev nodes to be of use)."""
     hosts.base(tree)
     tree.pci("0000:3b:00.2", 0x15B3, 0x101E, 0x020000, driver="mlx5_vfio_pci", group=21, vfio_dev="vfio0",
              cdev="237:0")
     tree.pci("0000:5e:00.0", 0x1DD8, 0x0008, 0x020000, driver="newvendor_accel", group=30, vfio_dev="vfio1")
+    tree.iommufd()
     snap = judge_tree(tree)
     assert snap.facts.backends["cdev"] is False and snap.facts.cdev_missing == ("pci_0000_5e_00_0",)
-    assert samples(snap) == {CDEV: 0.0}
+    assert samples(snap) == {CDEV: 0.0, IOMMUFD: 1.0}
 
 
 def test_many_devices_without_cdev_are_counted_and_the_first_five_named(tree):
-    """Nine NICs on vfio-pci (20:00.0 to 28:00.0), none with vfio-dev/."""
+    """Nine NICs on vfio-pci (20:00.0 to 28:00.0), none with vfio-dev/; class/misc without iommu."""
     hosts.resetless_nics(tree)
+    tree.misc("vfio", "10:196")
     (finding,) = no_cdev(judge_tree(tree))
     assert finding[2] == (
         "9 devices on a VFIO driver without a VFIO cdev node (/dev/vfio/devices/vfio<N>): pci_0000_20_00_0, "

@@ -143,11 +143,13 @@ def vfio_backends(inventory: Inventory) -> tuple[dict[str, bool | None], tuple[s
     group: True when a VFIO group node exists (`<sysfs>/class/vfio/<N>`); never False: without one
     no device may be on VFIO yet, or the tree may predate the read (an old capture).
     cdev: True when every function VFIO drives has a cdev node, False when one has none, None when
-    VFIO drives none (pci-stub does not count: it never gets a VFIO device).
+    VFIO drives none (pci-stub does not count: it never gets a VFIO device). Also None when iommufd is
+    unknown: a tree without `class/misc` (which every kernel has) is not a host's whole sysfs (a source
+    without sysfs, a partial capture), so a missing vfio-dev/ or `dev` in it proves nothing.
     iommufd: the iommufd device, `HostFacts.iommufd`.
     """
     host = inventory.host
-    vfio = [d for d in inventory if gets_vfio_device(d)]
+    vfio = [d for d in inventory if gets_vfio_device(d)] if host.iommufd is not None else []
     missing = tuple(sorted(d.name for d in vfio if d.char_dev is None))
     return {
         "group": True if host.vfio_groups else None,
