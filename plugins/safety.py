@@ -6,7 +6,7 @@ and used by dashboards and alert rules, so rename one only together with them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from .. import hookimpl
 from ..judging.facts import Facts, GroupStatus
@@ -114,7 +114,7 @@ def _finding(code: str, subject: str, message: str, severity: str | None = None)
     return Finding(code, severity or CODES[code], subject, message, FIXES[code])
 
 
-def _first(names: list[str] | tuple[str, ...], shown: int = 5) -> str:
+def _first(names: Sequence[str], shown: int = 5) -> str:
     """The first `shown` names, and how many more."""
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
