@@ -160,6 +160,10 @@ class HostFacts:
     # mapping the firmware requires (an RMRR), for which the kernel refuses VFIO. `direct-relaxable`
     # (USB, graphics) does not count. A group without the file (before 4.11) is not in it: unknown.
     rmrr_groups: frozenset[int] = frozenset()
+    # The iommufd device (/dev/iommu) exists: `<sysfs>/class/misc/iommu`, there while the iommufd
+    # module is loaded or built in. None: the tree has no `class/misc` at all (every kernel has misc
+    # devices, so a partial capture or a source without sysfs), which cannot tell.
+    iommufd: bool | None = None
     # (major, minor) of a group's or a device's character device (`vfio_groups`, Device.char_dev)
     # -> the process that has it open for writing. None: the processes were not scanned (switched
     # off, or nothing readable).

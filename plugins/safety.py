@@ -6,7 +6,7 @@ and used by dashboards and alert rules, so rename one only together with them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from .. import hookimpl
 from ..judging.facts import Facts, GroupStatus
@@ -22,6 +22,7 @@ CHECKS = (
     Check("VFIO requires interrupt remapping",
           ("unsafe_interrupts", "no_interrupt_remapping", "interrupt_remapping_unknown")),
     Check("VFIO no-IOMMU mode off", ("unsafe_noiommu",)),
+    Check("VFIO devices have cdev nodes (iommufd)", ("vfio_no_cdev",)),
     Check("No IOMMU group split between VMs and host", ("group_mixed", "group_not_viable")),
     Check("Eligible devices have a function-level reset", ("no_flr", "no_reset")),
     Check("Eligible devices alone in their IOMMU group", ("group_multi_device",)),
@@ -47,6 +48,9 @@ FIXES = {
     "or check by hand that `grep IR- /proc/interrupts` lists remapped interrupt chips",
     "no_interrupt_remapping": "enable interrupt remapping: x2APIC and VT-d/AMD-Vi interrupt remapping in the "
     "firmware setup, and no intremap=off on the kernel command line; allow_unsafe_interrupts=1 is not a fix",
+    "vfio_no_cdev": "to open them through iommufd (QEMU or libvirt with iommufd, KubeVirt 1.9 and newer), boot a "
+    "kernel 6.6 or newer built with CONFIG_VFIO_DEVICE_CDEV=y and CONFIG_IOMMUFD; until then use VFIO's group "
+    "interface (/dev/vfio/<group>)",
     "group_mixed": "bind the whole group to vfio-pci (every endpoint, e.g. `driverctl set-override ADDR "
     "vfio-pci`, or libvirt managed='yes' hostdevs for all of them), or give it all back to the host",
     "group_not_viable": "to pass a device of such a group, bind every endpoint of the group to vfio-pci",
@@ -78,6 +82,7 @@ CODES: dict[str, str] = {
     "unsafe_noiommu": "critical",
     "no_interrupt_remapping": "warning",  # critical when a device is already on a VFIO driver
     "interrupt_remapping_unknown": "warning",
+    "vfio_no_cdev": "warning",  # the group interface still works: never critical
     "group_mixed": "critical",
     "group_not_viable": "info",
     "group_multi_device": "info",
@@ -107,6 +112,11 @@ def group_subject(number: int) -> str:
 
 def _finding(code: str, subject: str, message: str, severity: str | None = None) -> Finding:
     return Finding(code, severity or CODES[code], subject, message, FIXES[code])
+
+
+def _first(names: Sequence[str], shown: int = 5) -> str:
+    """The first `shown` names, and how many more."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _disks(inventory: Inventory) -> str:
@@ -165,6 +175,7 @@ def passthrough_findings(inventory: Inventory, verdicts: Mapping[str, Verdict], 
     yield from _cmdline(inventory)
     yield from _weakened(facts)
     yield from _interrupts(inventory, facts)
+    yield from _cdev(facts)
     statuses = facts.groups
     yield from _groups(inventory, statuses, verdicts)
     yield from _rmrr(inventory, statuses)
@@ -234,13 +245,24 @@ def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
         return
     on_vfio = sorted(n for st in facts.groups.values() for n in st.vfio)
     if on_vfio:
-        shown = ", ".join(on_vfio[:5]) + (f" and {len(on_vfio) - 5} more" if len(on_vfio) > 5 else "")
+        shown = _first(on_vfio)
         yield _finding("no_interrupt_remapping", HOST, (
             f"interrupt remapping is off ({why}): VFIO refuses to assign devices, and {shown} already "
             "wait on a VFIO driver"), severity="critical")
     else:
         yield _finding("no_interrupt_remapping", HOST, (
             f"interrupt remapping is off ({why}): VFIO will refuse to assign any device"))
+
+
+def _cdev(facts: Facts) -> Iterator[Finding]:
+    """Devices VFIO drives without a cdev node: iommufd users cannot open them (`Facts.cdev_missing`)."""
+    missing = facts.cdev_missing
+    if missing:
+        n = len(missing)
+        yield _finding("vfio_no_cdev", HOST, (
+            f"{n} device{'s' if n != 1 else ''} on a VFIO driver without a VFIO cdev node "
+            f"(/dev/vfio/devices/vfio<N>): {_first(missing)}; the kernel predates 6.6 or lacks "
+            "CONFIG_VFIO_DEVICE_CDEV, so iommufd users cannot open them"))
 
 
 def _weakened(facts: Facts) -> Iterator[Finding]:

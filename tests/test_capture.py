@@ -118,6 +118,8 @@ HOSTS = {
     "vfio_nodes": vfio_nodes,
     # nvidia/ of each VF: its type and creatable list travel (a capture holds no processes: no QEMU)
     "h200_vgpu": lambda t: (hosts.h200_vgpu(t), shutil.rmtree(t.proc / "5150")),
+    "iommufd_host": hosts.iommufd_host,
+    "group_only_host": hosts.group_only_host,
     "sata_disks": hosts.sata_disks,
     "sata_root": sata_root,
     "nvme_lvm_root": hosts.nvme_lvm_root,

@@ -31,7 +31,8 @@ def test_clean_host_passes_with_exit_0(tree):
     lines = status_lines(out.stdout)
     assert list(lines) == [  # safety's, then pci's, health's, assignments': in pluggy's call order
         "IOMMU enabled in firmware and kernel", "No ACS override on the kernel command line",
-        "VFIO requires interrupt remapping", "VFIO no-IOMMU mode off", "No IOMMU group split between VMs and host",
+        "VFIO requires interrupt remapping", "VFIO no-IOMMU mode off", "VFIO devices have cdev nodes (iommufd)",
+        "No IOMMU group split between VMs and host",
         "Eligible devices have a function-level reset", "Eligible devices alone in their IOMMU group",
         "No group needs a firmware 1:1 mapping (RMRR)", "Root filesystem devices kept on the host", "Boot VGA device", "PCI devices answer on the bus",
         "PCIe links at full width, no fatal PCIe errors", "Devices unchanged since the previous boot",

@@ -44,6 +44,16 @@ def test_real_host_reads_cleanly(snap):
     assert snap.inventory.host.iommu_groups_present == bool(os.path.isdir(groups) and os.listdir(groups))
 
 
+def test_vfio_backends_are_this_hosts(snap):
+    """iommufd as /sys/class/misc says; cdev told only when VFIO drives a device, never guessed."""
+    misc = "/sys/class/misc"
+    expected = os.path.exists(f"{misc}/iommu") if os.path.isdir(misc) else None
+    assert snap.inventory.host.iommufd is expected
+    vfio = [d for d in snap.inventory if d.type == "pci" and (
+        d.vfio_dev is not None or (d.driver or "").startswith("vfio") or (d.driver or "").endswith("vfio_pci"))]
+    assert snap.facts.backends["cdev"] == (all(d.char_dev is not None for d in vfio) if vfio else None)
+
+
 def test_passthrough_listing_on_this_host(snap):
     out = subprocess.run([EXE, "devices", "--passthrough"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

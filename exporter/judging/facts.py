@@ -1,5 +1,6 @@
 """Facts derived from an inventory once per refresh: how VFIO sees each IOMMU group, what weakens
-isolation, which devices the root filesystem pins, and the group layout's fingerprint.
+isolation, which devices the root filesystem pins, the group layout's fingerprint and the VFIO
+backends (group, cdev, iommufd) the host offers.
 
 Computed once by the inspector before any rule runs, handed to the hooks as `facts`, and carried
 on the judged snapshot, so the findings, the metrics and `check` always agree.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..model import KNOWN_TYPES, BootRecord, Device, Holder, HostFacts, Inventory
@@ -37,6 +38,17 @@ def on_vfio(dev: Device) -> bool:
     """The device is on a VFIO driver: the kernel made it a VFIO device node (vfio-dev/), or its
     driver is one (for kernels without VFIO device nodes)."""
     return dev.vfio_dev is not None or is_vfio_driver(dev.driver)
+
+
+def gets_vfio_device(dev: Device) -> bool:
+    """A PCI function VFIO itself drives, so the kernel gives it a VFIO device (and, with
+    CONFIG_VFIO_DEVICE_CDEV, a cdev node): `on_vfio`, but not pci-stub, which only parks the device
+    away from host drivers and never makes one."""
+    return dev.type == "pci" and (dev.vfio_dev is not None or (
+        is_vfio_driver(dev.driver) and dev.driver not in VFIO_SAFE_DRIVERS))
+
+
+VFIO_BACKENDS = ("group", "cdev", "iommufd")  # how user space opens a VFIO device, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +94,17 @@ class Facts:
     # What changed since the previous boot (the state file's record, `HostFacts.previous_boot`): for
     # the changes rule and the host page alike; () with no previous boot on record.
     changes: tuple[Change, ...] = ()
+    # PCI functions VFIO drives (`gets_vfio_device`) without a cdev node (`vfio-dev/vfio<N>/dev`):
+    # a kernel before 6.1 (no vfio-dev/ at all) or without CONFIG_VFIO_DEVICE_CDEV. Sorted.
+    cdev_missing: tuple[str, ...] = ()
+    # Each of VFIO_BACKENDS -> whether this host offers it (None: cannot be told): see vfio_backends().
+    backends: Mapping[str, bool | None] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(VFIO_BACKENDS)))
 
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
         roots = root_pci_functions(inventory)
+        backends, missing = vfio_backends(inventory)
         peers: dict[str, str] = {}
         for root in roots:
             for peer in inventory.group_peers(root):
@@ -100,6 +119,8 @@ class Facts:
             in_use=MappingProxyType(in_use(inventory)),
             root_unknown=not roots and any(d.type == "pci" for d in inventory),
             changes=since_previous_boot(inventory),
+            cdev_missing=missing,
+            backends=MappingProxyType(backends),
         )
 
     @property
@@ -113,6 +134,28 @@ def since_previous_boot(inventory: Inventory) -> tuple[Change, ...]:
     """The changes from the previous boot on record to this read; () when there is none."""
     previous = inventory.host.previous_boot
     return () if previous is None else tuple(compare(previous, BootRecord.of(inventory)))
+
+
+def vfio_backends(inventory: Inventory) -> tuple[dict[str, bool | None], tuple[str, ...]]:
+    """Which ways of opening a VFIO device the host offers (True, False, None: cannot be told), and
+    the functions VFIO drives without a cdev node.
+
+    group: True when a VFIO group node exists (`<sysfs>/class/vfio/<N>`); never False: without one
+    no device may be on VFIO yet, or the tree may predate the read (an old capture).
+    cdev: True when every function VFIO drives has a cdev node, False when one has none, None when
+    VFIO drives none (pci-stub does not count: it never gets a VFIO device). Also None when iommufd is
+    unknown: a tree without `class/misc` (which every kernel has) is not a host's whole sysfs (a source
+    without sysfs, a partial capture), so a missing vfio-dev/ or `dev` in it proves nothing.
+    iommufd: the iommufd device, `HostFacts.iommufd`.
+    """
+    host = inventory.host
+    vfio = [d for d in inventory if gets_vfio_device(d)] if host.iommufd is not None else []
+    missing = tuple(sorted(d.name for d in vfio if d.char_dev is None))
+    return {
+        "group": True if host.vfio_groups else None,
+        "cdev": not missing if vfio else None,
+        "iommufd": host.iommufd,
+    }, missing
 
 
 def group_status(inventory: Inventory) -> dict[int, GroupStatus]:

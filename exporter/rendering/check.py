@@ -9,7 +9,7 @@ while judging adds a last line UNKNOWN, so a report with a rule missing never re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +65,38 @@ def exit_code(results: list[CheckResult]) -> int:
 
 
 def _notes(snapshot: Snapshot) -> list[str]:
-    """Facts worth a line even when all is well: where `/` lives and what the groups look like."""
+    """Facts worth a line even when all is well: where `/` lives, what the groups look like and how
+    VFIO devices can be opened."""
     inv = snapshot.inventory
     out = []
     for name in snapshot.facts.root_functions:
         state = "not eligible" if not snapshot.verdicts[name].eligible else "ELIGIBLE"
         out.append(f"root filesystem ({', '.join(inv.host.root_disks)}) is on {name}: {state}")
     out.append(f"IOMMU group layout: {len(inv.groups)} groups, hash {snapshot.facts.layout_hash}")
+    out.append(backends_line(snapshot.facts.backends))
     return out
+
+
+# Why a backend cannot be told (Facts.backends is None), in a few words.
+UNKNOWN_BECAUSE = {
+    "group": "no VFIO group node",
+    "cdev": "no VFIO device",
+    "iommufd": "no <sysfs>/class/misc",
+}
+
+
+def backends_line(backends: Mapping[str, bool | None]) -> str:
+    """`VFIO backends: group, cdev, iommufd`; those the host lacks as `absent:`, those it cannot
+    tell as `unknown:` with why: `VFIO backends: group; absent: cdev, iommufd`."""
+    offered = [b for b, on in backends.items() if on]
+    absent = [b for b, on in backends.items() if on is False]
+    unknown = [f"{b} ({UNKNOWN_BECAUSE[b]})" for b, on in backends.items() if on is None]
+    parts = [", ".join(offered) or ("none known" if unknown else "none")]
+    if absent:
+        parts.append(f"absent: {', '.join(absent)}")
+    if unknown:
+        parts.append(f"unknown: {', '.join(unknown)}")
+    return "VFIO backends: " + "; ".join(parts)
 
 
 def render_text(snapshot: Snapshot, results: list[CheckResult]) -> str:
@@ -108,4 +132,5 @@ def render_json(snapshot: Snapshot, results: list[CheckResult]) -> dict[str, Any
         "root_devices": None if inv.host.root_devices is None else list(inv.host.root_devices),
         "root_disks": list(inv.host.root_disks),
         "group_layout_hash": snapshot.facts.layout_hash,
+        "vfio_backends": dict(snapshot.facts.backends),  # each backend: true, false or null (unknown)
     }

@@ -87,6 +87,11 @@ METRICS: dict[str, Spec] = {
     "passthrough_iommu_enabled": Spec("gauge", "1 when the kernel exposes IOMMU groups."),
     "passthrough_interrupt_remapping_enabled": Spec("gauge",
         "1 when the kernel remaps interrupts (an IR- interrupt chip); absent when it cannot be told."),
+    "passthrough_vfio_cdev_enabled": Spec("gauge",
+        "1 when the devices on a VFIO driver have VFIO cdev nodes (needed by iommufd users); 0 when one has "
+        "none; absent when it cannot be told (no device on a VFIO driver)."),
+    "passthrough_iommufd_enabled": Spec("gauge",
+        "1 when the iommufd device (/dev/iommu) exists; absent when it cannot be told."),
     "passthrough_isolation_weakened": Spec("gauge",
         "1 when a kernel or module setting makes IOMMU isolation untrustworthy.", ("reason",)),
     "passthrough_finding": Spec("gauge", "1 for each safety finding a plugin reports.",
@@ -165,6 +170,10 @@ def host_families(snap: Snapshot, opts: MetricOptions) -> list[Family]:
     rows["passthrough_iommu_enabled"].append(((), 1 if inv.host.iommu_groups_present else 0))
     if inv.host.interrupt_remapping is not None:
         rows["passthrough_interrupt_remapping_enabled"].append(((), 1 if inv.host.interrupt_remapping else 0))
+    # Absent when unknown, like remapping: no alert fires on a guess.
+    for name, backend in (("passthrough_vfio_cdev_enabled", "cdev"), ("passthrough_iommufd_enabled", "iommufd")):
+        if facts.backends[backend] is not None:
+            rows[name].append(((), 1 if facts.backends[backend] else 0))
     rows["passthrough_isolation_weakened"] += [((r,), 1 if facts.weakened[r] else 0) for r in WEAKENED_REASONS]
     rows["passthrough_finding"] += [((f.code, f.severity, f.subject), 1) for f in snap.findings]
     return [_family(name, r) for name, r in rows.items() if name not in STATUS_METRICS]

@@ -121,7 +121,7 @@ def small_vm(t: SysfsTree) -> None:
     """A small VM like the one the samples of README.md and docs/cli.md were taken on: host bridge
     8086:0d57, then virtio functions (Red Hat 0x1af4) without reset methods: GPU 00:01.0, block
     00:02.0 (class 0x018000) holding `/` on vda, NIC 00:03.0, two more of class 0xffff00; no IOMMU,
-    interrupt chips without remapping, no DMAR/IVRS table."""
+    interrupt chips without remapping, no DMAR/IVRS table; misc devices but no iommufd."""
     t.pci("0000:00:00.0", INTEL, 0x0D57, 0x060000, reset_method=None)
     for addr, device, cls in (("0000:00:01.0", 0x1045, 0xFFFF00), ("0000:00:02.0", 0x1042, 0x018000),
                               ("0000:00:03.0", 0x1041, 0x020000), ("0000:00:04.0", 0x1053, 0xFFFF00),
@@ -131,6 +131,7 @@ def small_vm(t: SysfsTree) -> None:
             t.block("vda", parent=path / "virtio1", dev="254:0")
     t.root_mount("254:0", "/dev/vda")
     t.interrupts("IO-APIC", "IO-APIC")
+    t.misc("cpu_dma_latency", "10:259")
 
 
 def nvme_lvm_root(t: SysfsTree) -> None:
@@ -171,12 +172,42 @@ def serials(t: SysfsTree) -> None:
     t.usb_interface("1-4:1.0", parent=stick, interface_class=8, driver="usb-storage")
 
 
-def clean_host(t: SysfsTree) -> None:
-    """IOMMU on, one NIC bound to vfio-pci alone in its group, with FLR, `/` on an NVMe disk alone in
-    its group: nothing to report but where the root filesystem is (info)."""
+def clean_host(t: SysfsTree, cdev: str | None = "237:0") -> None:
+    """IOMMU on, one NIC 00:19.0 bound to vfio-pci alone in group 7, with FLR and (a kernel of 6.6 or
+    later) the VFIO device vfio-dev/vfio0 whose cdev `dev` is `cdev` (None: no `dev`, a kernel without
+    CONFIG_VFIO_DEVICE_CDEV); `/` on an NVMe disk alone in its group: nothing to report but where the
+    root filesystem is (info)."""
     base(t)
-    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus")
+    t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus",
+          vfio_dev="vfio0", cdev=cdev)
     nvme_lvm_root(t)
+
+
+def iommufd_host(t: SysfsTree) -> None:
+    """A host of Linux 6.6+ built with CONFIG_VFIO_DEVICE_CDEV and iommufd: every backend.
+
+    `clean_host` (the NIC 00:19.0 on vfio-pci, its vfio-dev/vfio0 `dev` 237:0: /dev/vfio/devices/vfio0),
+    with group 7's VFIO node 243:7 (/dev/vfio/7) and class/misc holding `vfio` (10:196, /dev/vfio/vfio)
+    and `iommu` (10:122, /dev/iommu). Worked out: group (a group node), cdev (the one device VFIO
+    drives has its node), iommufd (class/misc/iommu): `passthrough_vfio_cdev_enabled 1`,
+    `passthrough_iommufd_enabled 1`, no `vfio_no_cdev`."""
+    clean_host(t)
+    t.vfio_group(7, "243:7")
+    t.misc("vfio", "10:196")
+    t.iommufd()
+
+
+def group_only_host(t: SysfsTree) -> None:
+    """A host of Linux 6.1 to 6.5 (or later, built without CONFIG_VFIO_DEVICE_CDEV and iommufd): only
+    VFIO's group interface.
+
+    As `iommufd_host`, but vfio-dev/vfio0 of the NIC 00:19.0 has no `dev` and class/misc holds `vfio`
+    only. Worked out: group yes; cdev no (the one device VFIO drives has no node); iommufd no (class/misc
+    is there, `iommu` is not): `passthrough_vfio_cdev_enabled 0`, `passthrough_iommufd_enabled 0`, and
+    one `vfio_no_cdev` warning naming pci_0000_00_19_0."""
+    clean_host(t, cdev=None)
+    t.vfio_group(7, "243:7")
+    t.misc("vfio", "10:196")
 
 
 def busy_host(tree: SysfsTree) -> SysfsTree:

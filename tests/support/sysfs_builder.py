@@ -113,6 +113,18 @@ class SysfsTree:
             self.write(self.sys / "kernel" / "iommu_groups" / str(number) / "name", "vfio-noiommu")
         return path
 
+    def misc(self, name: str, dev: str) -> Path:
+        """A misc device as the kernel shows it: class/misc/<name> -> devices/virtual/misc/<name>, whose
+        `dev` is `dev` ("MAJ:MIN", major 10). Any one makes class/misc, which every kernel has."""
+        path = self.sys / "devices" / "virtual" / "misc" / name
+        self.write(path / "dev", dev)
+        self.link(self.sys / "class" / "misc" / name, path)
+        return path
+
+    def iommufd(self) -> Path:
+        """The iommufd device, /dev/iommu: the misc device `iommu` (a dynamic minor)."""
+        return self.misc("iommu", "10:122")
+
     def reserved_regions(self, group: int, *regions: str) -> None:
         """Group `group`'s `reserved_regions`, one line per region as the kernel writes it:
         `0x00000000fee00000 0x00000000feefffff msi` (start, end, type)."""

@@ -1,5 +1,5 @@
 """Host-wide facts about the IOMMU and isolation: groups, IOMMU units and firmware tables, VFIO
-module parameters, the kernel command line and interrupt remapping."""
+module parameters, the kernel command line, interrupt remapping and the iommufd device."""
 
 from __future__ import annotations
 
@@ -54,7 +54,25 @@ def host_facts(reader: Reader) -> HostFacts:
         acpi_iommu_tables=tuple(t for t in IOMMU_TABLES if t in tables),
         vfio_groups=MappingProxyType(nodes),
         rmrr_groups=rmrr_groups(reader, numbers),
+        iommufd=iommufd_present(reader),
     )
+
+
+def iommufd_present(reader: Reader) -> bool | None:
+    """Whether the iommufd device (/dev/iommu) exists: `<sysfs>/class/misc/iommu`. None when
+    `class/misc` itself is missing or unreadable: every kernel has misc devices, so its absence says the
+    tree is partial (an old capture), not that iommufd is off. Tested by name, not listed: a capture
+    archives `class/misc` and the one entry, not every misc device."""
+    base = os.path.join(reader.sysfs, "class", "misc")
+    try:
+        names = reader.entries(base)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot list %s (%s): %s", base, error_kind(exc), exc)
+        reader.count(error_kind(exc))
+        return None
+    return "iommu" in names
 
 
 def rmrr_groups(reader: Reader, numbers: list[int]) -> frozenset[int]:
