@@ -53,9 +53,24 @@ def test_the_info_series_carries_it(tree):
     ("/sys/devices/platform/soc/fe800000.pcie/pci0000:00/0000:00:00.0/0000:01:00.0", "pci0000:00"),
     ("/sys/devices/pci0001:c0/0001:c0:00.0", "pci0001:c0"),
     ("/tmp/capture/bus/pci/devices/0000:00:01.0", None),  # a flat copy: no tree, no answer
+    ("/sys/devicesX/pci0000:40/0000:40:01.1", None),
     ("/sys/devices/pciXXXX:00/0000:00:01.0", None),
     ("/sys/devices/pci0000:0/0000:00:01.0", None),
     (None, None),
 ])
 def test_root_bus_from_a_path(path, root):
     assert pcie_root(path) == root
+
+
+def test_only_below_the_sysfs_devices_directory():
+    assert pcie_root("/srv/pci0000:ff/sys/devices/pci0000:40/0000:40:01.1", "/srv/pci0000:ff/sys/devices") == "pci0000:40"
+    assert pcie_root("/srv/pci0000:ff/sys/bus/pci/devices/0000:40:01.1", "/srv/pci0000:ff/sys/devices") is None
+
+
+def test_a_sysfs_below_a_root_bus_named_directory(tmp_path):
+    """The sysfs' own location never counts: only the directories below its devices/ do."""
+    from tests.support.sysfs_builder import SysfsTree
+    tree = SysfsTree(tmp_path / "pci0000:ff" / "host")
+    hosts.two_roots(tree)
+    snap = judge_tree(tree)
+    assert {d.name: d.pcie_root for d in snap.inventory if d.pcie_root is not None} == ROOTS

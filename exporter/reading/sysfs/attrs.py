@@ -143,15 +143,16 @@ def dev_number(text: str) -> tuple[int, int]:
 _ROOT_BUS = re.compile(r"pci[0-9a-f]{4,8}:[0-9a-f]{2}")
 
 
-def pcie_root(path: str | None) -> str | None:
-    """The PCI root bus a function hangs below, from its sysfs directory: the outermost
-    `pci<domain>:<bus>` directory of the path (`/sys/devices/pci0000:40/0000:40:01.1/0000:41:00.0`
-    -> `pci0000:40`), as Kubernetes DRA's `resource.kubernetes.io/pcieRoot` spells it. The outermost,
-    so a bus behind a VMD (pci10000:00 inside pci0000:00) aligns with the root complex the VMD sits
-    on. None for a path without one (a flat copy of /sys/bus/pci/devices)."""
-    if path is None:
+def pcie_root(path: str | None, devices: str = "/sys/devices") -> str | None:
+    """The PCI root bus a function hangs below, from its canonical directory under `devices` (the
+    sysfs' `devices/`): the outermost `pci<domain>:<bus>` directory below it
+    (`/sys/devices/pci0000:40/0000:40:01.1/0000:41:00.0` -> `pci0000:40`), as Kubernetes DRA's
+    `resource.kubernetes.io/pcieRoot` spells it. The outermost, so a bus behind a VMD (pci10000:00
+    inside pci0000:00) aligns with the root complex the VMD sits on. None for a path outside
+    `devices` (a flat copy of /sys/bus/pci/devices) or without a root bus."""
+    if path is None or not path.startswith(devices + "/"):
         return None
-    return next((part for part in path.split("/") if _ROOT_BUS.fullmatch(part)), None)
+    return next((part for part in path[len(devices) + 1:].split("/") if _ROOT_BUS.fullmatch(part)), None)
 
 
 def nvme_class(pci_class: str | None) -> bool:

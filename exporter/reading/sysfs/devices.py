@@ -65,7 +65,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "driver": link(attrs, path, "driver") if "driver" in attrs else None,
         "iommu_group": _group_number(reader, group, sysname),
         "numa_node": opt(attrs, path, "numa_node", numa_node, sysname),
-        "pcie_root": pcie_root(path),
+        "pcie_root": pcie_root(path, reader.devices),
         "boot_vga": opt(attrs, path, "boot_vga", _is_one, sysname) or False,
         "reset_methods": reset_methods,
         "header_type": header_type,

@@ -163,6 +163,8 @@ class Reader:
         self.procfs = procfs
         self.trace = trace
         self.errors: Counter[str] = Counter()
+        # Where canonical device directories live (bus entries resolve into it): pcie_root's base.
+        self.devices = os.path.join(os.path.realpath(sysfs), "devices")
 
     def count(self, kind: str) -> None:
         self.errors[kind] += 1
