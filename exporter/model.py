@@ -76,8 +76,10 @@ class Device:
     mdev_types: tuple[MdevType, ...] = ()
     # NVIDIA's vendor-specific vGPU (no mdev): an SR-IOV VF of the GPU with a `nvidia/` directory.
     # `nvidia_vgpu` says the directory is there, so a type that cannot be read (vgpu_type None) is
-    # told from a function without one: the first is blocked, never "available".
-    nvidia_vgpu: bool = False
+    # told from a function without one: the first is blocked, never "available". None: not read, by
+    # a source without the host's sysfs (libvirt's XML has no nvidia/), or on a function that is not
+    # a VF (only VFs carry a type); the sysfs reader says True or False for every VF.
+    nvidia_vgpu: bool | None = None
     vgpu_type: int | None = None  # nvidia/current_vgpu_type: 0 none set, else the type's id; None unknown
     # nvidia/creatable_vgpu_types: the types that can be created on this VF now; None unknown
     vgpu_creatable: tuple[VgpuType, ...] | None = None
@@ -111,18 +113,6 @@ class VgpuType:
 
     type_id: int  # 1414
     name: str  # "NVIDIA H200X-1-18C"
-
-
-def vgpu_type_names(inventory: Inventory, pf: str) -> dict[int, str]:
-    """Type id -> name, from the creatable lists of the PF's VFs: a VF carrying a type often lists
-    nothing (the GPU's capacity is used), so its type's name is only known from a sibling."""
-    out: dict[int, str] = {}
-    parent = inventory.get(pf)
-    for vf in parent.virtfns if parent is not None else ():
-        dev = inventory.get(vf)
-        for t in (dev.vgpu_creatable or ()) if dev is not None else ():
-            out.setdefault(t.type_id, t.name)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +413,7 @@ class Inventory:
     tree (logged and counted in `errors`), so walking the tree always terminates.
     """
 
-    __slots__ = ("devices", "host", "children", "groups", "errors")
+    __slots__ = ("devices", "host", "children", "groups", "errors", "_physfn_of")
 
     def __setattr__(self, name: str, value: object) -> None:
         if hasattr(self, name):  # set once, by __init__
@@ -453,6 +443,7 @@ class Inventory:
         linked = _linked_parents(by_name, errs)
         children: dict[str, list[str]] = {}
         groups: dict[int, list[str]] = {}
+        physfn_of: dict[str, list[str]] = {}  # PF -> the present devices whose `physfn` names it
         for name in sorted(by_name):
             parent = linked.get(name)
             if parent is not None:
@@ -460,6 +451,8 @@ class Inventory:
             dev = by_name[name]
             if dev.iommu_group is not None and dev.type == "pci":  # groups hold PCI functions only
                 groups.setdefault(dev.iommu_group, []).append(name)
+            if dev.physfn is not None and dev.physfn != name:
+                physfn_of.setdefault(dev.physfn, []).append(name)
 
         self.devices: Mapping[str, Device] = MappingProxyType(dict(sorted(by_name.items())))
         self.host: HostFacts = host or HostFacts()
@@ -470,6 +463,9 @@ class Inventory:
             {k: tuple(v) for k, v in sorted(groups.items())}
         )
         self.errors: Mapping[str, int] = MappingProxyType(dict(errs))
+        self._physfn_of: Mapping[str, tuple[str, ...]] = MappingProxyType(
+            {k: tuple(v) for k, v in physfn_of.items()}
+        )
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -499,11 +495,15 @@ class Inventory:
         return tuple(n for n in self.groups.get(dev.iommu_group, ()) if n != name)
 
     def virtual_functions(self, name: str) -> tuple[str, ...]:
-        """The SR-IOV VFs of a PF that are present in this inventory."""
+        """The SR-IOV VFs of a PF that are present in this inventory: those its `virtfns` lists (in
+        its order), then any other whose `physfn` names it (by name). Either link may be missing
+        from a read (a PF without `virtfn*` links, a VF without `physfn`); a VF is the PF's if
+        either says so. A listed VF that is not present is not here: see `Device.virtfns`."""
         dev = self.devices.get(name)
         if dev is None:
             return ()
-        return tuple(vf for vf in dev.virtfns if vf in self.devices)
+        listed = (vf for vf in dev.virtfns if vf in self.devices)
+        return tuple(dict.fromkeys((*listed, *self._physfn_of.get(name, ()))))
 
 
 def _linked_parents(devices: Mapping[str, Device], errors: Counter[str]) -> dict[str, str]:

@@ -210,6 +210,23 @@ def test_in_use_held_by_and_available(tree):
     assert f'passthrough_device_available{{device="{gpu}",type="pci"}} 0.0' in text
 
 
+def test_an_sriov_pf_one_of_whose_vfs_cannot_be_read_is_blocked(tree):
+    """The NIC PF 81:00.0 lists its VFs 81:02.0 and 81:02.1 and is available while both are read; when
+    81:02.1's directory cannot be listed (skipped, counted), it may be in use: the PF is blocked."""
+    hosts.base(tree)
+    hosts.sriov_nic(tree)
+    assert judge_tree(tree).states["pci_0000_81_00_0"] == "available"
+    vf = tree.pci_path("0000:81:02.1")
+    shutil.rmtree(vf)
+    vf.write_text("")
+    snap = judge_tree(tree)
+    assert "pci_0000_81_02_1" not in snap.inventory and dict(snap.errors) == {"vanished": 1}
+    assert snap.states["pci_0000_81_00_0"] == "blocked"
+    assert snap.blocked_by["pci_0000_81_00_0"] == ("its virtual function pci_0000_81_02_1 could not be read: "
+                                                   "cannot tell whether it is in use or carries a vGPU")
+    assert snap.states["pci_0000_81_02_0"] == "available"
+
+
 def test_available_on_the_command_line(tree):
     hosts.busy_host(tree)
     args = ["--path.sysfs", str(tree.sys), "--path.procfs", str(tree.proc)]

@@ -64,3 +64,13 @@ def test_finding_fields_must_be_text():
     """They become label values; a number would only fail later, while rendering /metrics."""
     with pytest.raises(TypeError, match="subject"):
         Finding("x", "info", 12, "group twelve")
+
+
+def test_virtual_functions_are_what_either_link_says_and_is_present():
+    """The PF lists pci_vf1 (present) and pci_vf2 (not read); pci_vf3 names the PF through its physfn
+    alone. The PF's VFs: the listed present one first, then the one pointing at it; pci_vf2 is not one."""
+    inv = Inventory([pci("pci_pf", virtfns=("pci_vf1", "pci_vf2")), pci("pci_vf1", physfn="pci_pf"),
+                     pci("pci_vf3", physfn="pci_pf"), pci("pci_other", physfn="pci_elsewhere")])
+    assert inv.virtual_functions("pci_pf") == ("pci_vf1", "pci_vf3")
+    assert inv.virtual_functions("pci_elsewhere") == ()  # not present: no VFs, even if some point at it
+    assert inv.virtual_functions("pci_vf1") == ()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 
 import pytest
 
@@ -18,6 +19,7 @@ from passthrough_exporter.rendering.metrics import MetricOptions, render
 from passthrough_exporter.rendering.objects import device_object
 from tests.support import hosts
 from tests.support.hosts import H200_VFS, VGPU_1_18C, VGPU_2_35C
+from tests.support.libvirt_host import domain, pci_hostdev, write_host
 from tests.support.local import judge_tree
 
 PF = "pci_0000_41_00_0"
@@ -51,8 +53,9 @@ HAND_WORKED = {
 def test_the_vf_files_are_read_into_the_device(tree):
     hosts.h200_vgpu(tree)
     devs = judge_tree(tree).inventory.devices
+    # The PF's nvidia/ is not read (only a VF carries a type): None, as for a source without sysfs.
     assert [(devs[n].nvidia_vgpu, devs[n].vgpu_type) for n in (PF, VF4, VF5, VF6, VF7)] == [
-        (False, None), (True, 1414), (True, 1414), (True, 0), (True, 0)]
+        (None, None), (True, 1414), (True, 1414), (True, 0), (True, 0)]
     assert devs[VF4].vgpu_creatable == () and devs[PF].vgpu_creatable is None
     assert devs[VF6].vgpu_creatable == (VgpuType(1414, N118), VgpuType(1415, N235))
     assert devs[VF7].vgpu_creatable == (VgpuType(1414, N118),)
@@ -83,14 +86,51 @@ def test_a_bad_creatable_list_is_refused_whole(text):
         vgpu_types(text)
 
 
-def test_a_nvidia_directory_without_the_vgpu_files_is_not_a_vgpu(tree):
+def test_a_pfs_nvidia_directory_is_not_read(tree):
+    """NVIDIA's tooling reads nvidia/ on VFs only: vGPU files on the PF make it no VF without a type."""
     hosts.h200_vgpu(tree)
-    other = tree.pci_path(hosts.H200_PF) / "nvidia"
-    other.mkdir()
-    tree.write(other / "something_else", "1")
+    tree.nvidia_vgpu(hosts.H200_PF, 0, [VGPU_1_18C])
     snap = judge_tree(tree)
-    assert snap.inventory.devices[PF].nvidia_vgpu is False
+    assert (snap.inventory.devices[PF].nvidia_vgpu, snap.inventory.devices[PF].vgpu_type) == (None, None)
+    assert snap.blocked_by[PF] == PF_REASON  # not NO_TYPE: its VFs' vGPUs block it, as without the files
+    assert device_object(snap, PF)["vgpu"] is None
+    assert vgpu_series(render(snap).decode()) == HAND_WORKED
+
+
+def test_a_vfs_nvidia_directory_without_the_vgpu_files_leaves_its_type_unknown(tree, caplog):
+    """.7's nvidia/ holds neither file: whether it carries a type cannot be told, so it is blocked (not
+    counted: a missing attribute is unknown, not an error). It lists nothing now: 1414 has one free VF."""
+    hosts.h200_vgpu(tree)
+    nvidia = tree.pci_path(H200_VFS[3]) / "nvidia"
+    for f in nvidia.iterdir():
+        f.unlink()
+    tree.write(nvidia / "something_else", "1")
+    snap = judge_tree(tree)
+    dev = snap.inventory.devices[VF7]
+    assert (dev.nvidia_vgpu, dev.vgpu_type, dev.vgpu_creatable) == (True, None, None)
+    assert snap.blocked_by[VF7] == UNREADABLE and dict(snap.errors) == {}
     assert snap.blocked_by[PF] == PF_REASON
+    assert vgpu_series(render(snap).decode()) == {**HAND_WORKED, series("available", 1414, N118): 1.0}
+
+
+def test_a_linked_nvidia_directory_is_refused_and_counted(tree, caplog):
+    """sysfs attribute groups are directories, never links: .6's nvidia/ as a link (to files that read
+    well) is one counted warning and an unknown type, never "no nvidia/ here, available". Its list is
+    lost: 1414 has one free VF (.7), and 1415, which only .6 listed, has no series."""
+    hosts.h200_vgpu(tree)
+    nvidia = tree.pci_path(H200_VFS[2]) / "nvidia"
+    elsewhere = tree.root / "elsewhere"
+    nvidia.rename(elsewhere)
+    nvidia.symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING):
+        snap = judge_tree(tree)
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING and "41:00.6" in r.getMessage()]
+    assert len(warned) == 1 and dict(snap.errors) == {"bad_attribute": 1}
+    dev = snap.inventory.devices[VF6]
+    assert (dev.nvidia_vgpu, dev.vgpu_type, dev.vgpu_creatable) == (True, None, None)
+    assert snap.states[VF6] == "blocked" and snap.blocked_by[VF6] == UNREADABLE
+    assert vgpu_series(render(snap).decode()) == {
+        series("available", 1414, N118): 1.0, series("instances", 1414, N118): 2.0}
 
 
 # --- live state ----------------------------------------------------------------------------
@@ -117,19 +157,99 @@ def test_the_pf_is_available_once_no_vf_carries_a_type(tree):
     assert {snap.blocked_by[n] for n in (VF4, VF5, VF6, VF7)} == {NO_TYPE}
 
 
-def test_a_vf_carrying_a_type_is_assigned_like_any_vfio_device(tree, tmp_path):
-    libvirt = pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")  # noqa: F841
+def test_a_pf_one_of_whose_vfs_cannot_be_read_is_blocked(tree, caplog):
+    """No VF that is read carries a type and no VM runs, but .5's directory cannot be listed (it
+    carries 1414 on the disk): the PF still lists it, and it may be in use or carry a vGPU."""
+    hosts.h200_vgpu(tree)
+    tree.nvidia_vgpu(H200_VFS[0], 0, [VGPU_1_18C])
+    os.unlink(tree.proc / "5150" / "fd" / "4")
+    vf5 = tree.pci_path(H200_VFS[1])
+    shutil.rmtree(vf5)
+    tree.write(vf5, "")
+    snap = judge_tree(tree)
+    assert VF5 not in snap.inventory and VF5 in snap.inventory.devices[PF].virtfns
+    assert dict(snap.errors) == {"vanished": 1}
+    assert snap.states[PF] == "blocked"
+    assert snap.blocked_by[PF] == (f"its virtual function {VF5} could not be read: cannot tell whether it is in "
+                                   "use or carries a vGPU")
+
+
+def test_vfs_naming_a_pf_without_virtfn_links_are_its_vfs(tree):
+    """The PF's virtfn* links are missing, its VFs' physfn links are there: they are its VFs all the
+    same. No VM runs: .4 and .5 carry 1414, so the PF is blocked, and the series (names too) are the
+    hand-worked ones but for .4, which is free of its VM (still carrying 1414: no change in counts)."""
+    hosts.h200_vgpu(tree)
+    os.unlink(tree.proc / "5150" / "fd" / "4")
+    for link in tree.pci_path(hosts.H200_PF).glob("virtfn*"):
+        link.unlink()
+    snap = judge_tree(tree)
+    assert snap.inventory.devices[PF].virtfns == ()
+    assert snap.inventory.virtual_functions(PF) == (VF4, VF5, VF6, VF7)
+    assert snap.blocked_by[PF] == PF_REASON
+    assert set(snap.affected[PF]) == {VF4, VF5, VF6, VF7}
+    assert vgpu_series(render(snap).decode()) == HAND_WORKED
+    assert device_object(snap, VF4)["vgpu"]["name"] == N118
+
+
+def test_free_vgpu_capacity_is_only_vfs_whose_one_blocker_is_no_type(tree, tmp_path):
+    """.6 and .7 carry no type but both are configured in libvirt domains: neither is free to take one,
+    so no type has a free VF. Instances are as hand-worked."""
+    pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
+    hosts.h200_vgpu(tree)
+    snap = _libvirt_snapshot(tree, tmp_path, (domain("a", pci_hostdev("0000:41:00.6")),
+                                              domain("b", pci_hostdev("0000:41:00.7"))))
+    assert (snap.states[VF6], snap.states[VF7]) == ("assigned", "assigned")
+    assert vgpu_series(render(snap).decode()) == {
+        **HAND_WORKED, series("available", 1414, N118): 0.0, series("available", 1415, N235): 0.0}
+
+
+def test_no_vgpu_capacity_is_free_while_vfio_cannot_assign_at_all(tree):
+    """Interrupt remapping off (unsafe interrupts not allowed): every VF is blocked by the host first."""
+    hosts.h200_vgpu(tree)
+    tree.interrupts("IO-APIC", "PCI-MSI")
+    snap = judge_tree(tree)
+    assert snap.blocked_by[VF6] == "interrupt remapping is off: VFIO refuses to assign devices on this host"
+    assert vgpu_series(render(snap).decode()) == {
+        **HAND_WORKED, series("available", 1414, N118): 0.0, series("available", 1415, N235): 0.0}
+
+
+def test_the_type_names_are_worked_out_once_per_refresh(tree):
+    hosts.h200_vgpu(tree)
+    assert judge_tree(tree).facts.vgpu_names == {PF: {1414: N118, 1415: N235}}
+
+
+def _libvirt_snapshot(tree, tmp_path, domains=(), sysfs=True):
     from passthrough_exporter.judging.inspector import Inspector
     from passthrough_exporter.reading.sources.libvirt import LibvirtSource
-    from tests.support.libvirt_host import domain, pci_hostdev, write_host
 
-    hosts.h200_vgpu(tree)
-    uri = write_host(tree, tmp_path / "host.xml", (domain("llm2", pci_hostdev("0000:41:00.5")),))
-    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc))
+    uri = write_host(tree, tmp_path / "host.xml", domains)
+    source = LibvirtSource(uri, sysfs_path=str(tree.sys) if sysfs else None, procfs_path=str(tree.proc))
     try:
-        snap = Inspector().judge(source.read(), source="libvirt")
+        return Inspector().judge(source.read(), source="libvirt")
     finally:
         source.close()
+
+
+def test_without_sysfs_a_display_vf_and_its_pf_are_never_available(tree, tmp_path):
+    """A remote libvirt (no sysfs): libvirt's XML has no nvidia/, so whether a GPU's VF carries a vGPU
+    type cannot be read. Every VF is blocked, and so is the PF; no vgpu series (nothing was read).
+    Without /proc's holders .4 is not seen in use: blocked all the same."""
+    pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
+    hosts.h200_vgpu(tree)
+    snap = _libvirt_snapshot(tree, tmp_path, sysfs=False)
+    unread = "without the host's sysfs, whether a vGPU type is set on it cannot be read"
+    assert {n: (snap.inventory.devices[n].nvidia_vgpu, snap.states[n], snap.blocked_by.get(n))
+            for n in (VF4, VF5, VF6, VF7)} == dict.fromkeys((VF4, VF5, VF6, VF7), (None, "blocked", unread))
+    assert snap.blocked_by[PF] == (f"without the host's sysfs, whether its virtual function {VF4} carries a vGPU "
+                                   "type cannot be read: it may carry one")
+    assert vgpu_series(render(snap).decode()) == {}
+    assert device_object(snap, VF5)["vgpu"] is None
+
+
+def test_a_vf_carrying_a_type_is_assigned_like_any_vfio_device(tree, tmp_path):
+    pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
+    hosts.h200_vgpu(tree)
+    snap = _libvirt_snapshot(tree, tmp_path, (domain("llm2", pci_hostdev("0000:41:00.5")),))
     # libvirt's XML has no nvidia/: the fields come from sysfs, and the answers are sysfs' own.
     devs = snap.inventory.devices
     assert (devs[VF6].nvidia_vgpu, devs[VF6].vgpu_type, devs[VF6].vgpu_creatable) == (

@@ -1,6 +1,6 @@
 """Facts derived from an inventory once per refresh: how VFIO sees each IOMMU group, what weakens
-isolation, which devices the root filesystem pins, the group layout's fingerprint and the VFIO
-backends (group, cdev, iommufd) the host offers.
+isolation, which devices the root filesystem pins, the group layout's fingerprint, the VFIO
+backends (group, cdev, iommufd) the host offers and the names of NVIDIA's vendor-specific vGPU types.
 
 Computed once by the inspector before any rule runs, handed to the hooks as `facts`, and carried
 on the judged snapshot, so the findings, the metrics and `check` always agree.
@@ -100,6 +100,9 @@ class Facts:
     # Each of VFIO_BACKENDS -> whether this host offers it (None: cannot be told): see vfio_backends().
     backends: Mapping[str, bool | None] = field(
         default_factory=lambda: MappingProxyType(dict.fromkeys(VFIO_BACKENDS)))
+    # NVIDIA's vendor-specific vGPU: PF -> type id -> the type's name, for the PFs whose VFs list any
+    # (see vgpu_type_names()): the names the metrics and the JSON print, worked out once per refresh.
+    vgpu_names: Mapping[str, Mapping[int, str]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
@@ -121,6 +124,7 @@ class Facts:
             changes=since_previous_boot(inventory),
             cdev_missing=missing,
             backends=MappingProxyType(backends),
+            vgpu_names=MappingProxyType(vgpu_type_names(inventory)),
         )
 
     @property
@@ -134,6 +138,22 @@ def since_previous_boot(inventory: Inventory) -> tuple[Change, ...]:
     """The changes from the previous boot on record to this read; () when there is none."""
     previous = inventory.host.previous_boot
     return () if previous is None else tuple(compare(previous, BootRecord.of(inventory)))
+
+
+def vgpu_type_names(inventory: Inventory) -> dict[str, Mapping[int, str]]:
+    """PF -> type id -> name, from the creatable lists of its VFs (`Inventory.virtual_functions`),
+    the first VF listing a type naming it. A VF carrying a type often lists nothing (the GPU's
+    capacity is used), so its type's name is only known from a sibling; when no VF lists it any
+    more, sysfs has no name for it at all."""
+    out: dict[str, Mapping[int, str]] = {}
+    for pf in inventory:
+        names: dict[int, str] = {}
+        for vf in inventory.virtual_functions(pf.name):
+            for t in inventory.devices[vf].vgpu_creatable or ():
+                names.setdefault(t.type_id, t.name)
+        if names:
+            out[pf.name] = MappingProxyType(names)
+    return out
 
 
 def vfio_backends(inventory: Inventory) -> tuple[dict[str, bool | None], tuple[str, ...]]:

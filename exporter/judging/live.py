@@ -8,7 +8,11 @@ the host loses.
 
 NVIDIA's vendor-specific vGPU (a VF with `nvidia/`, no mdev) is handed out VF by VF: a VF carrying a
 type follows the rules above; one without a type, or whose type cannot be read, is blocked, and so
-is its PF while any VF carries a type (or may: its type cannot be read).
+is its PF while any VF carries a type (or may: its type cannot be read). A display-class VF read
+without the host's sysfs (`nvidia_vgpu` None) may carry one: it is blocked, and so is its PF.
+
+An SR-IOV PF one of whose listed VFs could not be read is blocked: that VF may be in use, or carry
+a vGPU, and handing the PF out takes it along.
 
 This is the one availability rule: the JSON `available` and `blocked_by`, the metrics, the pools,
 `devices --available` and the host page all read what `states` returns.
@@ -22,10 +26,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .facts import Facts
-from ..model import AffectedSet, Inventory, Verdict
+from ..model import AffectedSet, Device, Inventory, Verdict
 
 STATES = ("available", "in_use", "assigned", "blocked", "ineligible")
 MASS_STORAGE = "0x01"  # PCI base class of SATA, SAS, RAID, NVMe and virtio-blk controllers
+DISPLAY = "0x03"  # PCI base class of GPUs (VGA, 3D controllers): what a vendor-specific vGPU VF is
+# The reason of a vGPU VF that carries no type: the only blocker the metrics count as free capacity
+# (passthrough_vgpu_available), so it is spelled once, here.
+NO_VGPU_TYPE = "no vGPU type set on this VF"
 USB_MASS_STORAGE = "08"  # bInterfaceClass of USB disks and flash drives
 
 
@@ -91,11 +99,16 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             reason = "its group is VFIO's no-IOMMU group (unsafe no-IOMMU mode): VFIO cannot assign it to a VM"
         elif name in carved:
             reason = "mediated devices are carved out of it"
+        elif _vgpu_unread(dev):
+            reason = "without the host's sysfs, whether a vGPU type is set on it cannot be read"
         elif dev.nvidia_vgpu and not dev.vgpu_type:
             reason = ("its vGPU type cannot be read: cannot tell whether it can be handed out"
-                      if dev.vgpu_type is None else "no vGPU type set on this VF")
-        elif dev.virtfns and (vgpu := _vgpu_on_vfs(inventory, dev.virtfns)) is not None:
+                      if dev.vgpu_type is None else NO_VGPU_TYPE)
+        elif (vfs := inventory.virtual_functions(name)) and (vgpu := _vgpu_on_vfs(inventory, vfs)) is not None:
             reason = vgpu
+        elif (lost := next((vf for vf in dev.virtfns if vf not in inventory), None)) is not None:
+            reason = (f"its virtual function {lost} could not be read: cannot tell whether it is in use or "
+                      "carries a vGPU")
         elif (hit := _first_in(along, busy, busy_in)) is not None:
             reason = f"{hit}, which goes with it, is {'in use' if hit in facts.in_use else 'assigned'}"
         elif name in storage or _first_in(along, storage, storage_in) is not None:
@@ -108,17 +121,27 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
     return Live(MappingProxyType(out), MappingProxyType(why))
 
 
-def _vgpu_on_vfs(inventory: Inventory, virtfns: tuple[str, ...]) -> str | None:
+def _vgpu_unread(dev: Device) -> bool:
+    """A display-class VF whose `nvidia/` was not read (a source without the host's sysfs): it may
+    carry a vGPU type. A NIC's VF never has one, so it is judged as before."""
+    return (dev.nvidia_vgpu is None and dev.physfn is not None
+            and (dev.pci_class or "").lower().startswith(DISPLAY))
+
+
+def _vgpu_on_vfs(inventory: Inventory, vfs: tuple[str, ...]) -> str | None:
     """Why a PF is blocked by its VFs' vendor-specific vGPUs: one carries a type (the GPU is shared
     out), or one's type cannot be read (it may carry one). None when neither."""
     unknown = None
-    for vf in virtfns:
-        dev = inventory.get(vf)
-        if dev is None or not dev.nvidia_vgpu:
-            continue
-        if dev.vgpu_type:
+    for vf in vfs:
+        dev = inventory.devices[vf]
+        if dev.nvidia_vgpu and dev.vgpu_type:
             return f"vGPUs are set on its virtual functions ({vf} carries type {dev.vgpu_type})"
-        if dev.vgpu_type is None and unknown is None:
+        if unknown is not None:
+            continue
+        if _vgpu_unread(dev):
+            unknown = (f"without the host's sysfs, whether its virtual function {vf} carries a vGPU type "
+                       "cannot be read: it may carry one")
+        elif dev.nvidia_vgpu and dev.vgpu_type is None:
             unknown = f"the vGPU type of its virtual function {vf} cannot be read: it may carry one"
     return unknown
 

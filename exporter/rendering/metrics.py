@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..judging.facts import WEAKENED_REASONS
+from ..judging.live import NO_VGPU_TYPE
 from ..judging.snapshot import Snapshot
-from ..model import PASSABLE_TYPES, Device, vgpu_type_names
+from ..model import PASSABLE_TYPES, Device
 from ..reading.sources import error_kinds
 from ..textsafe import visible
 from .exposition import DEFAULT_TELEMETRY_PATH, Family, Row, Spec, render_families
@@ -69,8 +70,9 @@ METRICS: dict[str, Spec] = {
     "passthrough_mdev_instances": Spec("gauge", "Mediated devices (vGPUs) of this type that exist on the device.",
         ("device", "mdev_type")),
     "passthrough_vgpu_available": Spec("gauge",
-        "Virtual functions of this PF without a vGPU type on which this vendor-specific vGPU type can be "
-        "created now; one series per type any of its VFs lists or carries, 0 included.",
+        "Virtual functions of this PF without a vGPU type, and blocked by nothing else, on which this "
+        "vendor-specific vGPU type can be created now; one series per type any of its VFs lists or carries, "
+        "0 included.",
         ("device", "vgpu_type", "name")),
     "passthrough_vgpu_instances": Spec("gauge",
         "Virtual functions of this PF carrying this vendor-specific vGPU type; one series per type any of "
@@ -208,22 +210,24 @@ def _pci_rows(dev: Device, rows: dict[str, list[Row]], health: bool) -> None:
 
 def _vgpu_rows(snap: Snapshot, rows: dict[str, list[Row]]) -> None:
     """NVIDIA's vendor-specific vGPU per PF and type: VFs without a type on which it can be created
-    now, and VFs carrying it. A VF whose type cannot be read counts in neither."""
-    inv = snap.inventory
-    counts: dict[str, dict[int, list[int]]] = {}  # PF -> type -> [available, instances]
-    for dev in inv:
-        if not dev.nvidia_vgpu or dev.physfn is None:
-            continue
-        per_type = counts.setdefault(dev.physfn, {})
-        for type_id in {t.type_id for t in dev.vgpu_creatable or ()}:  # a type listed twice is one
-            per_type.setdefault(type_id, [0, 0])[0] += 1 if dev.vgpu_type == 0 else 0
-        if dev.vgpu_type:
-            per_type.setdefault(dev.vgpu_type, [0, 0])[1] += 1
-    for pf in sorted(counts):
-        names = vgpu_type_names(inv, pf)
-        for type_id, (free, carried) in sorted(counts[pf].items()):
-            labels = (pf, str(type_id), names.get(type_id, ""))
-            rows["passthrough_vgpu_available"].append((labels, free))
+    now, and VFs carrying it. Free capacity is the live rule's own answer: a VF counts only when
+    "no type set" is its one blocker (not assigned, in use, ineligible nor blocked by anything
+    else). A VF whose type cannot be read counts in neither."""
+    inv, states, blocked_by, names = snap.inventory, snap.states, snap.blocked_by, snap.facts.vgpu_names
+    for pf in inv:
+        counts: dict[int, list[int]] = {}  # type -> [available, instances]
+        for vf in inv.virtual_functions(pf.name):
+            dev = inv.devices[vf]
+            if not dev.nvidia_vgpu:
+                continue
+            free = states.get(vf) == "blocked" and blocked_by.get(vf) == NO_VGPU_TYPE
+            for type_id in {t.type_id for t in dev.vgpu_creatable or ()}:  # a type listed twice is one
+                counts.setdefault(type_id, [0, 0])[0] += 1 if free else 0
+            if dev.vgpu_type:
+                counts.setdefault(dev.vgpu_type, [0, 0])[1] += 1
+        for type_id, (available, carried) in sorted(counts.items()):
+            labels = (pf.name, str(type_id), names.get(pf.name, {}).get(type_id, ""))
+            rows["passthrough_vgpu_available"].append((labels, available))
             rows["passthrough_vgpu_instances"].append((labels, carried))
 
 

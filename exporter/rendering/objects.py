@@ -6,9 +6,10 @@ refresh (`rendered`), and the CLI writes them as it goes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..model import AffectedSet, Device, Inventory, Verdict, vgpu_type_names
+from ..model import AffectedSet, Device, Verdict
 
 if TYPE_CHECKING:  # the server imports this module (through `rendered`), and no judging but the query
     from ..judging.snapshot import Snapshot
@@ -21,7 +22,7 @@ def device_object(snap: Snapshot, name: str, full: bool = False) -> dict[str, An
     if affected is None:
         affected = AffectedSet(name)
     holder = snap.facts.in_use.get(name, _FREE)
-    obj = _fields(snap.inventory, snap.inventory.devices[name], snap.verdicts[name], len(affected))
+    obj = _fields(snap.facts.vgpu_names, snap.inventory.devices[name], snap.verdicts[name], len(affected))
     obj["in_use"] = holder is not _FREE
     obj["held_by"] = None if holder is None or holder is _FREE else holder.to_json()
     obj["available"] = snap.states.get(name) == "available"
@@ -35,7 +36,8 @@ _FREE = object()  # not in facts.in_use (where None means in use, holder unknown
 _AER_KINDS = ("correctable", "nonfatal", "fatal")
 
 
-def _fields(inventory: Inventory, dev: Device, verdict: Verdict, affected_count: int) -> dict[str, Any]:
+def _fields(vgpu_names: Mapping[str, Mapping[int, str]], dev: Device, verdict: Verdict,
+            affected_count: int) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "name": dev.name,
         "type": dev.type,
@@ -81,7 +83,7 @@ def _fields(inventory: Inventory, dev: Device, verdict: Verdict, affected_count:
         }
         obj["mdev_types"] = [{"type": t.type_id, "name": t.name, "device_api": t.device_api,
                               "available_instances": t.available, "instances": t.instances} for t in dev.mdev_types]
-        obj["vgpu"] = _vgpu(inventory, dev) if dev.nvidia_vgpu else None
+        obj["vgpu"] = _vgpu(vgpu_names, dev) if dev.nvidia_vgpu else None
     else:
         obj["health"] = None  # the kernel keeps link, AER and power state for PCI functions
     if kind == "usb_device" or kind == "usb":
@@ -98,11 +100,12 @@ def _fields(inventory: Inventory, dev: Device, verdict: Verdict, affected_count:
     return obj
 
 
-def _vgpu(inventory: Inventory, dev: Device) -> dict[str, Any]:
+def _vgpu(vgpu_names: Mapping[str, Mapping[int, str]], dev: Device) -> dict[str, Any]:
     """A VF's vendor-specific vGPU: the type it carries (0 none, null unknown) with its name when
-    any VF of its PF lists it, and the types that can be created on it now (null unknown)."""
+    any VF of its PF lists it (`Facts.vgpu_names`), and the types that can be created on it now
+    (null unknown)."""
     current = dev.vgpu_type
-    name = vgpu_type_names(inventory, dev.physfn).get(current) if current and dev.physfn else None
+    name = vgpu_names.get(dev.physfn, {}).get(current) if current and dev.physfn else None
     creatable = dev.vgpu_creatable
     return {"type": current, "name": name,
             "creatable": None if creatable is None else [{"type": t.type_id, "name": t.name} for t in creatable]}

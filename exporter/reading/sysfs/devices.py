@@ -50,7 +50,12 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
     else:
         reset_methods = None if "reset" in attrs else ()
     vfio_dev = _vfio_dev(reader, path) if "vfio-dev" in attrs else None
-    vgpu = _nvidia_vgpu(reader, path, sysname) if "nvidia" in attrs else _NO_VGPU
+    # Only a VF carries a vendor-specific vGPU type (NVIDIA's tooling reads nvidia/ on VFs alone): a
+    # PF's nvidia/, if any, is not read. The `physfn` entry decides, even when its link is unreadable.
+    if "physfn" not in attrs:
+        vgpu = _NOT_A_VF
+    else:
+        vgpu = _nvidia_vgpu(reader, path, attrs, sysname) if "nvidia" in attrs else _NO_VGPU
     attr = reader.attr_in
     pci_class = hex_id(attr(attrs, path, "class"), 6)
     return {
@@ -214,27 +219,38 @@ def _mdev_types(reader: Reader, path: str, sysname: str) -> tuple[MdevType, ...]
     return tuple(out)
 
 
-_NO_VGPU: tuple[bool, int | None, tuple[VgpuType, ...] | None] = (False, None, None)
+_Vgpu = tuple[bool | None, int | None, tuple[VgpuType, ...] | None]  # nvidia_vgpu, vgpu_type, vgpu_creatable
+_NOT_A_VF: _Vgpu = (None, None, None)
+_NO_VGPU: _Vgpu = (False, None, None)
+_UNKNOWN_VGPU: _Vgpu = (True, None, None)
 _VGPU_FILES = ("current_vgpu_type", "creatable_vgpu_types")
 
 
-def _nvidia_vgpu(reader: Reader, path: str, sysname: str) -> tuple[bool, int | None, tuple[VgpuType, ...] | None]:
-    """(nvidia/ is a vGPU directory, current type, creatable types) of a VF on NVIDIA's
-    vendor-specific VFIO. A directory without either file is something else: no vGPU. One that
-    cannot be listed is a vGPU directory whose type is unknown (blocked, never available)."""
+def _nvidia_vgpu(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> _Vgpu:
+    """(nvidia/ is there, current type, creatable types) of a VF on NVIDIA's vendor-specific VFIO.
+
+    Whatever is wrong with the directory leaves the type unknown (the VF blocked, never available):
+    a link (sysfs attribute groups are directories, never links: one is counted as bad_attribute),
+    a directory that cannot be listed (counted), or one holding neither file (not counted: like a
+    missing attribute, unknown rather than an error).
+    """
+    if reader.link_in(attrs, path, "nvidia") is not None:
+        log.warning("%s: nvidia/ skipped (bad_attribute): a link, where sysfs has a directory", sysname)
+        reader.count("bad_attribute")
+        return _UNKNOWN_VGPU
     base = f"{path}/nvidia"
     try:
-        attrs = reader.entries(base)
+        files = reader.entries(base)
     except OSError as exc:
         kind = error_kind(exc)
         log.warning("%s: nvidia/ skipped (%s): %s", sysname, kind, exc)
         reader.count(kind)
-        return True, None, None
-    if not any(name in attrs for name in _VGPU_FILES):
-        return _NO_VGPU
+        return _UNKNOWN_VGPU
+    if not any(name in files for name in _VGPU_FILES):
+        return _UNKNOWN_VGPU
     what = f"{sysname} nvidia/"
-    creatable = reader.optional(attrs, base, "creatable_vgpu_types", vgpu_types, what)
-    return (True, reader.optional(attrs, base, "current_vgpu_type", vgpu_type, what),
+    creatable = reader.optional(files, base, "creatable_vgpu_types", vgpu_types, what)
+    return (True, reader.optional(files, base, "current_vgpu_type", vgpu_type, what),
             None if creatable is None else tuple(VgpuType(i, n) for i, n in creatable))
 
 
