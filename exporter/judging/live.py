@@ -31,10 +31,10 @@ from ..model import AffectedSet, Device, Inventory, Verdict
 STATES = ("available", "in_use", "assigned", "blocked", "ineligible")
 MASS_STORAGE = "0x01"  # PCI base class of SATA, SAS, RAID, NVMe and virtio-blk controllers
 DISPLAY = "0x03"  # PCI base class of GPUs (VGA, 3D controllers): what a vendor-specific vGPU VF is
+USB_MASS_STORAGE = "08"  # bInterfaceClass of USB disks and flash drives
 # The reason of a vGPU VF that carries no type: the only blocker the metrics count as free capacity
 # (passthrough_vgpu_available), so it is spelled once, here.
 NO_VGPU_TYPE = "no vGPU type set on this VF"
-USB_MASS_STORAGE = "08"  # bInterfaceClass of USB disks and flash drives
 
 
 @dataclass(frozen=True, slots=True)
