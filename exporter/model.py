@@ -84,6 +84,12 @@ class Device:
     # nvidia/creatable_vgpu_types: the types that can be created on this VF now; None unknown
     vgpu_creatable: tuple[VgpuType, ...] | None = None
     vfio_dev: str | None = None  # "vfio3": the kernel's VFIO device node (vfio-dev/), when it has one
+    # PCI: whether the kernel gave the function a VFIO cdev (/dev/vfio/devices/vfio<N>): True when
+    # `vfio-dev/vfio<N>/` lists `dev` (whatever its content), False when the function's directory has
+    # no `vfio-dev/` (no VFIO device, or a kernel before 6.1) or the node lists no `dev` (a kernel
+    # without CONFIG_VFIO_DEVICE_CDEV). None: cannot be told (vfio-dev/ or the node cannot be listed,
+    # vfio-dev/ names no vfio<N>, or the source did not read the function's sysfs directory).
+    vfio_cdev: bool | None = None
     # (major, minor) of the device's own character device: PCI `vfio-dev/vfio<N>/dev` (its VFIO
     # cdev), USB device `dev` (its usbfs node). What a holder's open file must be to hold it.
     char_dev: tuple[int, int] | None = None

@@ -22,7 +22,7 @@ CHECKS = (
     Check("VFIO requires interrupt remapping",
           ("unsafe_interrupts", "no_interrupt_remapping", "interrupt_remapping_unknown")),
     Check("VFIO no-IOMMU mode off", ("unsafe_noiommu",)),
-    Check("VFIO devices have cdev nodes (iommufd)", ("vfio_no_cdev",)),
+    Check("VFIO devices have cdev nodes (iommufd)", ("vfio_no_cdev", "vfio_cdev_unknown")),
     Check("No IOMMU group split between VMs and host", ("group_mixed", "group_not_viable")),
     Check("Eligible devices have a function-level reset", ("no_flr", "no_reset")),
     Check("Eligible devices alone in their IOMMU group", ("group_multi_device",)),
@@ -51,6 +51,8 @@ FIXES = {
     "vfio_no_cdev": "to open them through iommufd (QEMU or libvirt with iommufd, KubeVirt 1.9 and newer), boot a "
     "kernel 6.6 or newer built with CONFIG_VFIO_DEVICE_CDEV=y and CONFIG_IOMMUFD; until then use VFIO's group "
     "interface (/dev/vfio/<group>)",
+    "vfio_cdev_unknown": "read the host's own /sys (mount it whole into the container: -v /sys:/host/sys:ro), or "
+    "check `ls /sys/bus/pci/devices/ADDR/vfio-dev/*/dev` by hand for each device named",
     "group_mixed": "bind the whole group to vfio-pci (every endpoint, e.g. `driverctl set-override ADDR "
     "vfio-pci`, or libvirt managed='yes' hostdevs for all of them), or give it all back to the host",
     "group_not_viable": "to pass a device of such a group, bind every endpoint of the group to vfio-pci",
@@ -83,6 +85,7 @@ CODES: dict[str, str] = {
     "no_interrupt_remapping": "warning",  # critical when a device is already on a VFIO driver
     "interrupt_remapping_unknown": "warning",
     "vfio_no_cdev": "warning",  # the group interface still works: never critical
+    "vfio_cdev_unknown": "warning",  # keeps check from passing the cdev line without evidence
     "group_mixed": "critical",
     "group_not_viable": "info",
     "group_multi_device": "info",
@@ -255,7 +258,8 @@ def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
 
 
 def _cdev(facts: Facts) -> Iterator[Finding]:
-    """Devices VFIO drives without a cdev node: iommufd users cannot open them (`Facts.cdev_missing`)."""
+    """Devices VFIO drives without a cdev node: iommufd users cannot open them (`Facts.cdev_missing`).
+    Never a silent PASS either: devices VFIO drives whose cdev cannot be told (`Facts.cdev_unknown`)."""
     missing = facts.cdev_missing
     if missing:
         n = len(missing)
@@ -263,6 +267,13 @@ def _cdev(facts: Facts) -> Iterator[Finding]:
             f"{n} device{'s' if n != 1 else ''} on a VFIO driver without a VFIO cdev node "
             f"(/dev/vfio/devices/vfio<N>): {_first(missing)}; the kernel predates 6.6 or lacks "
             "CONFIG_VFIO_DEVICE_CDEV, so iommufd users cannot open them"))
+    unknown = facts.cdev_unknown
+    if unknown:
+        n = len(unknown)
+        yield _finding("vfio_cdev_unknown", HOST, (
+            f"whether {n} device{'s' if n != 1 else ''} on a VFIO driver {'have' if n != 1 else 'has'} a VFIO "
+            f"cdev node (/dev/vfio/devices/vfio<N>) cannot be told ({facts.backends_unknown['cdev']}): "
+            f"{_first(unknown)}"))
 
 
 def _weakened(facts: Facts) -> Iterator[Finding]:

@@ -243,6 +243,8 @@ def check(tree, policy: Path, *args: str) -> subprocess.CompletedProcess:
 def test_check_command_reports_expectations(tree, tmp_path):
     hosts.clean_host(tree)  # 00:19.0: 8086:15bc on vfio-pci in group 7; nothing else to report
     hosts.sriov_nic(tree)  # 81:00.0: 8086:1572 on i40e, 2 VFs
+    # The VF 81:02.1 on vfio-pci gets its VFIO cdev, as 00:19.0 has on this (6.6+) host: no vfio_no_cdev.
+    tree.write(tree.pci_path("0000:81:02.1") / "vfio-dev" / "vfio1" / "dev", "237:1")
     good = write(tmp_path, '''
         [[expect]]
         address = "0000:00:19.0"

@@ -171,8 +171,9 @@ def test_filled_fields_are_noted(tree, tmp_path):
     obj = device_object(snap, "pci_0000_01_00_0")
     # The test driver, like some libvirt versions, gives no <driver>: it comes from sysfs.
     assert obj["driver"] == "nvidia" and obj["boot_vga"] is True and obj["reset_methods"] == ["bus"]
+    # vfio_cdev: False, the GPU's directory has no vfio-dev/ (Device.vfio_cdev).
     assert obj["notes"] == ["filled from sysfs: boot_vga, driver, header_type, reset_methods, "
-                            "subsystem_product_id, subsystem_vendor_id"]
+                            "subsystem_product_id, subsystem_vendor_id, vfio_cdev"]
 
 
 def test_sysfs_of_another_machine_is_not_used(tree, tmp_path):
@@ -506,3 +507,4 @@ def test_a_domain_on_a_replaced_device_and_one_on_an_untouched_device(tree, tmp_
                if f.code in ("device_replaced", "group_changed", "device_gone", "hostdev_changed")]
     assert changed == [("device_replaced", "critical", "pci_0000_01_00_0"),
                        ("hostdev_changed", "critical", "domain:gaming")]
+

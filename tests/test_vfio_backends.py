@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
 
+from passthrough_exporter.judging.inspector import Inspector
+from passthrough_exporter.model import Device, HostFacts, Inventory
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
 from passthrough_exporter.rendering.metrics import render
 from passthrough_exporter.rendering.objects import device_object
@@ -126,6 +129,13 @@ def test_a_tree_without_class_misc_proves_no_device_lacks_a_cdev(tree):
     snap = judge_tree(tree)
     assert dict(snap.facts.backends) == {"group": None, "cdev": None, "iommufd": None}
     assert snap.facts.cdev_missing == () and samples(snap) == {} and no_cdev(snap) == []
+    # ... but the GPU is on vfio-pci: whether it has a cdev cannot be told, and a warning says so.
+    assert snap.facts.backends_unknown == {"group": "no VFIO group node", "cdev": "no <sysfs>/class/misc",
+                                           "iommufd": "no <sysfs>/class/misc"}
+    assert snap.facts.cdev_unknown == ("pci_0000_01_00_0",)
+    assert [f.message for f in snap.findings if f.code == "vfio_cdev_unknown"] == [
+        "whether 1 device on a VFIO driver has a VFIO cdev node (/dev/vfio/devices/vfio<N>) cannot be told "
+        "(no <sysfs>/class/misc): pci_0000_01_00_0"]
 
 
 def test_the_kernels_vfio_dev_counts_whatever_the_driver_is_called(tree):
@@ -151,6 +161,120 @@ def test_many_devices_without_cdev_are_counted_and_the_first_five_named(tree):
         "9 devices on a VFIO driver without a VFIO cdev node (/dev/vfio/devices/vfio<N>): pci_0000_20_00_0, "
         "pci_0000_21_00_0, pci_0000_22_00_0, pci_0000_23_00_0, pci_0000_24_00_0 and 4 more; the kernel "
         "predates 6.6 or lacks CONFIG_VFIO_DEVICE_CDEV, so iommufd users cannot open them")
+
+
+# --- a VFIO device node that cannot be read ----------------------------------------------------
+
+
+def vfio_dev(tree):
+    """The NIC 00:19.0's vfio-dev/ directory."""
+    return tree.pci_path("0000:00:19.0") / "vfio-dev"
+
+
+def unknown_cdev(snap) -> list[tuple[str, str, str]]:
+    return [(f.severity, f.subject, f.message) for f in snap.findings if f.code == "vfio_cdev_unknown"]
+
+
+def test_a_garbage_dev_still_says_the_cdev_exists(tree):
+    """iommufd_host with vfio-dev/vfio0/dev holding "garbage": the kernel listed `dev`, so the NIC has
+    a cdev; only its number is unknown (one bad_attribute), so the holder scan cannot match it."""
+    hosts.iommufd_host(tree)
+    (vfio_dev(tree) / "vfio0" / "dev").write_text("garbage")
+    snap = judge_tree(tree)
+    nic = snap.inventory.devices["pci_0000_00_19_0"]
+    assert (nic.vfio_dev, nic.vfio_cdev, nic.char_dev) == ("vfio0", True, None)
+    assert dict(snap.inventory.errors) == {"bad_attribute": 1}
+    assert dict(snap.facts.backends) == {"group": True, "cdev": True, "iommufd": True}
+    assert samples(snap) == {CDEV: 1.0, IOMMUFD: 1.0}
+    assert no_cdev(snap) == [] and unknown_cdev(snap) == []
+
+
+def test_a_stray_entry_is_not_the_node(tree):
+    """A file vfio-dev/vfio (no number) sorts before vfio0: the node is vfio0, with its `dev` 237:0."""
+    hosts.iommufd_host(tree)
+    (vfio_dev(tree) / "vfio").write_text("x")
+    snap = judge_tree(tree)
+    nic = snap.inventory.devices["pci_0000_00_19_0"]
+    assert (nic.vfio_dev, nic.vfio_cdev, nic.char_dev) == ("vfio0", True, (237, 0))
+    assert dict(snap.facts.backends) == {"group": True, "cdev": True, "iommufd": True}
+    assert no_cdev(snap) == [] and not snap.inventory.errors
+
+
+UNREAD = ("whether 1 device on a VFIO driver has a VFIO cdev node (/dev/vfio/devices/vfio<N>) cannot be told "
+          "(a VFIO device node cannot be read): pci_0000_00_19_0")
+
+
+def node_is_a_file(tree) -> None:
+    """vfio-dev/vfio0 is a file, not a directory: whether it lists `dev` is unknown."""
+    shutil.rmtree(vfio_dev(tree) / "vfio0")
+    (vfio_dev(tree) / "vfio0").write_text("")
+
+
+def vfio_dev_is_a_file(tree) -> None:
+    """vfio-dev itself is a file: it cannot be listed, so no node is named; the NIC is still on vfio-pci."""
+    shutil.rmtree(vfio_dev(tree))
+    vfio_dev(tree).write_text("")
+
+
+def only_a_stray_entry(tree) -> None:
+    """vfio-dev/ lists `vfio` only, no vfio<N>: no node to ask."""
+    shutil.rmtree(vfio_dev(tree) / "vfio0")
+    (vfio_dev(tree) / "vfio").write_text("x")
+
+
+@pytest.mark.parametrize("spoil, errors", [
+    (node_is_a_file, {"vanished": 1}),  # ENOTDIR
+    (vfio_dev_is_a_file, {"vanished": 1}),
+    (only_a_stray_entry, {}),
+], ids=["node-a-file", "vfio-dev-a-file", "stray-only"])
+def test_a_node_that_cannot_be_read_leaves_cdev_unknown(tree, spoil, errors):
+    """iommufd_host, then the NIC's node spoiled: its cdev cannot be told. Not absent (no
+    vfio_no_cdev, no 0 sample): unknown, and `vfio_cdev_unknown` says so."""
+    hosts.iommufd_host(tree)
+    spoil(tree)
+    snap = judge_tree(tree)
+    assert snap.inventory.devices["pci_0000_00_19_0"].vfio_cdev is None
+    assert dict(snap.inventory.errors) == errors
+    assert dict(snap.facts.backends) == {"group": True, "cdev": None, "iommufd": True}
+    assert snap.facts.backends_unknown == {"cdev": "a VFIO device node cannot be read"}
+    assert snap.facts.cdev_missing == () and snap.facts.cdev_unknown == ("pci_0000_00_19_0",)
+    assert samples(snap) == {IOMMUFD: 1.0}
+    assert no_cdev(snap) == [] and unknown_cdev(snap) == [("warning", "host", UNREAD)]
+
+
+def test_an_unreadable_node_does_not_hide_a_missing_one(tree):
+    """The NIC's node is a file (unknown) and a GPU on vfio-pci has vfio-dev/vfio1 without `dev`
+    (missing): one is missing, so cdev is absent (0) and only vfio_no_cdev is said."""
+    hosts.iommufd_host(tree)
+    node_is_a_file(tree)
+    tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, driver="vfio-pci", group=2, vfio_dev="vfio1")
+    snap = judge_tree(tree)
+    assert snap.facts.backends["cdev"] is False and snap.facts.cdev_missing == ("pci_0000_01_00_0",)
+    assert samples(snap) == {CDEV: 0.0, IOMMUFD: 1.0}
+    assert [s for s, _, _ in no_cdev(snap)] == ["warning"] and unknown_cdev(snap) == []
+
+
+def test_cdev_is_true_only_when_every_vfio_function_says_so(tree):
+    """The NIC has its cdev; a GPU on vfio-pci whose vfio-dev/ cannot be listed: cdev unknown, not 1."""
+    hosts.iommufd_host(tree)
+    gpu = tree.pci("0000:01:00.0", NVIDIA, 0x2484, 0x030000, driver="vfio-pci", group=2)
+    (gpu / "vfio-dev").write_text("")
+    snap = judge_tree(tree)
+    assert snap.facts.backends["cdev"] is None and snap.facts.cdev_unknown == ("pci_0000_01_00_0",)
+    assert samples(snap) == {IOMMUFD: 1.0}
+
+
+def test_a_source_without_sysfs_cannot_tell_a_vfio_devices_cdev():
+    """What libvirt without sysfs gives: a GPU whose driver is vfio-pci, nothing read from sysfs (no
+    vfio-dev/, no class/misc: HostFacts' defaults). Its cdev is unknown and a warning says so."""
+    gpu = Device(name="pci_0000_05_00_0", type="pci", address="0000:05:00.0", pci_class="0x030000", header_type=0,
+                 iommu_group=5, driver="vfio-pci")
+    snap = Inspector().judge(Inventory([gpu], HostFacts()))
+    assert gpu.vfio_cdev is None and dict(snap.facts.backends)["cdev"] is None
+    assert snap.facts.backends_unknown["cdev"] == "no <sysfs>/class/misc"
+    assert unknown_cdev(snap) == [("warning", "host", (
+        "whether 1 device on a VFIO driver has a VFIO cdev node (/dev/vfio/devices/vfio<N>) cannot be told "
+        "(no <sysfs>/class/misc): pci_0000_05_00_0"))]
 
 
 # --- check ------------------------------------------------------------------------------------
@@ -185,9 +309,43 @@ def test_check_says_what_it_cannot_tell(tree):
     desktop(tree)
     out = check(tree)
     assert out.stdout.splitlines()[-1] == (
-        "note: VFIO backends: none known; unknown: group (no VFIO group node), cdev (no VFIO device), "
+        "note: VFIO backends: none known; unknown: group (no VFIO group node), cdev (no VFIO-driven device), "
         "iommufd (no <sysfs>/class/misc)")
-    assert "vfio_no_cdev" not in out.stdout
+    assert "vfio_no_cdev" not in out.stdout and "vfio_cdev_unknown" not in out.stdout
+    assert "VFIO devices have cdev nodes (iommufd)         : PASS\n" in out.stdout  # nothing to open
+
+
+UNKNOWN_FIX = ("fix: read the host's own /sys (mount it whole into the container: -v /sys:/host/sys:ro), or check "
+               "`ls /sys/bus/pci/devices/ADDR/vfio-dev/*/dev` by hand for each device named")
+
+
+def test_check_never_passes_cdev_without_evidence(tree):
+    """A NIC on vfio-pci without vfio-dev/ in a tree without class/misc (a partial capture): whether it
+    has a cdev cannot be told. The line warns (exit 1) and the note says why, not "no VFIO device"."""
+    hosts.clean_host(tree, cdev=None)
+    shutil.rmtree(vfio_dev(tree))
+    shutil.rmtree(tree.sys / "class" / "misc")
+    out = check(tree)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    at = lines.index("VFIO devices have cdev nodes (iommufd)         : WARN")
+    assert lines[at + 1:at + 3] == [
+        "    warning vfio_cdev_unknown [host]: whether 1 device on a VFIO driver has a VFIO cdev node "
+        "(/dev/vfio/devices/vfio<N>) cannot be told (no <sysfs>/class/misc): pci_0000_00_19_0",
+        "    " + UNKNOWN_FIX,
+    ]
+    assert lines[-1] == ("note: VFIO backends: none known; unknown: group (no VFIO group node), "
+                         "cdev (no <sysfs>/class/misc), iommufd (no <sysfs>/class/misc)")
+
+
+def test_check_names_an_unreadable_node_as_the_cause(tree):
+    hosts.iommufd_host(tree)
+    node_is_a_file(tree)
+    out = check(tree)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "    warning vfio_cdev_unknown [host]: " + UNREAD + "\n" in out.stdout
+    assert out.stdout.splitlines()[-1] == (
+        "note: VFIO backends: group, iommufd; unknown: cdev (a VFIO device node cannot be read)")
 
 
 @pytest.mark.parametrize("host, backends", [
@@ -246,3 +404,16 @@ def test_a_capture_keeps_what_tells_iommufd(tree, tmp_path, host, iommufd):
     assert ("sys/class/misc" in names) is (iommufd is not None)
     assert ("sys/class/misc/iommu" in names) is (iommufd is True)
     assert "sys/class/misc/vfio" not in names
+
+
+@pytest.mark.parametrize("host, cdev", [
+    (hosts.iommufd_host, True), (hosts.group_only_host, False), (lambda t: (hosts.iommufd_host(t), node_is_a_file(t)), None),
+], ids=["dev", "no-dev", "node-a-file"])
+def test_a_capture_keeps_what_tells_the_cdev(tree, tmp_path, host, cdev):
+    """The NIC's vfio-dev/vfio0 travels with `dev` when it lists one; a node that could not be listed
+    reads as unknown from the copy too."""
+    host(tree)
+    _, copy = round_trip(tmp_path, tree.sys, tree.proc)
+    inv = SysfsSource(str(copy / "sys"), str(copy / "proc")).read()
+    assert inv.devices["pci_0000_00_19_0"].vfio_cdev is cdev
+

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from ..model import KNOWN_TYPES, BootRecord, Device, Holder, HostFacts, Inventory
 from .changes import Change, compare
@@ -97,9 +98,14 @@ class Facts:
     # PCI functions VFIO drives (`gets_vfio_device`) without a cdev node (`vfio-dev/vfio<N>/dev`):
     # a kernel before 6.1 (no vfio-dev/ at all) or without CONFIG_VFIO_DEVICE_CDEV. Sorted.
     cdev_missing: tuple[str, ...] = ()
+    # PCI functions VFIO drives whose cdev cannot be told, when that leaves the cdev backend unknown
+    # (none is missing): `vfio_cdev_unknown`. Sorted.
+    cdev_unknown: tuple[str, ...] = ()
     # Each of VFIO_BACKENDS -> whether this host offers it (None: cannot be told): see vfio_backends().
     backends: Mapping[str, bool | None] = field(
         default_factory=lambda: MappingProxyType(dict.fromkeys(VFIO_BACKENDS)))
+    # Each backend that cannot be told (None in `backends`) -> why, in a few words.
+    backends_unknown: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # NVIDIA's vendor-specific vGPU: PF -> type id -> the type's name, for the PFs whose VFs list any
     # (see vgpu_type_names()): the names the metrics and the JSON print, worked out once per refresh.
     vgpu_names: Mapping[str, Mapping[int, str]] = field(default_factory=lambda: MappingProxyType({}))
@@ -107,7 +113,7 @@ class Facts:
     @classmethod
     def of(cls, inventory: Inventory) -> Facts:
         roots = root_pci_functions(inventory)
-        backends, missing = vfio_backends(inventory)
+        vfio = vfio_backends(inventory)
         peers: dict[str, str] = {}
         for root in roots:
             for peer in inventory.group_peers(root):
@@ -122,8 +128,10 @@ class Facts:
             in_use=MappingProxyType(in_use(inventory)),
             root_unknown=not roots and any(d.type == "pci" for d in inventory),
             changes=since_previous_boot(inventory),
-            cdev_missing=missing,
-            backends=MappingProxyType(backends),
+            cdev_missing=vfio.cdev_missing,
+            cdev_unknown=vfio.cdev_unknown,
+            backends=MappingProxyType(vfio.offered),
+            backends_unknown=MappingProxyType(vfio.why_unknown),
             vgpu_names=MappingProxyType(vgpu_type_names(inventory)),
         )
 
@@ -156,26 +164,54 @@ def vgpu_type_names(inventory: Inventory) -> dict[str, Mapping[int, str]]:
     return out
 
 
-def vfio_backends(inventory: Inventory) -> tuple[dict[str, bool | None], tuple[str, ...]]:
-    """Which ways of opening a VFIO device the host offers (True, False, None: cannot be told), and
-    the functions VFIO drives without a cdev node.
+class VfioBackends(NamedTuple):
+    """What `vfio_backends` tells."""
+
+    offered: dict[str, bool | None]  # each of VFIO_BACKENDS -> True, False, None (cannot be told)
+    why_unknown: dict[str, str]  # each backend that is None -> why, in a few words
+    cdev_missing: tuple[str, ...]  # functions VFIO drives that have no cdev node
+    cdev_unknown: tuple[str, ...]  # functions VFIO drives whose cdev cannot be told, when none is missing
+
+
+def vfio_backends(inventory: Inventory) -> VfioBackends:
+    """Which ways of opening a VFIO device the host offers (True, False, None: cannot be told, and why),
+    and the functions VFIO drives without a cdev node or whose cdev cannot be told.
 
     group: True when a VFIO group node exists (`<sysfs>/class/vfio/<N>`); never False: without one
     no device may be on VFIO yet, or the tree may predate the read (an old capture).
-    cdev: True when every function VFIO drives has a cdev node, False when one has none, None when
-    VFIO drives none (pci-stub does not count: it never gets a VFIO device). Also None when iommufd is
-    unknown: a tree without `class/misc` (which every kernel has) is not a host's whole sysfs (a source
-    without sysfs, a partial capture), so a missing vfio-dev/ or `dev` in it proves nothing.
+    cdev: over the functions VFIO drives (pci-stub does not count: it never gets a VFIO device), each
+    one's `Device.vfio_cdev`: False as soon as one has no cdev; else None when one cannot be told;
+    True when every one has its cdev; None when VFIO drives none. Every one is unknown when iommufd is:
+    a tree without `class/misc` (which every kernel has) is not a host's whole sysfs (a source without
+    sysfs, a partial capture), so a vfio-dev/ or `dev` missing from it proves nothing.
     iommufd: the iommufd device, `HostFacts.iommufd`.
     """
     host = inventory.host
-    vfio = [d for d in inventory if gets_vfio_device(d)] if host.iommufd is not None else []
-    missing = tuple(sorted(d.name for d in vfio if d.char_dev is None))
-    return {
+    vfio = [d for d in inventory if gets_vfio_device(d)]
+    why: dict[str, str] = {}
+    if not host.vfio_groups:
+        why["group"] = "no VFIO group node"
+    if host.iommufd is None:
+        why["iommufd"] = "no <sysfs>/class/misc"
+    missing: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    if not vfio:
+        why["cdev"] = "no VFIO-driven device"
+    elif host.iommufd is None:
+        why["cdev"] = "no <sysfs>/class/misc"
+        unknown = tuple(sorted(d.name for d in vfio))
+    else:
+        missing = tuple(sorted(d.name for d in vfio if d.vfio_cdev is False))
+        if not missing:
+            unknown = tuple(sorted(d.name for d in vfio if d.vfio_cdev is None))
+            if unknown:
+                why["cdev"] = "a VFIO device node cannot be read"
+    offered = {
         "group": True if host.vfio_groups else None,
-        "cdev": not missing if vfio else None,
+        "cdev": None if "cdev" in why else not missing,
         "iommufd": host.iommufd,
-    }, missing
+    }
+    return VfioBackends(offered, {b: why[b] for b in VFIO_BACKENDS if b in why}, missing, unknown)
 
 
 def group_status(inventory: Inventory) -> dict[int, GroupStatus]:

@@ -73,24 +73,16 @@ def _notes(snapshot: Snapshot) -> list[str]:
         state = "not eligible" if not snapshot.verdicts[name].eligible else "ELIGIBLE"
         out.append(f"root filesystem ({', '.join(inv.host.root_disks)}) is on {name}: {state}")
     out.append(f"IOMMU group layout: {len(inv.groups)} groups, hash {snapshot.facts.layout_hash}")
-    out.append(backends_line(snapshot.facts.backends))
+    out.append(backends_line(snapshot.facts.backends, snapshot.facts.backends_unknown))
     return out
 
 
-# Why a backend cannot be told (Facts.backends is None), in a few words.
-UNKNOWN_BECAUSE = {
-    "group": "no VFIO group node",
-    "cdev": "no VFIO device",
-    "iommufd": "no <sysfs>/class/misc",
-}
-
-
-def backends_line(backends: Mapping[str, bool | None]) -> str:
+def backends_line(backends: Mapping[str, bool | None], why_unknown: Mapping[str, str]) -> str:
     """`VFIO backends: group, cdev, iommufd`; those the host lacks as `absent:`, those it cannot
-    tell as `unknown:` with why: `VFIO backends: group; absent: cdev, iommufd`."""
+    tell as `unknown:` with why (`Facts.backends_unknown`): `VFIO backends: group; absent: cdev, iommufd`."""
     offered = [b for b, on in backends.items() if on]
     absent = [b for b, on in backends.items() if on is False]
-    unknown = [f"{b} ({UNKNOWN_BECAUSE[b]})" for b, on in backends.items() if on is None]
+    unknown = [f"{b} ({why_unknown[b]})" for b, on in backends.items() if on is None]
     parts = [", ".join(offered) or ("none known" if unknown else "none")]
     if absent:
         parts.append(f"absent: {', '.join(absent)}")

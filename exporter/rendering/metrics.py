@@ -91,7 +91,8 @@ METRICS: dict[str, Spec] = {
         "1 when the kernel remaps interrupts (an IR- interrupt chip); absent when it cannot be told."),
     "passthrough_vfio_cdev_enabled": Spec("gauge",
         "1 when the devices on a VFIO driver have VFIO cdev nodes (needed by iommufd users); 0 when one has "
-        "none; absent when it cannot be told (no device on a VFIO driver)."),
+        "none; absent when it cannot be told (no device on a VFIO driver, not a whole sysfs, or a node that "
+        "cannot be read)."),
     "passthrough_iommufd_enabled": Spec("gauge",
         "1 when the iommufd device (/dev/iommu) exists; absent when it cannot be told."),
     "passthrough_isolation_weakened": Spec("gauge",

@@ -176,10 +176,12 @@ def clean_host(t: SysfsTree, cdev: str | None = "237:0") -> None:
     """IOMMU on, one NIC 00:19.0 bound to vfio-pci alone in group 7, with FLR and (a kernel of 6.6 or
     later) the VFIO device vfio-dev/vfio0 whose cdev `dev` is `cdev` (None: no `dev`, a kernel without
     CONFIG_VFIO_DEVICE_CDEV); `/` on an NVMe disk alone in its group: nothing to report but where the
-    root filesystem is (info)."""
+    root filesystem is (info). A whole host's sysfs: class/misc holds VFIO's container node `vfio`
+    (10:196, /dev/vfio/vfio), not `iommu` (so the cdev is told, 1 with the default `cdev`; iommufd 0)."""
     base(t)
     t.pci("0000:00:19.0", INTEL, 0x15BC, 0x020000, driver="vfio-pci", group=7, reset_method="flr bus",
           vfio_dev="vfio0", cdev=cdev)
+    t.misc("vfio", "10:196")
     nvme_lvm_root(t)
 
 
@@ -193,7 +195,6 @@ def iommufd_host(t: SysfsTree) -> None:
     `passthrough_iommufd_enabled 1`, no `vfio_no_cdev`."""
     clean_host(t)
     t.vfio_group(7, "243:7")
-    t.misc("vfio", "10:196")
     t.iommufd()
 
 
@@ -207,7 +208,6 @@ def group_only_host(t: SysfsTree) -> None:
     one `vfio_no_cdev` warning naming pci_0000_00_19_0."""
     clean_host(t, cdev=None)
     t.vfio_group(7, "243:7")
-    t.misc("vfio", "10:196")
 
 
 def busy_host(tree: SysfsTree) -> SysfsTree:

@@ -49,7 +49,7 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         reset_methods: tuple[str, ...] | None = tuple((opt(attrs, path, "reset_method", str, sysname) or "").split())
     else:
         reset_methods = None if "reset" in attrs else ()
-    vfio_dev = _vfio_dev(reader, path) if "vfio-dev" in attrs else None
+    vfio_dev, vfio_cdev, cdev_number = _vfio_node(reader, path, attrs, sysname)
     # Only a VF carries a vendor-specific vGPU type (NVIDIA's tooling reads nvidia/ on VFs alone): a
     # PF's nvidia/, if any, is not read. The `physfn` entry decides, even when its link is unreadable.
     if "physfn" not in attrs:
@@ -76,7 +76,8 @@ def pci(reader: Reader, sysname: str, path: str, attrs: Collection[str]) -> Fiel
         "header_type": header_type,
         "unreachable": unreachable,
         "vfio_dev": vfio_dev,
-        "char_dev": char_dev(reader, f"{path}/vfio-dev/{vfio_dev}", sysname) if vfio_dev else None,
+        "vfio_cdev": vfio_cdev,
+        "char_dev": cdev_number,
         "enabled": opt(attrs, path, "enable", _nonzero, sysname),
         "physfn": device_name("pci", physfn) if physfn else None,
         "virtfns": tuple(device_name("pci", n) for n in (link(attrs, path, v) for v in virtfns) if n),
@@ -290,9 +291,39 @@ def _config(reader: Reader, path: str, attrs: Collection[str], sysname: str) -> 
     return header[0x0E] & 0x7F, False  # bit 7 only says "multi-function"
 
 
-def _vfio_dev(reader: Reader, path: str) -> str | None:
-    """The VFIO device node's name (vfio-dev/vfio3): the kernel's own word that VFIO drives it."""
-    return next((n for n in reader.listdir(os.path.join(path, "vfio-dev")) if n.startswith("vfio")), None)
+def _vfio_node(reader: Reader, path: str, attrs: Collection[str],
+               sysname: str) -> tuple[str | None, bool | None, tuple[int, int] | None]:
+    """A PCI function's VFIO device node `vfio-dev/vfio<N>/` (the kernel's own word that VFIO drives
+    it, since 6.1): its name, whether it lists `dev` (the cdev: Device.vfio_cdev) and that cdev's
+    (major, minor). No vfio-dev/: (None, False, None). vfio-dev/ or the node that cannot be listed, or
+    a vfio-dev/ naming no vfio<N>: the cdev is unknown (None). A garbage `dev` still says the cdev
+    exists; only its number is unknown (None, counted), so no holder is matched to it."""
+    if "vfio-dev" not in attrs:
+        return None, False, None
+    base = f"{path}/vfio-dev"
+    names = _listing(reader, base, sysname)
+    # Only vfio<digits>: a stray `vfio` entry is no node.
+    nodes = sorted(n for n in names or () if n[:4] == "vfio" and n[4:].isascii() and n[4:].isdigit())
+    if not nodes:
+        return None, None, None
+    node = f"{base}/{nodes[0]}"
+    node_attrs = _listing(reader, node, sysname)
+    if node_attrs is None:
+        return nodes[0], None, None
+    return nodes[0], "dev" in node_attrs, reader.optional(node_attrs, node, "dev", dev_number, sysname)
+
+
+def _listing(reader: Reader, dirpath: str, what: str) -> Collection[str] | None:
+    """A directory's entries; None when it cannot be listed (counted, unless it went away with its
+    device)."""
+    try:
+        return reader.entries(dirpath)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("%s: cannot list %s (%s): %s", what, dirpath, error_kind(exc), exc)
+        reader.count(error_kind(exc))
+        return None
 
 
 def char_dev(reader: Reader, dirpath: str, what: str) -> tuple[int, int] | None:
