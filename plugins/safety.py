@@ -51,8 +51,9 @@ FIXES = {
     "vfio_no_cdev": "to open them through iommufd (QEMU or libvirt with iommufd, KubeVirt 1.9 and newer), boot a "
     "kernel 6.6 or newer built with CONFIG_VFIO_DEVICE_CDEV=y and CONFIG_IOMMUFD; until then use VFIO's group "
     "interface (/dev/vfio/<group>)",
-    "vfio_cdev_unknown": "read the host's own /sys (mount it whole into the container: -v /sys:/host/sys:ro), or "
-    "check `ls /sys/bus/pci/devices/ADDR/vfio-dev/*/dev` by hand for each device named",
+    "vfio_cdev_unknown": "read the host's own /sys (mount it whole into the container: -v /sys:/host/sys:ro; with "
+    "a remote libvirt URI, run the check on the host itself), or check `ls /sys/bus/pci/devices/ADDR/vfio-dev/*/dev` "
+    "by hand for each device named",
     "group_mixed": "bind the whole group to vfio-pci (every endpoint, e.g. `driverctl set-override ADDR "
     "vfio-pci`, or libvirt managed='yes' hostdevs for all of them), or give it all back to the host",
     "group_not_viable": "to pass a device of such a group, bind every endpoint of the group to vfio-pci",

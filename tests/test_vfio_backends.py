@@ -200,6 +200,18 @@ def test_a_stray_entry_is_not_the_node(tree):
     assert no_cdev(snap) == [] and not snap.inventory.errors
 
 
+def test_a_no_iommu_devices_node_is_its_cdev(tree):
+    """In VFIO's no-IOMMU mode a 6.6+ kernel names the node noiommu-vfio<N> ("%svfio%d" with
+    "noiommu-"): it is the NIC's node, its `dev` 237:0 the cdev."""
+    hosts.iommufd_host(tree)
+    (vfio_dev(tree) / "vfio0").rename(vfio_dev(tree) / "noiommu-vfio0")
+    snap = judge_tree(tree)
+    nic = snap.inventory.devices["pci_0000_00_19_0"]
+    assert (nic.vfio_dev, nic.vfio_cdev, nic.char_dev) == ("noiommu-vfio0", True, (237, 0))
+    assert dict(snap.facts.backends) == {"group": True, "cdev": True, "iommufd": True}
+    assert no_cdev(snap) == [] and unknown_cdev(snap) == [] and not snap.inventory.errors
+
+
 UNREAD = ("whether 1 device on a VFIO driver has a VFIO cdev node (/dev/vfio/devices/vfio<N>) cannot be told "
           "(a VFIO device node cannot be read): pci_0000_00_19_0")
 
@@ -315,7 +327,8 @@ def test_check_says_what_it_cannot_tell(tree):
     assert "VFIO devices have cdev nodes (iommufd)         : PASS\n" in out.stdout  # nothing to open
 
 
-UNKNOWN_FIX = ("fix: read the host's own /sys (mount it whole into the container: -v /sys:/host/sys:ro), or check "
+UNKNOWN_FIX = ("fix: read the host's own /sys (mount it whole into the container: -v /sys:/host/sys:ro; with a "
+               "remote libvirt URI, run the check on the host itself), or check "
                "`ls /sys/bus/pci/devices/ADDR/vfio-dev/*/dev` by hand for each device named")
 
 

@@ -203,6 +203,39 @@ def test_free_vgpu_capacity_is_only_vfs_whose_one_blocker_is_no_type(tree, tmp_p
         **HAND_WORKED, series("available", 1414, N118): 0.0, series("available", 1415, N235): 0.0}
 
 
+def test_a_vf_blocked_by_an_assigned_group_peer_is_no_free_capacity(tree, tmp_path):
+    """.6 (no type; lists 1414 and 1415) shares IOMMU group 52 with .5 (carries 1414), which a shut-off
+    domain is configured with: starting that domain takes the group, so .6 is blocked by its peer, not
+    by its missing type, and is not free vGPU capacity. Only .7 is free: available 1414 = 1, 1415 = 0."""
+    pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
+    hosts.h200_vgpu(tree)
+    group = tree.sys / "kernel" / "iommu_groups"
+    (tree.pci_path(H200_VFS[2]) / "iommu_group").unlink()  # .6 from group 53 into .5's group 52
+    os.symlink(group / "52", tree.pci_path(H200_VFS[2]) / "iommu_group")
+    os.rename(group / "53" / "devices" / H200_VFS[2], group / "52" / "devices" / H200_VFS[2])
+    snap = _libvirt_snapshot(tree, tmp_path, (domain("b", pci_hostdev("0000:41:00.5"), running=False),))
+    assert snap.states[VF5] == "assigned"
+    assert (snap.states[VF6], snap.blocked_by[VF6]) == ("blocked", f"{VF5}, which goes with it, is assigned")
+    assert snap.blocked_by[VF7] == "no vGPU type set on this VF"
+    assert vgpu_series(render(snap).decode()) == {
+        **HAND_WORKED, series("available", 1414, N118): 1.0, series("available", 1415, N235): 0.0}
+
+
+def test_without_sysfs_another_vendors_gpu_vfs_are_judged_as_before(tree, tmp_path):
+    """Only NVIDIA's GPUs have the vendor-specific vGPU files: an Intel GPU's SR-IOV VFs (8086:a7a0 on
+    vfio-pci, each alone in its group) read through a remote libvirt stay available, and so does their
+    PF (on i915, its own group)."""
+    pytest.importorskip("libvirt", reason="the [libvirt] extra is not installed")
+    hosts.base(tree)
+    tree.interrupts("IR-IO-APIC", "IR-PCI-MSI")
+    tree.pci("0000:00:02.0", 0x8086, 0xA7A0, 0x030000, driver="i915", group=1, sriov_totalvfs=7)
+    for n in (1, 2):
+        tree.pci(f"0000:00:02.{n}", 0x8086, 0xA7A0, 0x030000, driver="vfio-pci", group=1 + n, physfn="0000:00:02.0")
+    snap = _libvirt_snapshot(tree, tmp_path, sysfs=False)
+    assert {n: snap.states[n] for n in ("pci_0000_00_02_0", "pci_0000_00_02_1", "pci_0000_00_02_2")} == dict.fromkeys(
+        ("pci_0000_00_02_0", "pci_0000_00_02_1", "pci_0000_00_02_2"), "available")
+
+
 def test_no_vgpu_capacity_is_free_while_vfio_cannot_assign_at_all(tree):
     """Interrupt remapping off (unsafe interrupts not allowed): every VF is blocked by the host first."""
     hosts.h200_vgpu(tree)

@@ -8,7 +8,7 @@ the host loses.
 
 NVIDIA's vendor-specific vGPU (a VF with `nvidia/`, no mdev) is handed out VF by VF: a VF carrying a
 type follows the rules above; one without a type, or whose type cannot be read, is blocked, and so
-is its PF while any VF carries a type (or may: its type cannot be read). A display-class VF read
+is its PF while any VF carries a type (or may: its type cannot be read). An NVIDIA display-class VF read
 without the host's sysfs (`nvidia_vgpu` None) may carry one: it is blocked, and so is its PF.
 
 An SR-IOV PF one of whose listed VFs could not be read is blocked: that VF may be in use, or carry
@@ -31,6 +31,7 @@ from ..model import AffectedSet, Device, Inventory, Verdict
 STATES = ("available", "in_use", "assigned", "blocked", "ineligible")
 MASS_STORAGE = "0x01"  # PCI base class of SATA, SAS, RAID, NVMe and virtio-blk controllers
 DISPLAY = "0x03"  # PCI base class of GPUs (VGA, 3D controllers): what a vendor-specific vGPU VF is
+NVIDIA = "0x10de"  # the vendor of the only vendor-specific vGPU (nvidia/): other GPUs' VFs carry no type
 USB_MASS_STORAGE = "08"  # bInterfaceClass of USB disks and flash drives
 # The reason of a vGPU VF that carries no type: the only blocker the metrics count as free capacity
 # (passthrough_vgpu_available), so it is spelled once, here.
@@ -101,9 +102,8 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             reason = "mediated devices are carved out of it"
         elif _vgpu_unread(dev):
             reason = "without the host's sysfs, whether a vGPU type is set on it cannot be read"
-        elif dev.nvidia_vgpu and not dev.vgpu_type:
-            reason = ("its vGPU type cannot be read: cannot tell whether it can be handed out"
-                      if dev.vgpu_type is None else NO_VGPU_TYPE)
+        elif dev.nvidia_vgpu and dev.vgpu_type is None:
+            reason = "its vGPU type cannot be read: cannot tell whether it can be handed out"
         elif (vfs := inventory.virtual_functions(name)) and (vgpu := _vgpu_on_vfs(inventory, vfs)) is not None:
             reason = vgpu
         elif (lost := next((vf for vf in dev.virtfns if vf not in inventory), None)) is not None:
@@ -113,6 +113,10 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             reason = f"{hit}, which goes with it, is {'in use' if hit in facts.in_use else 'assigned'}"
         elif name in storage or _first_in(along, storage, storage_in) is not None:
             reason = "the root filesystem's device is unknown: cannot tell whether this device, or one that goes with it, holds it"
+        elif dev.nvidia_vgpu and not dev.vgpu_type:
+            # Last, so that "no type" is the VF's one blocker wherever it is its reason: the metrics
+            # count exactly those VFs as free vGPU capacity.
+            reason = NO_VGPU_TYPE
         if reason is None:
             out[name] = "available"
         else:
@@ -122,9 +126,9 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
 
 
 def _vgpu_unread(dev: Device) -> bool:
-    """A display-class VF whose `nvidia/` was not read (a source without the host's sysfs): it may
-    carry a vGPU type. A NIC's VF never has one, so it is judged as before."""
-    return (dev.nvidia_vgpu is None and dev.physfn is not None
+    """An NVIDIA display-class VF whose `nvidia/` was not read (a source without the host's sysfs): it
+    may carry a vGPU type. Another vendor's GPU VF or a NIC's VF never has one: judged as before."""
+    return (dev.nvidia_vgpu is None and dev.physfn is not None and dev.vendor_id == NVIDIA
             and (dev.pci_class or "").lower().startswith(DISPLAY))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from ..judging.facts import WEAKENED_REASONS
+from ..judging.facts import WEAKENED_REASONS, has_vgpu
 from ..judging.live import NO_VGPU_TYPE
 from ..judging.snapshot import Snapshot
 from ..model import PASSABLE_TYPES, Device
@@ -215,6 +215,8 @@ def _vgpu_rows(snap: Snapshot, rows: dict[str, list[Row]]) -> None:
     "no type set" is its one blocker (not assigned, in use, ineligible nor blocked by anything
     else). A VF whose type cannot be read counts in neither."""
     inv, states, blocked_by, names = snap.inventory, snap.states, snap.blocked_by, snap.facts.vgpu_names
+    if not has_vgpu(inv):
+        return
     for pf in inv:
         counts: dict[int, list[int]] = {}  # type -> [available, instances]
         for vf in inv.virtual_functions(pf.name):

@@ -302,8 +302,8 @@ def _vfio_node(reader: Reader, path: str, attrs: Collection[str],
         return None, False, None
     base = f"{path}/vfio-dev"
     names = _listing(reader, base, sysname)
-    # Only vfio<digits>: a stray `vfio` entry is no node.
-    nodes = sorted(n for n in names or () if n[:4] == "vfio" and n[4:].isascii() and n[4:].isdigit())
+    # Only vfio<digits>, or noiommu-vfio<digits> (a no-IOMMU device's, since 6.6): a stray `vfio` is no node.
+    nodes = sorted(n for n in names or () if _is_vfio_node(n.removeprefix("noiommu-")))
     if not nodes:
         return None, None, None
     node = f"{base}/{nodes[0]}"
@@ -311,6 +311,10 @@ def _vfio_node(reader: Reader, path: str, attrs: Collection[str],
     if node_attrs is None:
         return nodes[0], None, None
     return nodes[0], "dev" in node_attrs, reader.optional(node_attrs, node, "dev", dev_number, sysname)
+
+
+def _is_vfio_node(name: str) -> bool:
+    return name[:4] == "vfio" and name[4:].isascii() and name[4:].isdigit()
 
 
 def _listing(reader: Reader, dirpath: str, what: str) -> Collection[str] | None:
