@@ -419,7 +419,7 @@ class Inventory:
     tree (logged and counted in `errors`), so walking the tree always terminates.
     """
 
-    __slots__ = ("devices", "host", "children", "groups", "errors", "_physfn_of")
+    __slots__ = ("devices", "host", "children", "groups", "errors", "_vfs_of")
 
     def __setattr__(self, name: str, value: object) -> None:
         if hasattr(self, name):  # set once, by __init__
@@ -469,9 +469,16 @@ class Inventory:
             {k: tuple(v) for k, v in sorted(groups.items())}
         )
         self.errors: Mapping[str, int] = MappingProxyType(dict(errs))
-        self._physfn_of: Mapping[str, tuple[str, ...]] = MappingProxyType(
-            {k: tuple(v) for k, v in physfn_of.items()}
-        )
+        # PF -> its present VFs, by either link (see virtual_functions): once per read, as every PCI
+        # function's affected set and state ask for it.
+        vfs_of: dict[str, tuple[str, ...]] = {}
+        for name, dev in by_name.items():
+            if dev.virtfns or name in physfn_of:
+                listed = [vf for vf in dev.virtfns if vf in by_name]
+                found = tuple(dict.fromkeys((*listed, *physfn_of.get(name, ()))))
+                if found:
+                    vfs_of[name] = found
+        self._vfs_of: Mapping[str, tuple[str, ...]] = MappingProxyType(vfs_of)
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -505,11 +512,7 @@ class Inventory:
         its order), then any other whose `physfn` names it (by name). Either link may be missing
         from a read (a PF without `virtfn*` links, a VF without `physfn`); a VF is the PF's if
         either says so. A listed VF that is not present is not here: see `Device.virtfns`."""
-        dev = self.devices.get(name)
-        if dev is None:
-            return ()
-        listed = (vf for vf in dev.virtfns if vf in self.devices)
-        return tuple(dict.fromkeys((*listed, *self._physfn_of.get(name, ()))))
+        return self._vfs_of.get(name, ())
 
 
 def _linked_parents(devices: Mapping[str, Device], errors: Counter[str]) -> dict[str, str]:

@@ -100,13 +100,13 @@ def states(inventory: Inventory, facts: Facts, verdicts: Mapping[str, Verdict],
             reason = "its group is VFIO's no-IOMMU group (unsafe no-IOMMU mode): VFIO cannot assign it to a VM"
         elif name in carved:
             reason = "mediated devices are carved out of it"
-        elif _vgpu_unread(dev):
+        elif dev.physfn is not None and _vgpu_unread(dev):
             reason = "without the host's sysfs, whether a vGPU type is set on it cannot be read"
         elif dev.nvidia_vgpu and dev.vgpu_type is None:
             reason = "its vGPU type cannot be read: cannot tell whether it can be handed out"
         elif (vfs := inventory.virtual_functions(name)) and (vgpu := _vgpu_on_vfs(inventory, vfs)) is not None:
             reason = vgpu
-        elif (lost := next((vf for vf in dev.virtfns if vf not in inventory), None)) is not None:
+        elif dev.virtfns and (lost := next((vf for vf in dev.virtfns if vf not in inventory), None)) is not None:
             reason = (f"its virtual function {lost} could not be read: cannot tell whether it is in use or "
                       "carries a vGPU")
         elif (hit := _first_in(along, busy, busy_in)) is not None:
