@@ -7,6 +7,7 @@ value is spelled the same wherever it comes from.
 from __future__ import annotations
 
 import re
+import sys
 
 ATTR_LIMIT = 4096  # bytes; sysfs text attributes fit in a page, anything longer is garbage
 
@@ -152,7 +153,8 @@ def pcie_root(path: str | None, devices: str = "/sys/devices") -> str | None:
     `devices` (a flat copy of /sys/bus/pci/devices) or without a root bus."""
     if path is None or not path.startswith(devices + "/"):
         return None
-    return next((part for part in path[len(devices) + 1:].split("/") if _ROOT_BUS.fullmatch(part)), None)
+    root = next((part for part in path[len(devices) + 1:].split("/") if _ROOT_BUS.fullmatch(part)), None)
+    return None if root is None else sys.intern(root)  # a handful of roots, thousands of functions: one copy each
 
 
 def nvme_class(pci_class: str | None) -> bool:
