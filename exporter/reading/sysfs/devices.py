@@ -301,13 +301,13 @@ def _vfio_node(reader: Reader, path: str, attrs: Collection[str],
     if "vfio-dev" not in attrs:
         return None, False, None
     base = f"{path}/vfio-dev"
-    names = _listing(reader, base, sysname)
+    names = reader.listing(base, sysname)
     # Only vfio<digits>, or noiommu-vfio<digits> (a no-IOMMU device's, since 6.6): a stray `vfio` is no node.
     nodes = sorted(n for n in names or () if _is_vfio_node(n.removeprefix("noiommu-")))
     if not nodes:
         return None, None, None
     node = f"{base}/{nodes[0]}"
-    node_attrs = _listing(reader, node, sysname)
+    node_attrs = reader.listing(node, sysname)
     if node_attrs is None:
         return nodes[0], None, None
     return nodes[0], "dev" in node_attrs, reader.optional(node_attrs, node, "dev", dev_number, sysname)
@@ -315,19 +315,6 @@ def _vfio_node(reader: Reader, path: str, attrs: Collection[str],
 
 def _is_vfio_node(name: str) -> bool:
     return name[:4] == "vfio" and name[4:].isascii() and name[4:].isdigit()
-
-
-def _listing(reader: Reader, dirpath: str, what: str) -> Collection[str] | None:
-    """A directory's entries; None when it cannot be listed (counted, unless it went away with its
-    device)."""
-    try:
-        return reader.entries(dirpath)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("%s: cannot list %s (%s): %s", what, dirpath, error_kind(exc), exc)
-        reader.count(error_kind(exc))
-        return None
 
 
 def char_dev(reader: Reader, dirpath: str, what: str) -> tuple[int, int] | None:

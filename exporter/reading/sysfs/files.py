@@ -238,6 +238,19 @@ class Reader:
         self.trace.dirs.add(path)
         return _TracedEntries(names, path, self.trace)
 
+    def listing(self, path: str, what: str | None = None) -> Collection[str] | None:
+        """`entries(path)` of a directory that may be missing: None quietly when it is not there (gone
+        with its device, or never made), None logged and counted when it cannot be listed."""
+        try:
+            return self.entries(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            kind = error_kind(exc)
+            log.warning("%scannot list %s (%s): %s", f"{what}: " if what else "", path, kind, exc)
+            self.count(kind)
+            return None
+
     def device_dir(self, path: str) -> Collection[str]:
         """`entries(path)`; untraced, with the directory held open for `attr_in`, `optional`,
         `link_in` and `read_in`, until `release`."""

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from ...model import HostFacts
 from .devices import char_dev
-from .files import Reader, error_kind
+from .files import Reader
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,8 @@ def iommufd_present(reader: Reader) -> bool | None:
     `class/misc` itself is missing or unreadable: every kernel has misc devices, so its absence says the
     tree is partial (an old capture), not that iommufd is off. Tested by name, not listed: a capture
     archives `class/misc` and the one entry, not every misc device."""
-    base = os.path.join(reader.sysfs, "class", "misc")
-    try:
-        names = reader.entries(base)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("cannot list %s (%s): %s", base, error_kind(exc), exc)
-        reader.count(error_kind(exc))
-        return None
-    return "iommu" in names
+    names = reader.listing(os.path.join(reader.sysfs, "class", "misc"))
+    return None if names is None else "iommu" in names
 
 
 def rmrr_groups(reader: Reader, numbers: list[int]) -> frozenset[int]:
@@ -82,13 +74,8 @@ def rmrr_groups(reader: Reader, numbers: list[int]) -> frozenset[int]:
     base = os.path.join(reader.sysfs, "kernel", "iommu_groups")
     for number in numbers:
         gdir = os.path.join(base, str(number))
-        try:
-            attrs = reader.entries(gdir)
-        except FileNotFoundError:  # the group went away since the listing
-            continue
-        except OSError as exc:
-            log.warning("cannot list %s: %s", gdir, exc)
-            reader.count(error_kind(exc))
+        attrs = reader.listing(gdir)  # None: gone since the groups were listed, or unlistable (counted)
+        if attrs is None:
             continue
         text = reader.optional(attrs, gdir, "reserved_regions", str, f"iommu group {number}")
         if text is None:
