@@ -251,6 +251,20 @@ def test_the_type_names_are_worked_out_once_per_refresh(tree):
     assert judge_tree(tree).facts.vgpu_names == {PF: {1414: N118, 1415: N235}}
 
 
+def test_a_gpu_whose_vfs_all_carry_a_type_keeps_its_series_without_a_name(tree):
+    """.6 and .7 take type 1414 too and, the GPU's capacity used, every VF lists nothing: sysfs names
+    no type any more (the PF is still one of vgpu_names, with no name), and the series stay: 1414
+    available 0, instances 4, name empty; 1415 is listed and carried by none, so it has no series."""
+    hosts.h200_vgpu(tree)
+    for vf in H200_VFS[2:]:
+        (tree.pci_path(vf) / "nvidia" / "current_vgpu_type").write_text("1414")
+        (tree.pci_path(vf) / "nvidia" / "creatable_vgpu_types").write_text("")
+    snap = judge_tree(tree)
+    assert snap.facts.vgpu_names == {PF: {}}
+    assert vgpu_series(render(snap).decode()) == {series("available", 1414, ""): 0.0,
+                                                 series("instances", 1414, ""): 4.0}
+
+
 def _libvirt_snapshot(tree, tmp_path, domains=(), sysfs=True):
     from passthrough_exporter.judging.inspector import Inspector
     from passthrough_exporter.reading.sources.libvirt import LibvirtSource

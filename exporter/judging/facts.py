@@ -106,8 +106,9 @@ class Facts:
         default_factory=lambda: MappingProxyType(dict.fromkeys(VFIO_BACKENDS)))
     # Each backend that cannot be told (None in `backends`) -> why, in a few words.
     backends_unknown: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    # NVIDIA's vendor-specific vGPU: PF -> type id -> the type's name, for the PFs whose VFs list any
-    # (see vgpu_type_names()): the names the metrics and the JSON print, worked out once per refresh.
+    # NVIDIA's vendor-specific vGPU: PF -> type id -> the type's name, for every PF with a VF on it
+    # (an empty mapping where no VF lists a name; see vgpu_type_names()): the PFs the metrics count
+    # and the names they and the JSON print, worked out once per refresh.
     vgpu_names: Mapping[str, Mapping[int, str]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -148,27 +149,25 @@ def since_previous_boot(inventory: Inventory) -> tuple[Change, ...]:
     return () if previous is None else tuple(compare(previous, BootRecord.of(inventory)))
 
 
-def has_vgpu(inventory: Inventory) -> bool:
-    """Whether any VF has NVIDIA's vendor-specific vGPU files: most hosts have none, and then the
-    per-PF passes over the inventory are skipped (60 ms a refresh at 20,000 devices)."""
-    return any(d.nvidia_vgpu for d in inventory)
-
-
 def vgpu_type_names(inventory: Inventory) -> dict[str, Mapping[int, str]]:
-    """PF -> type id -> name, from the creatable lists of its VFs (`Inventory.virtual_functions`),
-    the first VF listing a type naming it. A VF carrying a type often lists nothing (the GPU's
-    capacity is used), so its type's name is only known from a sibling; when no VF lists it any
-    more, sysfs has no name for it at all."""
+    """Each PF with a VF on NVIDIA's vendor-specific vGPU -> type id -> name, from the creatable
+    lists of its VFs (`Inventory.virtual_functions`), the first VF listing a type naming it. A VF
+    carrying a type often lists nothing (the GPU's capacity is used), so its type's name is only
+    known from a sibling; when no VF lists it any more, sysfs has no name for it at all. Most hosts
+    have no such VF: one look at every device, and the per-PF pass is skipped (60 ms a refresh at
+    20,000 devices)."""
     out: dict[str, Mapping[int, str]] = {}
-    if not has_vgpu(inventory):
+    if not any(d.nvidia_vgpu for d in inventory):
         return out
     for pf in inventory:
+        vfs = [inventory.devices[vf] for vf in inventory.virtual_functions(pf.name)]
+        if not any(vf.nvidia_vgpu for vf in vfs):
+            continue
         names: dict[int, str] = {}
-        for vf in inventory.virtual_functions(pf.name):
-            for t in inventory.devices[vf].vgpu_creatable or ():
+        for vf in vfs:
+            for t in vf.vgpu_creatable or ():
                 names.setdefault(t.type_id, t.name)
-        if names:
-            out[pf.name] = MappingProxyType(names)
+        out[pf.name] = MappingProxyType(names)
     return out
 
 

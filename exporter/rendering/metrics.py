@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from ..judging.facts import WEAKENED_REASONS, has_vgpu
+from ..judging.facts import WEAKENED_REASONS
 from ..judging.live import NO_VGPU_TYPE
 from ..judging.snapshot import Snapshot
 from ..model import PASSABLE_TYPES, Device
@@ -214,12 +214,10 @@ def _vgpu_rows(snap: Snapshot, rows: dict[str, list[Row]]) -> None:
     now, and VFs carrying it. Free capacity is the live rule's own answer: a VF counts only when
     "no type set" is its one blocker (not assigned, in use, ineligible nor blocked by anything
     else). A VF whose type cannot be read counts in neither."""
-    inv, states, blocked_by, names = snap.inventory, snap.states, snap.blocked_by, snap.facts.vgpu_names
-    if not has_vgpu(inv):
-        return
-    for pf in inv:
+    inv, states, blocked_by = snap.inventory, snap.states, snap.blocked_by
+    for pf, names in snap.facts.vgpu_names.items():  # every PF with a vGPU VF, in inventory order
         counts: dict[int, list[int]] = {}  # type -> [available, instances]
-        for vf in inv.virtual_functions(pf.name):
+        for vf in inv.virtual_functions(pf):
             dev = inv.devices[vf]
             if not dev.nvidia_vgpu:
                 continue
@@ -229,7 +227,7 @@ def _vgpu_rows(snap: Snapshot, rows: dict[str, list[Row]]) -> None:
             if dev.vgpu_type:
                 counts.setdefault(dev.vgpu_type, [0, 0])[1] += 1
         for type_id, (available, carried) in sorted(counts.items()):
-            labels = (pf.name, str(type_id), names.get(pf.name, {}).get(type_id, ""))
+            labels = (pf, str(type_id), names.get(type_id, ""))
             rows["passthrough_vgpu_available"].append((labels, available))
             rows["passthrough_vgpu_instances"].append((labels, carried))
 
