@@ -261,20 +261,19 @@ def _interrupts(inventory: Inventory, facts: Facts) -> Iterator[Finding]:
 def _cdev(facts: Facts) -> Iterator[Finding]:
     """Devices VFIO drives without a cdev node: iommufd users cannot open them (`Facts.cdev_missing`).
     Never a silent PASS either: devices VFIO drives whose cdev cannot be told (`Facts.cdev_unknown`)."""
-    missing = facts.cdev_missing
+    missing, unknown = facts.cdev_missing, facts.cdev_unknown
     if missing:
-        n = len(missing)
         yield _finding("vfio_no_cdev", HOST, (
-            f"{n} device{'s' if n != 1 else ''} on a VFIO driver without a VFIO cdev node "
-            f"(/dev/vfio/devices/vfio<N>): {_first(missing)}; the kernel predates 6.6 or lacks "
-            "CONFIG_VFIO_DEVICE_CDEV, so iommufd users cannot open them"))
-    unknown = facts.cdev_unknown
+            f"{_on_vfio(missing)} without a VFIO cdev node (/dev/vfio/devices/vfio<N>): {_first(missing)}; "
+            "the kernel predates 6.6 or lacks CONFIG_VFIO_DEVICE_CDEV, so iommufd users cannot open them"))
     if unknown:
-        n = len(unknown)
         yield _finding("vfio_cdev_unknown", HOST, (
-            f"whether {n} device{'s' if n != 1 else ''} on a VFIO driver {'have' if n != 1 else 'has'} a VFIO "
-            f"cdev node (/dev/vfio/devices/vfio<N>) cannot be told ({facts.backends_unknown['cdev']}): "
-            f"{_first(unknown)}"))
+            f"whether {_on_vfio(unknown)} {'has' if len(unknown) == 1 else 'have'} a VFIO cdev node "
+            f"(/dev/vfio/devices/vfio<N>) cannot be told ({facts.backends_unknown['cdev']}): {_first(unknown)}"))
+
+
+def _on_vfio(names: Sequence[str]) -> str:
+    return f"{len(names)} device{'' if len(names) == 1 else 's'} on a VFIO driver"
 
 
 def _weakened(facts: Facts) -> Iterator[Finding]:

@@ -300,12 +300,17 @@ def test_check_on_a_host_with_every_backend(tree):
     assert out.stdout.splitlines()[-1] == "note: VFIO backends: group, cdev, iommufd"
 
 
-def test_check_on_a_host_with_the_group_interface_only(tree):
-    hosts.group_only_host(tree)
+def cdev_warned(tree) -> tuple[list[str], int]:
+    """`check`'s lines, having exited 1, and where the cdev check's line says WARN."""
     out = check(tree)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    at = lines.index("VFIO devices have cdev nodes (iommufd)         : WARN")
+    return lines, lines.index("VFIO devices have cdev nodes (iommufd)         : WARN")
+
+
+def test_check_on_a_host_with_the_group_interface_only(tree):
+    hosts.group_only_host(tree)
+    lines, at = cdev_warned(tree)
     assert lines[at + 1:at + 3] == [
         "    warning vfio_no_cdev [host]: 1 device on a VFIO driver without a VFIO cdev node "
         "(/dev/vfio/devices/vfio<N>): pci_0000_00_19_0; the kernel predates 6.6 or lacks CONFIG_VFIO_DEVICE_CDEV, "
@@ -338,10 +343,7 @@ def test_check_never_passes_cdev_without_evidence(tree):
     hosts.clean_host(tree, cdev=None)
     shutil.rmtree(vfio_dev(tree))
     shutil.rmtree(tree.sys / "class" / "misc")
-    out = check(tree)
-    assert out.returncode == 1, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
-    at = lines.index("VFIO devices have cdev nodes (iommufd)         : WARN")
+    lines, at = cdev_warned(tree)
     assert lines[at + 1:at + 3] == [
         "    warning vfio_cdev_unknown [host]: whether 1 device on a VFIO driver has a VFIO cdev node "
         "(/dev/vfio/devices/vfio<N>) cannot be told (no <sysfs>/class/misc): pci_0000_00_19_0",
