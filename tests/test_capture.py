@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from passthrough_exporter.reading.sources.sysfs import SysfsSource
-from tests.support import hosts, tar_unpack, umockdev_tree
+from passthrough_exporter.commands import unpack as tar_unpack
+from tests.support import hosts, umockdev_tree
 from tests.support.process import EXE
 from tests.support.sysfs_builder import SysfsTree
 
@@ -38,7 +39,8 @@ def devices_json(sysfs, procfs, *extra):
 
 def unpack(archive: Path, dest: Path) -> Path:
     # Absolute names, `..`, links leaving `dest` and device nodes are refused, on every Python.
-    return tar_unpack.unpack(archive, dest)
+    tar_unpack.unpack(archive, dest)
+    return dest
 
 
 def members(archive: Path) -> dict[str, tarfile.TarInfo]:

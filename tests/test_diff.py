@@ -47,15 +47,31 @@ def test_a_bad_input_is_a_usage_error(tmp_path):
     assert diff(a.root).returncode == 2
 
 
+def test_an_archive_with_a_link_out_of_it_is_a_usage_error(tmp_path):
+    """The capture unpacker's checks (test_tar_unpack.py) stand behind `diff`: one line naming the member."""
+    import tarfile
+
+    a = _host(tmp_path / "a", 0xA80A)
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        link = tarfile.TarInfo("sys/up")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../.."
+        tar.addfile(link)
+    out = diff(a.root, evil)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == (f"passthrough-exporter diff: {evil}: sys/up: link target ../../.. "
+                                           "leaves the destination")
+
+
 def test_an_archive_too_big_to_be_a_capture_is_refused_before_it_fills_the_disk(tmp_path, monkeypatch):
     """A small .tar.gz can hold gigabytes of zeros: the sizes its members declare are summed before
     anything of that size is written, and past the bound the answer is one line and exit 2."""
     import io
     import tarfile
 
-    from passthrough_exporter.commands import diff
+    from passthrough_exporter.commands import diff, unpack
 
-    monkeypatch.setattr(diff, "MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(unpack, "MAX_BYTES", 1 << 20)
     bomb = tmp_path / "bomb.tar.gz"
     with tarfile.open(bomb, "w:gz") as tar:
         info = tarfile.TarInfo("sys/zeros")

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from passthrough_exporter.commands.cli import write_atomically
-from tests.support import hosts, tar_unpack
+from passthrough_exporter.commands import unpack as tar_unpack
+from tests.support import hosts
 from tests.support.process import EXE
 from tests.support.sysfs_builder import SysfsTree
 
@@ -293,7 +294,8 @@ def test_capture_output_dash_is_standard_output(tree, tmp_path):
     archive.write_bytes(out.stdout)
     summary = out.stderr.decode().splitlines()[-1]  # beside the archive, on standard error
     assert summary.startswith("wrote standard output: ") and summary.split()[-3] == str(len(out.stdout))
-    copy = tar_unpack.unpack(archive, tmp_path / "unpacked")
+    copy = tmp_path / "unpacked"
+    tar_unpack.unpack(archive, copy)
     assert (copy / "sys" / "devices").is_dir()
 
 
@@ -339,7 +341,8 @@ def test_capture_archives_a_link_out_of_the_tree_as_a_link_and_quotes_nothing(ho
     sub = members[rel(gpu / "subsystem_vendor")]
     assert sub.issym() and sub.linkname == "vendor" and members[rel(gpu / "vendor")].isfile()
 
-    copy = tar_unpack.unpack(archive, tmp_path / "unpacked")
+    copy = tmp_path / "unpacked"
+    tar_unpack.unpack(archive, copy)
     again = _devices(copy / "sys", copy / "proc")
     assert again.returncode == 0, again.stderr
     assert again.stdout == original.stdout  # the same devices, the same fields

@@ -5,7 +5,8 @@
   command line every judging process parses; `cmdline`: the parser class, durations, early logging;
 - `serve`: the `serve` command (its own options, start, signals, reload);
 - `refresh_worker`: the process `serve` starts to read, judge and render each refresh;
-- `capture`: the `capture` archive; `deadline`: `--timeout`; `gcpause`; `fileutil`: files the
+- `capture`: the `capture` archive; `unpack`: one unpacked safely (`diff`); `diff`: two hosts compared;
+  `deadline`: `--timeout`; `gcpause`; `fileutil`: files the
   commands write, never over what is not a regular file.
 
 May import every layer below: the root modules, `reading`, `judging`, `rendering`, `serving`.

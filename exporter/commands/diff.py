@@ -18,12 +18,9 @@ from ..reading.sources import SourceError
 from ..reading.sources.sysfs import SysfsSource
 from ..rendering import jsonout
 from ..textsafe import visible
+from .unpack import UnsafeMember, unpack
 
 USAGE = 2
-# A capture of a large host is some 10 MB of attribute files in 100,000 members; an archive well past
-# that is not one, and unpacking it would fill the disk (a small .tar.gz can hold gigabytes of zeros).
-MAX_MEMBERS = 500_000
-MAX_BYTES = 256 << 20
 
 
 class DiffInputError(Exception):
@@ -31,35 +28,11 @@ class DiffInputError(Exception):
 
 
 def _unpack(archive: str, dest: str) -> None:
-    """A capture archive into `dest`: regular files, directories and links that stay inside only."""
-    root = os.path.realpath(dest)
-    members = size = 0
+    """A capture archive into `dest`, safely (`unpack`)."""
     try:
-        with tarfile.open(archive) as tar:
-            for member in tar:
-                name = member.name
-                members, size = members + 1, size + max(member.size, 0)
-                if members > MAX_MEMBERS or size > MAX_BYTES:
-                    raise DiffInputError(f"{archive}: more than {MAX_MEMBERS} members or {MAX_BYTES >> 20} MiB: "
-                                         "not a capture archive")
-                if (name.startswith("/") or ".." in name.split("/")
-                        or not (member.isreg() or member.isdir() or member.issym())):
-                    raise DiffInputError(f"{archive}: member {name!r} is not one a capture writes")
-                if member.issym():
-                    if os.path.lexists(os.path.join(root, name)):  # a link replaced later could lead outside
-                        raise DiffInputError(f"{archive}: link {name!r} is given twice")
-                    parent = os.path.realpath(os.path.join(root, os.path.dirname(name)))
-                    target = os.path.realpath(os.path.join(parent, member.linkname))
-                    if member.linkname.startswith("/") or not (target == root or target.startswith(root + os.sep)):
-                        raise DiffInputError(f"{archive}: link {name!r} leads outside the capture")
-                where = os.path.realpath(os.path.join(root, name))
-                if not (where == root or where.startswith(root + os.sep)):
-                    raise DiffInputError(f"{archive}: member {name!r} would be written outside the capture")
-                member.mode = 0o755 if member.isdir() else 0o644
-                member.uid = member.gid = 0
-                # Checked above, member by member: the stdlib's filters (3.12+) would only repeat it.
-                trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
-                tar.extract(member, root, set_attrs=False, **trusted)
+        unpack(archive, dest)
+    except UnsafeMember as exc:
+        raise DiffInputError(f"{archive}: {exc}") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DiffInputError(f"{archive}: not a capture archive ({exc})") from None
 
