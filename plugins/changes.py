@@ -8,12 +8,12 @@ same changes, so they hold for the whole boot; a boot without change has none.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from .. import hookimpl
 from ..judging.changes import Change
 from ..judging.facts import Facts
-from ..model import BootRecord, Check, Device, Finding, Inventory
+from ..model import Check, Device, DeviceRecord, Finding, Inventory
 
 CODES = ("device_replaced", "group_changed", "group_renumbered", "device_gone", "device_new", "state_unreadable",
          "no_previous_boot", "changes_not_tracked", "hostdev_changed")
@@ -54,25 +54,29 @@ def passthrough_findings(inventory: Inventory, facts: Facts) -> Iterator[Finding
                       "exporter, or its state was started afresh): nothing to compare with yet")
         return
     configured: dict[str, list[str]] = {}  # domain -> what changed among the devices it is configured with
+    before = host.previous_boot.by_name()
     for change in facts.changes:
-        finding = _finding(change, inventory, facts, host.previous_boot)
-        for domain in _domains(change, inventory, host.previous_boot):
+        domains = _domains(change, inventory, before)
+        for domain in domains:
             configured.setdefault(domain, []).append(f"{change.subject} ({change.kind.replace('_', ' ')})")
-        yield finding
+        yield _finding(change, inventory, facts, domains)
     for domain, what in sorted(configured.items()):
         yield Finding("hostdev_changed", "critical", f"domain:{domain}",
                       f"domain {domain} is configured with {', '.join(what)}, changed since the previous boot: "
                       "it will not start, or will start with another device", FIXES["hostdev_changed"])
 
 
-def _domains(change: Change, inventory: Inventory, previous: BootRecord) -> list[str]:
+def _domains(change: Change, inventory: Inventory, before: Mapping[str, DeviceRecord]) -> list[str]:
     """The domains whose <hostdev> names the device a change is about (none for a renumbered group or
-    a new device: a domain names an address, which still holds what it held)."""
+    a new device: a domain names an address, which still holds what it held). A device gone: only
+    domains' configurations can still name it (nothing holds what is not there); the libvirt source
+    lists those as missing host devices, by what the <hostdev> names (`before`: the previous boot's
+    records by name)."""
     if change.kind in ("replaced", "group_changed"):
         dev = inventory.devices.get(change.subject)
         return [name for name, _ in dev.assignments] if dev is not None else []
     if change.kind == "gone":
-        was = previous.by_name()[change.subject]
+        was = before[change.subject]
         return sorted({d for d, what in inventory.host.missing_hostdevs if _names(what, was.address)})
     return []
 
@@ -88,7 +92,8 @@ def _users(dev: Device | None, facts: Facts) -> list[str]:
     return out
 
 
-def _finding(change: Change, inventory: Inventory, facts: Facts, previous: BootRecord) -> Finding:
+def _finding(change: Change, inventory: Inventory, facts: Facts, domains: list[str]) -> Finding:
+    """The finding of one change; `domains`: those configured with the device (`_domains`)."""
     name = change.subject
     if change.kind == "group_renumbered":
         return Finding("group_renumbered", "info", name,
@@ -106,13 +111,9 @@ def _finding(change: Change, inventory: Inventory, facts: Facts, previous: BootR
         return Finding("group_changed", severity, name,
                        f"{name}'s IOMMU group holds other functions since the previous boot: {change.before} then, "
                        f"{change.after} now; passing it takes the others along{used}", FIXES["group_changed"])
-    # gone: only domains' configurations can still name it (nothing holds what is not there); the
-    # libvirt source lists those as missing host devices, by what the <hostdev> names.
-    if change.kind == "gone":
-        was = previous.by_name()[name]
-        domains = [d for d, what in inventory.host.missing_hostdevs if _names(what, was.address)]
+    if change.kind == "gone":  # only domains' configurations can still name it (`_domains`)
         severity = "critical" if domains else "warning"
-        by = f"; domain(s) {', '.join(sorted(set(domains)))} are configured with it" if domains else ""
+        by = f"; domain(s) {', '.join(domains)} are configured with it" if domains else ""
         return Finding("device_gone", severity, name,
                        f"{name} ({change.before}) was there at the previous boot and is missing now{by}",
                        FIXES["device_gone"])

@@ -477,6 +477,40 @@ def test_a_hostdev_naming_a_device_this_host_lacks(tree, tmp_path):
         render(snap).decode()
 
 
+def test_a_domain_on_a_device_gone_since_the_previous_boot(tree, tmp_path):
+    """At the previous boot the workstation also had a NIC at 0a:00.0 (8086:1533, group 40); now it is
+    gone, and the shut-off domain `old` is still configured with it. By hand: device_gone on 0a:00.0,
+    critical and naming `old` (only a domain's configuration can still name what is not there), and
+    hostdev_changed for domain:old."""
+    from passthrough_exporter.commands.statefile import StateWriter
+    from passthrough_exporter.reading.state import BootState
+
+    state = tmp_path / "state.json"
+    before = SysfsTree(tmp_path / "before")
+    hosts.workstation(before)
+    before.pci("0000:0a:00.0", 0x8086, 0x1533, 0x020000, driver="igb", group=40)
+    before.boot_id("aaaaaaaa-0000-4000-8000-00000000000a")
+    assert StateWriter(str(state)).after_refresh(
+        SysfsSource(str(before.sys), str(before.proc), state=BootState(str(state), str(before.proc))).read())
+    hosts.workstation(tree)
+    tree.boot_id("bbbbbbbb-0000-4000-8000-00000000000b")
+    uri = write_host(tree, tmp_path / "host.xml", (domain("old", pci_hostdev("0000:0a:00.0"), running=False),))
+    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc),
+                           state=BootState(str(state), str(tree.proc)))
+    try:
+        snap = Inspector().judge(source.read(), source="libvirt")
+    finally:
+        source.close()
+    changed = [(f.code, f.severity, f.subject, f.message) for f in snap.findings
+               if f.code in ("device_gone", "hostdev_changed")]
+    assert changed == [
+        ("device_gone", "critical", "pci_0000_0a_00_0", "pci_0000_0a_00_0 (8086:1533 at 0000:0a:00.0) was there at "
+         "the previous boot and is missing now; domain(s) old are configured with it"),
+        ("hostdev_changed", "critical", "domain:old", "domain old is configured with pci_0000_0a_00_0 (gone), "
+         "changed since the previous boot: it will not start, or will start with another device"),
+    ]
+
+
 def test_a_domain_on_a_replaced_device_and_one_on_an_untouched_device(tree, tmp_path):
     """libvirt's test driver: at the previous boot 01:00.0 was a 10de:2482; now it is a 10de:2484. The
     domain `gaming` is configured with it, `compute` with the NIC at 04:00.0, which did not change. By
