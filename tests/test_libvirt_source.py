@@ -477,6 +477,19 @@ def test_a_hostdev_naming_a_device_this_host_lacks(tree, tmp_path):
         render(snap).decode()
 
 
+def _judge_since(tree, tmp_path, state, *domains):
+    """The host through libvirt, with its sysfs and the state file of the previous boot."""
+    from passthrough_exporter.reading.state import BootState
+
+    uri = write_host(tree, tmp_path / "host.xml", domains)
+    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc),
+                           state=BootState(str(state), str(tree.proc)))
+    try:
+        return Inspector().judge(source.read(), source="libvirt")
+    finally:
+        source.close()
+
+
 def test_a_domain_on_a_device_gone_since_the_previous_boot(tree, tmp_path):
     """At the previous boot the workstation also had a NIC at 0a:00.0 (8086:1533, group 40); now it is
     gone, and the shut-off domain `old` is still configured with it. By hand: device_gone on 0a:00.0,
@@ -494,13 +507,7 @@ def test_a_domain_on_a_device_gone_since_the_previous_boot(tree, tmp_path):
         SysfsSource(str(before.sys), str(before.proc), state=BootState(str(state), str(before.proc))).read())
     hosts.workstation(tree)
     tree.boot_id("bbbbbbbb-0000-4000-8000-00000000000b")
-    uri = write_host(tree, tmp_path / "host.xml", (domain("old", pci_hostdev("0000:0a:00.0"), running=False),))
-    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc),
-                           state=BootState(str(state), str(tree.proc)))
-    try:
-        snap = Inspector().judge(source.read(), source="libvirt")
-    finally:
-        source.close()
+    snap = _judge_since(tree, tmp_path, state, domain("old", pci_hostdev("0000:0a:00.0"), running=False))
     changed = [(f.code, f.severity, f.subject, f.message) for f in snap.findings
                if f.code in ("device_gone", "hostdev_changed")]
     assert changed == [
@@ -529,14 +536,8 @@ def test_a_domain_on_a_replaced_device_and_one_on_an_untouched_device(tree, tmp_
         SysfsSource(str(tree.sys), str(tree.proc), state=BootState(str(state), str(tree.proc))).read())
     device.write_text(now)
     tree.boot_id("bbbbbbbb-0000-4000-8000-00000000000b")
-    uri = write_host(tree, tmp_path / "host.xml", (domain("gaming", pci_hostdev("0000:01:00.0"), running=False),
-                                                    domain("compute", pci_hostdev("0000:04:00.0"))))
-    source = LibvirtSource(uri, sysfs_path=str(tree.sys), procfs_path=str(tree.proc),
-                           state=BootState(str(state), str(tree.proc)))
-    try:
-        snap = Inspector().judge(source.read(), source="libvirt")
-    finally:
-        source.close()
+    snap = _judge_since(tree, tmp_path, state, domain("gaming", pci_hostdev("0000:01:00.0"), running=False),
+                        domain("compute", pci_hostdev("0000:04:00.0")))
     changed = [(f.code, f.severity, f.subject) for f in snap.findings
                if f.code in ("device_replaced", "group_changed", "device_gone", "hostdev_changed")]
     assert changed == [("device_replaced", "critical", "pci_0000_01_00_0"),
